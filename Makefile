@@ -1,0 +1,29 @@
+# Fresh machine: `make run` sets everything up and answers a sample question; `make test` runs the tests.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup run test bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# the CPU wheel of torch first: a bare `torch` requirement would pull a multi-GB CUDA build
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+run: setup
+	$(BIN)/bertdex index examples/faq_en.csv --index runs/faq-en --text-field question --group-field group --replace
+	$(BIN)/bertdex query runs/faq-en "I can't remember my password" -k 3
+	$(BIN)/bertdex index examples/faq_ko.csv --index runs/faq-ko --text-field question --group-field group --replace
+	$(BIN)/bertdex query runs/faq-ko "비밀번호가 생각이 안 나요" -k 3 --mode hybrid
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,168 @@
+"""Build and update an index: read entries -> embed the new and changed ones -> one commit.
+
+The input is read twice: a first pass checks every row (so `--on-error fail` refuses before
+anything is embedded or written) and counts them; the second streams chunks through the encoder
+into the writer. Memory holds one chunk of texts, plus the vectors themselves.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from indexer.encoder import Encoder
+from indexer.errors import BertdexError
+from indexer.model import DEFAULT_MODEL
+from indexer.readers import Entry, Fields, Problem, read_entries
+from indexer.resolve import encoder_for, resolve_recipe
+from indexer.store import IndexWriter, Manifest, check_index_folder, connect, content_hash, read_manifest
+
+CHUNK = 2048
+ON_ERROR = ("fail", "skip")
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class BuildReport:
+    """What a build or update did. `problems` are the rows skipped (with --on-error skip)."""
+
+    folder: str
+    added: int
+    updated: int
+    unchanged: int
+    deleted: int
+    documents: int
+    vectors: int
+    truncated: int
+    split: int
+    seconds: float
+    recipe_reason: str = ""
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return (self.added + self.updated) / self.seconds if self.seconds else 0.0
+
+
+def build_index(data: Path, folder: Path, *, text_fields: Iterable[str] = (), id_field: str | None = None,
+                group_field: str | None = None, model: str = DEFAULT_MODEL, layer: int | None = None,
+                pooling: str | None = None, exclude_special: bool = False, max_length: int | None = None,
+                window: bool = True, stride: int | None = None, replace: bool = False, on_error: str = "fail",
+                fmt: str | None = None, precision: str = "auto", threads: int | None = None,
+                progress: Progress | None = None, chunk_size: int = CHUNK) -> BuildReport:
+    """Index the entries of `data` into a new folder (or rebuild one with `replace`)."""
+    started = time.perf_counter()
+    fields = Fields(tuple(text_fields), id_field, group_field)
+    entries_total, problems = _check_input(data, fields, fmt, on_error)
+    resolved = resolve_recipe(model, layer=layer, pooling=pooling, exclude_special=exclude_special,
+                              max_length=max_length, precision=precision, threads=threads)
+    stride = resolved.recipe.max_length // 8 if stride is None else stride
+    settings = {"text_fields": list(fields.text), "id_field": id_field, "group_field": group_field,
+                "window": window, "stride": stride, "format": fmt}
+    manifest = Manifest(recipe=resolved.recipe, settings=settings)
+    with IndexWriter.open(Path(folder), new=manifest, replace=replace) as writer:
+        if writer.manifest.documents and not replace:
+            raise BertdexError(f"{folder} already holds an index: use `bertdex add` to update it, or --replace to rebuild it")
+        counts = _ingest(writer, resolved.encoder, data, fields, fmt, entries_total, progress, chunk_size)
+        final = writer.commit()
+    return _report(folder, counts, final, started, problems, resolved.reason)
+
+
+def add_documents(folder: Path, data: Path, *, text_fields: Iterable[str] = (), id_field: str | None = None,
+                  group_field: str | None = None, on_error: str = "fail", fmt: str | None = None,
+                  precision: str = "auto", threads: int | None = None, progress: Progress | None = None,
+                  chunk_size: int = CHUNK, encoder: Encoder | None = None) -> BuildReport:
+    """Add or update entries by key: unchanged ones cost nothing, changed ones are re-embedded."""
+    started = time.perf_counter()
+    folder = check_index_folder(Path(folder))
+    manifest = read_manifest(connect(folder, readonly=True), folder)
+    settings = manifest.settings
+    fields = Fields(tuple(text_fields) or tuple(settings.get("text_fields") or ()),
+                    id_field or settings.get("id_field"), group_field or settings.get("group_field"))
+    entries_total, problems = _check_input(data, fields, fmt or settings.get("format"), on_error)
+    encoder = encoder or encoder_for(manifest.recipe, precision=precision, threads=threads)
+    with IndexWriter.open(folder) as writer:
+        counts = _ingest(writer, encoder, data, fields, fmt or settings.get("format"), entries_total, progress, chunk_size)
+        final = writer.commit()
+    return _report(folder, counts, final, started, problems)
+
+
+def upsert_entries(writer: IndexWriter, encoder: Encoder, entries: list[Entry]) -> dict:
+    """Write `entries` through `writer`: skip unchanged, embed new and changed. Returns counts."""
+    recipe, settings = writer.manifest.recipe, writer.manifest.settings
+    old = writer.existing([e.key for e in entries])
+    changed = [e for e in entries if e.key not in old or old[e.key][1] != content_hash(e.text, e.fields, e.group)]
+    counts = {"added": sum(e.key not in old for e in changed), "updated": sum(e.key in old for e in changed),
+              "unchanged": len(entries) - len(changed), "truncated": 0, "split": 0}
+    if not changed:
+        return counts
+    embedded = encoder.embed([e.text for e in changed], layer=recipe.layer, pooling=recipe.pooling,
+                             exclude_special=recipe.exclude_special, windows=settings.get("window", True),
+                             stride=settings.get("stride", 0))
+    documents = [{"key": e.key, "text": e.text, "fields": e.fields, "group": e.group} for e in changed]
+    writer.write_documents(documents, embedded.vectors, embedded.owners, embedded.spans)
+    counts["truncated"] = embedded.truncated
+    counts["split"] = len(embedded.owners) - len(set(embedded.owners.tolist()))
+    return counts
+
+
+def delete_documents(folder: Path, keys: list[str]) -> tuple[int, list[str]]:
+    """Remove entries by key in one commit: (how many were removed, the keys that were not there)."""
+    folder = check_index_folder(Path(folder))
+    with IndexWriter.open(folder) as writer:
+        missing = writer.delete(list(dict.fromkeys(keys)))
+        writer.commit()
+    return len(set(keys)) - len(set(missing)), missing
+
+
+def _check_input(data: Path, fields: Fields, fmt: str | None, on_error: str) -> tuple[int, list[Problem]]:
+    """First pass: count entries, collect problems, refuse at the first with on_error='fail'."""
+    if on_error not in ON_ERROR:
+        raise BertdexError(f"unknown --on-error {on_error!r}: choose fail or skip")
+    count, problems = 0, []
+    for item in read_entries(Path(data), fields, fmt):
+        if isinstance(item, Problem):
+            if on_error == "fail":
+                raise BertdexError(f"{item} (nothing was written; --on-error skip leaves such rows out)")
+            problems.append(item)
+        else:
+            count += 1
+    if count == 0:
+        raise BertdexError(f"{data}: no entries to index" + (f" ({len(problems)} rows skipped)" if problems else ""))
+    return count, problems
+
+
+def _ingest(writer: IndexWriter, encoder: Encoder, data: Path, fields: Fields, fmt: str | None,
+            total: int, progress: Progress | None, chunk_size: int) -> dict:
+    totals = {"added": 0, "updated": 0, "unchanged": 0, "truncated": 0, "split": 0}
+    chunk: list[Entry] = []
+    done = 0
+
+    def flush():
+        nonlocal done
+        for name, value in upsert_entries(writer, encoder, chunk).items():
+            totals[name] += value
+        done += len(chunk)
+        chunk.clear()
+        if progress:
+            progress(done, total)
+
+    for item in read_entries(Path(data), fields, fmt):
+        if isinstance(item, Entry):
+            chunk.append(item)
+            if len(chunk) >= chunk_size:
+                flush()
+    if chunk:
+        flush()
+    return totals
+
+
+def _report(folder, counts: dict, manifest: Manifest, started: float, problems: list[Problem], reason: str = "") -> BuildReport:
+    return BuildReport(
+        folder=str(folder), added=counts["added"], updated=counts["updated"], unchanged=counts["unchanged"],
+        deleted=counts.get("deleted", 0), documents=manifest.documents, vectors=manifest.vectors,
+        truncated=counts["truncated"], split=counts["split"], seconds=time.perf_counter() - started,
+        recipe_reason=reason, problems=problems,
+    )

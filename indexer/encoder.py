@@ -1,0 +1,193 @@
+"""Text -> hidden states -> pooled, L2-normalized vectors. The only module that touches torch.
+
+Texts are tokenized once, sorted by length and cut into batches under a token budget, so
+padding is small; layers above the pooled one are removed from the model, so they cost nothing.
+Long texts are truncated at `max_length` (and counted), or split into overlapping windows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from indexer.errors import BertdexError
+from indexer.pooling import normalize, pool
+
+BATCH_TOKENS = 8192
+MAX_BATCH = 128
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """Vectors for a list of texts: one per text, or one per window when windows are on.
+
+    owners[i] is the index of the text vector i belongs to; spans[i] its [start, end) characters.
+    """
+
+    vectors: np.ndarray
+    owners: np.ndarray
+    spans: np.ndarray
+    truncated: int
+
+
+def cpu_has_bf16() -> bool:
+    """True where the CPU multiplies bf16 natively (AVX512-BF16 or AMX); emulated bf16 is slower."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    flags = line.split()
+                    return "avx512_bf16" in flags or "amx_bf16" in flags
+    except OSError:
+        return False
+    return False
+
+
+def _hangul_jamo(text: str) -> bool:
+    return any("\u1100" <= ch <= "\u11ff" or "\u3130" <= ch <= "\u318f" for ch in text)
+
+
+class Encoder:
+    """A loaded BERT-family model and its tokenizer.
+
+    `keep_layers`: compute hidden states 0..keep_layers only (None keeps them all).
+    `precision`: "fp32", "bf16" or "auto" (bf16 only where the CPU has it natively).
+    """
+
+    def __init__(self, folder: Path, *, max_length: int | None = None, keep_layers: int | None = None,
+                 precision: str = "auto", threads: int | None = None):
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+        if threads:
+            torch.set_num_threads(threads)
+        self.folder = Path(folder)
+        try:
+            self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), use_fast=True)
+            self.model = transformers.AutoModel.from_pretrained(str(folder), dtype=torch.float32)
+        except Exception as error:
+            raise BertdexError(f"cannot load a model from {folder}: {str(error).splitlines()[0][:200]}") from None
+        self.model.eval()
+        config = self.model.config
+        self.num_layers = int(config.num_hidden_layers)
+        self.hidden_size = int(config.hidden_size)
+        limit = min(int(getattr(config, "max_position_embeddings", 512) or 512), 512)
+        self.model_max_length = limit
+        self.max_length = min(max_length or limit, limit)
+        if self.max_length < 8:
+            raise BertdexError(f"--max-length {max_length} is too small: use at least 8 tokens")
+        self.keep_layers = self._truncate_layers(keep_layers)
+        if precision not in ("auto", "fp32", "bf16"):
+            raise BertdexError(f"unknown precision {precision!r}: choose auto, fp32 or bf16")
+        self.bf16 = precision == "bf16" or (precision == "auto" and cpu_has_bf16())
+        probe = self.tokenizer.tokenize("A a 한국")
+        self.lowercase = probe[0] == probe[1] if len(probe) >= 2 else False
+        self.decomposes_hangul = _hangul_jamo("".join(self.tokenizer.tokenize("한국어")))
+
+    def _truncate_layers(self, keep_layers: int | None) -> int | None:
+        """Drop transformer layers above `keep_layers` so they are never computed."""
+        if keep_layers is None:
+            return None
+        encoder = getattr(self.model, "encoder", None)
+        layers = getattr(encoder, "layer", None)
+        if not isinstance(layers, torch.nn.ModuleList) or len(layers) != self.num_layers:
+            return None  # unknown architecture: compute all, pick from hidden_states
+        encoder.layer = torch.nn.ModuleList(list(layers)[:keep_layers])
+        if hasattr(self.model, "pooler"):
+            self.model.pooler = None
+        return keep_layers
+
+    # -- tokens ---------------------------------------------------------------------------------
+
+    def tokenize(self, texts: list[str], *, windows: bool = False, stride: int = 0, special_mask: bool = False):
+        """Token ids per window, with the owner text, character spans and how many texts were cut."""
+        if stride and not 0 <= stride < self.max_length // 2:
+            raise BertdexError(f"--stride {stride} must be between 0 and half of --max-length ({self.max_length // 2 - 1})")
+        encoded = self.tokenizer(
+            list(texts), truncation=True, max_length=self.max_length, stride=stride,
+            return_overflowing_tokens=True, return_offsets_mapping=True,
+            return_special_tokens_mask=special_mask, padding=False,
+        )
+        owners = np.asarray(encoded["overflow_to_sample_mapping"], dtype=np.int64)
+        first = np.ones(len(owners), dtype=bool)
+        first[1:] = owners[1:] != owners[:-1]
+        truncated = int(len(set(owners[~first].tolist()))) if not windows else 0
+        keep = np.arange(len(owners)) if windows else np.flatnonzero(first)
+        spans = []
+        for i in keep:
+            offsets = [o for o in encoded["offset_mapping"][i] if o[1] > o[0]]
+            spans.append((offsets[0][0], offsets[-1][1]) if offsets else (0, 0))
+        ids = [encoded["input_ids"][i] for i in keep]
+        types = [encoded["token_type_ids"][i] for i in keep] if "token_type_ids" in encoded else None
+        specials = [encoded["special_tokens_mask"][i] for i in keep] if special_mask else None
+        return ids, types, specials, owners[keep], np.asarray(spans, dtype=np.int64).reshape(-1, 2), truncated
+
+    # -- vectors --------------------------------------------------------------------------------
+
+    def embed(self, texts: list[str], *, layer: int, pooling: str, exclude_special: bool = False,
+              windows: bool = False, stride: int = 0) -> Embedded:
+        """Pooled, L2-normalized float32 vectors of hidden state `layer` (absolute index)."""
+        ids, types, specials, owners, spans, truncated = self.tokenize(
+            texts, windows=windows, stride=stride, special_mask=exclude_special
+        )
+        width = self.hidden_size * (2 if pooling == "mean-max" else 1)
+        vectors = np.zeros((len(ids), width), dtype=np.float32)
+        for batch in _length_batches([len(x) for x in ids]):
+            hidden, mask = self._forward([ids[i] for i in batch], [types[i] for i in batch] if types else None, layer)
+            if exclude_special:
+                for row, i in enumerate(batch):
+                    mask[row, : len(specials[i])] *= 1 - np.asarray(specials[i], dtype=mask.dtype)
+            vectors[batch] = pool(hidden, mask, pooling)
+        return Embedded(normalize(vectors), owners, spans, truncated)
+
+    def _forward(self, ids: list[list[int]], types: list[list[int]] | None, layer: int):
+        """One padded batch through the model: hidden state `layer` as float32 numpy, and the mask."""
+        width = max(len(x) for x in ids)
+        pad = self.tokenizer.pad_token_id or 0
+        input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
+        attention = torch.zeros((len(ids), width), dtype=torch.long)
+        token_types = torch.zeros((len(ids), width), dtype=torch.long)
+        for row, seq in enumerate(ids):
+            input_ids[row, : len(seq)] = torch.tensor(seq)
+            attention[row, : len(seq)] = 1
+            if types:
+                token_types[row, : len(seq)] = torch.tensor(types[row])
+        hidden = self.hidden_states(input_ids, attention, token_types, layer)
+        return hidden, attention.numpy().astype(np.float32)
+
+    def hidden_states(self, input_ids, attention, token_types, layer: int | None):
+        """Hidden state `layer` [batch, tokens, features], or all of them [layers+1, ...] when None."""
+        if layer is not None and self.keep_layers is not None and layer > self.keep_layers:
+            raise BertdexError(f"layer {layer} was not kept: this encoder computes layers 0..{self.keep_layers}")
+        want_all = layer is None or self.keep_layers is None or layer != self.keep_layers
+        kwargs = {"input_ids": input_ids, "attention_mask": attention}
+        if "token_type_ids" in self.tokenizer.model_input_names:
+            kwargs["token_type_ids"] = token_types
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16)
+        with torch.inference_mode(), autocast:
+            output = self.model(**kwargs, output_hidden_states=want_all, return_dict=True)
+        if layer is None:
+            return torch.stack(output.hidden_states).float().numpy()
+        chosen = output.hidden_states[layer] if want_all else output.last_hidden_state
+        return chosen.float().numpy()
+
+
+def _length_batches(lengths: list[int], budget: int = BATCH_TOKENS, max_batch: int = MAX_BATCH) -> list[np.ndarray]:
+    """Indices grouped into batches of similar length whose padded size stays under `budget` tokens.
+
+    _length_batches([5, 3, 9], budget=12) -> [array([1, 0]), array([2])]
+    """
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    batches, current = [], []
+    for index in order:
+        if current and ((len(current) + 1) * lengths[index] > budget or len(current) >= max_batch):
+            batches.append(np.asarray(current))
+            current = []
+        current.append(index)
+    if current:
+        batches.append(np.asarray(current))
+    return batches

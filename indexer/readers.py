@@ -1,0 +1,213 @@
+"""Input files -> entries (key, text to embed, other fields), streamed, each with its line number.
+
+Reads CSV and TSV with a header, JSON Lines, and plain text (one entry per line), strictly as
+UTF-8. Every problem is a BertdexError naming the file and line. This module does not embed
+or store anything.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from indexer.errors import BertdexError
+from indexer.keywords import normalize_text
+
+FORMATS = ("csv", "tsv", "jsonl", "text")
+MAX_TEXT_CHARS = 1_000_000
+_ID_FIELDS = ("id", "_id", "key")
+_TEXT_FIELDS = ("text", "question", "content", "body", "sentence")
+
+csv.field_size_limit(sys.maxsize)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One input row: `text` is what gets embedded, `fields` everything else the row held."""
+
+    key: str
+    text: str
+    fields: dict = field(default_factory=dict)
+    group: str | None = None
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A row that could not be read, as one line: 'faq.csv:12: no "question" field'."""
+
+    path: str
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.reason}"
+
+
+def detect_format(path: Path, fmt: str | None = None) -> str:
+    if fmt:
+        if fmt not in FORMATS:
+            raise BertdexError(f"unknown --format {fmt!r}: choose one of {', '.join(FORMATS)}")
+        return fmt
+    suffix = path.suffix.lower()
+    return {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
+            ".json": "jsonl"}.get(suffix, "text")
+
+
+def read_records(path: Path, fmt: str | None = None) -> Iterator[tuple[int, dict | Problem]]:
+    """(line number, record dict or Problem) for each row of `path`, streamed."""
+    path = Path(path)
+    if not path.is_file():
+        raise BertdexError(f"{path}: no such file")
+    fmt = detect_format(path, fmt)
+    with open(path, "rb") as handle:
+        lines = _decoded_lines(handle, path)
+        if fmt in ("csv", "tsv"):
+            yield from _csv_records(lines, path, "\t" if fmt == "tsv" else ",")
+        elif fmt == "jsonl":
+            yield from _json_records(lines, path)
+        else:
+            for number, line in lines:
+                yield number, {"text": line.rstrip("\r\n")}
+
+
+def _decoded_lines(handle, path: Path) -> Iterator[tuple[int, str]]:
+    for number, raw in enumerate(handle, start=1):
+        if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        try:
+            yield number, raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise BertdexError(f"{path}:{number}: not valid UTF-8 (byte {error.start + 1}): convert the file to UTF-8") from None
+
+
+def _csv_records(lines, path: Path, delimiter: str) -> Iterator[tuple[int, dict | Problem]]:
+    position = {"line": 0}
+
+    def text_lines():
+        for number, line in lines:
+            position["line"] = number
+            yield line
+
+    reader = csv.reader(text_lines(), delimiter=delimiter, strict=True)
+    header = None
+    while True:
+        start = position["line"] + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            yield start, Problem(str(path), start, f"malformed CSV: {error}")
+            continue
+        if header is None:
+            header = [name.strip() for name in row]
+            if not any(header):
+                raise BertdexError(f"{path}:1: the first line must be a header naming the columns")
+            continue
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) != len(header):
+            yield start, Problem(str(path), start, f"{len(row)} columns where the header has {len(header)}")
+            continue
+        yield start, dict(zip(header, row))
+
+
+def _json_records(lines, path: Path) -> Iterator[tuple[int, dict | Problem]]:
+    for number, line in lines:
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            yield number, Problem(str(path), number, f"invalid JSON: {error.msg} at column {error.colno}")
+            continue
+        if not isinstance(record, dict):
+            yield number, Problem(str(path), number, "each line must be a JSON object")
+            continue
+        yield number, record
+
+
+@dataclass(frozen=True)
+class Fields:
+    """Which input fields make the text, the key and the group."""
+
+    text: tuple[str, ...] = ()
+    key: str | None = None
+    group: str | None = None
+
+
+def choose_fields(record: dict, wanted: Fields, path: Path, line: int) -> Fields:
+    """Fill in what the user did not name from the first record: 'text'/'question' and 'id'/'_id'."""
+    names = list(record)
+    text = wanted.text or tuple(n for n in _TEXT_FIELDS if n in record)[:1]
+    if not text:
+        raise BertdexError(f"{path}:{line}: no text field among {names}: name one with --text-field")
+    for name in text:
+        if name not in record:
+            raise BertdexError(f"{path}:{line}: no field {name!r} (fields: {', '.join(map(str, names))})")
+    key = wanted.key or next((n for n in _ID_FIELDS if n in record), None)
+    if wanted.key and wanted.key not in record:
+        raise BertdexError(f"{path}:{line}: no field {wanted.key!r} for --id-field (fields: {', '.join(map(str, names))})")
+    if wanted.group and wanted.group not in record:
+        raise BertdexError(f"{path}:{line}: no field {wanted.group!r} for --group-field (fields: {', '.join(map(str, names))})")
+    return Fields(text, key, wanted.group)
+
+
+def read_entries(path: Path, wanted: Fields = Fields(), fmt: str | None = None) -> Iterator[Entry | Problem]:
+    """Entries of `path`, or a Problem for each row that cannot be one; keys must be unique."""
+    path = Path(path)
+    fields, seen = None, {}
+    for line, record in read_records(path, fmt):
+        if isinstance(record, Problem):
+            yield record
+            continue
+        if fields is None:
+            fields = choose_fields(record, wanted, path, line)
+        entry = _entry(record, fields, path, line)
+        if isinstance(entry, Entry):
+            if entry.key in seen:
+                entry = Problem(str(path), line, f"key {entry.key!r} repeats line {seen[entry.key]}")
+            else:
+                seen[entry.key] = line
+        yield entry
+    if fields is None:
+        raise BertdexError(f"{path}: no entries in the file")
+
+
+def _entry(record: dict, fields: Fields, path: Path, line: int) -> Entry | Problem:
+    def problem(reason: str) -> Problem:
+        return Problem(str(path), line, reason)
+
+    parts = []
+    for name in fields.text:
+        value = record.get(name)
+        if value is None:
+            return problem(f"no {name!r} field")
+        if not isinstance(value, (str, int, float)):
+            return problem(f"field {name!r} is not text")
+        parts.append(str(value))
+    text = normalize_text(" ".join(parts))
+    if not text:
+        return problem("empty text" + (f" in {', '.join(map(repr, fields.text))}"))
+    if "\x00" in text:
+        return problem("the text contains a NUL character")
+    if len(text) > MAX_TEXT_CHARS:
+        return problem(f"the text has {len(text):,} characters; the limit is {MAX_TEXT_CHARS:,}")
+    if fields.key:
+        key = record.get(fields.key)
+        if key is None or str(key).strip() == "":
+            return problem(f"no value for the key field {fields.key!r}")
+        key = str(key).strip()
+    else:
+        key = str(line)
+    group = None
+    if fields.group:
+        group = record.get(fields.group)
+        group = None if group is None or str(group).strip() == "" else str(group).strip()
+    others = {name: value for name, value in record.items() if name not in fields.text and name != fields.key}
+    return Entry(key, text, others, group, line)

@@ -1,0 +1,46 @@
+"""What `bertdex info` shows: the manifest, the recipe and why, and warnings about the model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from indexer.model import resolve_model_folder, trained_pooling
+from search.searcher import open_manifest
+
+
+def index_info(folder: str | Path) -> dict:
+    """The index's manifest as plain data, with the reason for its recipe."""
+    manifest = open_manifest(folder)
+    recipe = manifest.recipe
+    return {
+        "folder": str(folder),
+        "documents": manifest.documents,
+        "vectors": manifest.vectors,
+        "model": recipe.model,
+        "model_checksum": recipe.model_checksum,
+        "recipe": {
+            "layer": recipe.layer, "pooling": recipe.pooling, "exclude_special": recipe.exclude_special,
+            "max_length": recipe.max_length, "dimension": recipe.dimension, "lowercase": recipe.lowercase,
+        },
+        "recipe_reason": recipe_reason(recipe),
+        "index_type": manifest.index_type,
+        "index_params": manifest.index_params,
+        "settings": manifest.settings,
+        "generation": manifest.generation,
+        "format_version": manifest.format_version,
+        "created": manifest.created,
+        "updated": manifest.updated,
+    }
+
+
+def recipe_reason(recipe) -> str:
+    """Why this recipe: what `auto` would pick for the model, and whether this one is it."""
+    try:
+        trained = trained_pooling(resolve_model_folder(recipe.model))
+    except Exception:  # the model is not reachable here; the manifest still says what was used
+        return "model not available here to compare with auto"
+    if trained:
+        auto = f"{trained.pooling} of the last layer, as the sentence-transformers checkpoint was trained"
+    else:
+        auto = "mean of the second-to-last layer (plain BERT, the bert-as-service recipe)"
+    return f"auto for this model is: {auto}"

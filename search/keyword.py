@@ -1,0 +1,66 @@
+"""Keyword ranking (SQLite FTS5, BM25) and its fusion with the dense ranking.
+
+Both are small functions over the open database and over ranked lists; the FTS5 table is
+written by `indexer.store` in the same transactions as the documents, so it never drifts.
+"""
+
+from __future__ import annotations
+
+from indexer.keywords import fts_query
+
+Ranked = list[tuple[int, float, int | None]]  # (document id, score, passage id or None), best first
+
+
+def search(db, question: str, n: int) -> Ranked:
+    """Top `n` documents by BM25 (higher is better) for the terms of `question`."""
+    query = fts_query(question)
+    if query is None:
+        return []
+    rows = db.execute(
+        "SELECT rowid, -bm25(keywords) AS score FROM keywords WHERE keywords MATCH ? ORDER BY score DESC LIMIT ?",
+        [query, n],
+    ).fetchall()
+    return [(int(doc), float(score), None) for doc, score in rows]
+
+
+def fuse(dense: Ranked, words: Ranked, weight: float = 0.5, method: str = "score") -> Ranked:
+    """One ranking from two: `weight` is the dense side's share (1.0 = dense only).
+
+    method "score": min-max normalized scores, weighted sum (a missing side counts 0);
+    method "rank": weighted reciprocal-rank fusion, 1 / (60 + rank).
+    fuse([(1, .9, 7), (2, .5, 8)], [(2, 3.0, None)], 0.5) -> [(2, 0.5, 8), (1, 0.5, 7)]
+    """
+    dense = _best_per_document(dense)
+    words = _best_per_document(words)
+    if method == "rank":
+        dense_part = {doc: 1.0 / (60 + rank) for rank, (doc, _, _) in enumerate(dense, 1)}
+        word_part = {doc: 1.0 / (60 + rank) for rank, (doc, _, _) in enumerate(words, 1)}
+    else:
+        dense_part, word_part = _min_max(dense), _min_max(words)
+    passages = {doc: passage for doc, _, passage in words}
+    passages.update({doc: passage for doc, _, passage in dense})
+    fused = {
+        doc: weight * dense_part.get(doc, 0.0) + (1.0 - weight) * word_part.get(doc, 0.0)
+        for doc in passages
+    }
+    order = sorted(fused, key=lambda doc: (-fused[doc], doc))
+    return [(doc, fused[doc], passages[doc]) for doc in order]
+
+
+def _best_per_document(ranked: Ranked) -> Ranked:
+    seen, best = set(), []
+    for doc, score, passage in ranked:
+        if doc not in seen:
+            seen.add(doc)
+            best.append((doc, score, passage))
+    return best
+
+
+def _min_max(ranked: Ranked) -> dict[int, float]:
+    if not ranked:
+        return {}
+    scores = [score for _, score, _ in ranked]
+    low, high = min(scores), max(scores)
+    if high - low < 1e-12:
+        return {doc: 1.0 for doc, _, _ in ranked}
+    return {doc: (score - low) / (high - low) for doc, score, _ in ranked}
