@@ -101,12 +101,13 @@ class Searcher:
 
     def search_many(self, questions: list[str], k: int = 5, *, mode: str | None = None,
                     min_score: float | None = None, weight: float | None = None,
-                    filters: dict | None = None) -> list[list[Hit]]:
+                    filters: dict | None = None, vectors: np.ndarray | None = None) -> list[list[Hit]]:
         """Ranked hits per question; questions are embedded in one batch.
 
         `mode`: dense, keyword or hybrid (default: the index's tuned mode, else dense).
         `min_score`: hits below it are dropped (an empty list means "no good answer").
         `filters`: stored field -> required value.
+        `vectors`: the questions' vectors from `embed`, when already computed (the server's micro-batcher).
         """
         tuned = self.manifest.settings.get("search", {})
         mode = mode or tuned.get("mode", "dense")
@@ -119,7 +120,10 @@ class Searcher:
                 raise BertdexError("empty question")
         weight = tuned.get("weight", 0.5) if weight is None else weight
         min_score = tuned.get("min_score") if min_score is None else min_score
-        vectors = self.embed(questions) if mode != "keyword" else None
+        if mode == "keyword":
+            vectors = None
+        elif vectors is None:
+            vectors = self.embed(questions)
         results = []
         with self._snapshot():
             for i, question in enumerate(questions):
