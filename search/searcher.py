@@ -119,7 +119,9 @@ class Searcher:
             if not normalize_text(question):
                 raise BertdexError("empty question")
         weight = tuned.get("weight", 0.5) if weight is None else weight
-        min_score = tuned.get("min_score") if min_score is None else min_score
+        # a calibrated cut is on the score scale of the mode it was calibrated for
+        if min_score is None and mode == tuned.get("mode", "dense"):
+            min_score = tuned.get("min_score")
         if mode == "keyword":
             vectors = None
         elif vectors is None:
@@ -143,7 +145,7 @@ class Searcher:
             elif mode == "keyword":
                 ranked = words
             else:
-                ranked = keyword.fuse(dense, words, weight)
+                ranked = keyword.fuse(dense, words, weight, self.manifest.settings.get("search", {}).get("fusion", "score"))
             kept = self._collapse(ranked, filters)
             exhausted = len(dense) < pool_size and len(words) < pool_size
             if len(kept) >= k or exhausted or pool_size >= MAX_K * 10:
