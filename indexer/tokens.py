@@ -1,0 +1,206 @@
+"""What a BERT model sees of one text: its WordPiece tokens and ids, and its hidden states.
+
+The first steps of the embedding tutorial as functions over an `Encoder` built with all its
+layers (`load_encoder`): the token table, the [layers x tokens x hidden] shape with each layer's
+value range, and a histogram of one token's values in one layer. Nothing here imports torch: the
+encoder's tokenizer and `hidden_states` do the work. Word and sentence vectors are in `indexer.words`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from indexer.encoder import Encoder
+from indexer.errors import BertdexError
+from indexer.model import DEFAULT_MODEL, resolve_model_folder
+from indexer.recipe import absolute_layer
+
+
+def load_encoder(model: str = DEFAULT_MODEL, *, precision: str = "fp32", threads: int | None = None) -> Encoder:
+    """An encoder that computes every hidden state (keep_layers=None), in fp32 unless asked otherwise."""
+    return Encoder(resolve_model_folder(model), keep_layers=None, precision=precision, threads=threads)
+
+
+def check_text(text: str) -> str:
+    if not text or not text.strip():
+        raise BertdexError("empty text: give some words")
+    return text
+
+
+# -- tokens -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Token:
+    """One WordPiece token: `word` is the index of the word it belongs to (None for [CLS]/[SEP]),
+    start/end its characters in the text, `kept` False when it lies past the model's window."""
+
+    position: int
+    token: str
+    id: int
+    word: int | None
+    start: int
+    end: int
+    kept: bool
+
+
+@dataclass(frozen=True)
+class TokenTable:
+    text: str
+    tokens: tuple[Token, ...]
+    unknown: int
+    max_length: int
+    truncated: bool
+    lowercase: bool
+    decomposes_hangul: bool
+    warnings: tuple[str, ...]
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["tokens"] = [asdict(token) for token in self.tokens]
+        data["warnings"] = list(self.warnings)
+        return data
+
+
+def token_table(encoder: Encoder, text: str) -> TokenTable:
+    """Every token of `text` with its id, as the tokenizer makes them (no truncation: cut ones are marked).
+
+    token_table(encoder, "hi") -> TokenTable(tokens=(Token(0, '[CLS]', 101, ...), Token(1, 'hi', 7632, ...), ...))
+    """
+    tokenizer = _fast_tokenizer(encoder)
+    encoded = tokenizer(check_text(text), truncation=False, return_offsets_mapping=True, verbose=False)
+    ids, words = encoded["input_ids"], encoded.word_ids()
+    pieces = tokenizer.convert_ids_to_tokens(ids)
+    room = encoder.max_length - tokenizer.num_special_tokens_to_add()
+    tokens, content = [], 0
+    for position, (piece, token_id, word, (start, end)) in enumerate(zip(pieces, ids, words, encoded["offset_mapping"])):
+        kept = word is None or content < room
+        content += word is not None
+        tokens.append(Token(position, piece, int(token_id), word, int(start), int(end), kept))
+    unknown = sum(token_id == tokenizer.unk_token_id for token_id in ids)
+    truncated = len(ids) > encoder.max_length
+    warnings = []
+    if truncated:
+        warnings.append(f"{len(ids)} tokens: the {content - room} past the model's window of "
+                        f"{encoder.max_length} are cut when embedding")
+    if unknown:
+        warnings.append(f"{unknown} piece(s) are [UNK]: the vocabulary cannot spell them, their meaning is lost")
+    warnings += _hangul_warning(encoder, text)
+    return TokenTable(text, tuple(tokens), unknown, encoder.max_length, truncated, encoder.lowercase,
+                      encoder.decomposes_hangul, tuple(warnings))
+
+
+def _hangul_warning(encoder: Encoder, text: str) -> list[str]:
+    syllable = next((ch for ch in text if "\uac00" <= ch <= "\ud7a3"), None)
+    if syllable is None or not encoder.decomposes_hangul:
+        return []
+    pieces = " ".join(encoder.tokenizer.tokenize(syllable))
+    return [f"this tokenizer lower-cases and strips accents (NFD), which splits Hangul syllables into jamo "
+            f"({syllable} -> {pieces}): use a cased model (e.g. bert-base-multilingual-cased) for Korean"]
+
+
+def _fast_tokenizer(encoder: Encoder):
+    tokenizer = encoder.tokenizer
+    if not getattr(tokenizer, "is_fast", False):
+        raise BertdexError(f"the tokenizer of {encoder.folder} is not a fast tokenizer: word positions need one "
+                           "(a tokenizer.json, or a vocab.txt that transformers can convert)")
+    return tokenizer
+
+
+# -- hidden states ------------------------------------------------------------------------------
+
+
+def hidden_states_of(encoder: Encoder, text: str):
+    """All hidden states of `text` as [layers+1, tokens, hidden] float32, and the tokenizer's encoding.
+
+    The text is cut at the encoder's max_length, as indexing does; the encoding's word_ids() and
+    offset_mapping say which word and characters each token row comes from.
+    """
+    if encoder.keep_layers is not None:
+        raise BertdexError(f"this encoder computes hidden states 0..{encoder.keep_layers} only: "
+                           "build it with keep_layers=None (load_encoder) to see every layer")
+    tokenizer = _fast_tokenizer(encoder)
+    encoded = tokenizer(check_text(text), truncation=True, max_length=encoder.max_length,
+                        return_offsets_mapping=True, return_tensors="pt")
+    states = encoder.hidden_states(encoded["input_ids"], encoded["attention_mask"],
+                                   encoded.get("token_type_ids"), None)
+    return states[:, 0], encoded
+
+
+@dataclass(frozen=True)
+class LayerRange:
+    """Value range of one hidden state over all tokens: layer 0 is the embeddings output."""
+
+    layer: int
+    minimum: float
+    maximum: float
+    mean: float
+    std: float
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    text: str
+    tokens: tuple[str, ...]
+    shape: tuple[int, int, int]  # [layers+1, tokens, hidden]
+    layers: tuple[LayerRange, ...]
+
+    def to_dict(self) -> dict:
+        return {"text": self.text, "tokens": list(self.tokens), "shape": list(self.shape),
+                "layers": [asdict(layer) for layer in self.layers]}
+
+
+def layer_report(encoder: Encoder, text: str) -> LayerReport:
+    """The hidden states' shape, and each layer's min/max/mean/std over all its tokens and features."""
+    states, encoded = hidden_states_of(encoder, text)
+    ranges = tuple(
+        LayerRange(i, float(layer.min()), float(layer.max()), float(layer.mean()), float(layer.std()))
+        for i, layer in enumerate(states)
+    )
+    tokens = tuple(encoder.tokenizer.convert_ids_to_tokens(encoded["input_ids"][0].tolist()))
+    return LayerReport(text, tokens, tuple(int(n) for n in states.shape), ranges)
+
+
+@dataclass(frozen=True)
+class Histogram:
+    path: Path
+    layer: int
+    position: int
+    token: str
+    values: np.ndarray  # the hidden-size values that were plotted
+
+
+def token_histogram(encoder: Encoder, text: str, path: str | Path, *, layer: int = 5, position: int = 5,
+                    bins: int = 200) -> Histogram:
+    """A PNG histogram of token `position`'s values in hidden state `layer` (negative: from the top).
+
+    Needs matplotlib (pip install 'bertdex[tutorial]'), imported only here.
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise BertdexError(f"--histogram {path}: the image is written as PNG, give a .png file name")
+    try:
+        from matplotlib.figure import Figure
+    except ModuleNotFoundError:
+        raise BertdexError("the histogram needs matplotlib: pip install 'bertdex[tutorial]'") from None
+    states, encoded = hidden_states_of(encoder, text)
+    index = absolute_layer(layer, states.shape[0] - 1)
+    if not 0 <= position < states.shape[1]:
+        raise BertdexError(f"--token {position} is out of range: the text has {states.shape[1]} tokens "
+                           f"(0..{states.shape[1] - 1}, [CLS] is 0)")
+    token = encoder.tokenizer.convert_ids_to_tokens([int(encoded["input_ids"][0, position])])[0]
+    values = states[index, position]
+    figure = Figure(figsize=(8, 6))
+    axes = figure.subplots()
+    axes.hist(values, bins=bins)
+    axes.set_title(f"hidden state {index}, token {position} {token!r}: {values.size} values")
+    axes.set_xlabel("value")
+    axes.set_ylabel("count")
+    try:
+        figure.savefig(path, format="png")
+    except OSError as error:
+        raise BertdexError(f"cannot write {path}: {error.strerror or error}") from None
+    return Histogram(path, index, position, token, values)
