@@ -1,0 +1,69 @@
+"""Rewrite an index's stored search settings, or re-embed all its entries with another layer/pooling, in one commit.
+
+Both refuse when the index changed (another commit landed) since the caller read it, so a tuning
+run never overwrites entries it did not see. Re-embedding reads the entries from SQLite (the index
+is its own source) and writes them back through a writer with replace semantics: readers see the
+old index or the new one, never a mix.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from indexer.errors import BertdexError
+from indexer.resolve import resolve_recipe
+from indexer.store import IndexWriter, Manifest, check_index_folder, connect, read_manifest
+
+CHUNK = 2048
+
+
+def store_search_settings(folder: str | Path, search: dict, *, expected_generation: int | None = None) -> Manifest:
+    """Replace manifest.settings["search"] (mode, weight, fusion, min_score, ...) in a new commit."""
+    folder = check_index_folder(Path(folder))
+    with IndexWriter.open(folder) as writer:
+        _check_generation(writer.manifest.generation, expected_generation, folder)
+        manifest = writer.manifest
+        writer.set_manifest(Manifest(**{**manifest.__dict__, "settings": {**manifest.settings, "search": search}}))
+        return writer.commit()
+
+
+def reembed_index(folder: str | Path, *, layer: int, pooling: str, search: dict | None = None,
+                  expected_generation: int | None = None, threads: int | None = None) -> Manifest:
+    """Embed every entry again with hidden state `layer` and `pooling` (same model, length, windows)."""
+    folder = check_index_folder(Path(folder))
+    db = connect(folder, readonly=True)
+    try:
+        db.execute("BEGIN")
+        old = read_manifest(db, folder)
+        rows = db.execute("SELECT key, text, fields, group_key FROM documents ORDER BY id").fetchall()
+        db.execute("COMMIT")
+    finally:
+        db.close()
+    _check_generation(old.generation, expected_generation, folder)
+    recipe = old.recipe
+    resolved = resolve_recipe(recipe.model, layer=layer, pooling=pooling, exclude_special=recipe.exclude_special,
+                              max_length=recipe.max_length, threads=threads)
+    if resolved.recipe.model_checksum != recipe.model_checksum:
+        raise BertdexError(f"model {recipe.model!r} is no longer the one this index was built with: rebuild it with `bertdex index --replace`")
+    settings = dict(old.settings)
+    if search is not None:
+        settings["search"] = search
+    new = Manifest(**{**old.__dict__, "recipe": resolved.recipe, "settings": settings})
+    documents = [{"key": key, "text": text, "fields": json.loads(fields or "{}"), "group": group}
+                 for key, text, fields, group in rows]
+    with IndexWriter.open(folder, new=new, replace=True) as writer:
+        _check_generation(read_manifest(writer.db, folder).generation, old.generation, folder)
+        for start in range(0, len(documents), CHUNK):
+            part = documents[start : start + CHUNK]
+            embedded = resolved.encoder.embed([d["text"] for d in part], layer=resolved.recipe.layer,
+                                              pooling=resolved.recipe.pooling,
+                                              exclude_special=resolved.recipe.exclude_special,
+                                              windows=settings.get("window", True), stride=settings.get("stride", 0))
+            writer.write_documents(part, embedded.vectors, embedded.owners, embedded.spans)
+        return writer.commit()
+
+
+def _check_generation(found: int, expected: int | None, folder: Path) -> None:
+    if expected is not None and found != expected:
+        raise BertdexError(f"{folder} changed while this command ran (commit {expected} -> {found}): nothing was written; run it again")
