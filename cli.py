@@ -219,6 +219,204 @@ def flatten(data: dict, prefix: str = ""):
             yield f"{prefix}{name}", value
 
 
+# -- tutorial ---------------------------------------------------------------------------------------
+# The BERT embedding tutorial, one command per step: tokens, layers, words, similar-word, embed.
+
+TutorialText = Annotated[str, typer.Argument(help="The text to look at.")]
+Strategy = Annotated[str, typer.Option(help="Word vector from the hidden states: concat-last4, sum-last4, last or second-last.")]
+Merge = Annotated[str, typer.Option(help="A word cut into WordPiece pieces becomes: mean, first or last piece.")]
+VectorsOut = Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the vectors: .json (vectors inside) or .npy (and a .json of labels beside it).")]
+
+
+@app.command("tokens")
+@fails_cleanly
+def tutorial_tokens(text: TutorialText, model: Model = None, as_json: Json = False):
+    """Show TEXT's WordPiece tokens and ids, the [UNK] count, truncation, and a warning when Hangul falls apart into jamo."""
+    from indexer import DEFAULT_MODEL
+    from indexer.tokens import load_encoder, token_table
+
+    table = token_table(load_encoder(model or DEFAULT_MODEL), text)
+    if as_json:
+        echo_json(table.to_dict())
+        return
+    rows = [(str(t.position), t.token, str(t.id), "" if t.word is None else str(t.word), text[t.start:t.end],
+             "" if t.kept else "cut") for t in table.tokens]
+    print_rows(("#", "token", "id", "word", "text", "window"), rows)
+    typer.echo(f"{len(table.tokens)} tokens, window {table.max_length}: {'TRUNCATED' if table.truncated else 'not truncated'}; "
+               f"[UNK]: {table.unknown}; lower-cases: {'yes' if table.lowercase else 'no'}; "
+               f"Hangul into jamo: {'yes' if table.decomposes_hangul else 'no'}")
+    for warning in table.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+
+
+@app.command("layers")
+@fails_cleanly
+def tutorial_layers(
+    text: TutorialText,
+    model: Model = None,
+    histogram: Annotated[Optional[Path], typer.Option(help="Write a PNG histogram of one token's values in one layer (needs matplotlib).")] = None,
+    layer: Annotated[int, typer.Option("--layer", help="Histogram: hidden state (0 = embeddings, negative from the top).")] = 5,
+    token: Annotated[int, typer.Option("--token", help="Histogram: token position ([CLS] is 0).")] = 5,
+    as_json: Json = False,
+):
+    """Show the hidden states' shape [layers x tokens x hidden] and each layer's value range."""
+    from indexer import DEFAULT_MODEL
+    from indexer.tokens import layer_report, load_encoder, token_histogram
+
+    encoder = load_encoder(model or DEFAULT_MODEL)
+    report = layer_report(encoder, text)
+    plot = token_histogram(encoder, text, histogram, layer=layer, position=token) if histogram else None
+    if as_json:
+        data = report.to_dict()
+        if plot:
+            data["histogram"] = {"path": str(plot.path), "layer": plot.layer, "token": plot.position, "piece": plot.token}
+        echo_json(data)
+        return
+    layers_, tokens_, hidden = report.shape
+    typer.echo(f"hidden states: [{layers_} layers x {tokens_} tokens x {hidden} features] "
+               f"(layer 0 is the embeddings output, then {layers_ - 1} transformer layers)")
+    print_rows(("layer", "min", "max", "mean", "std"),
+               [(str(r.layer), f"{r.minimum:.4f}", f"{r.maximum:.4f}", f"{r.mean:.4f}", f"{r.std:.4f}") for r in report.layers])
+    if plot:
+        typer.echo(f"histogram of token {plot.position} {plot.token!r} in hidden state {plot.layer} "
+                   f"({plot.values.size} values): {plot.path}")
+
+
+@app.command("words")
+@fails_cleanly
+def tutorial_words(text: TutorialText, model: Model = None, strategy: Strategy = "sum-last4", merge: Merge = "mean",
+                   out: VectorsOut = None, as_json: Json = False):
+    """One contextual vector per word of TEXT; a word cut into pieces comes back as one word."""
+    from indexer import DEFAULT_MODEL
+    from indexer.tokens import load_encoder
+    from indexer.words import save_vectors, word_vectors
+
+    name = model or DEFAULT_MODEL
+    result = word_vectors(load_encoder(name), text, strategy=strategy, merge=merge)
+    if out:
+        about = {"text": text, "model": name, "strategy": strategy, "merge": merge}
+        written = save_vectors(out, result.vectors, result.labels(), about)
+        typer.echo(f"{len(result.words)} word vectors of {result.vectors.shape[1]} features: "
+                   f"{', '.join(map(str, written))}", err=as_json)
+    if as_json:
+        for label, vector in zip(result.labels(), result.vectors):
+            echo_json({**label, "vector": vector.tolist()})
+    elif not out:
+        print_rows(("#", "word", "pieces", "features", "norm", "first values"),
+                   [(str(i), w.text, " ".join(w.pieces), str(v.size), f"{float((v @ v) ** 0.5):.3f}", preview(v))
+                    for i, (w, v) in enumerate(zip(result.words, result.vectors))])
+    if result.truncated:
+        typer.echo("warning: the text is longer than the model's window; words past it are left out", err=True)
+
+
+@app.command("similar-word")
+@fails_cleanly
+def tutorial_similar_word(
+    sentences: Annotated[list[str], typer.Argument(help="Two or more sentences that use the word.")],
+    word: Annotated[str, typer.Option("--word", "-w", help="The word to compare (Korean: may be glued to a particle, 배 in 배를).")],
+    model: Model = None,
+    strategy: Strategy = "sum-last4",
+    merge: Merge = "mean",
+    as_json: Json = False,
+):
+    """Cosine similarity of one word's contextual vectors across sentences, as a matrix."""
+    from indexer import DEFAULT_MODEL
+    from indexer.tokens import load_encoder
+    from indexer.words import similar_word
+
+    result = similar_word(load_encoder(model or DEFAULT_MODEL), sentences, word, strategy=strategy, merge=merge)
+    if as_json:
+        echo_json(result.to_dict())
+        return
+    count = len(result.occurrences)
+    print_rows(("#", "sentence", "pieces", *map(str, range(1, count + 1))),
+               [(str(i + 1), o.sentence, " ".join(o.pieces), *(f"{s:.3f}" for s in result.matrix[i]))
+                for i, o in enumerate(result.occurrences)])
+    typer.echo(f"cosine of {word!r} ({strategy}, pieces merged by {merge})")
+
+
+@app.command("embed")
+@fails_cleanly
+def tutorial_embed(
+    texts: Annotated[list[str], typer.Argument(help="Texts; '-' reads one per line from stdin.")],
+    index_dir: Annotated[Optional[Path], typer.Option("--index", "-i", help="Embed as this index embeds its questions.")] = None,
+    model: Model = None,
+    layer: Layer = None,
+    pooling: Pooling = None,
+    out: VectorsOut = None,
+    as_json: Json = False,
+):
+    """Sentence vectors (L2-normalized) by an index's recipe or a chosen one."""
+    from indexer.words import save_vectors, sentence_vectors
+
+    if texts == ["-"]:
+        texts = [line.strip() for line in sys.stdin if line.strip()]
+    result = sentence_vectors(texts, index=index_dir, model=model, layer=layer, pooling=pooling)
+    recipe = result.recipe
+    if out:
+        about = {"recipe": recipe.to_dict(), "reason": result.reason}
+        written = save_vectors(out, result.vectors, result.labels(), about)
+        typer.echo(f"{len(result.texts)} vectors of {recipe.dimension} features: {', '.join(map(str, written))}",
+                   err=as_json)
+    if as_json:
+        for text, vector in zip(result.texts, result.vectors):
+            echo_json({"text": text, "vector": vector.tolist()})
+    elif not out:
+        typer.echo(f"recipe: {recipe.pooling} of hidden state {recipe.layer} of {recipe.model}, "
+                   f"{recipe.dimension} features ({result.reason})")
+        print_rows(("#", "text", "first values"),
+                   [(str(i), text, preview(vector)) for i, (text, vector) in enumerate(zip(result.texts, result.vectors))])
+    if result.truncated:
+        typer.echo(f"warning: {result.truncated} texts were longer than the model's window and were cut", err=True)
+
+
+def print_rows(columns, rows) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table()
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)
+
+
+def preview(vector, count: int = 4) -> str:
+    return "[" + ", ".join(f"{float(x):.4f}" for x in vector[:count]) + ", ...]"
+
+
+# -- http service -----------------------------------------------------------------------------------
+
+
+@app.command()
+@fails_cleanly
+def serve(
+    index_dir: IndexDir,
+    host: Annotated[str, typer.Option(help="Address to bind; anything but loopback needs an API key or --read-only.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    api_key_file: Annotated[Optional[Path], typer.Option(help="File holding the API key that writes need (else env BERTDEX_API_KEY).")] = None,
+    read_only: Annotated[bool, typer.Option(help="Refuse every write, even with a key.")] = False,
+    batch_window_ms: Annotated[float, typer.Option(help="How long a question waits for others to share its forward pass.")] = 2.0,
+):
+    """Serve the index over HTTP: POST /search, /documents, /health, /info, a search page at /."""
+    import os
+
+    from search.server import serve as run_server
+
+    api_key = os.environ.get("BERTDEX_API_KEY") or None
+    if api_key_file is not None:
+        try:
+            api_key = api_key_file.read_text(encoding="utf-8").strip()
+        except OSError as error:
+            raise typer.BadParameter(f"--api-key-file {api_key_file}: {error.strerror}") from None
+    if api_key is None:
+        typer.echo("no API key (BERTDEX_API_KEY or --api-key-file): the server is read-only", err=True)
+    typer.echo(f"serving {index_dir} on http://{host}:{port}/ (API docs at /docs)", err=True)
+    run_server(index_dir, host=host, port=port, api_key=api_key, read_only=read_only,
+               batch_window=batch_window_ms / 1000)
+
+
 # -- printing ---------------------------------------------------------------------------------------
 
 
