@@ -402,7 +402,7 @@ def serve(
     """Serve the index over HTTP: POST /search, /documents, /health, /info, a search page at /."""
     import os
 
-    from search.server import serve as run_server
+    from search.server import check_bind, serve as run_server
 
     api_key = os.environ.get("BERTDEX_API_KEY") or None
     if api_key_file is not None:
@@ -410,9 +410,9 @@ def serve(
             api_key = api_key_file.read_text(encoding="utf-8").strip()
         except OSError as error:
             raise typer.BadParameter(f"--api-key-file {api_key_file}: {error.strerror}") from None
-    if api_key is None:
-        typer.echo("no API key (BERTDEX_API_KEY or --api-key-file): the server is read-only", err=True)
-    typer.echo(f"serving {index_dir} on http://{host}:{port}/ (API docs at /docs)", err=True)
+    writable = check_bind(host, api_key, read_only)
+    access = "writes need the API key" if writable else "read-only (no API key, or --read-only)"
+    typer.echo(f"serving {index_dir} on http://{host}:{port}/ ({access}; API docs at /docs)", err=True)
     run_server(index_dir, host=host, port=port, api_key=api_key, read_only=read_only,
                batch_window=batch_window_ms / 1000)
 

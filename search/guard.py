@@ -1,0 +1,107 @@
+"""What every request passes before a route: the API key for writes, the body size, and JSON errors.
+
+`Guard` is a plain ASGI middleware, so it answers 401/403/413 before any body is parsed: an
+unauthenticated or oversized write costs no JSON decoding. It does not route or validate fields.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+# how pydantic names the alternatives of a union in an error's location
+_UNION_TAG = re.compile(r"^(constrained-)?(str|int|float|bool|none|list\[.*\]|dict\[.*\])$")
+
+
+def error_body(status: int, message: str, details: list | None = None) -> dict:
+    """The one error shape: error_body(404, "no entry with key 'x'") -> {"error": ..., "status": 404}."""
+    body = {"error": message, "status": status}
+    if details:
+        body["details"] = details
+    return body
+
+
+def validation_message(errors: list[dict], limit: int = 5) -> str:
+    """Pydantic errors as one line: "documents[3].text: String should have at least 1 character".
+
+    The alternatives of a union share one place: "question: Input should be a valid string, or ...".
+    """
+    places: dict[str, list[str]] = {}
+    for error in errors:
+        if error.get("type") == "json_invalid":
+            return "the body is not valid JSON: " + str(error.get("ctx", {}).get("error", "syntax error"))
+        where = ""
+        for step in error.get("loc", ()):
+            if step == "body" and not where or isinstance(step, str) and _UNION_TAG.match(step):
+                continue
+            where += f"[{step}]" if isinstance(step, int) else (f".{step}" if where else str(step))
+        places.setdefault(where or "body", []).append(str(error.get("msg", "invalid")))
+    parts = [f"{where}: {', or '.join(dict.fromkeys(messages))}" for where, messages in list(places.items())[:limit]]
+    more = f" (and {len(places) - limit} more)" if len(places) > limit else ""
+    return "; ".join(parts) + more
+
+
+def is_write(method: str, path: str) -> bool:
+    return method in WRITE_METHODS and (path == "/documents" or path.startswith("/documents/"))
+
+
+class Guard:
+    """ASGI middleware: writes need the key (401) on a writable server (403); bodies stay under a limit (413)."""
+
+    def __init__(self, app, service, max_body_bytes: int):
+        self.app, self.service, self.max_body_bytes = app, service, max_body_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        send = _with_headers(send)
+        headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
+        if is_write(scope["method"], scope["path"]):
+            if not self.service.writable:
+                return await _reply(send, 403, "this server is read-only (started without an API key, or with --read-only)")
+            if not self.service.authorized(headers):
+                return await _reply(send, 401, "a valid API key is required (X-API-Key or Authorization: Bearer)",
+                                    [(b"www-authenticate", b"Bearer")])
+        if scope["method"] not in WRITE_METHODS:
+            return await self.app(scope, receive, send)
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
+            return await _reply(send, 413, f"the request body is over {self.max_body_bytes:,} bytes")
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_body_bytes:
+                return await _reply(send, 413, f"the request body is over {self.max_body_bytes:,} bytes")
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+
+def _with_headers(send):
+    async def sending(message):
+        if message["type"] == "http.response.start":
+            message["headers"] = [*message.get("headers", []), (b"x-content-type-options", b"nosniff")]
+        await send(message)
+    return sending
+
+
+async def _reply(send, status: int, message: str, extra: list | None = None) -> None:
+    payload = json.dumps(error_body(status, message)).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()), *(extra or [])]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
