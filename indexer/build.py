@@ -16,7 +16,7 @@ from indexer.encoder import Encoder
 from indexer.errors import BertdexError
 from indexer.model import DEFAULT_MODEL
 from indexer.readers import Entry, Fields, Problem, read_entries
-from indexer.resolve import encoder_for, resolve_recipe
+from indexer.resolve import Resolved, encoder_for, resolve_recipe
 from indexer.store import IndexWriter, Manifest, check_index_folder, connect, content_hash, read_manifest
 
 CHUNK = 2048
@@ -49,18 +49,24 @@ class BuildReport:
 def build_index(data: Path, folder: Path, *, text_fields: Iterable[str] = (), id_field: str | None = None,
                 group_field: str | None = None, model: str = DEFAULT_MODEL, layer: int | None = None,
                 pooling: str | None = None, exclude_special: bool = False, max_length: int | None = None,
-                window: bool = True, stride: int | None = None, replace: bool = False, on_error: str = "fail",
+                window: bool = True, window_length: int = 128, stride: int | None = None,
+                replace: bool = False, on_error: str = "fail",
                 fmt: str | None = None, precision: str = "auto", threads: int | None = None,
-                progress: Progress | None = None, chunk_size: int = CHUNK) -> BuildReport:
-    """Index the entries of `data` into a new folder (or rebuild one with `replace`)."""
+                progress: Progress | None = None, chunk_size: int = CHUNK,
+                resolved: Resolved | None = None) -> BuildReport:
+    """Index the entries of `data` into a new folder (or rebuild one with `replace`).
+
+    `resolved`: a recipe and encoder already loaded (then the model options are not used).
+    """
     started = time.perf_counter()
     fields = Fields(tuple(text_fields), id_field, group_field)
     entries_total, problems = _check_input(data, fields, fmt, on_error)
-    resolved = resolve_recipe(model, layer=layer, pooling=pooling, exclude_special=exclude_special,
-                              max_length=max_length, precision=precision, threads=threads)
-    stride = resolved.recipe.max_length // 8 if stride is None else stride
+    resolved = resolved or resolve_recipe(model, layer=layer, pooling=pooling, exclude_special=exclude_special,
+                                          max_length=max_length, precision=precision, threads=threads)
+    window_length = min(window_length, resolved.recipe.max_length)
+    stride = window_length // 4 if stride is None else stride
     settings = {"text_fields": list(fields.text), "id_field": id_field, "group_field": group_field,
-                "window": window, "stride": stride, "format": fmt}
+                "window": window, "window_length": window_length, "stride": stride, "format": fmt}
     manifest = Manifest(recipe=resolved.recipe, settings=settings)
     with IndexWriter.open(Path(folder), new=manifest, replace=replace) as writer:
         if writer.manifest.documents and not replace:
@@ -100,7 +106,7 @@ def upsert_entries(writer: IndexWriter, encoder: Encoder, entries: list[Entry]) 
         return counts
     embedded = encoder.embed([e.text for e in changed], layer=recipe.layer, pooling=recipe.pooling,
                              exclude_special=recipe.exclude_special, windows=settings.get("window", True),
-                             stride=settings.get("stride", 0))
+                             stride=settings.get("stride", 0), window_length=settings.get("window_length"))
     documents = [{"key": e.key, "text": e.text, "fields": e.fields, "group": e.group} for e in changed]
     writer.write_documents(documents, embedded.vectors, embedded.owners, embedded.spans)
     counts["truncated"] = embedded.truncated

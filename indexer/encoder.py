@@ -103,36 +103,64 @@ class Encoder:
 
     # -- tokens ---------------------------------------------------------------------------------
 
-    def tokenize(self, texts: list[str], *, windows: bool = False, stride: int = 0, special_mask: bool = False):
-        """Token ids per window, with the owner text, character spans and how many texts were cut."""
-        if stride and not 0 <= stride < self.max_length // 2:
-            raise BertdexError(f"--stride {stride} must be between 0 and half of --max-length ({self.max_length // 2 - 1})")
+    def tokenize(self, texts: list[str], *, windows: bool = False, stride: int = 0, special_mask: bool = False,
+                 window_length: int | None = None):
+        """Token ids per window, with the owner text, character spans and how many texts were cut.
+
+        With `windows`, a text longer than max_length is split into windows of `window_length`
+        tokens (default max_length) sharing `stride` tokens; shorter texts stay whole.
+        """
+        window_length = min(window_length or self.max_length, self.max_length)
+        if stride and not 0 <= stride < window_length // 2:
+            raise BertdexError(f"--stride {stride} must be between 0 and half the window ({window_length // 2 - 1})")
+        parts = self._encode(list(texts), self.max_length, stride if window_length == self.max_length else 0, special_mask)
+        owners = parts["owners"]
+        first = np.ones(len(owners), dtype=bool)
+        first[1:] = owners[1:] != owners[:-1]
+        long_texts = sorted(set(owners[~first].tolist()))
+        if not windows:
+            keep = np.flatnonzero(first)
+            return (*(self._select(parts, keep)), len(long_texts))
+        if window_length < self.max_length and long_texts:
+            split = self._encode([texts[i] for i in long_texts], window_length, stride, special_mask)
+            split["owners"] = np.asarray(long_texts, dtype=np.int64)[split["owners"]]
+            whole = np.flatnonzero(~np.isin(owners, long_texts))
+            combined = {name: [parts[name][i] for i in whole] + list(split[name]) for name in parts if parts[name] is not None}
+            combined["owners"] = np.concatenate([owners[whole], split["owners"]])
+            parts = {name: combined.get(name) for name in parts}
+        return (*(self._select(parts, np.arange(len(parts["owners"])))), 0)
+
+    def _encode(self, texts: list[str], max_length: int, stride: int, special_mask: bool) -> dict:
         encoded = self.tokenizer(
-            list(texts), truncation=True, max_length=self.max_length, stride=stride,
+            texts, truncation=True, max_length=max_length, stride=stride,
             return_overflowing_tokens=True, return_offsets_mapping=True,
             return_special_tokens_mask=special_mask, padding=False,
         )
-        owners = np.asarray(encoded["overflow_to_sample_mapping"], dtype=np.int64)
-        first = np.ones(len(owners), dtype=bool)
-        first[1:] = owners[1:] != owners[:-1]
-        truncated = int(len(set(owners[~first].tolist()))) if not windows else 0
-        keep = np.arange(len(owners)) if windows else np.flatnonzero(first)
         spans = []
-        for i in keep:
-            offsets = [o for o in encoded["offset_mapping"][i] if o[1] > o[0]]
-            spans.append((offsets[0][0], offsets[-1][1]) if offsets else (0, 0))
-        ids = [encoded["input_ids"][i] for i in keep]
-        types = [encoded["token_type_ids"][i] for i in keep] if "token_type_ids" in encoded else None
-        specials = [encoded["special_tokens_mask"][i] for i in keep] if special_mask else None
-        return ids, types, specials, owners[keep], np.asarray(spans, dtype=np.int64).reshape(-1, 2), truncated
+        for offsets in encoded["offset_mapping"]:
+            real = [o for o in offsets if o[1] > o[0]]
+            spans.append((real[0][0], real[-1][1]) if real else (0, 0))
+        return {
+            "ids": encoded["input_ids"],
+            "types": encoded["token_type_ids"] if "token_type_ids" in encoded else None,
+            "specials": encoded["special_tokens_mask"] if special_mask else None,
+            "owners": np.asarray(encoded["overflow_to_sample_mapping"], dtype=np.int64),
+            "spans": spans,
+        }
+
+    @staticmethod
+    def _select(parts: dict, keep: np.ndarray):
+        pick = lambda name: [parts[name][i] for i in keep] if parts[name] is not None else None  # noqa: E731
+        spans = np.asarray([parts["spans"][i] for i in keep], dtype=np.int64).reshape(-1, 2)
+        return pick("ids"), pick("types"), pick("specials"), parts["owners"][keep], spans
 
     # -- vectors --------------------------------------------------------------------------------
 
     def embed(self, texts: list[str], *, layer: int, pooling: str, exclude_special: bool = False,
-              windows: bool = False, stride: int = 0) -> Embedded:
+              windows: bool = False, stride: int = 0, window_length: int | None = None) -> Embedded:
         """Pooled, L2-normalized float32 vectors of hidden state `layer` (absolute index)."""
         ids, types, specials, owners, spans, truncated = self.tokenize(
-            texts, windows=windows, stride=stride, special_mask=exclude_special
+            texts, windows=windows, stride=stride, special_mask=exclude_special, window_length=window_length
         )
         width = self.hidden_size * (2 if pooling == "mean-max" else 1)
         vectors = np.zeros((len(ids), width), dtype=np.float32)

@@ -1,13 +1,14 @@
 """Input files -> entries (key, text to embed, other fields), streamed, each with its line number.
 
-Reads CSV and TSV with a header, JSON Lines, and plain text (one entry per line), strictly as
-UTF-8. Every problem is a BertdexError naming the file and line. This module does not embed
+Reads CSV (RFC 4180 quoting) and TSV (no quoting) with a header, JSON Lines, and plain text
+(one entry per line), strictly as UTF-8, optionally gzip-compressed (`.csv.gz`, ...). Every problem is a BertdexError naming the file and line. This module does not embed
 or store anything.
 """
 
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import sys
 from collections.abc import Iterator
@@ -53,7 +54,7 @@ def detect_format(path: Path, fmt: str | None = None) -> str:
         if fmt not in FORMATS:
             raise BertdexError(f"unknown --format {fmt!r}: choose one of {', '.join(FORMATS)}")
         return fmt
-    suffix = path.suffix.lower()
+    suffix = (path.with_suffix("") if path.suffix.lower() == ".gz" else path).suffix.lower()
     return {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
             ".json": "jsonl"}.get(suffix, "text")
 
@@ -64,7 +65,8 @@ def read_records(path: Path, fmt: str | None = None) -> Iterator[tuple[int, dict
     if not path.is_file():
         raise BertdexError(f"{path}: no such file")
     fmt = detect_format(path, fmt)
-    with open(path, "rb") as handle:
+    opener = gzip.open if path.suffix.lower() == ".gz" else open
+    with opener(path, "rb") as handle:
         lines = _decoded_lines(handle, path)
         if fmt in ("csv", "tsv"):
             yield from _csv_records(lines, path, "\t" if fmt == "tsv" else ",")
@@ -93,7 +95,9 @@ def _csv_records(lines, path: Path, delimiter: str) -> Iterator[tuple[int, dict 
             position["line"] = number
             yield line
 
-    reader = csv.reader(text_lines(), delimiter=delimiter, strict=True)
+    # TSV carries no quoting (a review may start with '"'); CSV follows RFC 4180 quoting
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    reader = csv.reader(text_lines(), delimiter=delimiter, strict=True, quoting=quoting)
     header = None
     while True:
         start = position["line"] + 1
