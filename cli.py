@@ -65,7 +65,8 @@ def index(
     exclude_special: Annotated[bool, typer.Option(help="Leave [CLS]/[SEP] out of mean/max pooling.")] = False,
     max_length: Annotated[Optional[int], typer.Option(help="Tokens per window (default: the model's limit, at most 512).")] = None,
     window: Annotated[bool, typer.Option("--window/--truncate", help="Split texts longer than --max-length into overlapping windows (default), or cut them.")] = True,
-    stride: Annotated[Optional[int], typer.Option(help="Tokens shared by consecutive windows (default: max-length / 8).")] = None,
+    window_length: Annotated[int, typer.Option(help="Tokens per window of a long text (texts that fit in --max-length stay whole).")] = 128,
+    stride: Annotated[Optional[int], typer.Option(help="Tokens shared by consecutive windows (default: a quarter of the window).")] = None,
     replace: Annotated[bool, typer.Option(help="Rebuild an existing index in place (one commit).")] = False,
     on_error: Annotated[str, typer.Option(help="fail: refuse the whole file at the first bad row; skip: leave bad rows out.")] = "fail",
     fmt: Annotated[Optional[str], typer.Option("--format", help="csv, tsv, jsonl or text (default: from the extension).")] = None,
@@ -81,7 +82,8 @@ def index(
         report = build_index(
             data, index_dir, text_fields=text_field, id_field=id_field, group_field=group_field,
             model=model or DEFAULT_MODEL, layer=layer, pooling=pooling, exclude_special=exclude_special,
-            max_length=max_length, window=window, stride=stride, replace=replace, on_error=on_error,
+            max_length=max_length, window=window, window_length=window_length, stride=stride, replace=replace,
+            on_error=on_error,
             fmt=fmt, precision=precision, threads=threads, progress=progress,
         )
     print_report(report, as_json)
