@@ -27,7 +27,7 @@ def validation_message(errors: list[dict], limit: int = 5) -> str:
 
     The alternatives of a union share one place: "question: Input should be a valid string, or ...".
     """
-    places: dict[str, list[str]] = {}
+    places: dict[str, list[tuple[str, str]]] = {}
     for error in errors:
         if error.get("type") == "json_invalid":
             return "the body is not valid JSON: " + str(error.get("ctx", {}).get("error", "syntax error"))
@@ -36,10 +36,16 @@ def validation_message(errors: list[dict], limit: int = 5) -> str:
             if step == "body" and not where or isinstance(step, str) and _UNION_TAG.match(step):
                 continue
             where += f"[{step}]" if isinstance(step, int) else (f".{step}" if where else str(step))
-        places.setdefault(where or "body", []).append(str(error.get("msg", "invalid")))
-    parts = [f"{where}: {', or '.join(dict.fromkeys(messages))}" for where, messages in list(places.items())[:limit]]
+        places.setdefault(where or "body", []).append((str(error.get("type", "")), str(error.get("msg", "invalid"))))
+    parts = [f"{where}: {_one_message(found)}" for where, found in list(places.items())[:limit]]
     more = f" (and {len(places) - limit} more)" if len(places) > limit else ""
     return "; ".join(parts) + more
+
+
+def _one_message(found: list[tuple[str, str]]) -> str:
+    """A union's errors at one place: the alternative that had the right type speaks, else all do."""
+    specific = [message for kind, message in found if not kind.endswith("_type")] or [m for _, m in found]
+    return ", or ".join(dict.fromkeys(specific))
 
 
 def is_write(method: str, path: str) -> bool:
