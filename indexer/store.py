@@ -96,7 +96,7 @@ def content_hash(text: str, fields: dict, group: str | None) -> str:
 
 
 def connect(folder: Path, *, readonly: bool = False) -> sqlite_utils.Database:
-    conn = sqlite3.connect(str(folder / DB_NAME), isolation_level=None, check_same_thread=False, timeout=30)
+    conn = sqlite3.connect(str(Path(folder) / DB_NAME), isolation_level=None, check_same_thread=False, timeout=30)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     if readonly:
@@ -135,10 +135,10 @@ def load_vectors(folder: Path, generation: int, dimension: int) -> faiss.Index:
 
 
 def new_vector_index(index_type: str, dimension: int, params: dict) -> faiss.Index:
-    """An empty FAISS index with our ids (IndexIDMap2) over inner product on unit vectors."""
-    if index_type != "flat":
-        raise BertdexError(f"unknown index type {index_type!r}: choose flat")
-    return faiss.IndexIDMap2(faiss.IndexFlatIP(dimension))
+    """An empty FAISS index with our ids (IndexIDMap2) over inner product on unit vectors (see indexer.ann)."""
+    from indexer import ann
+
+    return ann.new_index(index_type, dimension, params)
 
 
 class IndexWriter:
@@ -152,6 +152,7 @@ class IndexWriter:
     def __init__(self, folder: Path, db: sqlite_utils.Database, manifest: Manifest, lock_handle, replace: bool):
         self.folder, self.db, self.manifest, self._lock = folder, db, manifest, lock_handle
         self.vectors = load_vectors(folder, manifest.generation, manifest.recipe.dimension)
+        self._removed: list[np.ndarray] = []  # FAISS ids to drop; applied at commit (HNSW/IVF rebuild once)
         if replace:
             self._clear()
         row = db.execute("SELECT max(id) FROM passages").fetchone()
@@ -256,7 +257,7 @@ class IndexWriter:
             marks = ",".join("?" * len(part))
             rows = self.db.execute(f"SELECT id FROM passages WHERE document_id IN ({marks})", part).fetchall()
             if rows:
-                self.vectors.remove_ids(np.asarray([r[0] for r in rows], dtype=np.int64))
+                self._removed.append(np.asarray([r[0] for r in rows], dtype=np.int64))
                 self.db.execute(f"DELETE FROM passages WHERE document_id IN ({marks})", part)
 
     def _clear(self) -> None:
@@ -271,6 +272,13 @@ class IndexWriter:
     def commit(self) -> Manifest:
         """Write the FAISS file of the next generation, then commit SQLite pointing at it."""
         generation = self.manifest.generation + 1
+        from indexer import ann
+
+        removed = np.concatenate(self._removed) if self._removed else np.zeros(0, dtype=np.int64)
+        self.vectors, index_type, index_params = ann.finish(self.vectors, self.manifest.index_type,
+                                                            self.manifest.index_params, removed)
+        self._removed = []
+        self.manifest = Manifest(**{**self.manifest.__dict__, "index_type": index_type, "index_params": index_params})
         counts = self.db.execute("SELECT (SELECT count(*) FROM documents), (SELECT count(*) FROM passages)").fetchone()
         if counts[1] != self.vectors.ntotal:
             raise BertdexError(f"internal error: {counts[1]} passages but {self.vectors.ntotal} vectors; nothing written")
