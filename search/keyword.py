@@ -9,6 +9,7 @@ from __future__ import annotations
 from indexer.keywords import fts_query
 
 Ranked = list[tuple[int, float, int | None]]  # (document id, score, passage id or None), best first
+FUSIONS = ("score", "rank", "cosine")
 
 
 def search(db, question: str, n: int) -> Ranked:
@@ -27,14 +28,26 @@ def fuse(dense: Ranked, words: Ranked, weight: float = 0.5, method: str = "score
     """One ranking from two: `weight` is the dense side's share (1.0 = dense only).
 
     method "score": min-max normalized scores, weighted sum (a missing side counts 0);
-    method "rank": weighted reciprocal-rank fusion, 1 / (60 + rank).
+    method "rank": weighted reciprocal-rank fusion, 1 / (60 + rank);
+    method "cosine": the dense side's raw cosine (documents it did not return get its lowest) plus min-max
+    normalized BM25: the only fusion whose top score still says how close the best answer is, so the
+    one a calibrated "no good answer" cut works with (min-max and rank fusion give every top hit ~1).
     fuse([(1, .9, 7), (2, .5, 8)], [(2, 3.0, None)], 0.5) -> [(2, 0.5, 8), (1, 0.5, 7)]
     """
+    if method not in FUSIONS:
+        from indexer.errors import BertdexError
+
+        raise BertdexError(f"unknown fusion {method!r}: choose one of {', '.join(FUSIONS)}")
     dense = _best_per_document(dense)
     words = _best_per_document(words)
     if method == "rank":
         dense_part = {doc: 1.0 / (60 + rank) for rank, (doc, _, _) in enumerate(dense, 1)}
         word_part = {doc: 1.0 / (60 + rank) for rank, (doc, _, _) in enumerate(words, 1)}
+    elif method == "cosine":
+        floor = min((score for _, score, _ in dense), default=0.0)
+        dense_part = {doc: score for doc, score, _ in dense}
+        dense_part.update({doc: floor for doc, _, _ in words if doc not in dense_part})
+        word_part = _min_max(words)
     else:
         dense_part, word_part = _min_max(dense), _min_max(words)
     passages = {doc: passage for doc, _, passage in words}

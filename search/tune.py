@@ -33,7 +33,7 @@ from search.reembed import store_search_settings, reembed_index
 
 POOLINGS = ("mean", "max", "cls", "mean-max")
 WEIGHTS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-FUSIONS = ("score", "rank")
+FUSIONS = keyword.FUSIONS
 POOL = 50          # candidates per side, as Searcher._rank for k <= 10
 HYBRID_RECIPES = 2  # best dense recipes also tried in hybrid (plus the current one)
 MAX_QUERIES = 2000
