@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import sqlite3
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -165,7 +166,7 @@ def choose_fields(record: dict, wanted: Fields, path: Path, line: int) -> Fields
 def read_entries(path: Path, wanted: Fields = Fields(), fmt: str | None = None) -> Iterator[Entry | Problem]:
     """Entries of `path`, or a Problem for each row that cannot be one; keys must be unique."""
     path = Path(path)
-    fields, seen = None, {}
+    fields, seen = None, _SeenKeys()
     for line, record in read_records(path, fmt):
         if isinstance(record, Problem):
             yield record
@@ -174,13 +175,29 @@ def read_entries(path: Path, wanted: Fields = Fields(), fmt: str | None = None) 
             fields = choose_fields(record, wanted, path, line)
         entry = _entry(record, fields, path, line)
         if isinstance(entry, Entry):
-            if entry.key in seen:
-                entry = Problem(str(path), line, f"key {entry.key!r} repeats line {seen[entry.key]}")
-            else:
-                seen[entry.key] = line
+            first = seen.add(entry.key, line)
+            if first is not None:
+                entry = Problem(str(path), line, f"key {entry.key!r} repeats line {first}")
         yield entry
     if fields is None:
         raise BertdexError(f"{path}: no entries in the file")
+
+
+class _SeenKeys:
+    """Keys met so far, in SQLite's private temporary database: it spills to disk, so memory stays
+    flat however many entries a file has."""
+
+    def __init__(self):
+        self.db = sqlite3.connect("")
+        self.db.execute("CREATE TABLE seen (key TEXT PRIMARY KEY, line INTEGER) WITHOUT ROWID")
+
+    def add(self, key: str, line: int) -> int | None:
+        """None if `key` is new, else the line it was first seen on."""
+        try:
+            self.db.execute("INSERT INTO seen VALUES (?, ?)", (key, line))
+            return None
+        except sqlite3.IntegrityError:
+            return self.db.execute("SELECT line FROM seen WHERE key = ?", (key,)).fetchone()[0]
 
 
 def _entry(record: dict, fields: Fields, path: Path, line: int) -> Entry | Problem:
