@@ -1,0 +1,163 @@
+"""Calibrate the "no good answer" cut (min_score) from example questions, and store it in the index.
+
+Examples: questions the desk must not answer (out of scope; any answer is wrong) and questions it
+should answer (labelled queries, whose top answer is right or wrong by the qrels, or plain in-scope
+questions, taken as answerable). Each gets the top score of the index's own search mode. A cut
+answers the questions scoring at or above it. The chosen cut is, with a target precision, the one
+answering the most right answers while precision (right / answered) stays at or above the target;
+otherwise the one routing the most questions correctly (right answers kept, wrong ones refused),
+placed midway between neighbouring scores. With out-of-scope examples only, it sits just above
+the highest of them. This module does not tune the ranking: see `search.tune`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from indexer.errors import BertdexError
+from search.reembed import store_search_settings
+from search.searcher import Searcher
+
+MARGIN = 1e-6
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The chosen cut and what it does on the examples."""
+
+    folder: str
+    mode: str
+    min_score: float
+    rule: str
+    in_scope: int
+    out_of_scope: int
+    answered_right: int
+    answered_wrong: int
+    refused_right: int
+    refused_wrong: int
+    stored: bool
+
+    @property
+    def precision(self) -> float:
+        answered = self.answered_right + self.answered_wrong
+        return self.answered_right / answered if answered else 1.0
+
+    @property
+    def accuracy(self) -> float:
+        total = self.answered_right + self.answered_wrong + self.refused_right + self.refused_wrong
+        return (self.answered_right + self.refused_wrong) / total if total else 0.0
+
+    def to_dict(self) -> dict:
+        return {"folder": self.folder, "mode": self.mode, "min_score": round(self.min_score, 6), "rule": self.rule,
+                "in_scope": self.in_scope, "out_of_scope": self.out_of_scope,
+                "answered_right": self.answered_right, "answered_wrong": self.answered_wrong,
+                "refused_right": self.refused_right, "refused_wrong": self.refused_wrong,
+                "precision": round(self.precision, 6), "routing_accuracy": round(self.accuracy, 6),
+                "stored": self.stored}
+
+
+def calibrate_index(folder: str | Path, *, out_of_scope: list[str] = (), in_scope: list[str] = (),
+                    queries: dict | None = None, qrels: dict | None = None, target_precision: float | None = None,
+                    store: bool = True, encoder=None) -> Calibration:
+    """Score the examples in the index's search mode, choose the cut, store it (unless `store` is False)."""
+    if target_precision is not None and not 0 < target_precision <= 1:
+        raise BertdexError(f"--target-precision {target_precision} must be in (0, 1]")
+    searcher = Searcher(folder, encoder=encoder)
+    try:
+        mode = searcher.manifest.settings.get("search", {}).get("mode", "dense")
+        generation = searcher.manifest.generation
+        examples = _examples(searcher, list(out_of_scope), list(in_scope), queries, qrels)
+    finally:
+        searcher.close()
+    if not any(right for _, right in examples) and target_precision is None:
+        wrong = [score for score, _ in examples if math.isfinite(score)]
+        cut = (max(wrong) + MARGIN) if wrong else 0.0
+        rule = "just above the best-scoring out-of-scope example (no in-scope examples given)"
+    else:
+        cut, rule = choose_cut(examples, target_precision)
+    n_out = len(out_of_scope)
+    result = Calibration(str(folder), mode, cut, rule, len(examples) - n_out, n_out, stored=False,
+                         **_counts(examples, cut))
+    if store:
+        summary = {name: value for name, value in result.to_dict().items() if name not in ("folder", "stored")}
+        store_search_settings(folder, {**_current_search(folder), "mode": mode, "min_score": cut, "calibration": summary},
+                              expected_generation=generation)
+        result = Calibration(**{**result.__dict__, "stored": True})
+    return result
+
+
+def choose_cut(examples: list[tuple[float, bool]], target_precision: float | None) -> tuple[float, str]:
+    """The cut for (top score, is the top answer right) examples; -inf scores (no hit) are always refused.
+
+    choose_cut([(0.9, True), (0.8, True), (0.3, False)], None) -> (0.55, 'most questions routed right ...')
+    """
+    scores = sorted({score for score, _ in examples if math.isfinite(score)})
+    if not scores:
+        raise BertdexError("no example question got any answer: nothing to calibrate on")
+    cuts = [scores[0] - MARGIN] + [(a + b) / 2 for a, b in zip(scores, scores[1:])] + [scores[-1] + MARGIN]
+    rows = [(cut, _counts(examples, cut)) for cut in cuts]
+    if target_precision is not None:
+        feasible = [(cut, c) for cut, c in rows if _precision(c) >= target_precision - 1e-12 and c["answered_right"]]
+        if not feasible:
+            best = max(_precision(c) for _, c in rows if c["answered_right"] + c["answered_wrong"])
+            raise BertdexError(f"no cut reaches precision {target_precision:.2f} on these examples (best: {best:.2f}); "
+                               "lower --target-precision")
+        most = max(c["answered_right"] for _, c in feasible)
+        cut = max(cut for cut, c in feasible if c["answered_right"] == most)
+        return cut, f"most right answers at precision >= {target_precision:.2f}"
+    best = max(c["answered_right"] + c["refused_wrong"] for _, c in rows)
+    tied = [cut for cut, c in rows if c["answered_right"] + c["refused_wrong"] == best]
+    return tied[len(tied) // 2], "most questions routed right (right answers kept, wrong ones refused)"
+
+
+def _examples(searcher: Searcher, out_of_scope: list[str], in_scope: list[str], queries, qrels) -> list[tuple[float, bool]]:
+    """(top score, right?) per example: out-of-scope first, then in-scope, then labelled queries."""
+    from search.evaluate import keys_for_metrics, labelled_queries
+
+    labelled = labelled_queries(queries, qrels)[0] if queries is not None and qrels is not None else []
+    texts = out_of_scope + in_scope + [text for _, text, _ in labelled]
+    if not out_of_scope and not in_scope and not labelled:
+        raise BertdexError("nothing to calibrate on: give out-of-scope questions, in-scope questions, or --queries and --qrels")
+    results = searcher.search_many(texts, 1, min_score=float("-inf")) if texts else []
+    examples = []
+    for i, hits in enumerate(results):
+        score = hits[0].score if hits else float("-inf")
+        if i < len(out_of_scope):
+            right = False
+        elif i < len(out_of_scope) + len(in_scope):
+            right = True
+        else:
+            relevance = labelled[i - len(out_of_scope) - len(in_scope)][2]
+            right = bool(hits) and any(relevance.get(key, 0) > 0 for key in
+                                       keys_for_metrics([(hits[0].key, hits[0].variants)], relevance))
+        examples.append((score, right))
+    return examples
+
+
+def _counts(examples: list[tuple[float, bool]], cut: float) -> dict:
+    counts = {"answered_right": 0, "answered_wrong": 0, "refused_right": 0, "refused_wrong": 0}
+    for score, right in examples:
+        answered = score >= cut
+        counts[("answered_" if answered else "refused_") + ("right" if right else "wrong")] += 1
+    return counts
+
+
+def _precision(counts: dict) -> float:
+    answered = counts["answered_right"] + counts["answered_wrong"]
+    return counts["answered_right"] / answered if answered else 1.0
+
+
+def _current_search(folder) -> dict:
+    from search.searcher import open_manifest
+
+    return dict(open_manifest(folder).settings.get("search", {}))
+
+
+def read_questions(path: str | Path) -> list[str]:
+    """Non-empty lines of a text file, one question each."""
+    path = Path(path)
+    if not path.is_file():
+        raise BertdexError(f"{path}: no such file")
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
