@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from indexer.ann import check_index_type
 from indexer.encoder import Encoder
 from indexer.errors import BertdexError
 from indexer.model import DEFAULT_MODEL
@@ -53,10 +54,11 @@ def build_index(data: Path, folder: Path, *, text_fields: Iterable[str] = (), id
                 replace: bool = False, on_error: str = "fail",
                 fmt: str | None = None, precision: str = "auto", threads: int | None = None,
                 progress: Progress | None = None, chunk_size: int = CHUNK,
-                resolved: Resolved | None = None) -> BuildReport:
+                resolved: Resolved | None = None, index_type: str = "auto") -> BuildReport:
     """Index the entries of `data` into a new folder (or rebuild one with `replace`).
 
     `resolved`: a recipe and encoder already loaded (then the model options are not used).
+    `index_type`: auto, flat, hnsw or ivf (see indexer.ann); auto picks by collection size at each commit.
     """
     started = time.perf_counter()
     fields = Fields(tuple(text_fields), id_field, group_field)
@@ -67,7 +69,7 @@ def build_index(data: Path, folder: Path, *, text_fields: Iterable[str] = (), id
     stride = window_length // 4 if stride is None else stride
     settings = {"text_fields": list(fields.text), "id_field": id_field, "group_field": group_field,
                 "window": window, "window_length": window_length, "stride": stride, "format": fmt}
-    manifest = Manifest(recipe=resolved.recipe, settings=settings)
+    manifest = Manifest(recipe=resolved.recipe, settings=settings, index_type=check_index_type(index_type))
     with IndexWriter.open(Path(folder), new=manifest, replace=replace) as writer:
         if writer.manifest.documents and not replace:
             raise BertdexError(f"{folder} already holds an index: use `bertdex add` to update it, or --replace to rebuild it")

@@ -1,0 +1,210 @@
+"""Vector index types: exact search (flat), a graph (HNSW) or inverted lists (IVF), over unit vectors.
+
+Every index is an IndexIDMap2 (FAISS ids = passage ids) over an inner-product index. The writer
+adds vectors as it goes and hands deletions to `finish` at commit, which then: removes them (flat
+removes in place; HNSW cannot, IVF-in-IDMap cannot safely, so both are rebuilt from their stored
+vectors, which they keep exactly), switches type when `auto` asks for it as the collection grows
+or shrinks, (re)trains IVF, and for an ANN index raises its search depth until recall@10 against
+exact search reaches RECALL_TARGET on a sample of stored vectors. `finish` returns the index and
+the parameters the manifest records. This module does not embed, read input or write files.
+"""
+
+from __future__ import annotations
+
+import math
+
+import faiss
+import numpy as np
+
+from indexer.errors import BertdexError
+
+INDEX_TYPES = ("auto", "flat", "hnsw", "ivf")
+AUTO_FLAT_MAX = 20_000  # auto: exact search up to here (about 1.5 ms a question on 2 cores), HNSW above
+RECALL_TARGET = 0.98
+RECALL_SAMPLE = 200
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 80
+EF_SEARCH_STEPS = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+NPROBE_STEPS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 512)
+IVF_RETRAIN_GROWTH = 4  # retrain IVF centroids once the collection is this many times the trained size
+
+
+def check_index_type(index_type: str) -> str:
+    if index_type not in INDEX_TYPES:
+        raise BertdexError(f"unknown index type {index_type!r}: choose one of {', '.join(INDEX_TYPES)}")
+    return index_type
+
+
+def requested_type(index_type: str, params: dict) -> str:
+    """What the user asked for: `auto` is kept in params while index_type names the built type."""
+    return check_index_type(params.get("requested") or index_type)
+
+
+def new_index(index_type: str, dimension: int, params: dict) -> faiss.Index:
+    """An empty index to add vectors to. IVF and auto start flat: `finish` builds them at commit."""
+    if requested_type(index_type, params) == "hnsw":
+        return _empty_hnsw(dimension, params)
+    return faiss.IndexIDMap2(faiss.IndexFlatIP(dimension))
+
+
+def kind(index: faiss.Index) -> str:
+    """flat, hnsw or ivf: the structure under the id map."""
+    inner = faiss.downcast_index(index.index) if hasattr(index, "id_map") else faiss.downcast_index(index)
+    if isinstance(inner, faiss.IndexHNSW):
+        return "hnsw"
+    if isinstance(inner, faiss.IndexIVF):
+        return "ivf"
+    return "flat"
+
+
+def stored(index: faiss.Index) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, vectors) of every stored vector, in insertion order; all three types keep them exactly."""
+    ids = faiss.vector_to_array(index.id_map).astype(np.int64)
+    if index.ntotal == 0:
+        return ids, np.zeros((0, index.d), dtype=np.float32)
+    inner = faiss.downcast_index(index.index)
+    if isinstance(inner, faiss.IndexIVF):
+        inner.make_direct_map()  # ids inside the IVF are positions: the id map is never compacted for IVF
+    return ids, inner.reconstruct_n(0, index.ntotal)
+
+
+def choose(requested: str, count: int, current: str) -> str:
+    """The type to build for `count` vectors. auto: flat up to AUTO_FLAT_MAX, HNSW above; an HNSW index
+    goes back to flat only below half of that, so a collection near the line does not flip every commit.
+
+    choose("auto", 5_000, "flat") -> "flat"; choose("auto", 15_000, "hnsw") -> "hnsw"
+    """
+    if requested != "auto":
+        return requested
+    line = AUTO_FLAT_MAX // 2 if current == "hnsw" else AUTO_FLAT_MAX
+    return "flat" if count <= line else "hnsw"
+
+
+def finish(index: faiss.Index, index_type: str, params: dict, removed: np.ndarray) -> tuple[faiss.Index, str, dict]:
+    """At commit: apply `removed` ids, build the type asked for, tune an ANN index. -> (index, type, params)."""
+    requested = requested_type(index_type, params)
+    removed = np.asarray(removed, dtype=np.int64)
+    current = kind(index)
+    count = index.ntotal - (int(np.isin(faiss.vector_to_array(index.id_map), removed).sum()) if removed.size else 0)
+    target = choose(requested, count, current)
+    if current == target == "flat":
+        if removed.size:
+            index.remove_ids(removed)
+        return index, "flat", {"requested": requested}
+    retrain = target == "ivf" and (current != "ivf" or count > IVF_RETRAIN_GROWTH * params.get("trained_on", 0)
+                                   or count < params.get("trained_on", 0) // IVF_RETRAIN_GROWTH)
+    if current != target or removed.size or retrain:
+        ids, vectors = stored(index)
+        if removed.size:
+            keep = ~np.isin(ids, removed)
+            ids, vectors = ids[keep], vectors[keep]
+        index, params = _build(target, index, ids, vectors, params, retrain)
+    return _tune(index, target, {**params, "requested": requested})
+
+
+def _build(target: str, old: faiss.Index, ids: np.ndarray, vectors: np.ndarray, params: dict, retrain: bool):
+    dimension = old.d
+    if target == "flat":
+        index = faiss.IndexIDMap2(faiss.IndexFlatIP(dimension))
+        params = {}
+    elif target == "hnsw":
+        index = _empty_hnsw(dimension, params)
+        params = {"M": params.get("M", HNSW_M), "ef_construction": params.get("ef_construction", HNSW_EF_CONSTRUCTION)}
+    else:
+        if retrain:
+            index, params = _trained_ivf(dimension, vectors, params)
+        else:  # same centroids, lists emptied
+            inner = faiss.clone_index(faiss.downcast_index(old.index))
+            inner.reset()
+            index = faiss.IndexIDMap2(inner)
+            params = {name: params[name] for name in ("nlist", "trained_on") if name in params}
+    if len(ids):
+        index.add_with_ids(np.ascontiguousarray(vectors), ids)
+    return index, params
+
+
+def _empty_hnsw(dimension: int, params: dict) -> faiss.Index:
+    inner = faiss.IndexHNSWFlat(dimension, int(params.get("M", HNSW_M)), faiss.METRIC_INNER_PRODUCT)
+    inner.hnsw.efConstruction = int(params.get("ef_construction", HNSW_EF_CONSTRUCTION))
+    inner.hnsw.efSearch = int(params.get("ef_search", 64))
+    index = faiss.IndexIDMap2(inner)
+    return index
+
+
+def _trained_ivf(dimension: int, vectors: np.ndarray, params: dict):
+    """IVF with about 4*sqrt(n) lists (at least 39 training points each), trained on a sample."""
+    count = len(vectors)
+    nlist = int(params.get("nlist") or max(1, min(int(4 * math.sqrt(max(count, 1))), count // 39)))
+    nlist = max(1, min(nlist, max(count, 1)))
+    quantizer = faiss.IndexFlatIP(dimension)
+    inner = faiss.IndexIVFFlat(quantizer, dimension, nlist, faiss.METRIC_INNER_PRODUCT)
+    sample = vectors
+    if count > 64 * nlist:
+        rows = np.random.default_rng(0).choice(count, 64 * nlist, replace=False)
+        sample = vectors[np.sort(rows)]
+    inner.cp.seed = 1234
+    if count:
+        inner.train(np.ascontiguousarray(sample))
+    index = faiss.IndexIDMap2(inner)
+    return index, {"nlist": nlist, "trained_on": count}
+
+
+def _tune(index: faiss.Index, target: str, params: dict) -> tuple[faiss.Index, str, dict]:
+    """Smallest efSearch / nprobe whose recall@10 against exact search reaches RECALL_TARGET."""
+    if target == "flat":
+        return index, target, params
+    inner = faiss.downcast_index(index.index)
+    if target == "hnsw":
+        params = {**params, "M": int(inner.hnsw.nb_neighbors(1)), "ef_construction": int(inner.hnsw.efConstruction)}
+    steps = EF_SEARCH_STEPS if target == "hnsw" else [p for p in NPROBE_STEPS if p <= params["nlist"]] + [params["nlist"]]
+    ids, vectors = stored(index)
+    if len(ids) == 0:
+        return index, target, {**params, "recall_at_10": 1.0, "recall_sample": 0}
+    rows = np.random.default_rng(0).choice(len(ids), min(RECALL_SAMPLE, len(ids)), replace=False)
+    chosen, recall = steps[-1], 0.0
+    truth = exact_neighbours(vectors, vectors[rows], ids, 10, exclude=ids[rows])
+    for step in dict.fromkeys(steps):
+        _set_depth(inner, target, step)
+        recall = recall_at(index, vectors[rows], truth, 10, exclude=ids[rows])
+        chosen = step
+        if recall >= RECALL_TARGET:
+            break
+    name = "ef_search" if target == "hnsw" else "nprobe"
+    _set_depth(inner, target, chosen)
+    return index, target, {**params, name: chosen, "recall_at_10": round(recall, 4), "recall_sample": len(rows)}
+
+
+def _set_depth(inner: faiss.Index, target: str, step: int) -> None:
+    if target == "hnsw":
+        inner.hnsw.efSearch = int(step)
+    else:
+        inner.nprobe = int(step)
+
+
+def exact_neighbours(vectors: np.ndarray, queries: np.ndarray, ids: np.ndarray, k: int,
+                     exclude: np.ndarray | None = None) -> list[set[int]]:
+    """Ids of the k largest inner products per query (leaving out exclude[i], the query's own id)."""
+    extra = 1 if exclude is not None else 0
+    _, positions = faiss.knn(np.ascontiguousarray(queries, dtype=np.float32), np.ascontiguousarray(vectors),
+                             min(k + extra, len(ids)), faiss.METRIC_INNER_PRODUCT)
+    found = []
+    for i, row in enumerate(positions):
+        got = [int(ids[p]) for p in row if p >= 0 and (exclude is None or ids[p] != exclude[i])]
+        found.append(set(got[:k]))
+    return found
+
+
+def recall_at(index: faiss.Index, queries: np.ndarray, truth: list[set[int]], k: int,
+              exclude: np.ndarray | None = None) -> float:
+    """Share of the exact top-k ids that `index` returns in its own top-k.
+
+    recall_at(index, q, [{1, 2}], 2) -> 0.5 when the index returns ids 1 and 7
+    """
+    extra = 1 if exclude is not None else 0
+    _, found = index.search(np.ascontiguousarray(queries, dtype=np.float32), min(k + extra, index.ntotal))
+    hits = total = 0
+    for i, row in enumerate(found):
+        got = [int(x) for x in row if x >= 0 and (exclude is None or x != exclude[i])][:k]
+        hits += len(truth[i] & set(got))
+        total += len(truth[i])
+    return hits / total if total else 1.0

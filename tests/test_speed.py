@@ -1,0 +1,182 @@
+"""Correctness of the speed work: ANN index types against exact search, deletes and updates on each
+type, `auto` switching as a collection grows and shrinks, and the encoder's fast paths against fp32.
+No timing here: speed is measured by bench/throughput.py and bench/latency.py."""
+
+from __future__ import annotations
+
+import json
+
+import faiss
+import numpy as np
+import pytest
+
+from conftest import EXAMPLES
+from indexer import BertdexError, ann, build_index, delete_documents
+from indexer.build import add_documents
+from indexer.store import connect, load_vectors, read_manifest
+from indexer.verify import verify_index
+from search import Searcher
+
+
+def clustered(count: int, dimension: int = 48, seed: int = 0) -> np.ndarray:
+    """Unit vectors around 40 centres: structure like sentence embeddings have, unlike uniform noise."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(40, dimension)).astype(np.float32)
+    points = centres[rng.integers(0, 40, count)] + 0.6 * rng.normal(size=(count, dimension)).astype(np.float32)
+    faiss.normalize_L2(points)
+    return points
+
+
+def numpy_top(vectors: np.ndarray, ids: np.ndarray, query: np.ndarray, k: int) -> list[int]:
+    return [int(ids[i]) for i in np.argsort(-(vectors @ query), kind="stable")[:k]]
+
+
+def built(index_type: str, vectors: np.ndarray, ids: np.ndarray, params: dict | None = None):
+    index = ann.new_index(index_type, vectors.shape[1], params or {})
+    index.add_with_ids(vectors, ids)
+    return ann.finish(index, index_type, params or {}, np.zeros(0, dtype=np.int64))
+
+
+def manifest_of(folder):
+    return read_manifest(connect(folder, readonly=True), folder)
+
+
+# -- ANN against exact search -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("index_type", ["hnsw", "ivf"])
+def test_ann_recall_at_10_against_numpy_exact_search(index_type):
+    points = clustered(4300)
+    vectors, queries = points[:4000], points[4000:]  # the questions are fresh points, not stored vectors
+    ids = np.arange(4000, dtype=np.int64) * 3 + 7
+    index, kind, params = built(index_type, vectors, ids)
+    assert kind == index_type == ann.kind(index)
+    assert params["recall_at_10"] >= ann.RECALL_TARGET and params["recall_sample"] == ann.RECALL_SAMPLE
+    _, found = index.search(queries, 10)
+    recall = np.mean([len(set(found[i]) & set(numpy_top(vectors, ids, q, 10))) / 10 for i, q in enumerate(queries)])
+    assert recall >= 0.97
+    depth = params["ef_search"] if index_type == "hnsw" else params["nprobe"]
+    assert depth >= 1 and (index_type == "hnsw" or depth <= params["nlist"] < 4000)
+
+
+def test_flat_is_exact_and_records_no_search_depth():
+    vectors, ids = clustered(500), np.arange(500, dtype=np.int64)
+    index, kind, params = built("flat", vectors, ids)
+    assert (kind, params) == ("flat", {"requested": "flat"})
+    query = clustered(1, seed=3)[0]
+    _, found = index.search(query[None, :], 10)
+    assert found[0].tolist() == numpy_top(vectors, ids, query, 10)
+
+
+def test_recall_at_counts_shared_ids():
+    index = faiss.IndexIDMap2(faiss.IndexFlatIP(2))
+    index.add_with_ids(np.asarray([[1, 0], [0.9, 0.1], [0, 1]], dtype=np.float32), np.asarray([1, 7, 2]))
+    assert ann.recall_at(index, np.asarray([[1, 0]], dtype=np.float32), [{1, 2}], 2) == 0.5
+
+
+@pytest.mark.parametrize("index_type", ["hnsw", "ivf"])
+def test_delete_rebuilds_without_the_removed_ids_and_keeps_recall(index_type):
+    vectors, ids = clustered(3000), np.arange(1, 3001, dtype=np.int64)
+    index, kind, params = built(index_type, vectors, ids)
+    removed = ids[::3]
+    index, kind, params = ann.finish(index, kind, params, removed)
+    left, left_vectors = ann.stored(index)
+    assert index.ntotal == 2000 and not np.isin(removed, left).any()
+    order = np.argsort(left)
+    assert np.array_equal(left[order], ids[~np.isin(ids, removed)])
+    assert np.allclose(left_vectors[order], vectors[~np.isin(ids, removed)])
+    assert params["recall_at_10"] >= ann.RECALL_TARGET
+    _, found = index.search(vectors[removed - 1][:50], 5)
+    assert not np.isin(found, removed).any()
+
+
+def test_auto_switches_to_hnsw_when_the_collection_grows_and_back_when_it_shrinks():
+    assert ann.choose("auto", ann.AUTO_FLAT_MAX, "flat") == "flat"
+    assert ann.choose("auto", ann.AUTO_FLAT_MAX + 1, "flat") == "hnsw"
+    assert ann.choose("auto", ann.AUTO_FLAT_MAX // 2 + 1, "hnsw") == "hnsw"  # no flipping near the line
+    assert ann.choose("ivf", 10, "flat") == "ivf"
+    count = ann.AUTO_FLAT_MAX + 500
+    vectors, ids = clustered(count, dimension=32), np.arange(count, dtype=np.int64)
+    index, kind, params = built("auto", vectors, ids)
+    assert (kind, params["requested"]) == ("hnsw", "auto") and params["recall_at_10"] >= ann.RECALL_TARGET
+    index, kind, params = ann.finish(index, kind, params, ids[: count - ann.AUTO_FLAT_MAX // 2 + 1])
+    assert (kind, params, index.ntotal) == ("flat", {"requested": "auto"}, ann.AUTO_FLAT_MAX // 2 - 1)
+    assert np.array_equal(np.sort(ann.stored(index)[0]), ids[count - ann.AUTO_FLAT_MAX // 2 + 1:])
+
+
+def test_unknown_index_type_is_refused_with_the_choices():
+    with pytest.raises(BertdexError, match="auto, flat, hnsw, ivf"):
+        ann.new_index("annoy", 8, {})
+
+
+# -- the real pipeline on each type -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def typed_indexes(resolved, tmp_path_factory):
+    """The English FAQ built once per index type (same recipe, so no second model load)."""
+    folders = {}
+    for index_type in ("flat", "hnsw", "ivf"):
+        folder = tmp_path_factory.mktemp(index_type) / "index"
+        build_index(EXAMPLES / "faq_en.csv", folder, text_fields=["question"], group_field="group",
+                    resolved=resolved, index_type=index_type)
+        folders[index_type] = folder
+    return folders
+
+
+def test_each_type_is_recorded_in_the_manifest_and_verifies(typed_indexes):
+    for index_type, folder in typed_indexes.items():
+        manifest = manifest_of(folder)
+        assert manifest.index_type == index_type and manifest.index_params["requested"] == index_type
+        index = load_vectors(folder, manifest.generation, manifest.recipe.dimension)
+        assert ann.kind(index) == index_type and index.ntotal == manifest.vectors > 40
+        assert verify_index(folder).ok
+    assert {"M", "ef_search", "recall_at_10"} <= set(manifest_of(typed_indexes["hnsw"]).index_params)
+    assert {"nlist", "nprobe", "recall_at_10"} <= set(manifest_of(typed_indexes["ivf"]).index_params)
+
+
+def test_ann_types_answer_like_exact_search(typed_indexes, encoder):
+    questions = [line.strip() for line in (EXAMPLES / "questions_en.txt").read_text().splitlines() if line.strip()]
+    answers = {}
+    for index_type, folder in typed_indexes.items():
+        searcher = Searcher(folder, encoder=encoder)
+        answers[index_type] = [[(h.key, round(h.score, 4)) for h in hits]
+                               for hits in searcher.search_many(questions, k=3, mode="dense")]
+    assert answers["hnsw"] == answers["flat"] and answers["ivf"] == answers["flat"]
+
+
+@pytest.mark.parametrize("index_type", ["hnsw", "ivf"])
+def test_delete_and_update_work_on_ann_indexes(typed_indexes, encoder, tmp_path, index_type):
+    import shutil
+
+    folder = tmp_path / "index"
+    shutil.copytree(typed_indexes[index_type], folder, ignore=shutil.ignore_patterns("write.lock"))
+    before = manifest_of(folder)
+    searcher = Searcher(folder, encoder=encoder)
+    first = searcher.search("how do I reset my password", k=1, mode="dense")[0]
+    removed, missing = delete_documents(folder, [first.key, "no-such-key"])
+    assert (removed, missing) == (1, ["no-such-key"])
+    after = manifest_of(folder)
+    assert (after.index_type, after.vectors, after.documents) == (index_type, before.vectors - 1, before.documents - 1)
+    assert all(hit.key != first.key for hit in searcher.search("how do I reset my password", k=5, mode="dense"))
+    changed = tmp_path / "changed.csv"
+    changed.write_text("id,group,question,answer,category\n"
+                       f"{first.key},g-new,where is the moon base parking,Level 3,misc\n", encoding="utf-8")
+    report = add_documents(folder, changed, encoder=encoder)
+    assert (report.added, report.updated) == (1, 0)
+    top = searcher.search("parking at the moon base", k=1, mode="dense")[0]
+    assert top.key == first.key and top.score > 0.8
+    assert verify_index(folder).ok and manifest_of(folder).index_type == index_type
+
+
+def test_cli_index_type_option_builds_hnsw_and_refuses_unknown(tmp_path):
+    from conftest import run_cli
+
+    result = run_cli("index", EXAMPLES / "faq_en.csv", "--index", tmp_path / "h", "--text-field", "question",
+                     "--index-type", "hnsw", "--quiet", "--json", check=True)
+    assert json.loads(result.stdout)["documents"] > 40
+    info = json.loads(run_cli("info", tmp_path / "h", "--json", check=True).stdout)
+    assert info["index_type"] == "hnsw" and info["index_params"]["recall_at_10"] >= ann.RECALL_TARGET
+    refused = run_cli("index", EXAMPLES / "faq_en.csv", "--index", tmp_path / "x", "--index-type", "annoy")
+    assert refused.returncode == 1 and "choose one of auto, flat, hnsw, ivf" in refused.stderr
+    assert not (tmp_path / "x" / "bertdex.db").exists()
