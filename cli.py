@@ -419,6 +419,114 @@ def serve(
                batch_window=batch_window_ms / 1000)
 
 
+# -- answer quality ---------------------------------------------------------------------------------
+
+Queries = Annotated[Optional[Path], typer.Option("--queries", help="BEIR queries.jsonl ({\"_id\", \"text\"} per line).")]
+Qrels = Annotated[Optional[Path], typer.Option("--qrels", help="BEIR qrels.tsv (query-id, corpus-id, score).")]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="Measure and print, but store nothing in the index.")]
+
+
+def labelled(queries: Optional[Path], qrels: Optional[Path], required: bool):
+    from search.evaluate import load_qrels, load_queries
+
+    if (queries is None) != (qrels is None) or (required and queries is None):
+        raise typer.BadParameter("give both --queries and --qrels" + ("" if required else ", or neither"))
+    return (load_queries(queries), load_qrels(qrels)) if queries else (None, None)
+
+
+@app.command("eval")
+@fails_cleanly
+def eval_command(
+    index_dir: IndexDir,
+    queries: Queries = None,
+    qrels: Qrels = None,
+    mode: Annotated[Optional[str], typer.Option(help="dense, keyword or hybrid (default: the index's tuned mode).")] = None,
+    weight: Annotated[Optional[float], typer.Option(help="Hybrid: the dense side's share, 0..1.")] = None,
+    per_query: Annotated[bool, typer.Option("--per-query", help="Also show each query's result.")] = False,
+    as_json: Json = False,
+):
+    """Measure an index on labelled queries: MRR@10, nDCG@10, Recall@1/5/10, hit@1."""
+    from search.evaluate import evaluate_index
+
+    labelled(queries, qrels, required=True)
+    result = evaluate_index(index_dir, queries, qrels, mode=mode, weight=weight)
+    if as_json:
+        echo_json(result.to_dict(per_query))
+        return
+    if per_query:
+        print_rows(["query", "mrr@10", "hit@1", "top answers", "relevant"],
+                   [[r.query_id, f"{r.metrics['mrr@10']:.3f}", f"{r.metrics['hit@1']:.0f}", " ".join(r.ranked[:3]),
+                     " ".join(r.relevant[:3])] for r in result.per_query])
+    typer.echo(f"{result.queries} queries, mode {result.mode}" + (f" (weight {result.weight})" if result.weight is not None else "")
+               + (f"; {result.missing} qrels queries had no text" if result.missing else ""))
+    typer.echo("  ".join(f"{name} {value:.4f}" for name, value in result.metrics.items()))
+
+
+@app.command()
+@fails_cleanly
+def tune(
+    index_dir: IndexDir,
+    queries: Queries = None,
+    qrels: Qrels = None,
+    group_field: Annotated[Optional[str], typer.Option(help="Without labels: a stored field whose shared values mark phrasings of one question (default: the index's groups).")] = None,
+    max_queries: Annotated[int, typer.Option(help="Held-out questions to use at most (evenly spread).")] = 2000,
+    dry_run: DryRun = False,
+    as_json: Json = False,
+):
+    """Try layer x pooling x keyword/hybrid fusion on held-out questions; store the best in the index."""
+    from search.tune import tune_index
+
+    asked, judged = labelled(queries, qrels, required=False)
+    report = tune_index(index_dir, queries=asked, qrels=judged, group_field=group_field, store=not dry_run,
+                        max_queries=max_queries)
+    if as_json:
+        echo_json(report.to_dict())
+        return
+    rows = []
+    for trial in report.trials:
+        mark = "best" if trial.candidate == report.best.candidate else ("current" if trial.candidate == report.current.candidate else "")
+        m = trial.metrics
+        rows.append([mark, trial.candidate.label(), f"{m['mrr@10']:.4f}", f"{m['ndcg@10']:.4f}", f"{m['recall@10']:.3f}", f"{m['hit@1']:.3f}"])
+    print_rows(["", "tried", "mrr@10", "ndcg@10", "recall@10", "hit@1"], rows)
+    typer.echo(f"held-out questions: {report.source}, {report.queries} used")
+    typer.echo(f"best: {report.best.candidate.label()} (MRR@10 {report.best.metrics['mrr@10']:.4f}; before: "
+               f"{report.current.metrics['mrr@10']:.4f}); 2-fold held-out estimate {report.heldout_mrr:.4f}")
+    if report.stored:
+        typer.echo("stored in the index" + (" (entries re-embedded with the new layer/pooling)" if report.recipe_changed else "")
+                   + f"; {report.seconds:.0f}s")
+    else:
+        typer.echo(f"dry run: nothing stored; {report.seconds:.0f}s")
+
+
+@app.command()
+@fails_cleanly
+def calibrate(
+    index_dir: IndexDir,
+    out_of_scope: Annotated[Optional[Path], typer.Option("--out-of-scope", help="Questions that must get no answer, one per line.")] = None,
+    in_scope: Annotated[Optional[Path], typer.Option("--in-scope", help="Questions that should be answered, one per line.")] = None,
+    queries: Queries = None,
+    qrels: Qrels = None,
+    target_precision: Annotated[Optional[float], typer.Option(help="Answer as much as possible while this share of answers is right.")] = None,
+    dry_run: DryRun = False,
+    as_json: Json = False,
+):
+    """Choose the "no good answer" cut (min score) from example questions and store it in the index."""
+    from search.calibrate import calibrate_index, read_questions
+
+    asked, judged = labelled(queries, qrels, required=False)
+    result = calibrate_index(index_dir, out_of_scope=read_questions(out_of_scope) if out_of_scope else [],
+                             in_scope=read_questions(in_scope) if in_scope else [], queries=asked, qrels=judged,
+                             target_precision=target_precision, store=not dry_run)
+    if as_json:
+        echo_json(result.to_dict())
+        return
+    typer.echo(f"min score {result.min_score:.4f} for mode {result.mode}: {result.rule}")
+    typer.echo(f"on {result.in_scope} in-scope and {result.out_of_scope} out-of-scope examples: answered {result.answered_right} "
+               f"right, {result.answered_wrong} wrong; refused {result.refused_wrong} wrong, {result.refused_right} right; "
+               f"precision {result.precision:.3f}, routed right {result.accuracy:.3f}")
+    typer.echo("stored in the index" if result.stored else "dry run: nothing stored")
+
+
 # -- printing ---------------------------------------------------------------------------------------
 
 
