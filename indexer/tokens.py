@@ -126,7 +126,7 @@ def hidden_states_of(encoder: Encoder, text: str):
     The text is cut at the encoder's max_length, as indexing does; the encoding's word_ids() and
     offset_mapping say which word and characters each token row comes from.
     """
-    if encoder.keep_layers is not None:
+    if encoder.keep_layers is not None and encoder.keep_layers < encoder.num_layers:
         raise BertdexError(f"this encoder computes hidden states 0..{encoder.keep_layers} only: "
                            "build it with keep_layers=None (load_encoder) to see every layer")
     tokenizer = _fast_tokenizer(encoder)
