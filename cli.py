@@ -87,6 +87,10 @@ def index(
             fmt=fmt, precision=precision, threads=threads, progress=progress,
         )
     print_report(report, as_json)
+    from indexer.coverage import index_warnings
+
+    for warning in index_warnings(index_dir):
+        typer.echo(f"warning: {warning}", err=True)
 
 
 @app.command()

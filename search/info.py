@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from indexer.coverage import index_warnings
 from indexer.model import resolve_model_folder, trained_pooling
 from search.searcher import open_manifest
 
@@ -30,6 +31,7 @@ def index_info(folder: str | Path) -> dict:
         "format_version": manifest.format_version,
         "created": manifest.created,
         "updated": manifest.updated,
+        "warnings": index_warnings(folder),
     }
 
 

@@ -1,0 +1,67 @@
+"""Warnings about text the model cannot read well: many [UNK] tokens, or Hangul split into jamo.
+
+An uncased English BERT (the bundled all-MiniLM-L6-v2 included) strips accents by decomposing
+text (NFD), which turns every Hangul syllable into jamo pieces; its vectors then carry little of
+the Korean meaning, and keyword or hybrid search does better. Only the tokenizer is loaded here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+UNK_SHARE = 0.05
+HANGUL_SHARE = 0.1
+SAMPLE = 2000
+
+
+def _has_jamo(text: str) -> bool:
+    return any("\u1100" <= ch <= "\u11ff" or "\u3130" <= ch <= "\u318f" for ch in text)
+
+
+def _has_hangul(text: str) -> bool:
+    return any("\uac00" <= ch <= "\ud7a3" for ch in text)
+
+
+def tokenizer_warnings(tokenizer, texts: list[str]) -> list[str]:
+    """Warnings for `texts` under `tokenizer` (a Hugging Face tokenizer); empty when all is well.
+
+    tokenizer_warnings(uncased_bert, ["비밀번호를 잊었어요"]) -> ['... splits Hangul into jamo ...']
+    """
+    warnings = []
+    unk = tokenizer.unk_token_id
+    pieces = [tokenizer.tokenize(text)[:512] for text in texts]
+    total = sum(len(p) for p in pieces)
+    unknown = sum(piece == tokenizer.unk_token for p in pieces for piece in p) if unk is not None else 0
+    if total and unknown / total > UNK_SHARE:
+        warnings.append(f"{unknown / total:.0%} of the tokens are {tokenizer.unk_token}: this model's vocabulary does not "
+                        "cover this text; use a model trained on its language, or --mode keyword")
+    korean = sum(_has_hangul(text) for text in texts)
+    if texts and korean / len(texts) >= HANGUL_SHARE and _has_jamo("".join(tokenizer.tokenize("한국어"))):
+        warnings.append(f"{korean / len(texts):.0%} of the entries are Korean, and this model's tokenizer splits Hangul into "
+                        "jamo (an uncased model strips accents): dense vectors will match Korean poorly; prefer --mode "
+                        "keyword/hybrid (see `bertdex tune`) or a cased multilingual model")
+    return warnings
+
+
+def index_warnings(folder: str | Path, sample: int = SAMPLE) -> list[str]:
+    """tokenizer_warnings() for up to `sample` entries of an index (evenly spread), with its model's tokenizer."""
+    import transformers
+
+    from indexer.model import resolve_model_folder
+    from indexer.store import check_index_folder, connect, read_manifest
+
+    folder = check_index_folder(Path(folder))
+    db = connect(folder, readonly=True)
+    try:
+        manifest = read_manifest(db, folder)
+        count = db.execute("SELECT count(*) FROM documents").fetchone()[0]
+        step = max(1, count // sample)
+        texts = [row[0] for row in db.execute("SELECT text FROM documents WHERE id % ? = 0 LIMIT ?", [step, sample])]
+    finally:
+        db.close()
+    transformers.logging.set_verbosity_error()
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(resolve_model_folder(manifest.recipe.model)), use_fast=True)
+    except Exception:  # the model is not reachable here: nothing to say about its tokenizer
+        return []
+    return tokenizer_warnings(tokenizer, texts)
