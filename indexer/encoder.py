@@ -18,6 +18,7 @@ from indexer.pooling import normalize, pool
 
 BATCH_TOKENS = 8192
 MAX_BATCH = 128
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,11 @@ class Encoder:
     """A loaded BERT-family model and its tokenizer.
 
     `keep_layers`: compute hidden states 0..keep_layers only (None keeps them all).
-    `precision`: "fp32", "bf16" or "auto" (bf16 only where the CPU has it natively).
+    `precision`: "fp32", "bf16", "int8" or "auto" (bf16 only where the CPU has it natively, else fp32).
+    int8 quantizes the Linear layers' weights per channel and their inputs per batch (dynamic
+    quantization): faster on AVX2, but vectors move (cosine to fp32 about 0.97 on all-MiniLM-L6-v2),
+    so it is never chosen by auto; bench/throughput.py measures its speed and ranking quality.
+    `batch_tokens`, `max_batch`: the padded-token budget and row limit of one forward pass.
     """
 
     def __init__(self, folder: Path, *, max_length: int | None = None, keep_layers: int | None = None,
@@ -81,12 +86,26 @@ class Encoder:
         if self.max_length < 8:
             raise BertdexError(f"--max-length {max_length} is too small: use at least 8 tokens")
         self.keep_layers = self._truncate_layers(keep_layers)
-        if precision not in ("auto", "fp32", "bf16"):
-            raise BertdexError(f"unknown precision {precision!r}: choose auto, fp32 or bf16")
+        if precision not in PRECISIONS:
+            raise BertdexError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
         self.bf16 = precision == "bf16" or (precision == "auto" and cpu_has_bf16())
+        self.precision = "bf16" if self.bf16 else ("int8" if precision == "int8" else "fp32")
+        if self.precision == "int8":
+            self._quantize_int8()
+        self.batch_tokens, self.max_batch = BATCH_TOKENS, MAX_BATCH
         probe = self.tokenizer.tokenize("A a 한국")
         self.lowercase = probe[0] == probe[1] if len(probe) >= 2 else False
         self.decomposes_hangul = _hangul_jamo("".join(self.tokenizer.tokenize("한국어")))
+
+    def _quantize_int8(self) -> None:
+        """Swap every Linear layer for a dynamically quantized one (int8 weights per output channel)."""
+        import warnings
+
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+        with warnings.catch_warnings():  # torch.ao announces its move to torchao on every call
+            warnings.simplefilter("ignore")
+            quantize_dynamic(self.model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)
 
     def _truncate_layers(self, keep_layers: int | None) -> int | None:
         """Drop transformer layers above `keep_layers` so they are never computed."""
@@ -164,7 +183,7 @@ class Encoder:
         )
         width = self.hidden_size * (2 if pooling == "mean-max" else 1)
         vectors = np.zeros((len(ids), width), dtype=np.float32)
-        for batch in _length_batches([len(x) for x in ids]):
+        for batch in _length_batches([len(x) for x in ids], self.batch_tokens, self.max_batch):
             hidden, mask = self._forward([ids[i] for i in batch], [types[i] for i in batch] if types else None, layer)
             if exclude_special:
                 for row, i in enumerate(batch):
@@ -174,18 +193,16 @@ class Encoder:
 
     def _forward(self, ids: list[list[int]], types: list[list[int]] | None, layer: int):
         """One padded batch through the model: hidden state `layer` as float32 numpy, and the mask."""
-        width = max(len(x) for x in ids)
-        pad = self.tokenizer.pad_token_id or 0
-        input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
-        attention = torch.zeros((len(ids), width), dtype=torch.long)
-        token_types = torch.zeros((len(ids), width), dtype=torch.long)
-        for row, seq in enumerate(ids):
-            input_ids[row, : len(seq)] = torch.tensor(seq)
-            attention[row, : len(seq)] = 1
-            if types:
-                token_types[row, : len(seq)] = torch.tensor(types[row])
-        hidden = self.hidden_states(input_ids, attention, token_types, layer)
-        return hidden, attention.numpy().astype(np.float32)
+        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+        attention = (np.arange(lengths.max())[None, :] < lengths[:, None]).astype(np.int64)
+        input_ids = np.full(attention.shape, self.tokenizer.pad_token_id or 0, dtype=np.int64)
+        input_ids[attention.astype(bool)] = np.fromiter((t for seq in ids for t in seq), dtype=np.int64)
+        token_types = np.zeros(attention.shape, dtype=np.int64)
+        if types:
+            token_types[attention.astype(bool)] = np.fromiter((t for seq in types for t in seq), dtype=np.int64)
+        hidden = self.hidden_states(torch.from_numpy(input_ids), torch.from_numpy(attention),
+                                    torch.from_numpy(token_types), layer)
+        return hidden, attention.astype(np.float32)
 
     def hidden_states(self, input_ids, attention, token_types, layer: int | None):
         """Hidden state `layer` [batch, tokens, features], or all of them [layers+1, ...] when None."""
