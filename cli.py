@@ -247,8 +247,8 @@ def tutorial_tokens(text: TutorialText, model: Model = None, as_json: Json = Fal
         echo_json(table.to_dict())
         return
     rows = [(str(t.position), t.token, str(t.id), "" if t.word is None else str(t.word), text[t.start:t.end],
-             "" if t.kept else "cut") for t in table.tokens]
-    print_rows(("#", "token", "id", "word", "text", "window"), rows)
+             "" if t.kept else "yes") for t in table.tokens]
+    print_rows(("#", "token", "id", "word", "text", "cut"), rows)
     typer.echo(f"{len(table.tokens)} tokens, window {table.max_length}: {'TRUNCATED' if table.truncated else 'not truncated'}; "
                f"[UNK]: {table.unknown}; lower-cases: {'yes' if table.lowercase else 'no'}; "
                f"Hangul into jamo: {'yes' if table.decomposes_hangul else 'no'}")
@@ -389,7 +389,7 @@ def print_rows(columns, rows) -> None:
     Console().print(table)
 
 
-def preview(vector, count: int = 4) -> str:
+def preview(vector, count: int = 3) -> str:
     return "[" + ", ".join(f"{float(x):.4f}" for x in vector[:count]) + ", ...]"
 
 
