@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test bench clean browser
 
 setup: $(STAMP)
 
@@ -22,7 +22,12 @@ run: setup
 	$(BIN)/bertdex index examples/faq_ko.csv --index runs/faq-ko --text-field question --group-field group --replace
 	$(BIN)/bertdex query runs/faq-ko "비밀번호가 생각이 안 나요" -k 3 --mode hybrid
 
-test: setup
+# headless Chromium + chromedriver for tests/test_browser.py, and a Korean font for its screenshots
+browser:
+	test -x /usr/bin/chromium -a -x /usr/bin/chromedriver -a -d /usr/share/fonts/truetype/nanum || \
+		(apt-get update && apt-get install -y chromium chromium-driver fonts-nanum)
+
+test: setup browser
 	$(BIN)/python -m pytest -q
 
 clean:

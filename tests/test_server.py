@@ -367,10 +367,14 @@ def test_check_bind_refuses_a_keyless_writable_server_off_loopback():
 
 
 def test_bertdex_serve_command(faq_index, tmp_path):
-    refused = subprocess.run([*BERTDEX, "serve", str(faq_index), "--host", "0.0.0.0"], capture_output=True,
-                             text=True, cwd=ROOT, env={**os.environ, "BERTDEX_API_KEY": ""}, timeout=120)
-    assert refused.returncode == 1
-    assert refused.stderr.strip().splitlines()[-1].startswith("error: refusing to serve on 0.0.0.0 without an API key")
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    # the refusal comes before anything loads: checked in-process, the real start below as a subprocess
+    refused = CliRunner().invoke(app, ["serve", str(faq_index), "--host", "0.0.0.0"], env={"BERTDEX_API_KEY": ""})
+    assert refused.exit_code == 1
+    assert refused.output.strip().splitlines()[-1].startswith("error: refusing to serve on 0.0.0.0 without an API key")
     key_file = tmp_path / "key"
     key_file.write_text(KEY + "\n")
     with socket.socket() as probe:
