@@ -104,10 +104,11 @@ def check_bind(host: str, api_key: str | None, read_only: bool) -> bool:
 class Service:
     """What the routes share: the searcher, its batcher, and the one write lock."""
 
-    def __init__(self, folder: Path, api_key: str | None, writable: bool, encoder: Encoder | None, window: float):
+    def __init__(self, folder: Path, api_key: str | None, writable: bool, encoder: Encoder | None, window: float,
+                 max_batch: int):
         self.folder = Path(folder)
         self.searcher = Searcher(self.folder, encoder=encoder)
-        self.batcher = MicroBatcher(self.searcher, window=window)
+        self.batcher = MicroBatcher(self.searcher, window=window, max_questions=max_batch)
         self.api_key = api_key
         self.writable = writable and api_key is not None
         self.write_lock = threading.Lock()
@@ -151,10 +152,10 @@ def entries_from(request: DocumentsRequest) -> list[Entry]:
 
 
 def create_app(folder: str | Path, *, api_key: str | None = None, writable: bool = True,
-               encoder: Encoder | None = None, batch_window: float = 0.002,
+               encoder: Encoder | None = None, batch_window: float = 0.002, max_batch: int = 64,
                max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
     """The app over index `folder`. Writes need `api_key` (and `writable`); without a key it only reads."""
-    service = Service(Path(folder), api_key, writable, encoder, batch_window)
+    service = Service(Path(folder), api_key, writable, encoder, batch_window, max_batch)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -250,11 +251,11 @@ def _page(service: Service, path: str, media_type: str):
 
 
 def serve(folder: str | Path, *, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          read_only: bool = False, batch_window: float = 0.002, log_level: str = "warning") -> None:
+          read_only: bool = False, batch_window: float = 0.002, max_batch: int = 64, log_level: str = "warning") -> None:
     """Run the service with uvicorn until interrupted."""
     import uvicorn
 
     writable = check_bind(host, api_key, read_only)
-    app = create_app(folder, api_key=api_key, writable=writable, batch_window=batch_window)
+    app = create_app(folder, api_key=api_key, writable=writable, batch_window=batch_window, max_batch=max_batch)
     uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False, limit_concurrency=512,
                 timeout_keep_alive=5)
