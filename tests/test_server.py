@@ -419,7 +419,7 @@ search_bodies = st.fixed_dictionaries(
 ) | json_values
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(body=search_bodies)
 def test_fuzzed_search_bodies_never_500(shared, body):
     http, _ = shared
@@ -443,7 +443,7 @@ documents = st.lists(
 )
 
 
-@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(body=st.fixed_dictionaries({"documents": documents}) | json_values)
 def test_fuzzed_document_bodies_never_500_and_lose_nothing(shared, body):
     http, _ = shared
