@@ -103,6 +103,24 @@ def tune_index(folder: str | Path, *, queries: dict | None = None, qrels: dict |
     """Try the search space on `folder`'s held-out questions; store the winner unless `store` is False."""
     started = time.perf_counter()
     folder = check_index_folder(Path(folder))
+    manifest, documents, heldout, source, words = _read_index(folder, queries, qrels, group_field, max_queries)
+    recipe = manifest.recipe
+    trials = _try_all(_full_encoder(encoder, recipe), manifest, documents, heldout, words, layers)
+    current = _current_candidate(trials, recipe, manifest.settings.get("search", {})) \
+        or Candidate(recipe.layer, recipe.pooling, "dense")
+    ordered = sorted(trials, key=lambda t: (t.candidate != current,))  # current first: it wins ties
+    best = max(ordered, key=_order)
+    changed = (best.candidate.layer, best.candidate.pooling) != (recipe.layer, recipe.pooling) \
+        and best.candidate.mode != "keyword"
+    if store:
+        _store(folder, manifest, best, source, len(heldout), changed, keep_cut=best.candidate == current)
+    return TuneReport(str(folder), source, len(heldout), sorted(trials, key=_order, reverse=True), best,
+                      next(t for t in trials if t.candidate == current), _two_fold(ordered), changed, store,
+                      time.perf_counter() - started)
+
+
+def _read_index(folder: Path, queries, qrels, group_field, max_queries):
+    """In one read transaction: manifest, documents, held-out questions and their keyword rankings."""
     db = connect(folder, readonly=True)
     try:
         db.execute("BEGIN")
@@ -113,46 +131,34 @@ def tune_index(folder: str | Path, *, queries: dict | None = None, qrels: dict |
         db.execute("COMMIT")
     finally:
         db.close()
-    encoder = _full_encoder(encoder, manifest.recipe)
+    return manifest, documents, heldout, source, words
+
+
+def _try_all(encoder: Encoder, manifest, documents: list[dict], heldout: list[HeldOut], words: list[list],
+             layers: list[int] | None) -> list[Trial]:
+    """Dense for every layer x pooling, keyword, then hybrid fusions for the current and best dense recipes."""
     recipe, settings = manifest.recipe, manifest.settings
-    layers = layers or list(range((encoder.num_layers + 1) // 2, encoder.num_layers + 1))
-    if recipe.layer not in layers:
-        layers = sorted({*layers, recipe.layer})
+    layers = sorted({*(layers or range((encoder.num_layers + 1) // 2, encoder.num_layers + 1)), recipe.layer})
     passages = _all_layer_vectors(encoder, [d["text"] for d in documents], layers, recipe.exclude_special,
                                   settings.get("window", True), settings.get("stride", 0))
     passages.owners = np.asarray([d["id"] for d in documents], dtype=np.int64)[passages.owners]  # -> document ids
     asked = _all_layer_vectors(encoder, [normalize_text(q.text) for q in heldout], layers, recipe.exclude_special,
                                False, 0)
     judge = _Judge(documents, heldout)
-    current = Candidate(recipe.layer, recipe.pooling, "dense")
     dense_lists, trials = {}, []
     for layer in layers:
         for pooling in POOLINGS:
-            candidate = Candidate(layer, pooling, "dense")
             dense_lists[(layer, pooling)] = _dense_lists(passages, asked, layer, pooling, heldout)
-            trials.append(judge.trial(candidate, dense_lists[(layer, pooling)]))
+            trials.append(judge.trial(Candidate(layer, pooling, "dense"), dense_lists[(layer, pooling)]))
     trials.append(judge.trial(Candidate(recipe.layer, recipe.pooling, "keyword"), words))
     by_dense = sorted((t for t in trials if t.candidate.mode == "dense"), key=_order, reverse=True)
-    hybrid_recipes = [(recipe.layer, recipe.pooling)] + [(t.candidate.layer, t.candidate.pooling) for t in by_dense]
-    for layer, pooling in list(dict.fromkeys(hybrid_recipes))[: HYBRID_RECIPES + 1]:
+    recipes = [(recipe.layer, recipe.pooling)] + [(t.candidate.layer, t.candidate.pooling) for t in by_dense]
+    for layer, pooling in list(dict.fromkeys(recipes))[: HYBRID_RECIPES + 1]:
         for fusion in FUSIONS:
             for weight in WEIGHTS:
                 fused = [keyword.fuse(d, w, weight, fusion) for d, w in zip(dense_lists[(layer, pooling)], words)]
                 trials.append(judge.trial(Candidate(layer, pooling, "hybrid", weight, fusion), fused))
-    now = settings.get("search", {})
-    current = _current_candidate(trials, recipe, now) or current
-    ordered = sorted(trials, key=lambda t: (t.candidate != current,))  # current first: wins ties
-    best = max(ordered, key=_order)
-    current_trial = next(t for t in trials if t.candidate == current)
-    heldout_mrr = _two_fold(ordered)
-    changed = (best.candidate.layer, best.candidate.pooling) != (recipe.layer, recipe.pooling) and best.candidate.mode != "keyword"
-    stored = False
-    if store:
-        _store(folder, manifest, best, source, len(heldout), changed, keep_cut=best.candidate == current)
-        stored = True
-    trials_sorted = sorted(trials, key=_order, reverse=True)
-    return TuneReport(str(folder), source, len(heldout), trials_sorted, best, current_trial, heldout_mrr, changed,
-                      stored, time.perf_counter() - started)
+    return trials
 
 
 def _order(trial: Trial) -> tuple[float, float]:
