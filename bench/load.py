@@ -18,6 +18,7 @@ import json
 import os
 import random
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -60,7 +61,9 @@ def main() -> int:
              "--text-field", "title", "--id-field", "_id", "--quiet"])
         failed = 0
         for max_batch in ([64, 1] if args.compare else [64]):
-            failed += one_run(args, folder, questions, max_batch)
+            fresh = Path(work) / f"run-{max_batch}"  # each run starts from the same untouched index
+            shutil.copytree(folder, fresh, ignore=shutil.ignore_patterns("write.lock"))
+            failed += one_run(args, fresh, questions, max_batch)
     return 1 if failed else 0
 
 
