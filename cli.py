@@ -406,6 +406,7 @@ def serve(
     read_only: Annotated[bool, typer.Option(help="Refuse every write, even with a key.")] = False,
     batch_window_ms: Annotated[float, typer.Option(help="How long a question waits for others to share its forward pass.")] = 2.0,
     max_batch: Annotated[int, typer.Option(min=1, help="Most questions in one forward pass (1: no micro-batching).")] = 64,
+    threads: Annotated[Optional[int], typer.Option(help="Torch threads (default: all cores; 1 is faster on a busy machine).")] = None,
 ):
     """Serve the index over HTTP: POST /search, /documents, /health, /info, a search page at /."""
     import os
@@ -422,7 +423,7 @@ def serve(
     access = "writes need the API key" if writable else "read-only (no API key, or --read-only)"
     typer.echo(f"serving {index_dir} on http://{host}:{port}/ ({access}; API docs at /docs)", err=True)
     run_server(index_dir, host=host, port=port, api_key=api_key, read_only=read_only,
-               batch_window=batch_window_ms / 1000, max_batch=max_batch)
+               batch_window=batch_window_ms / 1000, max_batch=max_batch, threads=threads)
 
 
 # -- answer quality ---------------------------------------------------------------------------------

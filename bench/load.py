@@ -70,9 +70,9 @@ def main() -> int:
 def one_run(args, folder: Path, questions: list[str], max_batch: int) -> int:
     key, port = secrets.token_urlsafe(24), free_port()
     command = [sys.executable, str(ROOT / "cli.py"), "serve", str(folder), "--port", str(port),
-               "--batch-window-ms", str(args.batch_window_ms), "--max-batch", str(max_batch)]
-    server = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "BERTDEX_API_KEY": key, "HF_HUB_OFFLINE": "1",
-                              **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})},
+               "--batch-window-ms", str(args.batch_window_ms), "--max-batch", str(max_batch),
+               *(["--threads", str(args.threads)] if args.threads else [])]
+    server = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "BERTDEX_API_KEY": key, "HF_HUB_OFFLINE": "1"},
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -195,7 +195,9 @@ def lone_latencies(base: str, questions: list[str]) -> list[float]:
 def report(args, max_batch: int, lone: list[float], load: Load, info: dict, problems: list[str]) -> None:
     total = sum(len(v) for v in load.latencies.values())
     label = "micro-batching on" if max_batch > 1 else "micro-batching off (--max-batch 1)"
-    print(f"\n== {label}: {args.clients} clients, {load.seconds:.1f} s, window {args.batch_window_ms} ms ==")
+    threads = args.threads or "all"
+    print(f"\n== {label}: {args.clients} clients, {load.seconds:.1f} s, window {args.batch_window_ms} ms, "
+          f"server torch threads {threads} ==")
     print(f"lone question (1 client, sequential): p50 {ms(lone, 50)} ms, p99 {ms(lone, 99)} ms")
     print(f"requests: {total} in {load.seconds:.1f} s = {total / load.seconds:.1f} req/s; errors: {load.errors}")
     for kind, times in load.latencies.items():

@@ -105,9 +105,9 @@ class Service:
     """What the routes share: the searcher, its batcher, and the one write lock."""
 
     def __init__(self, folder: Path, api_key: str | None, writable: bool, encoder: Encoder | None, window: float,
-                 max_batch: int):
+                 max_batch: int, threads: int | None = None):
         self.folder = Path(folder)
-        self.searcher = Searcher(self.folder, encoder=encoder)
+        self.searcher = Searcher(self.folder, encoder=encoder, threads=threads)
         self.batcher = MicroBatcher(self.searcher, window=window, max_questions=max_batch)
         self.api_key = api_key
         self.writable = writable and api_key is not None
@@ -153,9 +153,9 @@ def entries_from(request: DocumentsRequest) -> list[Entry]:
 
 def create_app(folder: str | Path, *, api_key: str | None = None, writable: bool = True,
                encoder: Encoder | None = None, batch_window: float = 0.002, max_batch: int = 64,
-               max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+               max_body_bytes: int = MAX_BODY_BYTES, threads: int | None = None) -> FastAPI:
     """The app over index `folder`. Writes need `api_key` (and `writable`); without a key it only reads."""
-    service = Service(Path(folder), api_key, writable, encoder, batch_window, max_batch)
+    service = Service(Path(folder), api_key, writable, encoder, batch_window, max_batch, threads)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -251,11 +251,13 @@ def _page(service: Service, path: str, media_type: str):
 
 
 def serve(folder: str | Path, *, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          read_only: bool = False, batch_window: float = 0.002, max_batch: int = 64, log_level: str = "warning") -> None:
+          read_only: bool = False, batch_window: float = 0.002, max_batch: int = 64, threads: int | None = None,
+          log_level: str = "warning") -> None:
     """Run the service with uvicorn until interrupted."""
     import uvicorn
 
     writable = check_bind(host, api_key, read_only)
-    app = create_app(folder, api_key=api_key, writable=writable, batch_window=batch_window, max_batch=max_batch)
+    app = create_app(folder, api_key=api_key, writable=writable, batch_window=batch_window, max_batch=max_batch,
+                     threads=threads)
     uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False, limit_concurrency=512,
                 timeout_keep_alive=5)
