@@ -248,3 +248,14 @@ def test_warns_when_the_tokenizer_splits_hangul_into_jamo(ko_index, faq_index_ma
     warnings = index_warnings(ko_index)
     assert any("jamo" in w for w in warnings)
     assert index_warnings(faq_index_master) == []
+
+
+def test_full_width_and_decomposed_text_is_normalized_before_matching(faq_index_master, encoder):
+    import unicodedata
+
+    assert keyword_terms("ＲＥＳＥＴ　my  PIN") == ["reset", "my", "pin"]
+    assert keyword_terms(unicodedata.normalize("NFD", "비밀번호")) == keyword_terms("비밀번호")
+    searcher = Searcher(faq_index_master, encoder=encoder)
+    plain = searcher.search("I forgot my password", k=1, mode="dense")[0]
+    wide = searcher.search("Ｉ　ｆｏｒｇｏｔ   ｍｙ ｐａｓｓｗｏｒｄ", k=1, mode="dense")[0]
+    assert wide.key == plain.key and wide.score == pytest.approx(plain.score, abs=1e-6)
