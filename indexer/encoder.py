@@ -18,7 +18,11 @@ from indexer.pooling import normalize, pool
 
 BATCH_TOKENS = 8192
 MAX_BATCH = 128
-PRECISIONS = ("auto", "fp32", "bf16", "int8")
+PRECISIONS = ("auto", "fp32", "bf16")
+# A forward pass of fewer padded tokens (one question, a small batch) runs on one thread: splitting
+# such small matrices over cores saves little, and on a busy machine the second thread waits for a
+# core (2 cores at load 6: one question took 450-800 ms on 2 threads, 50 ms on 1; bench/latency.py).
+SINGLE_THREAD_TOKENS = 256
 
 
 @dataclass(frozen=True)
@@ -55,10 +59,9 @@ class Encoder:
     """A loaded BERT-family model and its tokenizer.
 
     `keep_layers`: compute hidden states 0..keep_layers only (None keeps them all).
-    `precision`: "fp32", "bf16", "int8" or "auto" (bf16 only where the CPU has it natively, else fp32).
-    int8 quantizes the Linear layers' weights per channel and their inputs per batch (dynamic
-    quantization): faster on AVX2, but vectors move (cosine to fp32 about 0.97 on all-MiniLM-L6-v2),
-    so it is never chosen by auto; bench/throughput.py measures its speed and ranking quality.
+    `precision`: "fp32", "bf16" or "auto" (bf16 only where the CPU has it natively, else fp32).
+    There is no int8: dynamic int8 quantization runs 1.3-1.6x faster on AVX2 but moves the vectors
+    (cosine to fp32 ~0.97) and costs 0.01-0.06 MRR@10 on the shared sets (bench/throughput.py).
     `batch_tokens`, `max_batch`: the padded-token budget and row limit of one forward pass.
     """
 
@@ -89,23 +92,11 @@ class Encoder:
         if precision not in PRECISIONS:
             raise BertdexError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
         self.bf16 = precision == "bf16" or (precision == "auto" and cpu_has_bf16())
-        self.precision = "bf16" if self.bf16 else ("int8" if precision == "int8" else "fp32")
-        if self.precision == "int8":
-            self._quantize_int8()
+        self.precision = "bf16" if self.bf16 else "fp32"
         self.batch_tokens, self.max_batch = BATCH_TOKENS, MAX_BATCH
         probe = self.tokenizer.tokenize("A a 한국")
         self.lowercase = probe[0] == probe[1] if len(probe) >= 2 else False
         self.decomposes_hangul = _hangul_jamo("".join(self.tokenizer.tokenize("한국어")))
-
-    def _quantize_int8(self) -> None:
-        """Swap every Linear layer for a dynamically quantized one (int8 weights per output channel)."""
-        import warnings
-
-        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
-        with warnings.catch_warnings():  # torch.ao announces its move to torchao on every call
-            warnings.simplefilter("ignore")
-            quantize_dynamic(self.model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)
 
     def _truncate_layers(self, keep_layers: int | None) -> int | None:
         """Drop transformer layers above `keep_layers` so they are never computed."""
@@ -213,8 +204,16 @@ class Encoder:
         if "token_type_ids" in self.tokenizer.model_input_names:
             kwargs["token_type_ids"] = token_types
         autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16)
-        with torch.inference_mode(), autocast:
-            output = self.model(**kwargs, output_hidden_states=want_all, return_dict=True)
+        threads = torch.get_num_threads()
+        small = threads > 1 and input_ids.numel() < SINGLE_THREAD_TOKENS
+        if small:
+            torch.set_num_threads(1)
+        try:
+            with torch.inference_mode(), autocast:
+                output = self.model(**kwargs, output_hidden_states=want_all, return_dict=True)
+        finally:
+            if small:
+                torch.set_num_threads(threads)
         if layer is None:
             return torch.stack(output.hidden_states).float().numpy()
         chosen = output.hidden_states[layer] if want_all else output.last_hidden_state

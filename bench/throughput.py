@@ -1,0 +1,189 @@
+"""Embedding throughput: bertdex's encoder and full build against sentence-transformers `encode`, one run.
+
+    python bench/throughput.py                       # 3,000 tatoeba sentences, quality on 3 BEIR sets
+    python bench/throughput.py --count 1000 --no-quality --data /elsewhere/shared/data
+
+Same texts, same model (the bundled all-MiniLM-L6-v2), same process. Prints sentences/s for
+sentence-transformers, for the bertdex encoder at each batch budget and thread count, for
+`build_index` (embedding + SQLite + FTS5 + FAISS commit), the ratio to sentence-transformers,
+cosine to fp32 for each precision, MRR@10 per precision on labelled sets, and peak RSS.
+Each rate is the best of --rounds runs, interleaved so that other load on the machine hits all alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+DATA = ROOT.parent / "shared" / "data"
+QUALITY_SETS = ("bertfaq-covidfaq", "deepset-covid-qsim", "ko-question-pair")
+
+from indexer.encoder import Encoder  # noqa: E402
+from indexer.resolve import resolve_recipe  # noqa: E402
+
+
+def tatoeba_sentences(data: Path, count: int) -> list[str]:
+    """`count` distinct English sentences of the Tatoeba LASER files, sampled with a fixed seed."""
+    folder = data / "tatoeba-laser" / "data" / "tatoeba" / "v1"
+    sentences = sorted({line.strip() for path in sorted(folder.glob("*.eng"))
+                        for line in path.read_text(encoding="utf-8").splitlines() if line.strip()})
+    if not sentences:
+        raise SystemExit(f"no tatoeba sentences under {folder}: pass --data pointing at shared/data")
+    rows = np.random.default_rng(0).choice(len(sentences), min(count, len(sentences)), replace=False)
+    return [sentences[i] for i in rows]
+
+
+def rate(embed, texts: list[str]) -> tuple[float, np.ndarray]:
+    started = time.perf_counter()
+    vectors = embed(texts)
+    return len(texts) / (time.perf_counter() - started), vectors
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DATA, help="the shared/data folder (default: ../shared/data)")
+    parser.add_argument("--count", type=int, default=3000)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--no-quality", action="store_true", help="skip MRR@10 per precision")
+    args = parser.parse_args()
+    print(f"# python bench/throughput.py {' '.join(sys.argv[1:])}")
+    print(f"# {os.cpu_count()} cores, torch {torch.__version__}, capability {torch.backends.cpu.get_cpu_capability()}, "
+          f"load average {os.getloadavg()[0]:.1f} at start")
+    texts = tatoeba_sentences(args.data, args.count)
+    resolved = resolve_recipe(precision="fp32")
+    encoder, recipe = resolved.encoder, resolved.recipe
+    tokens = [len(x) for x in encoder.tokenize(texts)[0]]
+    print(f"# {len(texts)} tatoeba sentences, {np.mean(tokens):.1f} tokens on average (max {max(tokens)})")
+
+    def bertdex(enc: Encoder):
+        return lambda batch: enc.embed(batch, layer=recipe.layer, pooling=recipe.pooling).vectors
+
+    from sentence_transformers import SentenceTransformer
+
+    st = SentenceTransformer(str(encoder.folder), device="cpu")
+    st_embed = lambda batch: st.encode(batch, batch_size=32, normalize_embeddings=True)  # noqa: E731
+    budgets = [(8192, 128), (4096, 64), (2048, 32), (1024, 16)]
+    thread_counts = sorted({1, torch.get_num_threads()})
+    default_threads = torch.get_num_threads()
+    best: dict[str, float] = {}
+    st_embed(texts[:64]), bertdex(encoder)(texts[:64])  # warm both
+    for _ in range(args.rounds):
+        for threads in thread_counts:
+            torch.set_num_threads(threads)
+            best_key = f"sentence-transformers encode (batch 32), {threads} thread(s)"
+            best[best_key] = max(best.get(best_key, 0), rate(st_embed, texts)[0])
+            for tokens_budget, rows in budgets:
+                encoder.batch_tokens, encoder.max_batch = tokens_budget, rows
+                key = f"bertdex fp32, budget {tokens_budget} tokens / {rows} rows, {threads} thread(s)"
+                best[key] = max(best.get(key, 0), rate(bertdex(encoder), texts)[0])
+    torch.set_num_threads(default_threads)
+    encoder.batch_tokens, encoder.max_batch = 8192, 128
+    print(f"\n{'sentences/s':>12}  {'vs ST same threads':>18}  what")
+    for key, value in best.items():
+        threads = key.rsplit(", ", 1)[1]
+        st_rate = best[f"sentence-transformers encode (batch 32), {threads}"]
+        print(f"{value:12.0f}  {value / st_rate:17.2f}x  {key}")
+    st_best = max(v for k, v in best.items() if k.startswith("sentence"))
+    ours_best_key = max((k for k in best if k.startswith("bertdex")), key=best.get)
+    print(f"\nbest bertdex fp32 / best sentence-transformers: {best[ours_best_key] / st_best:.2f}x ({ours_best_key})")
+
+    reference = bertdex(encoder)(texts)
+    st_vectors = st_embed(texts)
+    print(f"cosine bertdex fp32 vs sentence-transformers: min {np.min(np.sum(reference * st_vectors, 1)):.6f}")
+    build_rate(texts, resolved)
+    precisions(texts, reference, recipe, encoder.folder, best[ours_best_key])
+    if not args.no_quality:
+        quality(args.data, recipe, encoder.folder)
+    print(f"\npeak RSS {peak_rss_mib():.0f} MiB (whole run)")
+
+
+def build_rate(texts: list[str], resolved) -> None:
+    """The full `build_index`: read CSV -> embed -> SQLite + FTS5 -> FAISS file, one commit."""
+    from indexer import build_index
+
+    with tempfile.TemporaryDirectory() as work:
+        data = Path(work) / "texts.jsonl"
+        data.write_text("".join(json.dumps({"id": str(i), "text": t}) + "\n" for i, t in enumerate(texts)), encoding="utf-8")
+        report = build_index(data, Path(work) / "index", resolved=resolved, index_type="flat")
+    print(f"build_index (embed + SQLite + FTS5 + FAISS commit): {report.rate:.0f} entries/s "
+          f"({report.documents} entries in {report.seconds:.1f} s)")
+
+
+def make_encoder(folder: Path, recipe, precision: str) -> Encoder:
+    """An encoder at `precision`; int8 (not offered by bertdex) = its fp32 model with every Linear layer
+    dynamically quantized: int8 weights per output channel, inputs quantized per batch (fbgemm on AVX2)."""
+    if precision != "int8":
+        return Encoder(folder, max_length=recipe.max_length, keep_layers=recipe.layer, precision=precision)
+    import warnings
+
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    encoder = Encoder(folder, max_length=recipe.max_length, keep_layers=recipe.layer, precision="fp32")
+    with warnings.catch_warnings():  # torch.ao announces its move to torchao
+        warnings.simplefilter("ignore")
+        quantize_dynamic(encoder.model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)
+    return encoder
+
+
+def precisions(texts: list[str], reference: np.ndarray, recipe, folder: Path, fp32_rate: float) -> None:
+    """Cosine to fp32 and speed for each other precision (bf16 is emulated on CPUs without AVX512-BF16/AMX)."""
+    from indexer.encoder import cpu_has_bf16
+
+    print(f"\nprecision  sentences/s  cosine to fp32 (min / mean)   [native bf16 on this CPU: {cpu_has_bf16()}]")
+    sample = texts if cpu_has_bf16() else texts[:300]
+    for precision in ("bf16", "int8"):
+        encoder = make_encoder(folder, recipe, precision)
+        embed = lambda batch: encoder.embed(batch, layer=recipe.layer, pooling=recipe.pooling).vectors  # noqa: E731
+        embed(sample[:32])
+        speed, vectors = rate(embed, sample)
+        cosine = np.sum(vectors * reference[: len(sample)], axis=1)
+        print(f"{precision:9}  {speed:11.0f}  {cosine.min():.5f} / {cosine.mean():.5f}"
+              f"{'   (on ' + str(len(sample)) + ' texts)' if len(sample) < len(texts) else ''}")
+    print(f"{'fp32':9}  {fp32_rate:11.0f}  1 / 1")
+
+
+def quality(data: Path, recipe, folder: Path) -> None:
+    """MRR@10 of dense search (corpus: title and text joined) per precision on labelled BEIR sets."""
+    from search.metrics import reciprocal_rank
+
+    encoders = {p: make_encoder(folder, recipe, p) for p in ("fp32", "int8")}
+    print(f"\n{'set':22} {'fp32 MRR@10':>11} {'int8 MRR@10':>11} {'int8 - fp32':>11}")
+    for name in QUALITY_SETS:
+        beir = data / name / "beir"
+        corpus = [json.loads(line) for line in (beir / "corpus.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
+        queries = {row["_id"]: row["text"] for row in map(json.loads, (beir / "queries.jsonl").read_text(encoding="utf-8").splitlines()) if row}
+        qrels: dict[str, dict[str, float]] = {}
+        for line in (beir / "qrels.tsv").read_text(encoding="utf-8").splitlines()[1:]:
+            query, doc, score = line.split("\t")[:3]
+            if float(score) > 0:
+                qrels.setdefault(query, {})[doc] = float(score)
+        asked = [q for q in queries if q in qrels]
+        docs = [" ".join(x for x in (row.get("title"), row.get("text")) if x) for row in corpus]
+        ids = [row["_id"] for row in corpus]
+        scores = {}
+        for precision, encoder in encoders.items():
+            embed = lambda batch: encoder.embed(batch, layer=recipe.layer, pooling=recipe.pooling).vectors  # noqa: E731
+            similarity = embed([queries[q] for q in asked]) @ embed(docs).T
+            top = np.argsort(-similarity, axis=1)[:, :10]
+            scores[precision] = float(np.mean([reciprocal_rank([ids[j] for j in top[i]], qrels[q], 10)
+                                               for i, q in enumerate(asked)]))
+        print(f"{name:22} {scores['fp32']:11.4f} {scores['int8']:11.4f} {scores['int8'] - scores['fp32']:+11.4f}")
+
+
+if __name__ == "__main__":
+    main()
