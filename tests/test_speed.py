@@ -180,3 +180,45 @@ def test_cli_index_type_option_builds_hnsw_and_refuses_unknown(tmp_path):
     refused = run_cli("index", EXAMPLES / "faq_en.csv", "--index", tmp_path / "x", "--index-type", "annoy")
     assert refused.returncode == 1 and "choose one of auto, flat, hnsw, ivf" in refused.stderr
     assert not (tmp_path / "x" / "bertdex.db").exists()
+
+
+# -- the encoder's paths ------------------------------------------------------------------------
+
+SENTENCES = ["How do I reset my password?", "Where is my parcel?", "비밀번호가 생각이 안 나요",
+             "Can I change the delivery address after the order has shipped to the warehouse?", "ok"]
+
+
+def test_one_question_gets_the_vector_it_gets_in_a_batch_and_threads_are_restored(encoder, resolved):
+    import torch
+
+    recipe = resolved.recipe
+    threads = torch.get_num_threads()
+    together = encoder.embed(SENTENCES, layer=recipe.layer, pooling=recipe.pooling).vectors
+    alone = np.vstack([encoder.embed([s], layer=recipe.layer, pooling=recipe.pooling).vectors for s in SENTENCES])
+    assert np.min(np.sum(together * alone, axis=1)) >= 0.99999
+    assert torch.get_num_threads() == threads
+
+
+def test_batch_budget_does_not_change_vectors(encoder, resolved):
+    recipe = resolved.recipe
+    before = encoder.embed(SENTENCES * 3, layer=recipe.layer, pooling=recipe.pooling).vectors
+    saved = encoder.batch_tokens, encoder.max_batch
+    try:
+        encoder.batch_tokens, encoder.max_batch = 40, 2
+        after = encoder.embed(SENTENCES * 3, layer=recipe.layer, pooling=recipe.pooling).vectors
+    finally:
+        encoder.batch_tokens, encoder.max_batch = saved
+    assert np.min(np.sum(before * after, axis=1)) >= 0.99999
+
+
+def test_bf16_stays_close_to_fp32_and_unknown_precision_lists_choices(encoder, resolved):
+    from indexer.encoder import Encoder
+
+    recipe = resolved.recipe
+    bf16 = Encoder(encoder.folder, max_length=recipe.max_length, keep_layers=recipe.layer, precision="bf16")
+    assert bf16.precision == "bf16" and encoder.precision in ("fp32", "bf16")
+    reference = encoder.embed(SENTENCES, layer=recipe.layer, pooling=recipe.pooling).vectors
+    vectors = bf16.embed(SENTENCES, layer=recipe.layer, pooling=recipe.pooling).vectors
+    assert np.min(np.sum(reference * vectors, axis=1)) >= 0.999
+    with pytest.raises(BertdexError, match="auto, fp32, bf16"):
+        Encoder(encoder.folder, precision="int8")
