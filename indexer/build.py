@@ -61,6 +61,7 @@ def build_index(data: Path, folder: Path, *, text_fields: Iterable[str] = (), id
     `index_type`: auto, flat, hnsw or ivf (see indexer.ann); auto picks by collection size at each commit.
     """
     started = time.perf_counter()
+    check_index_type(index_type)  # before the input is read or a model loaded
     fields = Fields(tuple(text_fields), id_field, group_field)
     entries_total, problems = _check_input(data, fields, fmt, on_error)
     resolved = resolved or resolve_recipe(model, layer=layer, pooling=pooling, exclude_special=exclude_special,

@@ -19,6 +19,7 @@ from indexer.errors import BertdexError
 from indexer.keywords import normalize_text
 from indexer.recipe import absolute_layer, check_pooling
 from indexer.resolve import encoder_for
+from indexer import ann
 from indexer.store import Manifest, check_index_folder, connect, load_vectors, read_manifest
 from search import keyword
 
@@ -83,6 +84,9 @@ class Searcher:
 
     def _refresh(self) -> None:
         """Inside a read transaction: load the FAISS file of the committed generation if it changed."""
+        row = self.db.execute("SELECT value FROM manifest WHERE name = 'generation'").fetchone()
+        if row is not None and self.vectors is not None and int(row[0]) == self._generation:
+            return  # every change commits a new generation: nothing to reload, no per-question parsing
         self.manifest = read_manifest(self.db, self.folder)
         if self.manifest.generation != self._generation:
             self.vectors = load_vectors(self.folder, self.manifest.generation, self.manifest.recipe.dimension)
@@ -155,7 +159,7 @@ class Searcher:
     def _dense(self, vector: np.ndarray, n: int) -> list[tuple[int, float, int]]:
         if self.vectors.ntotal == 0:
             return []
-        scores, ids = self.vectors.search(vector[None, :].astype(np.float32), min(n, self.vectors.ntotal))
+        scores, ids = ann.search(self.vectors, vector[None, :], min(n, self.vectors.ntotal))
         passages = [int(i) for i in ids[0] if i >= 0]
         owners = _passage_owners(self.db, passages)
         return [(owners[p], float(s), p) for s, p in zip(scores[0], passages) if p in owners]
