@@ -149,15 +149,15 @@ def _empty_hnsw(dimension: int, params: dict) -> faiss.Index:
 
 
 def _trained_ivf(dimension: int, vectors: np.ndarray, params: dict):
-    """IVF with about 4*sqrt(n) lists (at least 39 training points each), trained on a sample."""
+    """IVF with about sqrt(n) lists (at least 39 training points each), k-means on 40 points per list."""
     count = len(vectors)
-    nlist = int(params.get("nlist") or max(1, min(int(4 * math.sqrt(max(count, 1))), count // 39)))
+    nlist = int(params.get("nlist") or max(1, min(int(math.sqrt(max(count, 1))), count // 39)))
     nlist = max(1, min(nlist, max(count, 1)))
     quantizer = faiss.IndexFlatIP(dimension)
     inner = faiss.IndexIVFFlat(quantizer, dimension, nlist, faiss.METRIC_INNER_PRODUCT)
     sample = vectors
-    if count > 64 * nlist:
-        rows = np.random.default_rng(0).choice(count, 64 * nlist, replace=False)
+    if count > 40 * nlist:
+        rows = np.random.default_rng(0).choice(count, 40 * nlist, replace=False)
         sample = vectors[np.sort(rows)]
     inner.cp.seed = 1234
     if count:
