@@ -421,7 +421,7 @@ def serve(
             raise typer.BadParameter(f"--api-key-file {api_key_file}: {error.strerror}") from None
     writable = check_bind(host, api_key, read_only)
     access = "writes need the API key" if writable else "read-only (no API key, or --read-only)"
-    typer.echo(f"serving {index_dir} on http://{host}:{port}/ ({access}; API docs at /docs)", err=True)
+    typer.echo(f"starting: {index_dir} on http://{host}:{port}/ ({access}; API docs at /docs)", err=True)
     run_server(index_dir, host=host, port=port, api_key=api_key, read_only=read_only,
                batch_window=batch_window_ms / 1000, max_batch=max_batch, threads=threads)
 
