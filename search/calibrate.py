@@ -71,7 +71,7 @@ def calibrate_index(folder: str | Path, *, out_of_scope: list[str] = (), in_scop
         examples = _examples(searcher, list(out_of_scope), list(in_scope), queries, qrels)
     finally:
         searcher.close()
-    if not any(right for _, right in examples) and target_precision is None:
+    if len(examples) == len(out_of_scope) and target_precision is None:
         wrong = [score for score, _ in examples if math.isfinite(score)]
         cut = (max(wrong) + MARGIN) if wrong else 0.0
         rule = "just above the best-scoring out-of-scope example (no in-scope examples given)"
