@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 DATA = ROOT.parent / "shared" / "data"
 QUALITY_SETS = ("bertfaq-covidfaq", "deepset-covid-qsim", "ko-question-pair")
 
-from indexer.encoder import Encoder  # noqa: E402
+from indexer.encoder import BATCH_TOKENS, MAX_BATCH, Encoder  # noqa: E402
 from indexer.resolve import resolve_recipe  # noqa: E402
 
 
@@ -77,7 +77,7 @@ def main() -> None:
 
     st = SentenceTransformer(str(encoder.folder), device="cpu")
     st_embed = lambda batch: st.encode(batch, batch_size=32, normalize_embeddings=True)  # noqa: E731
-    budgets = [(8192, 128), (4096, 64), (2048, 32), (1024, 16)]
+    budgets = [(8192, 128), (4096, 64), (2048, 32), (1024, 16)]  # the default: BATCH_TOKENS / MAX_BATCH
     thread_counts = sorted({1, torch.get_num_threads()})
     default_threads = torch.get_num_threads()
     best: dict[str, float] = {}
@@ -92,7 +92,7 @@ def main() -> None:
                 key = f"bertdex fp32, budget {tokens_budget} tokens / {rows} rows, {threads} thread(s)"
                 best[key] = max(best.get(key, 0), rate(bertdex(encoder), texts)[0])
     torch.set_num_threads(default_threads)
-    encoder.batch_tokens, encoder.max_batch = 8192, 128
+    encoder.batch_tokens, encoder.max_batch = BATCH_TOKENS, MAX_BATCH
     print(f"\n{'sentences/s':>12}  {'vs ST same threads':>18}  what")
     for key, value in best.items():
         threads = key.rsplit(", ", 1)[1]
