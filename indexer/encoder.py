@@ -62,7 +62,7 @@ class Encoder:
 
     `keep_layers`: compute hidden states 0..keep_layers only (None keeps them all).
     `precision`: "fp32", "bf16" or "auto" (bf16 only where the CPU has it natively, else fp32).
-    There is no int8: dynamic int8 quantization runs 1.3-1.6x faster on AVX2 but moves the vectors
+    There is no int8: dynamic int8 quantization ran up to 1.6x faster on AVX2 but moves the vectors
     (cosine to fp32 ~0.97) and costs 0.01-0.06 MRR@10 on the shared sets (bench/throughput.py).
     `batch_tokens`, `max_batch`: the padded-token budget and row limit of one forward pass.
     """
