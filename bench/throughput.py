@@ -4,9 +4,10 @@
     python bench/throughput.py --count 1000 --no-quality --data /elsewhere/shared/data
 
 Same texts, same model (the bundled all-MiniLM-L6-v2), same process. Prints sentences/s for
-sentence-transformers, for the bertdex encoder at each batch budget and thread count, for
+sentence-transformers, for the bertdex encoder on each backend (ONNX Runtime, the default, and
+PyTorch) at each batch budget and thread count, for
 `build_index` (embedding + SQLite + FTS5 + FAISS commit), the ratio to sentence-transformers,
-cosine to fp32 for each precision, MRR@10 per precision on labelled sets, and peak RSS.
+cosine to PyTorch fp32 for each backend and precision, MRR@10 of each on labelled sets, and peak RSS.
 Each rate is the best of --rounds runs, interleaved so that other load on the machine hits all alike.
 """
 
@@ -77,22 +78,27 @@ def main() -> None:
 
     st = SentenceTransformer(str(encoder.folder), device="cpu")
     st_embed = lambda batch: st.encode(batch, batch_size=32, normalize_embeddings=True)  # noqa: E731
-    budgets = [(8192, 128), (4096, 64), (2048, 32), (1024, 16)]  # the default: BATCH_TOKENS / MAX_BATCH
-    thread_counts = sorted({1, torch.get_num_threads()})
+    budgets = [(8192, 128), (4096, 64), (2048, 32)]  # the default: BATCH_TOKENS / MAX_BATCH
     default_threads = torch.get_num_threads()
+    thread_counts = sorted({1, default_threads})
+    encoders = {(backend, threads): Encoder(encoder.folder, max_length=recipe.max_length, keep_layers=recipe.layer,
+                                            precision="fp32", threads=threads, backend=backend)
+                for backend in ("onnx", "torch") for threads in thread_counts}
     best: dict[str, float] = {}
-    st_embed(texts[:64]), bertdex(encoder)(texts[:64])  # warm both
+    st_embed(texts[:64]), [bertdex(e)(texts[:64]) for e in encoders.values()]  # warm all
     for _ in range(args.rounds):
         for threads in thread_counts:
             torch.set_num_threads(threads)
             best_key = f"sentence-transformers encode (batch 32), {threads} thread(s)"
             best[best_key] = max(best.get(best_key, 0), rate(st_embed, texts)[0])
-            for tokens_budget, rows in budgets:
-                encoder.batch_tokens, encoder.max_batch = tokens_budget, rows
-                key = f"bertdex fp32, budget {tokens_budget} tokens / {rows} rows, {threads} thread(s)"
-                best[key] = max(best.get(key, 0), rate(bertdex(encoder), texts)[0])
+            for backend in ("onnx", "torch"):
+                chosen = encoders[backend, threads]
+                for tokens_budget, rows in budgets:
+                    chosen.batch_tokens, chosen.max_batch = tokens_budget, rows
+                    key = f"bertdex fp32 {backend}, budget {tokens_budget} tokens / {rows} rows, {threads} thread(s)"
+                    best[key] = max(best.get(key, 0), rate(bertdex(chosen), texts)[0])
+                chosen.batch_tokens, chosen.max_batch = BATCH_TOKENS, MAX_BATCH
     torch.set_num_threads(default_threads)
-    encoder.batch_tokens, encoder.max_batch = BATCH_TOKENS, MAX_BATCH
     print(f"\n{'sentences/s':>12}  {'vs ST same threads':>18}  what")
     for key, value in best.items():
         threads = key.rsplit(", ", 1)[1]
@@ -100,11 +106,15 @@ def main() -> None:
         print(f"{value:12.0f}  {value / st_rate:17.2f}x  {key}")
     st_best = max(v for k, v in best.items() if k.startswith("sentence"))
     ours_best_key = max((k for k in best if k.startswith("bertdex")), key=best.get)
-    print(f"\nbest bertdex fp32 / best sentence-transformers: {best[ours_best_key] / st_best:.2f}x ({ours_best_key})")
+    default_key = (f"bertdex fp32 {encoder.backend}, budget {BATCH_TOKENS} tokens / {MAX_BATCH} rows, "
+                   f"{default_threads} thread(s)")
+    print(f"\nbest bertdex / best sentence-transformers: {best[ours_best_key] / st_best:.2f}x ({ours_best_key})")
+    print(f"bertdex defaults / best sentence-transformers: {best[default_key] / st_best:.2f}x ({default_key})")
 
-    reference = bertdex(encoder)(texts)
-    st_vectors = st_embed(texts)
-    print(f"cosine bertdex fp32 vs sentence-transformers: min {np.min(np.sum(reference * st_vectors, 1)):.6f}")
+    reference = bertdex(encoders["torch", default_threads])(texts)
+    for label, vectors in (("bertdex onnx", bertdex(encoders["onnx", default_threads])(texts)), ("sentence-transformers", st_embed(texts))):
+        cosine = np.sum(reference * vectors, 1)
+        print(f"cosine bertdex torch fp32 vs {label}: min {cosine.min():.6f}, mean {cosine.mean():.6f}")
     build_rate(texts, resolved)
     precisions(texts, reference, recipe, encoder.folder, best[ours_best_key])
     if not args.no_quality:
@@ -127,13 +137,16 @@ def build_rate(texts: list[str], resolved) -> None:
 def make_encoder(folder: Path, recipe, precision: str) -> Encoder:
     """An encoder at `precision`; int8 (not offered by bertdex) = its fp32 model with every Linear layer
     dynamically quantized: int8 weights per output channel, inputs quantized per batch (fbgemm on AVX2)."""
+    if precision in ("fp32", "onnx"):
+        return Encoder(folder, max_length=recipe.max_length, keep_layers=recipe.layer, precision="fp32",
+                       backend="onnx" if precision == "onnx" else "torch")
     if precision != "int8":
         return Encoder(folder, max_length=recipe.max_length, keep_layers=recipe.layer, precision=precision)
     import warnings
 
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
-    encoder = Encoder(folder, max_length=recipe.max_length, keep_layers=recipe.layer, precision="fp32")
+    encoder = Encoder(folder, max_length=recipe.max_length, keep_layers=recipe.layer, precision="fp32", backend="torch")
     with warnings.catch_warnings():  # torch.ao announces its move to torchao
         warnings.simplefilter("ignore")
         quantize_dynamic(encoder.model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)
@@ -145,7 +158,7 @@ def precisions(texts: list[str], reference: np.ndarray, recipe, folder: Path, fp
     from indexer.encoder import cpu_has_bf16
 
     print(f"\nprecision  sentences/s  cosine to fp32 (min / mean)   [native bf16 on this CPU: {cpu_has_bf16()}]")
-    sample = texts if cpu_has_bf16() else texts[:300]
+    sample = texts if cpu_has_bf16() else texts[:100]
     for precision in ("bf16", "int8"):
         encoder = make_encoder(folder, recipe, precision)
         embed = lambda batch: encoder.embed(batch, layer=recipe.layer, pooling=recipe.pooling).vectors  # noqa: E731
@@ -161,8 +174,8 @@ def quality(data: Path, recipe, folder: Path) -> None:
     """MRR@10 of dense search (corpus: title and text joined) per precision on labelled BEIR sets."""
     from search.metrics import reciprocal_rank
 
-    encoders = {p: make_encoder(folder, recipe, p) for p in ("fp32", "int8")}
-    print(f"\n{'set':22} {'fp32 MRR@10':>11} {'int8 MRR@10':>11} {'int8 - fp32':>11}")
+    encoders = {p: make_encoder(folder, recipe, p) for p in ("fp32", "onnx", "int8")}
+    print(f"\n{'set':22} {'fp32 torch':>11} {'fp32 onnx':>11} {'onnx - torch':>12} {'int8 torch':>11} {'int8 - fp32':>11}  (MRR@10)")
     for name in QUALITY_SETS:
         beir = data / name / "beir"
         corpus = [json.loads(line) for line in (beir / "corpus.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -182,7 +195,8 @@ def quality(data: Path, recipe, folder: Path) -> None:
             top = np.argsort(-similarity, axis=1)[:, :10]
             scores[precision] = float(np.mean([reciprocal_rank([ids[j] for j in top[i]], qrels[q], 10)
                                                for i, q in enumerate(asked)]))
-        print(f"{name:22} {scores['fp32']:11.4f} {scores['int8']:11.4f} {scores['int8'] - scores['fp32']:+11.4f}")
+        print(f"{name:22} {scores['fp32']:11.4f} {scores['onnx']:11.4f} {scores['onnx'] - scores['fp32']:+12.4f} "
+              f"{scores['int8']:11.4f} {scores['int8'] - scores['fp32']:+11.4f}")
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ def build_index(data: Path, folder: Path, *, text_fields: Iterable[str] = (), id
                 window: bool = True, window_length: int = 128, stride: int | None = None,
                 replace: bool = False, on_error: str = "fail",
                 fmt: str | None = None, precision: str = "auto", threads: int | None = None,
-                progress: Progress | None = None, chunk_size: int = CHUNK,
+                backend: str = "auto", progress: Progress | None = None, chunk_size: int = CHUNK,
                 resolved: Resolved | None = None, index_type: str = "auto") -> BuildReport:
     """Index the entries of `data` into a new folder (or rebuild one with `replace`).
 
@@ -65,7 +65,8 @@ def build_index(data: Path, folder: Path, *, text_fields: Iterable[str] = (), id
     fields = Fields(tuple(text_fields), id_field, group_field)
     entries_total, problems = _check_input(data, fields, fmt, on_error)
     resolved = resolved or resolve_recipe(model, layer=layer, pooling=pooling, exclude_special=exclude_special,
-                                          max_length=max_length, precision=precision, threads=threads)
+                                          max_length=max_length, precision=precision, threads=threads,
+                                          backend=backend)
     window_length = min(window_length, resolved.recipe.max_length)
     stride = window_length // 4 if stride is None else stride
     settings = {"text_fields": list(fields.text), "id_field": id_field, "group_field": group_field,
@@ -81,8 +82,9 @@ def build_index(data: Path, folder: Path, *, text_fields: Iterable[str] = (), id
 
 def add_documents(folder: Path, data: Path, *, text_fields: Iterable[str] = (), id_field: str | None = None,
                   group_field: str | None = None, on_error: str = "fail", fmt: str | None = None,
-                  precision: str = "auto", threads: int | None = None, progress: Progress | None = None,
-                  chunk_size: int = CHUNK, encoder: Encoder | None = None) -> BuildReport:
+                  precision: str = "auto", threads: int | None = None, backend: str = "auto",
+                  progress: Progress | None = None, chunk_size: int = CHUNK,
+                  encoder: Encoder | None = None) -> BuildReport:
     """Add or update entries by key: unchanged ones cost nothing, changed ones are re-embedded."""
     started = time.perf_counter()
     folder = check_index_folder(Path(folder))
@@ -91,7 +93,7 @@ def add_documents(folder: Path, data: Path, *, text_fields: Iterable[str] = (), 
     fields = Fields(tuple(text_fields) or tuple(settings.get("text_fields") or ()),
                     id_field or settings.get("id_field"), group_field or settings.get("group_field"))
     entries_total, problems = _check_input(data, fields, fmt or settings.get("format"), on_error)
-    encoder = encoder or encoder_for(manifest.recipe, precision=precision, threads=threads)
+    encoder = encoder or encoder_for(manifest.recipe, precision=precision, threads=threads, backend=backend)
     with IndexWriter.open(folder) as writer:
         counts = _ingest(writer, encoder, data, fields, fmt or settings.get("format"), entries_total, progress, chunk_size)
         final = writer.commit()

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from indexer import onnx_model
 from indexer.errors import BertdexError
 from indexer.pooling import normalize, pool
 
@@ -21,6 +22,7 @@ from indexer.pooling import normalize, pool
 BATCH_TOKENS = 4096
 MAX_BATCH = 64
 PRECISIONS = ("auto", "fp32", "bf16")
+BACKENDS = ("auto", "onnx", "torch")
 # A forward pass of fewer padded tokens (one question, a small batch) runs on one thread: splitting
 # such small matrices over cores saves little, and on a busy machine the second thread waits for a
 # core (2 cores at load 6: one question took 450-800 ms on 2 threads, 50 ms on 1; bench/latency.py).
@@ -62,27 +64,35 @@ class Encoder:
 
     `keep_layers`: compute hidden states 0..keep_layers only (None keeps them all).
     `precision`: "fp32", "bf16" or "auto" (bf16 only where the CPU has it natively, else fp32).
+    `backend`: "onnx" runs the pooled layer with ONNX Runtime (fp32, same vectors, faster; needs
+    keep_layers), "torch" with PyTorch, "auto" ONNX Runtime where it applies (fp32, onnxruntime
+    installed, the export reproduces PyTorch), else PyTorch; `backend_reason` says why. The PyTorch
+    model is loaded only when needed: all hidden states, bf16, or the first export to `cache`.
     There is no int8: dynamic int8 quantization ran up to 1.6x faster on AVX2 but moves the vectors
     (cosine to fp32 ~0.97) and costs 0.01-0.06 MRR@10 on the shared sets (bench/throughput.py).
     `batch_tokens`, `max_batch`: the padded-token budget and row limit of one forward pass.
     """
 
     def __init__(self, folder: Path, *, max_length: int | None = None, keep_layers: int | None = None,
-                 precision: str = "auto", threads: int | None = None):
+                 precision: str = "auto", threads: int | None = None, backend: str = "auto",
+                 cache: Path | None = onnx_model.DEFAULT_CACHE, checksum: str | None = None):
         import transformers
 
         transformers.logging.set_verbosity_error()
         transformers.utils.logging.disable_progress_bar()
         if threads:
             torch.set_num_threads(threads)
+        if precision not in PRECISIONS:
+            raise BertdexError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+        if backend not in BACKENDS:
+            raise BertdexError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
         self.folder = Path(folder)
         try:
             self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), use_fast=True)
-            self.model = transformers.AutoModel.from_pretrained(str(folder), dtype=torch.float32)
+            config = transformers.AutoConfig.from_pretrained(str(folder))
         except Exception as error:
             raise BertdexError(f"cannot load a model from {folder}: {str(error).splitlines()[0][:200]}") from None
-        self.model.eval()
-        config = self.model.config
+        self.config = config
         self.num_layers = int(config.num_hidden_layers)
         self.hidden_size = int(config.hidden_size)
         limit = min(int(getattr(config, "max_position_embeddings", 512) or 512), 512)
@@ -90,28 +100,107 @@ class Encoder:
         self.max_length = min(max_length or limit, limit)
         if self.max_length < 8:
             raise BertdexError(f"--max-length {max_length} is too small: use at least 8 tokens")
-        self.keep_layers = self._truncate_layers(keep_layers)
-        if precision not in PRECISIONS:
-            raise BertdexError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
         self.bf16 = precision == "bf16" or (precision == "auto" and cpu_has_bf16())
         self.precision = "bf16" if self.bf16 else "fp32"
+        self.threads = threads or torch.get_num_threads()
         self.batch_tokens, self.max_batch = BATCH_TOKENS, MAX_BATCH
+        self._model = None
+        self._backend, self._cache, self._checksum = backend, cache, checksum
+        self.onnx: onnx_model.OnnxModel | None = None
+        self.backend = "torch"
+        self.backend_reason = "--backend torch" if backend == "torch" else "all hidden states are computed (no layer chosen)"
+        self.keep_layers = None
+        self._truncate_layers(keep_layers)
         probe = self.tokenizer.tokenize("A a 한국")
         self.lowercase = probe[0] == probe[1] if len(probe) >= 2 else False
         self.decomposes_hangul = _hangul_jamo("".join(self.tokenizer.tokenize("한국어")))
 
-    def _truncate_layers(self, keep_layers: int | None) -> int | None:
-        """Drop transformer layers above `keep_layers` so they are never computed."""
-        if keep_layers is None:
-            return None
-        encoder = getattr(self.model, "encoder", None)
+    @property
+    def model(self):
+        """The PyTorch model, loaded on first use, with the layers above keep_layers removed."""
+        if self._model is None:
+            import transformers
+
+            try:
+                model = transformers.AutoModel.from_pretrained(str(self.folder), dtype=torch.float32)
+            except Exception as error:
+                raise BertdexError(f"cannot load a model from {self.folder}: {str(error).splitlines()[0][:200]}") from None
+            self._model = model.eval()
+            keep, self.keep_layers = self.keep_layers, None
+            if keep is not None and self._cut_model(keep) is None:
+                raise BertdexError(f"cannot keep {keep} layers of the model in {self.folder}")
+            self.keep_layers = keep
+        return self._model
+
+    def _cut_model(self, keep_layers: int):
+        """The PyTorch model computing hidden states 0..keep_layers only, or None for an unknown architecture."""
+        model = self.model
+        if self.keep_layers is not None:
+            return model if keep_layers == self.keep_layers else None
+        encoder = getattr(model, "encoder", None)
         layers = getattr(encoder, "layer", None)
-        if not isinstance(layers, torch.nn.ModuleList) or len(layers) != self.num_layers:
+        if not isinstance(layers, torch.nn.ModuleList) or len(layers) < keep_layers:
             return None  # unknown architecture: compute all, pick from hidden_states
         encoder.layer = torch.nn.ModuleList(list(layers)[:keep_layers])
-        if hasattr(self.model, "pooler"):
-            self.model.pooler = None
+        if hasattr(model, "pooler"):
+            model.pooler = None
+        self.keep_layers = keep_layers
+        return model
+
+    def _truncate_layers(self, keep_layers: int | None) -> int | None:
+        """Compute hidden states 0..keep_layers only, and pick the backend that runs them."""
+        if keep_layers is None or keep_layers > self.num_layers:
+            return None
+        if self.bf16:
+            self.backend_reason = "bf16 runs on PyTorch (ONNX Runtime here is fp32)"
+        elif self._backend != "torch" and self._start_onnx(keep_layers):
+            self.keep_layers = keep_layers
+            return keep_layers
+        if self._backend == "onnx":
+            raise BertdexError(f"--backend onnx is not available for {self.folder}: {self.backend_reason}")
+        if self._cut_model(keep_layers) is None:
+            return None
+        self.keep_layers = keep_layers
         return keep_layers
+
+    def _start_onnx(self, keep_layers: int) -> bool:
+        """ONNX Runtime for hidden state `keep_layers`: the cached export, else a new, checked one."""
+        if not onnx_model.available():
+            self.backend_reason = "onnxruntime is not installed"
+            return False
+        from indexer.model import model_checksum
+
+        inputs = tuple(name for name in ("input_ids", "attention_mask", "token_type_ids")
+                       if name == "attention_mask" or name in self.tokenizer.model_input_names)
+        self._checksum = self._checksum or model_checksum(self.folder)
+        path = onnx_model.cached_path(self._cache, self._checksum, keep_layers, inputs) if self._cache else None
+        options = dict(inputs=inputs, heads=int(self.config.num_attention_heads), hidden=self.hidden_size,
+                       threads=self.threads, probe=self._probe_batch())
+        try:
+            try:
+                if path is None or not path.is_file():
+                    raise FileNotFoundError(path)
+                self.onnx = onnx_model.load_or_export(None, path, **options)
+            except Exception:  # no cached export, or a damaged one: export from PyTorch
+                model = self._cut_model(keep_layers)
+                if model is None:
+                    self.backend_reason = "the layers of this architecture cannot be cut"
+                    return False
+                self.onnx = onnx_model.load_or_export(model, path, **options)
+        except Exception as error:
+            self.backend_reason = f"the ONNX export failed ({type(error).__name__}: {str(error).splitlines()[0][:120]})"
+            return False
+        self.backend, self.backend_reason = "onnx", "ONNX Runtime (fp32)"
+        return True
+
+    def _probe_batch(self) -> dict[str, np.ndarray]:
+        """Two texts of different lengths, right-padded: what an export must reproduce."""
+        encoded = self.tokenizer(["The quick brown fox jumps over the lazy dog, twice.", "한국어 문장"],
+                                 padding=True, return_tensors="np")
+        ids = encoded["input_ids"].astype(np.int64)
+        types = encoded.get("token_type_ids")
+        return {"input_ids": ids, "attention_mask": encoded["attention_mask"].astype(np.int64),
+                "token_type_ids": np.zeros_like(ids) if types is None else types.astype(np.int64)}
 
     # -- tokens ---------------------------------------------------------------------------------
 
@@ -187,15 +276,19 @@ class Encoder:
     def _forward(self, ids: list[list[int]], types: list[list[int]] | None, layer: int):
         """One padded batch through the model: hidden state `layer` as float32 numpy, and the mask."""
         lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
-        width = _padded_width(int(lengths.max()))
+        fast = self.onnx is not None and layer == self.keep_layers
+        width = int(lengths.max()) if fast else _padded_width(int(lengths.max()))
         attention = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)
         input_ids = np.full(attention.shape, self.tokenizer.pad_token_id or 0, dtype=np.int64)
         input_ids[attention.astype(bool)] = np.fromiter((t for seq in ids for t in seq), dtype=np.int64)
         token_types = np.zeros(attention.shape, dtype=np.int64)
         if types:
             token_types[attention.astype(bool)] = np.fromiter((t for seq in types for t in seq), dtype=np.int64)
-        hidden = self.hidden_states(torch.from_numpy(input_ids), torch.from_numpy(attention),
-                                    torch.from_numpy(token_types), layer)
+        if fast:  # ONNX Runtime keeps no per-shape caches: no padding to a multiple of 8 needed
+            hidden = self.onnx.run(input_ids, attention, token_types)
+        else:
+            hidden = self.hidden_states(torch.from_numpy(input_ids), torch.from_numpy(attention),
+                                        torch.from_numpy(token_types), layer)
         return hidden, attention.astype(np.float32)
 
     def hidden_states(self, input_ids, attention, token_types, layer: int | None):

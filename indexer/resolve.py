@@ -24,14 +24,14 @@ class Resolved:
 
 def resolve_recipe(model: str = DEFAULT_MODEL, *, layer: int | None = None, pooling: str | None = None,
                    exclude_special: bool = False, max_length: int | None = None,
-                   precision: str = "auto", threads: int | None = None) -> Resolved:
+                   precision: str = "auto", threads: int | None = None, backend: str = "auto") -> Resolved:
     """The recipe for these choices (None = auto) and an encoder loaded for it."""
     if pooling is not None:
         check_pooling(pooling)
     folder = resolve_model_folder(model)
     trained = trained_pooling(folder)
     probe = Encoder(folder, max_length=max_length or (trained.max_length if trained else None),
-                    keep_layers=None, precision=precision, threads=threads)
+                    keep_layers=None, precision=precision, threads=threads, backend=backend)
     if trained:
         reason = f"sentence-transformers checkpoint ({trained.source}): {trained.pooling} of the last layer, as trained"
         auto_layer, auto_pooling = -1, trained.pooling
@@ -52,7 +52,7 @@ def resolve_recipe(model: str = DEFAULT_MODEL, *, layer: int | None = None, pool
 
 
 def encoder_for(recipe: Recipe, *, model: str | None = None, precision: str = "auto",
-                threads: int | None = None) -> Encoder:
+                threads: int | None = None, backend: str = "auto") -> Encoder:
     """An encoder for an index's recipe; refuses a model whose weights are not the ones indexed."""
     name = model or recipe.model
     folder = resolve_model_folder(name)
@@ -63,5 +63,5 @@ def encoder_for(recipe: Recipe, *, model: str | None = None, precision: str = "a
             f"({recipe.model!r}, checksum {recipe.model_checksum}): use that model or rebuild the index"
         )
     encoder = Encoder(folder, max_length=recipe.max_length, keep_layers=recipe.layer,
-                      precision=precision, threads=threads)
+                      precision=precision, threads=threads, backend=backend, checksum=checksum)
     return encoder

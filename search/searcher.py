@@ -58,11 +58,12 @@ class Searcher:
 
     def __init__(self, folder: str | Path, *, model: str | None = None, layer: int | None = None,
                  pooling: str | None = None, precision: str = "auto", threads: int | None = None,
-                 encoder: Encoder | None = None):
+                 backend: str = "auto", encoder: Encoder | None = None):
         self.folder = check_index_folder(Path(folder))
         self.db = connect(self.folder, readonly=True)
         self.manifest = read_manifest(self.db, self.folder)
-        self.encoder = encoder or encoder_for(self.manifest.recipe, model=model, precision=precision, threads=threads)
+        self.encoder = encoder or encoder_for(self.manifest.recipe, model=model, precision=precision,
+                                                  threads=threads, backend=backend)
         self._check_asked(layer, pooling)
         self._lock = threading.RLock()
         self._generation = -1

@@ -222,3 +222,57 @@ def test_bf16_stays_close_to_fp32_and_unknown_precision_lists_choices(encoder, r
     assert np.min(np.sum(reference * vectors, axis=1)) >= 0.999
     with pytest.raises(BertdexError, match="auto, fp32, bf16"):
         Encoder(encoder.folder, precision="int8")
+
+
+# -- ONNX Runtime, the default fp32 path --------------------------------------------------------
+
+LONG = "A customer asks how to return a parcel that arrived damaged, and whether the shipping is refunded. " * 25
+
+
+@pytest.fixture(scope="module")
+def torch_encoder(resolved):
+    from indexer.encoder import Encoder
+
+    recipe = resolved.recipe
+    return Encoder(resolved.encoder.folder, max_length=recipe.max_length, keep_layers=recipe.layer, backend="torch")
+
+
+def test_the_default_encoder_runs_onnx_and_matches_pytorch(encoder, torch_encoder, resolved):
+    recipe = resolved.recipe
+    assert encoder.backend == "onnx" and torch_encoder.backend == "torch"
+    texts = SENTENCES + [LONG, "환불은 언제 되나요? 배송비도 돌려주나요?"]
+    fast = encoder.embed(texts, layer=recipe.layer, pooling=recipe.pooling, windows=True, window_length=64)
+    slow = torch_encoder.embed(texts, layer=recipe.layer, pooling=recipe.pooling, windows=True, window_length=64)
+    assert fast.owners.tolist() == slow.owners.tolist() and len(fast.owners) > len(texts)
+    assert np.min(np.sum(fast.vectors * slow.vectors, axis=1)) >= 0.99999
+
+
+def test_an_export_is_cached_reused_without_pytorch_and_rebuilt_when_damaged(resolved, torch_encoder, tmp_path):
+    from indexer.encoder import Encoder
+
+    folder, layer = resolved.encoder.folder, 3  # a layer no other test exports: this one pays the export
+    first = Encoder(folder, keep_layers=layer, cache=tmp_path)
+    (cached,) = tmp_path.glob("*.onnx")
+    assert first.backend == "onnx" and f"-L{layer}-" in cached.name
+    reference = Encoder(folder, keep_layers=layer, backend="torch").embed(SENTENCES, layer=layer, pooling="mean").vectors
+
+    second = Encoder(folder, keep_layers=layer, cache=tmp_path)
+    assert second.backend == "onnx" and second._model is None  # the cached export alone: no PyTorch weights loaded
+    assert np.min(np.sum(second.embed(SENTENCES, layer=layer, pooling="mean").vectors * reference, axis=1)) >= 0.99999
+
+    cached.write_bytes(cached.read_bytes()[:1000])  # a crash mid-copy, a full disk
+    third = Encoder(folder, keep_layers=layer, cache=tmp_path)
+    assert third.backend == "onnx" and cached.stat().st_size > 1_000_000
+    assert np.min(np.sum(third.embed(SENTENCES, layer=layer, pooling="mean").vectors * reference, axis=1)) >= 0.99999
+
+
+def test_backend_choices_and_their_refusals(resolved):
+    from indexer.encoder import Encoder
+
+    folder, recipe = resolved.encoder.folder, resolved.recipe
+    with pytest.raises(BertdexError, match="auto, onnx, torch"):
+        Encoder(folder, backend="tensorflow")
+    with pytest.raises(BertdexError, match="--backend onnx is not available.*bf16"):
+        Encoder(folder, keep_layers=recipe.layer, precision="bf16", backend="onnx")
+    everything = Encoder(folder, keep_layers=None)
+    assert everything.backend == "torch" and "all hidden states" in everything.backend_reason

@@ -1,0 +1,158 @@
+"""The encoder's fast path: a BERT model exported once to ONNX, cached on disk, run by ONNX Runtime.
+
+Same fp32 weights and arithmetic as PyTorch (hidden states agree to ~2e-6), but one fused graph
+(attention, LayerNorm, GELU) instead of ~150 eager operator calls: on the 2-core development machine
+one question embeds in ~4-6 ms instead of ~16, and bulk encoding runs ~1.7x faster (bench/throughput.py).
+An export is checked against PyTorch before it is cached, so a model ONNX Runtime computes wrongly is
+never used. This module does not tokenize or pool: the Encoder does, for both paths.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+FORMAT = 1  # bump when the exported graph changes, so older cached files are not reused
+DEFAULT_CACHE = Path.home() / ".cache" / "bertdex" / "onnx"
+TOLERANCE = 1e-3  # max |ONNX - PyTorch| over real tokens' hidden states accepted at export (seen: ~2e-6)
+
+
+def available() -> bool:
+    """True when onnxruntime (and onnx, for the export) can be imported."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def cached_path(cache: Path, checksum: str, layers: int, inputs: tuple[str, ...]) -> Path:
+    """Where the export of this model's first `layers` layers lives.
+
+    cached_path(Path("/c"), "ab12", 6, ("input_ids", "attention_mask")) -> /c/ab12-L6-i2-ort1.xx-f1.onnx
+    """
+    import onnxruntime
+
+    version = ".".join(onnxruntime.__version__.split(".")[:2])
+    return cache / f"{checksum}-L{layers}-i{len(inputs)}-ort{version}-f{FORMAT}.onnx"
+
+
+class OnnxModel:
+    """An ONNX Runtime session for one exported model; `run` returns the pooled layer's hidden states."""
+
+    def __init__(self, path: Path, threads: int):
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = max(1, threads)
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        self.path = path
+        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.inputs = tuple(item.name for item in self.session.get_inputs())
+
+    def run(self, input_ids: np.ndarray, attention: np.ndarray, token_types: np.ndarray) -> np.ndarray:
+        given = {"input_ids": input_ids, "attention_mask": attention, "token_type_ids": token_types}
+        return self.session.run(None, {name: given[name] for name in self.inputs})[0]
+
+
+def load_or_export(model, path: Path | None, *, inputs: tuple[str, ...], heads: int, hidden: int,
+                   threads: int, probe: dict[str, np.ndarray]) -> OnnxModel:
+    """The cached export at `path`, or a new export of the (already truncated) torch `model`.
+
+    `model` may be None when `path` exists; `path` None exports to a temporary file (no cache).
+    A new export must reproduce `model` on `probe` (a padded batch) within TOLERANCE, else ValueError;
+    it is written next to its final name and renamed, so readers never see half a file.
+    """
+    if path is not None and path.is_file():
+        try:
+            return OnnxModel(path, threads)
+        except Exception:  # a damaged cache file (a crash mid-copy, a full disk): export again
+            if model is None:
+                raise
+    if model is None:
+        raise FileNotFoundError(path)
+    with tempfile.TemporaryDirectory() as scratch:
+        plain = Path(scratch) / "plain.onnx"
+        _export(model, plain, inputs)
+        fused = Path(scratch) / "fused.onnx"
+        candidates = [fused, plain] if _fuse(plain, fused, heads, hidden) else [plain]
+        for candidate in candidates:
+            session = OnnxModel(candidate, threads)
+            if _agrees(session, model, probe):
+                break
+        else:
+            raise ValueError("ONNX Runtime does not reproduce this model's hidden states")
+        if path is None:
+            return session  # the session holds the graph in memory; the file may go
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+            partial.write_bytes(candidate.read_bytes())
+            os.replace(partial, path)
+        except OSError:  # an unwritable cache: the export serves this process only
+            return session
+        return OnnxModel(path, threads)
+
+
+def _export(model, target: Path, inputs: tuple[str, ...]) -> None:
+    """TorchScript-based export with eager attention: the graph ONNX Runtime's BERT fusions recognise."""
+    import torch
+
+    class LastHidden(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *tensors):
+            return self.inner(**dict(zip(inputs, tensors))).last_hidden_state
+
+    previous = getattr(model.config, "_attn_implementation", None)
+    with contextlib.suppress(Exception):
+        model.set_attn_implementation("eager")
+    dummy = tuple(torch.ones(2, 16, dtype=torch.long) if name != "token_type_ids" else torch.zeros(2, 16, dtype=torch.long)
+                  for name in inputs)
+    axes = {name: {0: "batch", 1: "tokens"} for name in (*inputs, "hidden")}
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(LastHidden(model).eval(), dummy, str(target), input_names=list(inputs),
+                              output_names=["hidden"], dynamic_axes=axes, opset_version=17, dynamo=False)
+    finally:
+        if previous is not None:
+            with contextlib.suppress(Exception):
+                model.set_attn_implementation(previous)
+
+
+def _fuse(plain: Path, fused: Path, heads: int, hidden: int) -> bool:
+    """ONNX Runtime's BERT graph fusions (attention, skip-LayerNorm, bias-GELU); False if they do not apply."""
+    try:
+        from onnxruntime.transformers import optimizer
+
+        logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            optimized = optimizer.optimize_model(str(plain), model_type="bert", num_heads=heads, hidden_size=hidden)
+            optimized.save_model_to_file(str(fused))
+    except Exception:
+        return False
+    return fused.is_file()
+
+
+def _agrees(session: OnnxModel, model, probe: dict[str, np.ndarray]) -> bool:
+    import torch
+
+    with torch.inference_mode():
+        expected = model(**{name: torch.from_numpy(probe[name]) for name in session.inputs}).last_hidden_state.numpy()
+    got = session.run(probe["input_ids"], probe["attention_mask"], probe["token_type_ids"])
+    real = probe["attention_mask"].astype(bool)
+    return got.shape == expected.shape and float(np.abs(got[real] - expected[real]).max()) <= TOLERANCE
