@@ -168,29 +168,31 @@ class Searcher:
     def _collapse(self, ranked, filters) -> list[tuple[int, float, int | None]]:
         """Best row per document, then per group; drop rows that fail the filters."""
         seen_docs, seen_groups, kept = set(), set(), []
-        rows = _document_rows(self.db, list(dict.fromkeys(doc for doc, _, _ in ranked)))
+        rows = _document_groups(self.db, list(dict.fromkeys(doc for doc, _, _ in ranked)), bool(filters))
         for doc, score, passage in ranked:
             if doc in seen_docs or doc not in rows:
                 continue
             seen_docs.add(doc)
-            row = rows[doc]
-            if filters and any(str(row["fields"].get(name)) != str(value) for name, value in filters.items()):
+            group, fields = rows[doc]
+            if filters and any(str(fields.get(name)) != str(value) for name, value in filters.items()):
                 continue
-            if row["group"] is not None:
-                if row["group"] in seen_groups:
+            if group is not None:
+                if group in seen_groups:
                     continue
-                seen_groups.add(row["group"])
+                seen_groups.add(group)
             kept.append((doc, score, passage))
         return kept
 
     def _hits(self, ranked, k: int, min_score: float | None) -> list[Hit]:
+        ranked = [(doc, score, passage) for doc, score, passage in ranked[:k] if min_score is None or score >= min_score]
         rows = _document_rows(self.db, [doc for doc, _, _ in ranked])
+        spans = _passage_spans(self.db, [passage for _, _, passage in ranked if passage is not None])
         hits = []
-        for doc, score, passage in ranked[:k]:
-            if min_score is not None and score < min_score:
-                continue
+        for doc, score, passage in ranked:
             row = rows[doc]
-            span = _passage_span(self.db, passage, len(row["text"])) if passage is not None else None
+            span = spans.get(passage)
+            if span is not None and span[0] == 0 and span[1] >= len(row["text"]):
+                span = None  # the whole text
             variants = _variants(self.db, row["group"]) if row["group"] is not None else ()
             hits.append(Hit(len(hits) + 1, row["key"], score, row["text"], row["fields"], row["group"], span, variants))
         return hits
@@ -259,11 +261,24 @@ def _document_rows(db, ids: list[int]) -> dict[int, dict]:
     return rows
 
 
-def _passage_span(db, passage: int, text_length: int) -> tuple[int, int] | None:
-    row = db.execute("SELECT start, \"end\" FROM passages WHERE id = ?", [passage]).fetchone()
-    if row is None or (row[0] == 0 and row[1] >= text_length):
-        return None
-    return int(row[0]), int(row[1])
+def _document_groups(db, ids: list[int], with_fields: bool) -> dict[int, tuple[str | None, dict]]:
+    """Group key (and stored fields, when filtering) per document: what collapsing needs, no texts."""
+    rows = {}
+    column = "fields" if with_fields else "NULL"
+    for start in range(0, len(ids), 500):
+        part = ids[start : start + 500]
+        marks = ",".join("?" * len(part))
+        for doc, group, fields in db.execute(f"SELECT id, group_key, {column} FROM documents WHERE id IN ({marks})", part):
+            rows[doc] = (group, json.loads(fields or "{}") if with_fields else {})
+    return rows
+
+
+def _passage_spans(db, passages: list[int]) -> dict[int, tuple[int, int]]:
+    """[start, end) characters of each passage in its document's text."""
+    if not passages:
+        return {}
+    marks = ",".join("?" * len(passages))
+    return {p: (int(a), int(b)) for p, a, b in db.execute(f'SELECT id, start, "end" FROM passages WHERE id IN ({marks})', passages)}
 
 
 def _variants(db, group: str) -> tuple[str, ...]:

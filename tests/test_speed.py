@@ -74,6 +74,19 @@ def test_recall_at_counts_shared_ids():
     assert ann.recall_at(index, np.asarray([[1, 0]], dtype=np.float32), [{1, 2}], 2) == 0.5
 
 
+def test_recall_at_counts_a_tie_with_the_kth_exact_score_as_right():
+    vectors = np.asarray([[1, 0], [0.6, 0.8], [0.6, 0.8], [0, 1]], dtype=np.float32)  # ids 5 and 6: one text twice
+    index = faiss.IndexIDMap2(faiss.IndexFlatIP(2))
+    index.add_with_ids(vectors, np.asarray([4, 5, 6, 7]))
+    query = np.asarray([[1, 0]], dtype=np.float32)
+    truth, kth = ann.exact_neighbours(vectors, query, np.asarray([4, 5, 6, 7]), 2)
+    assert 4 in truth[0] and len(truth[0] & {5, 6}) == 1 and np.isclose(kth[0], 0.6)
+    # exact search kept a duplicate (id 99) the index does not return: the index's 5 or 6 ties with it
+    assert ann.recall_at(index, query, [{4, 99}], 2) == 0.5
+    assert ann.recall_at(index, query, [{4, 99}], 2, kth=np.asarray([0.6], dtype=np.float32)) == 1.0
+    assert ann.recall_at(index, query, [{4, 99}], 2, kth=np.asarray([0.7], dtype=np.float32)) == 0.5
+
+
 @pytest.mark.parametrize("index_type", ["hnsw", "ivf"])
 def test_delete_rebuilds_without_the_removed_ids_and_keeps_recall(index_type):
     vectors, ids = clustered(3000), np.arange(1, 3001, dtype=np.int64)
