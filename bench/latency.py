@@ -148,6 +148,15 @@ def convert(flat: Path, target: Path, index_type: str) -> None:
     print(f"converted {target.name} in {time.perf_counter() - started:.0f} s: {final.index_params}", flush=True)
 
 
+def retune(folder: Path) -> None:
+    from indexer.store import IndexWriter
+
+    started = time.perf_counter()
+    with IndexWriter.open(folder) as writer:
+        final = writer.commit()
+    print(f"retuned {folder.name} in {time.perf_counter() - started:.0f} s: {final.index_params}", flush=True)
+
+
 def measure(folder: Path, questions: list[str], exact: Path | None) -> dict:
     """In this process: load a Searcher, time single and batched questions (ms)."""
     from indexer import ann
@@ -227,6 +236,8 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (building and measuring)")
     parser.add_argument("--build-only", action="store_true")
+    parser.add_argument("--retune", action="store_true", help="re-commit the cached ANN indexes, so the current "
+                        "code tunes their search depth (no rebuild)")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--exact", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -241,6 +252,11 @@ def main() -> None:
     print(f"# python bench/latency.py {' '.join(sys.argv[1:])}")
     print(f"# {os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f} at start")
     build_all(args.data, args.sizes, args.types, args.out, args.threads)
+    if args.retune:
+        for size in args.sizes:
+            for index_type in args.types:
+                if index_type != "flat":
+                    retune(args.out / f"{size}-{index_type}")
     if args.build_only:
         return
     questions = json.loads((args.out / "questions.json").read_text(encoding="utf-8"))[: args.queries]

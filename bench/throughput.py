@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 DATA = ROOT.parent / "shared" / "data"
 QUALITY_SETS = ("bertfaq-covidfaq", "deepset-covid-qsim", "ko-question-pair")
 
-from indexer.encoder import BATCH_TOKENS, MAX_BATCH, Encoder  # noqa: E402
+from indexer.encoder import Encoder  # noqa: E402
 from indexer.resolve import resolve_recipe  # noqa: E402
 
 
@@ -78,7 +78,7 @@ def main() -> None:
 
     st = SentenceTransformer(str(encoder.folder), device="cpu")
     st_embed = lambda batch: st.encode(batch, batch_size=32, normalize_embeddings=True)  # noqa: E731
-    budgets = [(8192, 128), (4096, 64), (2048, 32)]  # the default: BATCH_TOKENS / MAX_BATCH
+    budgets = [(4096, 64), (1024, 64), (512, 64)]  # the defaults: BATCH_TOKENS (PyTorch), ONNX_BATCH_TOKENS
     default_threads = torch.get_num_threads()
     thread_counts = sorted({1, default_threads})
     encoders = {(backend, threads): Encoder(encoder.folder, max_length=recipe.max_length, keep_layers=recipe.layer,
@@ -93,11 +93,12 @@ def main() -> None:
             best[best_key] = max(best.get(best_key, 0), rate(st_embed, texts)[0])
             for backend in ("onnx", "torch"):
                 chosen = encoders[backend, threads]
+                defaults = chosen.batch_tokens, chosen.max_batch
                 for tokens_budget, rows in budgets:
                     chosen.batch_tokens, chosen.max_batch = tokens_budget, rows
                     key = f"bertdex fp32 {backend}, budget {tokens_budget} tokens / {rows} rows, {threads} thread(s)"
                     best[key] = max(best.get(key, 0), rate(bertdex(chosen), texts)[0])
-                chosen.batch_tokens, chosen.max_batch = BATCH_TOKENS, MAX_BATCH
+                chosen.batch_tokens, chosen.max_batch = defaults
     torch.set_num_threads(default_threads)
     print(f"\n{'sentences/s':>12}  {'vs ST same threads':>18}  what")
     for key, value in best.items():
@@ -106,7 +107,7 @@ def main() -> None:
         print(f"{value:12.0f}  {value / st_rate:17.2f}x  {key}")
     st_best = max(v for k, v in best.items() if k.startswith("sentence"))
     ours_best_key = max((k for k in best if k.startswith("bertdex")), key=best.get)
-    default_key = (f"bertdex fp32 {encoder.backend}, budget {BATCH_TOKENS} tokens / {MAX_BATCH} rows, "
+    default_key = (f"bertdex fp32 {encoder.backend}, budget {encoder.batch_tokens} tokens / {encoder.max_batch} rows, "
                    f"{default_threads} thread(s)")
     print(f"\nbest bertdex / best sentence-transformers: {best[ours_best_key] / st_best:.2f}x ({ours_best_key})")
     print(f"bertdex defaults / best sentence-transformers: {best[default_key] / st_best:.2f}x ({default_key})")

@@ -21,6 +21,7 @@ import numpy as np
 
 FORMAT = 1  # bump when the exported graph changes, so older cached files are not reused
 DEFAULT_CACHE = Path.home() / ".cache" / "bertdex" / "onnx"
+FALLBACK_CACHE = Path(tempfile.gettempdir()) / f"bertdex-onnx-{os.getuid()}"
 TOLERANCE = 1e-3  # max |ONNX - PyTorch| over real tokens' hidden states accepted at export (seen: ~2e-6)
 
 
@@ -43,6 +44,14 @@ def cached_path(cache: Path, checksum: str, layers: int, inputs: tuple[str, ...]
 
     version = ".".join(onnxruntime.__version__.split(".")[:2])
     return cache / f"{checksum}-L{layers}-i{len(inputs)}-ort{version}-f{FORMAT}.onnx"
+
+
+def find_cached(path: Path) -> Path | None:
+    """The cached export at `path`, or at its fallback in the temporary folder, if either exists."""
+    for candidate in (path, FALLBACK_CACHE / path.name):
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 class OnnxModel:
@@ -94,14 +103,17 @@ def load_or_export(model, path: Path | None, *, inputs: tuple[str, ...], heads: 
             raise ValueError("ONNX Runtime does not reproduce this model's hidden states")
         if path is None:
             return session  # the session holds the graph in memory; the file may go
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-            partial.write_bytes(candidate.read_bytes())
-            os.replace(partial, path)
-        except OSError:  # an unwritable cache: the export serves this process only
-            return session
-        return OnnxModel(path, threads)
+        for folder in (path.parent, FALLBACK_CACHE):  # an unwritable home: the temporary folder
+            target = folder / path.name
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                partial = folder / f".{path.name}.{os.getpid()}.partial"
+                partial.write_bytes(candidate.read_bytes())
+                os.replace(partial, target)
+            except OSError:
+                continue
+            return OnnxModel(target, threads)
+        return session  # nowhere to write: the export serves this process only
 
 
 def _export(model, target: Path, inputs: tuple[str, ...]) -> None:

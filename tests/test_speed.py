@@ -289,3 +289,15 @@ def test_backend_choices_and_their_refusals(resolved):
         Encoder(folder, keep_layers=recipe.layer, precision="bf16", backend="onnx")
     everything = Encoder(folder, keep_layers=None)
     assert everything.backend == "torch" and "all hidden states" in everything.backend_reason
+
+
+def test_an_unwritable_cache_falls_back_to_the_temporary_folder(resolved, tmp_path):
+    from indexer import onnx_model
+    from indexer.encoder import Encoder
+
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the cache folder would go")
+    encoder = Encoder(resolved.encoder.folder, keep_layers=2, cache=blocked / "onnx")
+    assert encoder.backend == "onnx" and encoder.onnx.path.parent == onnx_model.FALLBACK_CACHE
+    again = Encoder(resolved.encoder.folder, keep_layers=2, cache=blocked / "onnx")
+    assert again.onnx.path == encoder.onnx.path and again._model is None
