@@ -280,8 +280,8 @@ class IndexWriter:
         self._removed = []
         self.manifest = Manifest(**{**self.manifest.__dict__, "index_type": index_type, "index_params": index_params})
         counts = self.db.execute("SELECT (SELECT count(*) FROM documents), (SELECT count(*) FROM passages)").fetchone()
-        if counts[1] != self.vectors.ntotal:
-            raise BertdexError(f"internal error: {counts[1]} passages but {self.vectors.ntotal} vectors; nothing written")
+        if counts[1] != ann.live_count(self.vectors):
+            raise BertdexError(f"internal error: {counts[1]} passages but {ann.live_count(self.vectors)} vectors; nothing written")
         manifest = Manifest(**{**self.manifest.__dict__, "generation": generation, "documents": counts[0],
                                "vectors": counts[1], "updated": now(),
                                "created": self.manifest.created or now()})

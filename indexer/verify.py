@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from indexer.ann import TOMBSTONE
 from indexer.errors import BertdexError
 from indexer.store import check_index_folder, connect, load_vectors, read_manifest
 
@@ -50,8 +51,8 @@ def verify_index(folder: str | Path) -> VerifyReport:
         faiss_ids = np.sort(_faiss_ids(vectors))
         if documents != manifest.documents:
             problems.append(f"manifest says {manifest.documents} entries, the table holds {documents}")
-        if len(passage_ids) != vectors.ntotal:
-            problems.append(f"{len(passage_ids)} passages but {vectors.ntotal} FAISS vectors")
+        if len(passage_ids) != len(faiss_ids):
+            problems.append(f"{len(passage_ids)} passages but {len(faiss_ids)} FAISS vectors")
         elif not np.array_equal(passage_ids, faiss_ids):
             problems.append("FAISS ids differ from the passage ids")
         if vectors.d != manifest.recipe.dimension:
@@ -65,7 +66,7 @@ def verify_index(folder: str | Path) -> VerifyReport:
         keywords = db.execute("SELECT count(*) FROM keywords").fetchone()[0]
         if keywords != documents:
             problems.append(f"{keywords} keyword rows for {documents} entries")
-        return VerifyReport(documents, int(vectors.ntotal), manifest.generation, problems)
+        return VerifyReport(documents, len(faiss_ids), manifest.generation, problems)
     finally:
         db.close()
 
@@ -74,5 +75,6 @@ def _faiss_ids(index) -> np.ndarray:
     import faiss
 
     if hasattr(index, "id_map"):
-        return faiss.vector_to_array(index.id_map).astype(np.int64)
+        ids = faiss.vector_to_array(index.id_map).astype(np.int64)
+        return ids[ids != TOMBSTONE]  # deleted from an HNSW graph that is not rebuilt yet
     return np.arange(index.ntotal, dtype=np.int64)

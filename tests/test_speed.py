@@ -103,6 +103,28 @@ def test_delete_rebuilds_without_the_removed_ids_and_keeps_recall(index_type):
     assert not np.isin(found, removed).any()
 
 
+def test_a_small_hnsw_delete_leaves_tombstones_that_searches_skip_and_a_large_one_rebuilds(tmp_path):
+    vectors, ids = clustered(3000), np.arange(1, 3001, dtype=np.int64)
+    index, kind, params = built("hnsw", vectors, ids)
+    few = ids[:150]  # 5%: below REBUILD_SHARE
+    index, kind, params = ann.finish(index, kind, params, few)
+    assert index.ntotal == 3000 and ann.tombstones(index) == 150 == params["tombstones"]
+    assert ann.live_count(index) == 2850 and not np.isin(few, ann.stored(index)[0]).any()
+    _, found = ann.search(index, vectors[few - 1][:50], 10)
+    assert (found >= 0).all() and not np.isin(found, few).any()  # k live answers, none deleted
+    faiss.write_index(index, str(tmp_path / "kept.faiss"))
+    index = faiss.read_index(str(tmp_path / "kept.faiss"))
+    assert ann.tombstones(index) == 150
+    _, again = ann.search(index, vectors[few - 1][:50], 10)
+    assert (again >= 0).all() and not np.isin(again, few).any()
+    more = ids[150:400]  # 150 + 250 = 13% of the graph: rebuilt without any of them
+    index, kind, params = ann.finish(index, kind, params, more)
+    assert index.ntotal == 2600 and ann.tombstones(index) == 0 and "tombstones" not in params
+    assert params["recall_at_10"] >= ann.RECALL_TARGET
+    _, found = ann.search(index, vectors[:400][::8], 10)
+    assert not np.isin(found, ids[:400]).any()
+
+
 def test_auto_switches_to_hnsw_when_the_collection_grows_and_back_when_it_shrinks():
     assert ann.choose("auto", ann.AUTO_FLAT_MAX, "flat") == "flat"
     assert ann.choose("auto", ann.AUTO_FLAT_MAX + 1, "flat") == "hnsw"
@@ -171,6 +193,7 @@ def test_delete_and_update_work_on_ann_indexes(typed_indexes, encoder, tmp_path,
     assert (removed, missing) == (1, ["no-such-key"])
     after = manifest_of(folder)
     assert (after.index_type, after.vectors, after.documents) == (index_type, before.vectors - 1, before.documents - 1)
+    assert after.index_params.get("tombstones") == (1 if index_type == "hnsw" else None)  # HNSW: not rebuilt
     assert all(hit.key != first.key for hit in searcher.search("how do I reset my password", k=5, mode="dense"))
     changed = tmp_path / "changed.csv"
     changed.write_text("id,group,question,answer,category\n"
