@@ -177,22 +177,18 @@ class Encoder:
                        if name == "attention_mask" or name in self.tokenizer.model_input_names)
         self._checksum = self._checksum or model_checksum(self.folder)
         path = onnx_model.cached_path(self._cache, self._checksum, keep_layers, inputs) if self._cache else None
-        options = dict(inputs=inputs, heads=int(self.config.num_attention_heads), hidden=self.hidden_size,
-                       threads=self.threads, probe=self._probe_batch())
+
+        def source():
+            model = self._cut_model(keep_layers)
+            if model is None:
+                raise ValueError("the layers of this architecture cannot be cut")
+            return model, self._probe_batch()
+
         try:
-            try:
-                found = onnx_model.find_cached(path) if path else None
-                if found is None:
-                    raise FileNotFoundError(path)
-                self.onnx = onnx_model.load_or_export(None, found, **options)
-            except Exception:  # no cached export, or a damaged one: export from PyTorch
-                model = self._cut_model(keep_layers)
-                if model is None:
-                    self.backend_reason = "the layers of this architecture cannot be cut"
-                    return False
-                self.onnx = onnx_model.load_or_export(model, path, **options)
+            self.onnx = onnx_model.load_or_export(path, source, inputs=inputs, heads=int(self.config.num_attention_heads),
+                                                  hidden=self.hidden_size, threads=self.threads)
         except Exception as error:
-            self.backend_reason = f"the ONNX export failed ({type(error).__name__}: {str(error).splitlines()[0][:120]})"
+            self.backend_reason = f"no ONNX export ({type(error).__name__}: {str(error).splitlines()[0][:120]})"
             return False
         self.backend, self.backend_reason = "onnx", "ONNX Runtime (fp32)"
         self.batch_tokens = ONNX_BATCH_TOKENS

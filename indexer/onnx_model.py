@@ -13,6 +13,7 @@ import contextlib
 import io
 import logging
 import os
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -74,22 +75,22 @@ class OnnxModel:
         return self.session.run(None, {name: given[name] for name in self.inputs})[0]
 
 
-def load_or_export(model, path: Path | None, *, inputs: tuple[str, ...], heads: int, hidden: int,
-                   threads: int, probe: dict[str, np.ndarray]) -> OnnxModel:
-    """The cached export at `path`, or a new export of the (already truncated) torch `model`.
+def load_or_export(path: Path | None, source, *, inputs: tuple[str, ...], heads: int, hidden: int,
+                   threads: int) -> OnnxModel:
+    """The cached export for `path` (`find_cached`), or a new export, cached at `path`.
 
-    `model` may be None when `path` exists; `path` None exports to a temporary file (no cache).
-    A new export must reproduce `model` on `probe` (a padded batch) within TOLERANCE, else ValueError;
-    it is written next to its final name and renamed, so readers never see half a file.
+    `source()` -> (the truncated PyTorch model, a padded probe batch); it is called only when an export
+    is needed (no cached file, or a damaged one), and may raise to refuse. `path` None: no cache. A new
+    export must reproduce the model on the probe within TOLERANCE, else ValueError; it is written next to
+    its final name and renamed, so readers never see half a file.
     """
-    if path is not None and path.is_file():
+    found = find_cached(path) if path is not None else None
+    if found is not None:
         try:
-            return OnnxModel(path, threads)
+            return OnnxModel(found, threads)
         except Exception:  # a damaged cache file (a crash mid-copy, a full disk): export again
-            if model is None:
-                raise
-    if model is None:
-        raise FileNotFoundError(path)
+            pass
+    model, probe = source()
     with tempfile.TemporaryDirectory() as scratch:
         plain = Path(scratch) / "plain.onnx"
         _export(model, plain, inputs)
@@ -108,11 +109,12 @@ def load_or_export(model, path: Path | None, *, inputs: tuple[str, ...], heads: 
             try:
                 folder.mkdir(parents=True, exist_ok=True)
                 partial = folder / f".{path.name}.{os.getpid()}.partial"
-                partial.write_bytes(candidate.read_bytes())
+                shutil.copyfile(candidate, partial)
                 os.replace(partial, target)
             except OSError:
                 continue
-            return OnnxModel(target, threads)
+            session.path = target
+            return session
         return session  # nowhere to write: the export serves this process only
 
 

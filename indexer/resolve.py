@@ -30,8 +30,9 @@ def resolve_recipe(model: str = DEFAULT_MODEL, *, layer: int | None = None, pool
         check_pooling(pooling)
     folder = resolve_model_folder(model)
     trained = trained_pooling(folder)
+    checksum = model_checksum(folder)
     probe = Encoder(folder, max_length=max_length or (trained.max_length if trained else None),
-                    keep_layers=None, precision=precision, threads=threads, backend=backend)
+                    keep_layers=None, precision=precision, threads=threads, backend=backend, checksum=checksum)
     if trained:
         reason = f"sentence-transformers checkpoint ({trained.source}): {trained.pooling} of the last layer, as trained"
         auto_layer, auto_pooling = -1, trained.pooling
@@ -43,7 +44,7 @@ def resolve_recipe(model: str = DEFAULT_MODEL, *, layer: int | None = None, pool
     if layer is not None or pooling is not None:
         reason = f"chosen: {chosen_pooling} of hidden state {chosen_layer} (auto would be: {reason})"
     recipe = Recipe(
-        model=model, model_checksum=model_checksum(folder), lowercase=probe.lowercase,
+        model=model, model_checksum=checksum, lowercase=probe.lowercase,
         layer=chosen_layer, pooling=chosen_pooling, exclude_special=exclude_special,
         max_length=probe.max_length, dimension=probe.hidden_size * (2 if chosen_pooling == "mean-max" else 1),
     )

@@ -242,43 +242,37 @@ class _Snapshot:
             self.searcher._lock.release()
 
 
+def _rows_by_id(db, select: str, ids: list[int]):
+    """Rows of `select` ("SELECT ... FROM t") for these ids, in chunks of 500 bound parameters.
+
+    _rows_by_id(db, "SELECT id, group_key FROM documents", [3, 9]) -> [(3, None), (9, "g-1")]
+    """
+    rows = []
+    for start in range(0, len(ids), 500):
+        part = ids[start : start + 500]
+        rows += db.execute(f"{select} WHERE id IN ({','.join('?' * len(part))})", part).fetchall()
+    return rows
+
+
 def _passage_owners(db, passages: list[int]) -> dict[int, int]:
-    if not passages:
-        return {}
-    marks = ",".join("?" * len(passages))
-    return dict(db.execute(f"SELECT id, document_id FROM passages WHERE id IN ({marks})", passages).fetchall())
+    return dict(_rows_by_id(db, "SELECT id, document_id FROM passages", passages))
 
 
 def _document_rows(db, ids: list[int]) -> dict[int, dict]:
-    rows = {}
-    for start in range(0, len(ids), 500):
-        part = ids[start : start + 500]
-        marks = ",".join("?" * len(part))
-        for doc, key, text, fields, group in db.execute(
-            f"SELECT id, key, text, fields, group_key FROM documents WHERE id IN ({marks})", part
-        ):
-            rows[doc] = {"key": key, "text": text, "fields": json.loads(fields or "{}"), "group": group}
-    return rows
+    return {doc: {"key": key, "text": text, "fields": json.loads(fields or "{}"), "group": group}
+            for doc, key, text, fields, group in _rows_by_id(db, "SELECT id, key, text, fields, group_key FROM documents", ids)}
 
 
 def _document_groups(db, ids: list[int], with_fields: bool) -> dict[int, tuple[str | None, dict]]:
     """Group key (and stored fields, when filtering) per document: what collapsing needs, no texts."""
-    rows = {}
     column = "fields" if with_fields else "NULL"
-    for start in range(0, len(ids), 500):
-        part = ids[start : start + 500]
-        marks = ",".join("?" * len(part))
-        for doc, group, fields in db.execute(f"SELECT id, group_key, {column} FROM documents WHERE id IN ({marks})", part):
-            rows[doc] = (group, json.loads(fields or "{}") if with_fields else {})
-    return rows
+    return {doc: (group, json.loads(fields) if fields else {})
+            for doc, group, fields in _rows_by_id(db, f"SELECT id, group_key, {column} FROM documents", ids)}
 
 
 def _passage_spans(db, passages: list[int]) -> dict[int, tuple[int, int]]:
     """[start, end) characters of each passage in its document's text."""
-    if not passages:
-        return {}
-    marks = ",".join("?" * len(passages))
-    return {p: (int(a), int(b)) for p, a, b in db.execute(f'SELECT id, start, "end" FROM passages WHERE id IN ({marks})', passages)}
+    return {p: (int(a), int(b)) for p, a, b in _rows_by_id(db, 'SELECT id, start, "end" FROM passages', passages)}
 
 
 def _variants(db, group: str) -> tuple[str, ...]:
