@@ -90,7 +90,7 @@ def index(
             fmt=fmt, precision=precision, threads=threads, backend=backend, progress=progress, index_type=index_type,
         )
     print_report(report, as_json)
-    from indexer.coverage import index_warnings
+    from indexer.store.coverage import index_warnings
 
     for warning in index_warnings(index_dir):
         typer.echo(f"warning: {warning}", err=True)
@@ -145,7 +145,7 @@ def delete(
 @fails_cleanly
 def verify(index_dir: IndexDir, as_json: Json = False):
     """Check that the FAISS index, the documents and the keyword table agree."""
-    from indexer.verify import verify_index
+    from indexer.store.verify import verify_index
 
     report = verify_index(index_dir)
     if as_json:
@@ -207,7 +207,7 @@ def parse_where(item: str) -> tuple[str, str]:
 @fails_cleanly
 def info(index_dir: IndexDir, as_json: Json = False):
     """Show an index's model, recipe (and why), counts and settings."""
-    from search.info import index_info
+    from indexer.store.info import index_info
 
     details = index_info(index_dir)
     if as_json:
@@ -244,7 +244,7 @@ VectorsOut = Annotated[Optional[Path], typer.Option("--out", "-o", help="Write t
 def tutorial_tokens(text: TutorialText, model: Model = None, as_json: Json = False):
     """Show TEXT's WordPiece tokens and ids, the [UNK] count, truncation, and a warning when Hangul falls apart into jamo."""
     from indexer import DEFAULT_MODEL
-    from indexer.tokens import load_encoder, token_table
+    from indexer.tutorial.tokens import load_encoder, token_table
 
     table = token_table(load_encoder(model or DEFAULT_MODEL), text)
     if as_json:
@@ -272,7 +272,7 @@ def tutorial_layers(
 ):
     """Show the hidden states' shape [layers x tokens x hidden] and each layer's value range."""
     from indexer import DEFAULT_MODEL
-    from indexer.tokens import layer_report, load_encoder, token_histogram
+    from indexer.tutorial.tokens import layer_report, load_encoder, token_histogram
 
     encoder = load_encoder(model or DEFAULT_MODEL)
     report = layer_report(encoder, text)
@@ -299,8 +299,8 @@ def tutorial_words(text: TutorialText, model: Model = None, strategy: Strategy =
                    out: VectorsOut = None, as_json: Json = False):
     """One contextual vector per word of TEXT; a word cut into pieces comes back as one word."""
     from indexer import DEFAULT_MODEL
-    from indexer.tokens import load_encoder
-    from indexer.words import save_vectors, word_vectors
+    from indexer.tutorial.tokens import load_encoder
+    from indexer.tutorial.words import save_vectors, word_vectors
 
     name = model or DEFAULT_MODEL
     result = word_vectors(load_encoder(name), text, strategy=strategy, merge=merge)
@@ -332,8 +332,8 @@ def tutorial_similar_word(
 ):
     """Cosine similarity of one word's contextual vectors across sentences, as a matrix."""
     from indexer import DEFAULT_MODEL
-    from indexer.tokens import load_encoder
-    from indexer.words import similar_word
+    from indexer.tutorial.tokens import load_encoder
+    from indexer.tutorial.words import similar_word
 
     result = similar_word(load_encoder(model or DEFAULT_MODEL), sentences, word, strategy=strategy, merge=merge)
     if as_json:
@@ -358,7 +358,7 @@ def tutorial_embed(
     as_json: Json = False,
 ):
     """Sentence vectors (L2-normalized) by an index's recipe or a chosen one."""
-    from indexer.words import save_vectors, sentence_vectors
+    from indexer.tutorial.words import save_vectors, sentence_vectors
 
     if texts == ["-"]:
         texts = [line.strip() for line in sys.stdin if line.strip()]
@@ -415,7 +415,7 @@ def serve(
     """Serve the index over HTTP: POST /search, /documents, /health, /info, a search page at /."""
     import os
 
-    from search.server import check_bind, serve as run_server
+    from search.server.app import check_bind, serve as run_server
 
     api_key = os.environ.get("BERTDEX_API_KEY") or None
     if api_key_file is not None:
@@ -438,7 +438,7 @@ DryRun = Annotated[bool, typer.Option("--dry-run", help="Measure and print, but 
 
 
 def labelled(queries: Optional[Path], qrels: Optional[Path], required: bool):
-    from search.evaluate import load_qrels, load_queries
+    from search.quality.evaluate import load_qrels, load_queries
 
     if (queries is None) != (qrels is None) or (required and queries is None):
         raise typer.BadParameter("give both --queries and --qrels" + ("" if required else ", or neither"))
@@ -457,7 +457,7 @@ def eval_command(
     as_json: Json = False,
 ):
     """Measure an index on labelled queries: MRR@10, nDCG@10, Recall@1/5/10, hit@1."""
-    from search.evaluate import evaluate_index
+    from search.quality.evaluate import evaluate_index
 
     labelled(queries, qrels, required=True)
     result = evaluate_index(index_dir, queries, qrels, mode=mode, weight=weight)
@@ -485,7 +485,7 @@ def tune(
     as_json: Json = False,
 ):
     """Try layer x pooling x keyword/hybrid fusion on held-out questions; store the best in the index."""
-    from search.tune import tune_index
+    from search.quality.tune import tune_index
 
     asked, judged = labelled(queries, qrels, required=False)
     report = tune_index(index_dir, queries=asked, qrels=judged, group_field=group_field, store=not dry_run,
@@ -522,7 +522,7 @@ def calibrate(
     as_json: Json = False,
 ):
     """Choose the "no good answer" cut (min score) from example questions and store it in the index."""
-    from search.calibrate import calibrate_index, read_questions
+    from search.quality.calibrate import calibrate_index, read_questions
 
     asked, judged = labelled(queries, qrels, required=False)
     result = calibrate_index(index_dir, out_of_scope=read_questions(out_of_scope) if out_of_scope else [],

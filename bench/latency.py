@@ -62,7 +62,7 @@ def source_entries(data: Path) -> tuple[list[str], list[str]]:
 def build_all(data: Path, sizes: list[int], types: list[str], out: Path, threads: int | None = None) -> None:
     """Build what is not cached yet: the real 100k index, then derived sizes and converted types."""
     from indexer import build_index
-    from indexer.resolve import resolve_recipe
+    from indexer.embed.resolve import resolve_recipe
 
     texts, questions = source_entries(data)
     out.mkdir(parents=True, exist_ok=True)
@@ -99,8 +99,8 @@ def ready(folder: Path) -> bool:
 
 def derive(real: Path, target: Path, size: int) -> None:
     """An index of `size` entries from the real one: its first entries, then noisy copies (synthetic)."""
-    from indexer import ann
-    from indexer.store import IndexWriter, connect, load_vectors, read_manifest
+    from indexer.store import ann
+    from indexer.store.folder import IndexWriter, connect, load_vectors, read_manifest
 
     started = time.perf_counter()
     db = connect(real, readonly=True)
@@ -137,7 +137,7 @@ def derive(real: Path, target: Path, size: int) -> None:
 
 def convert(flat: Path, target: Path, index_type: str) -> None:
     """Copy the flat index and commit it as `index_type` (built from the stored vectors, search depth tuned)."""
-    from indexer.store import IndexWriter, Manifest
+    from indexer.store.folder import IndexWriter, Manifest
 
     started = time.perf_counter()
     shutil.rmtree(target, ignore_errors=True)
@@ -149,7 +149,7 @@ def convert(flat: Path, target: Path, index_type: str) -> None:
 
 
 def retune(folder: Path) -> None:
-    from indexer.store import IndexWriter
+    from indexer.store.folder import IndexWriter
 
     started = time.perf_counter()
     with IndexWriter.open(folder) as writer:
@@ -159,7 +159,7 @@ def retune(folder: Path) -> None:
 
 def measure(folder: Path, questions: list[str], exact: Path | None) -> dict:
     """In this process: load a Searcher, time single and batched questions (ms)."""
-    from indexer import ann
+    from indexer.store import ann
     from search import Searcher
 
     started = time.perf_counter()
@@ -193,7 +193,7 @@ def measure(folder: Path, questions: list[str], exact: Path | None) -> dict:
         "batch32_p50": 1e3 * np.percentile(batches, 50) if batches else None,
     }
     if exact is not None:
-        from indexer.store import load_vectors
+        from indexer.store.folder import load_vectors
 
         vectors = searcher.embed(questions)
         manifest = searcher.manifest
@@ -204,7 +204,7 @@ def measure(folder: Path, questions: list[str], exact: Path | None) -> dict:
 
 
 def _generation(folder: Path) -> int:
-    from indexer.store import connect, read_manifest
+    from indexer.store.folder import connect, read_manifest
 
     db = connect(folder, readonly=True)
     try:
@@ -260,7 +260,7 @@ def main() -> None:
     if args.build_only:
         return
     questions = json.loads((args.out / "questions.json").read_text(encoding="utf-8"))[: args.queries]
-    from indexer.resolve import resolve_recipe
+    from indexer.embed.resolve import resolve_recipe
 
     tokens = [len(x) for x in resolve_recipe().encoder.tokenize(questions)[0]]
     half = len(tokens) // 2

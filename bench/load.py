@@ -29,7 +29,7 @@ from pathlib import Path
 
 import httpx
 
-from indexer.keywords import normalize_text
+from indexer.store.keywords import normalize_text
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
@@ -166,8 +166,8 @@ class Load:
 
 def check_files(folder: Path, expected: dict[str, str], gone: set[str]) -> list[str]:
     """After the server stopped: the SQLite keys are the written ones, and FAISS agrees with SQLite."""
-    from indexer.store import connect
-    from indexer.verify import verify_index
+    from indexer.store.folder import connect
+    from indexer.store.verify import verify_index
 
     db = connect(folder, readonly=True)
     stored = {key for (key,) in db.execute("SELECT key FROM documents WHERE key LIKE 'load-%'")}

@@ -42,8 +42,8 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="also print one JSON object per set")
     args = parser.parse_args()
 
-    from indexer.encoder import Encoder
-    from indexer.model import DEFAULT_MODEL, resolve_model_folder
+    from indexer.embed.encoder import Encoder
+    from indexer.embed.models import DEFAULT_MODEL, resolve_model_folder
 
     encoder = Encoder(resolve_model_folder(DEFAULT_MODEL), keep_layers=None)
     work = args.work or Path(tempfile.mkdtemp(prefix="bertdex-quality-"))
@@ -61,10 +61,10 @@ def main() -> None:
 
 def measure(name: str, beir: Path, folder: Path, encoder, unlabelled: bool) -> dict:
     from indexer import build_index
-    from search.evaluate import evaluate, load_qrels, load_queries
-    from search.reembed import store_search_settings
+    from search.quality.evaluate import evaluate, load_qrels, load_queries
+    from indexer.ingest.reembed import store_search_settings
     from search.searcher import Searcher
-    from search.tune import tune_index
+    from search.quality.tune import tune_index
 
     text_fields, group_field = SETS[name]
     started = time.perf_counter()

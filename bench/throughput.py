@@ -30,8 +30,8 @@ sys.path.insert(0, str(ROOT))
 DATA = ROOT.parent / "shared" / "data"
 QUALITY_SETS = ("bertfaq-covidfaq", "deepset-covid-qsim", "ko-question-pair")
 
-from indexer.encoder import Encoder  # noqa: E402
-from indexer.resolve import resolve_recipe  # noqa: E402
+from indexer.embed.encoder import Encoder  # noqa: E402
+from indexer.embed.resolve import resolve_recipe  # noqa: E402
 
 
 def tatoeba_sentences(data: Path, count: int) -> list[str]:
@@ -156,7 +156,7 @@ def make_encoder(folder: Path, recipe, precision: str) -> Encoder:
 
 def precisions(texts: list[str], reference: np.ndarray, recipe, folder: Path, fp32_rate: float) -> None:
     """Cosine to fp32 and speed for each other precision (bf16 is emulated on CPUs without AVX512-BF16/AMX)."""
-    from indexer.encoder import cpu_has_bf16
+    from indexer.embed.encoder import cpu_has_bf16
 
     print(f"\nprecision  sentences/s  cosine to fp32 (min / mean)   [native bf16 on this CPU: {cpu_has_bf16()}]")
     sample = texts if cpu_has_bf16() else texts[:100]
@@ -173,7 +173,7 @@ def precisions(texts: list[str], reference: np.ndarray, recipe, folder: Path, fp
 
 def quality(data: Path, recipe, folder: Path) -> None:
     """MRR@10 of dense search (corpus: title and text joined) per precision on labelled BEIR sets."""
-    from search.metrics import reciprocal_rank
+    from search.quality.metrics import reciprocal_rank
 
     encoders = {p: make_encoder(folder, recipe, p) for p in ("fp32", "onnx", "int8")}
     print(f"\n{'set':22} {'fp32 torch':>11} {'fp32 onnx':>11} {'onnx - torch':>12} {'int8 torch':>11} {'int8 - fp32':>11}  (MRR@10)")

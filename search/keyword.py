@@ -1,12 +1,12 @@
 """Keyword ranking (SQLite FTS5, BM25) and its fusion with the dense ranking.
 
 Both are small functions over the open database and over ranked lists; the FTS5 table is
-written by `indexer.store` in the same transactions as the documents, so it never drifts.
+written by `indexer.store.folder` in the same transactions as the documents, so it never drifts.
 """
 
 from __future__ import annotations
 
-from indexer.keywords import fts_query
+from indexer.store.keywords import fts_query
 
 Ranked = list[tuple[int, float, int | None]]  # (document id, score, passage id or None), best first
 FUSIONS = ("score", "rank", "cosine")

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer.encoder import Encoder
+from indexer.embed.encoder import Encoder
 from indexer.errors import BertdexError
-from indexer.keywords import normalize_text
-from indexer.recipe import absolute_layer, check_pooling
-from indexer.resolve import encoder_for
-from indexer import ann
-from indexer.store import Manifest, check_index_folder, connect, load_vectors, read_manifest
+from indexer.store.keywords import normalize_text
+from indexer.embed.recipe import absolute_layer, check_pooling
+from indexer.embed.resolve import encoder_for
+from indexer.store import ann
+from indexer.store.folder import Manifest, check_index_folder, connect, load_vectors, read_manifest
 from search import keyword
 
 MODES = ("dense", "keyword", "hybrid")

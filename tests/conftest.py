@@ -18,7 +18,7 @@ BERTDEX = [sys.executable, str(ROOT / "cli.py")]
 @pytest.fixture(scope="session")
 def resolved():
     """The default recipe and an encoder for it (the real all-MiniLM-L6-v2)."""
-    from indexer.resolve import resolve_recipe
+    from indexer.embed.resolve import resolve_recipe
 
     return resolve_recipe()
 

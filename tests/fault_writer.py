@@ -14,8 +14,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from indexer.build import add_documents, build_index  # noqa: E402
-from indexer.resolve import resolve_recipe  # noqa: E402
+from indexer.ingest.build import add_documents, build_index  # noqa: E402
+from indexer.embed.resolve import resolve_recipe  # noqa: E402
 
 
 def say(**event) -> None:

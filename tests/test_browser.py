@@ -133,7 +133,7 @@ def ask(browser: Browser, question: str, *, mode: str = "", min_score: str = "")
 
 
 def test_the_page_shows_the_right_answer_first(browser, faq_index, encoder, screenshots):
-    from search.server import create_app
+    from search.server.app import create_app
 
     with running(create_app(faq_index, encoder=encoder)) as http:
         browser.open(str(http.base_url))
@@ -156,10 +156,10 @@ def test_the_page_shows_the_right_answer_first(browser, faq_index, encoder, scre
 
 
 def test_the_page_works_in_korean(browser, resolved, encoder, tmp_path, screenshots):
-    from indexer.build import upsert_entries
-    from indexer.readers import Entry, Fields, read_entries
-    from indexer.store import IndexWriter, Manifest
-    from search.server import create_app
+    from indexer.ingest.build import upsert_entries
+    from indexer.ingest.readers import Entry, Fields, read_entries
+    from indexer.store.folder import IndexWriter, Manifest
+    from search.server.app import create_app
 
     folder = tmp_path / "ko"
     settings = {"text_fields": ["question"], "id_field": "id", "group_field": "group", "window": True,

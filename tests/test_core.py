@@ -10,10 +10,10 @@ import pytest
 
 from conftest import EXAMPLES
 from indexer import BertdexError, build_index
-from indexer.encoder import Encoder
-from indexer.model import DEFAULT_MODEL, resolve_model_folder
-from indexer.pooling import pool_max, pool_mean
-from indexer.store import connect, load_vectors, read_manifest
+from indexer.embed.encoder import Encoder
+from indexer.embed.models import DEFAULT_MODEL, resolve_model_folder
+from indexer.embed.pooling import pool_max, pool_mean
+from indexer.store.folder import connect, load_vectors, read_manifest
 from search import Searcher
 
 

@@ -15,8 +15,8 @@ import pytest
 
 from conftest import EXAMPLES, ROOT, run_cli
 from indexer import BertdexError, add_documents, build_index, delete_documents
-from indexer.store import IndexWriter, connect
-from indexer.verify import verify_index
+from indexer.store.folder import IndexWriter, connect
+from indexer.store.verify import verify_index
 from search import Searcher
 
 TOPICS = ["refund", "shipping", "password", "invoice", "coupon", "delivery", "account", "warranty"]

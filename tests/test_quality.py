@@ -10,17 +10,17 @@ import pytest
 
 from conftest import EXAMPLES, run_cli
 from indexer import BertdexError
-from indexer.build import add_documents, delete_documents, upsert_entries
-from indexer.keywords import keyword_terms
-from indexer.readers import Fields, read_entries
-from indexer.store import IndexWriter, Manifest, connect
-from indexer.verify import verify_index
+from indexer.ingest.build import add_documents, delete_documents, upsert_entries
+from indexer.store.keywords import keyword_terms
+from indexer.ingest.readers import Fields, read_entries
+from indexer.store.folder import IndexWriter, Manifest, connect
+from indexer.store.verify import verify_index
 from search import Searcher, keyword
-from search.calibrate import calibrate_index, choose_cut, read_questions
-from search.evaluate import evaluate, keys_for_metrics, load_qrels, load_queries
-from search.metrics import hit, mean_metrics, ndcg, query_metrics, recall, reciprocal_rank
+from search.quality.calibrate import calibrate_index, choose_cut, read_questions
+from search.quality.evaluate import evaluate, keys_for_metrics, load_qrels, load_queries
+from search.quality.metrics import hit, mean_metrics, ndcg, query_metrics, recall, reciprocal_rank
 from search.searcher import open_manifest
-from search.tune import _heldout, tune_index
+from search.quality.tune import _heldout, tune_index
 
 EN_QUERIES, EN_QRELS = EXAMPLES / "eval_en" / "queries.jsonl", EXAMPLES / "eval_en" / "qrels.tsv"
 
@@ -243,7 +243,7 @@ def test_eval_command_prints_the_same_metrics_as_the_library(faq_index_master, e
 
 
 def test_warns_when_the_tokenizer_splits_hangul_into_jamo(ko_index, faq_index_master):
-    from indexer.coverage import index_warnings
+    from indexer.store.coverage import index_warnings
 
     warnings = index_warnings(ko_index)
     assert any("jamo" in w for w in warnings)

@@ -55,7 +55,7 @@ def running(app):
 @pytest.fixture
 def client(faq_index, encoder):
     """A writable server (key KEY) over a private copy of the example FAQ."""
-    from search.server import create_app
+    from search.server.app import create_app
 
     with running(create_app(faq_index, api_key=KEY, encoder=encoder)) as http:
         yield http
@@ -64,7 +64,7 @@ def client(faq_index, encoder):
 @pytest.fixture(scope="module")
 def shared(faq_index_master, encoder, tmp_path_factory):
     """One writable server for the fuzz tests (hypothesis wants no per-test fixtures)."""
-    from search.server import create_app
+    from search.server.app import create_app
 
     folder = tmp_path_factory.mktemp("served") / "index"
     shutil.copytree(faq_index_master, folder, ignore=shutil.ignore_patterns("write.lock"))
@@ -195,7 +195,7 @@ def test_writes_need_the_api_key(client):
 
 
 def test_a_server_without_key_or_read_only_refuses_writes_with_403(faq_index, encoder):
-    from search.server import create_app
+    from search.server.app import create_app
 
     batch = {"documents": [{"key": "new-1", "text": "How do I pet a cat?"}]}
     for app in (create_app(faq_index, api_key=None, encoder=encoder),
@@ -254,7 +254,7 @@ def test_delete_removes_one_entry_and_404s_a_missing_key(client):
 
 
 def test_a_write_while_another_process_holds_the_index_answers_409(client, faq_index):
-    from indexer.store import IndexWriter
+    from indexer.store.folder import IndexWriter
 
     with IndexWriter.open(faq_index):
         response = client.post("/documents", json={"documents": [{"key": "z", "text": "hello"}]}, headers=WRITER)
@@ -291,7 +291,7 @@ def test_readers_keep_answering_during_writes(client):
 
 def test_concurrent_questions_share_forward_passes_and_get_their_own_answers(faq_index, encoder):
     from search import Searcher
-    from search.server import create_app
+    from search.server.app import create_app
 
     questions = ["How long does shipping take?", PASSWORD_QUESTION, "my package never came", "cancel my plan",
                  "two identical payments", "redeem a gift card", "unsubscribe from emails", "student discount"]
@@ -316,7 +316,7 @@ def test_concurrent_questions_share_forward_passes_and_get_their_own_answers(faq
 def test_batcher_keeps_one_requests_error_to_itself(faq_index, encoder):
     from indexer.errors import BertdexError
     from search import Searcher
-    from search.batching import MicroBatcher
+    from search.server.batching import MicroBatcher
 
     batcher = MicroBatcher(Searcher(faq_index, encoder=encoder), window=0.2)
     try:
@@ -354,7 +354,7 @@ def test_health_info_openapi_page_and_unknown_routes(client):
 
 def test_check_bind_refuses_a_keyless_writable_server_off_loopback():
     from indexer.errors import BertdexError
-    from search.server import check_bind
+    from search.server.app import check_bind
 
     assert check_bind("127.0.0.1", None, False) is False
     assert check_bind("::1", KEY, False) is True
@@ -457,7 +457,7 @@ def test_fuzzed_document_bodies_never_500_and_lose_nothing(shared, body):
         FUZZED["refused"] += 1
         return
     FUZZED["accepted"] += 1
-    from indexer.keywords import normalize_text
+    from indexer.store.keywords import normalize_text
 
     for doc in body["documents"]:
         stored = http.get("/documents/" + quote(doc["key"].strip(), safe=""))
@@ -468,7 +468,7 @@ def test_fuzzed_document_bodies_never_500_and_lose_nothing(shared, body):
 
 
 def test_after_fuzzing_every_original_entry_is_intact(shared):
-    from indexer.verify import verify_index
+    from indexer.store.verify import verify_index
 
     http, folder = shared
     if sum(FUZZED.values()):  # when the fuzz test ran first (the file's order), both outcomes happened

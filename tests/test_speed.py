@@ -12,9 +12,9 @@ import pytest
 
 from conftest import EXAMPLES
 from indexer import BertdexError, ann, build_index, delete_documents
-from indexer.build import add_documents
-from indexer.store import connect, load_vectors, read_manifest
-from indexer.verify import verify_index
+from indexer.ingest.build import add_documents
+from indexer.store.folder import connect, load_vectors, read_manifest
+from indexer.store.verify import verify_index
 from search import Searcher
 
 
@@ -248,7 +248,7 @@ def test_batch_budget_does_not_change_vectors(encoder, resolved):
 
 
 def test_bf16_stays_close_to_fp32_and_unknown_precision_lists_choices(encoder, resolved):
-    from indexer.encoder import Encoder
+    from indexer.embed.encoder import Encoder
 
     recipe = resolved.recipe
     bf16 = Encoder(encoder.folder, max_length=recipe.max_length, keep_layers=recipe.layer, precision="bf16")
@@ -267,7 +267,7 @@ LONG = "A customer asks how to return a parcel that arrived damaged, and whether
 
 @pytest.fixture(scope="module")
 def torch_encoder(resolved):
-    from indexer.encoder import Encoder
+    from indexer.embed.encoder import Encoder
 
     recipe = resolved.recipe
     return Encoder(resolved.encoder.folder, max_length=recipe.max_length, keep_layers=recipe.layer, backend="torch")
@@ -284,7 +284,7 @@ def test_the_default_encoder_runs_onnx_and_matches_pytorch(encoder, torch_encode
 
 
 def test_an_export_is_cached_reused_without_pytorch_and_rebuilt_when_damaged(resolved, torch_encoder, tmp_path):
-    from indexer.encoder import Encoder
+    from indexer.embed.encoder import Encoder
 
     folder, layer = resolved.encoder.folder, 3  # a layer no other test exports: this one pays the export
     first = Encoder(folder, keep_layers=layer, cache=tmp_path)
@@ -303,7 +303,7 @@ def test_an_export_is_cached_reused_without_pytorch_and_rebuilt_when_damaged(res
 
 
 def test_backend_choices_and_their_refusals(resolved):
-    from indexer.encoder import Encoder
+    from indexer.embed.encoder import Encoder
 
     folder, recipe = resolved.encoder.folder, resolved.recipe
     with pytest.raises(BertdexError, match="auto, onnx, torch"):
@@ -315,8 +315,8 @@ def test_backend_choices_and_their_refusals(resolved):
 
 
 def test_an_unwritable_cache_falls_back_to_the_temporary_folder(resolved, tmp_path):
-    from indexer import onnx_model
-    from indexer.encoder import Encoder
+    from indexer.embed import onnx_model
+    from indexer.embed.encoder import Encoder
 
     blocked = tmp_path / "not-a-folder"
     blocked.write_text("a file where the cache folder would go")

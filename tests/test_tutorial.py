@@ -10,8 +10,8 @@ import pytest
 
 from conftest import run_cli
 from indexer import BertdexError
-from indexer.tokens import hidden_states_of, layer_report, load_encoder, token_histogram, token_table
-from indexer.words import (embed_texts, find_word, merge_pieces, save_vectors, sentence_vectors, similar_word,
+from indexer.tutorial.tokens import hidden_states_of, layer_report, load_encoder, token_histogram, token_table
+from indexer.tutorial.words import (embed_texts, find_word, merge_pieces, save_vectors, sentence_vectors, similar_word,
                            token_vectors, word_vectors)
 
 SENTENCE = "Here is the sentence I want embeddings for."
@@ -117,7 +117,7 @@ def test_histogram_plots_one_tokens_values_in_one_layer(full_encoder, direct, tm
 
 
 def test_an_encoder_cut_below_the_top_refuses_all_layers(tiny_model):
-    from indexer.encoder import Encoder
+    from indexer.embed.encoder import Encoder
 
     cut = Encoder(tiny_model, keep_layers=2)
     with pytest.raises(BertdexError, match="computes hidden states 0..2 only"):

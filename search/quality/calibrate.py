@@ -7,7 +7,7 @@ answers the questions scoring at or above it. The chosen cut is, with a target p
 answering the most right answers while precision (right / answered) stays at or above the target;
 otherwise the one routing the most questions correctly (right answers kept, wrong ones refused),
 placed midway between neighbouring scores. With out-of-scope examples only, it sits just above
-the highest of them. This module does not tune the ranking: see `search.tune`.
+the highest of them. This module does not tune the ranking: see `search.quality.tune`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from indexer.errors import BertdexError
-from search.reembed import store_search_settings
+from indexer.ingest.reembed import store_search_settings
 from search.searcher import Searcher
 
 MARGIN = 1e-6
@@ -114,7 +114,7 @@ def choose_cut(examples: list[tuple[float, bool]], target_precision: float | Non
 
 def _examples(searcher: Searcher, out_of_scope: list[str], in_scope: list[str], queries, qrels) -> list[tuple[float, bool]]:
     """(top score, right?) per example: out-of-scope first, then in-scope, then labelled queries."""
-    from search.evaluate import keys_for_metrics, labelled_queries
+    from search.quality.evaluate import keys_for_metrics, labelled_queries
 
     labelled = labelled_queries(queries, qrels)[0] if queries is not None and qrels is not None else []
     texts = out_of_scope + in_scope + [text for _, text, _ in labelled]

@@ -22,14 +22,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from indexer.encoder import Encoder, _length_batches
+from indexer.embed.encoder import Encoder, _length_batches
 from indexer.errors import BertdexError
-from indexer.keywords import normalize_text
-from indexer.pooling import normalize, pool_cls, pool_max, pool_mean
-from indexer.store import check_index_folder, connect, read_manifest
+from indexer.store.keywords import normalize_text
+from indexer.embed.pooling import normalize, pool_cls, pool_max, pool_mean
+from indexer.store.folder import check_index_folder, connect, read_manifest
 from search import keyword
-from search.metrics import mean_metrics, query_metrics
-from search.reembed import store_search_settings, reembed_index
+from search.quality.metrics import mean_metrics, query_metrics
+from indexer.ingest.reembed import store_search_settings, reembed_index
 
 POOLINGS = ("mean", "max", "cls", "mean-max")
 WEIGHTS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -202,7 +202,7 @@ def _documents(db) -> list[dict]:
 
 def _heldout(documents: list[dict], queries, qrels, group_field, max_queries) -> tuple[list[HeldOut], str]:
     if queries is not None and qrels is not None:
-        from search.evaluate import labelled_queries
+        from search.quality.evaluate import labelled_queries
 
         judged, _ = labelled_queries(queries, qrels)
         return _spread([HeldOut(text, relevance) for _, text, relevance in judged], max_queries), \
@@ -249,7 +249,7 @@ def _full_encoder(encoder: Encoder | None, recipe) -> Encoder:
     """An encoder that computes every hidden state (the given one if it does)."""
     if encoder is not None and (encoder.keep_layers is None or encoder.keep_layers >= encoder.num_layers):
         return encoder
-    from indexer.model import resolve_model_folder
+    from indexer.embed.models import resolve_model_folder
 
     return Encoder(resolve_model_folder(recipe.model), max_length=recipe.max_length, keep_layers=None)
 
@@ -319,7 +319,7 @@ class _Judge:
     """Turns ranked (document id, score, passage) lists into metrics, collapsing groups as Searcher does."""
 
     def __init__(self, documents: list[dict], heldout: list[HeldOut]):
-        from search.evaluate import keys_for_metrics
+        from search.quality.evaluate import keys_for_metrics
 
         self.keys_for_metrics = keys_for_metrics
         self.heldout = heldout

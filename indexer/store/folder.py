@@ -28,8 +28,8 @@ import numpy as np
 import sqlite_utils
 
 from indexer.errors import BertdexError
-from indexer.keywords import fts_document
-from indexer.recipe import Recipe
+from indexer.store.keywords import fts_document
+from indexer.embed.recipe import Recipe
 
 FORMAT_VERSION = 1
 DB_NAME = "bertdex.db"
@@ -135,8 +135,8 @@ def load_vectors(folder: Path, generation: int, dimension: int) -> faiss.Index:
 
 
 def new_vector_index(index_type: str, dimension: int, params: dict) -> faiss.Index:
-    """An empty FAISS index with our ids (IndexIDMap2) over inner product on unit vectors (see indexer.ann)."""
-    from indexer import ann
+    """An empty FAISS index with our ids (IndexIDMap2) over inner product on unit vectors (see indexer.store.ann)."""
+    from indexer.store import ann
 
     return ann.new_index(index_type, dimension, params)
 
@@ -272,7 +272,7 @@ class IndexWriter:
     def commit(self) -> Manifest:
         """Write the FAISS file of the next generation, then commit SQLite pointing at it."""
         generation = self.manifest.generation + 1
-        from indexer import ann
+        from indexer.store import ann
 
         removed = np.concatenate(self._removed) if self._removed else np.zeros(0, dtype=np.int64)
         self.vectors, index_type, index_params = ann.finish(self.vectors, self.manifest.index_type,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from indexer.coverage import index_warnings
-from indexer.model import resolve_model_folder, trained_pooling
+from indexer.store.coverage import index_warnings
+from indexer.embed.models import resolve_model_folder, trained_pooling
 from search.searcher import open_manifest
 
 

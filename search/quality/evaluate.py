@@ -1,7 +1,7 @@
 """Measure an index against labelled queries (BEIR `queries.jsonl` + `qrels.tsv`): metrics overall and per query.
 
 Only queries that have at least one relevant document (score > 0) and a text are evaluated, as in
-BEIR. The score cut (min_score) is not applied: this measures ranking; `search.calibrate` measures
+BEIR. The score cut (min_score) is not applied: this measures ranking; `search.quality.calibrate` measures
 the cut. This module does not tune anything.
 """
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from indexer.errors import BertdexError
-from search.metrics import mean_metrics, query_metrics
+from search.quality.metrics import mean_metrics, query_metrics
 
 EVAL_K = 10
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from indexer import onnx_model
+from indexer.embed import onnx_model
 from indexer.errors import BertdexError
-from indexer.pooling import normalize, pool
+from indexer.embed.pooling import normalize, pool
 
 # Padded tokens and rows per forward pass: smaller batches keep the activations nearer the cache. On
 # PyTorch 4096/64 was the fastest or near it in each bench/throughput.py run here (1.1-1.4x over 8192/128);
@@ -171,7 +171,7 @@ class Encoder:
         if not onnx_model.available():
             self.backend_reason = "onnxruntime is not installed"
             return False
-        from indexer.model import model_checksum
+        from indexer.embed.models import model_checksum
 
         inputs = tuple(name for name in ("input_ids", "attention_mask", "token_type_ids")
                        if name == "attention_mask" or name in self.tokenizer.model_input_names)

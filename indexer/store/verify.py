@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer.ann import TOMBSTONE
+from indexer.store.ann import TOMBSTONE
 from indexer.errors import BertdexError
-from indexer.store import check_index_folder, connect, load_vectors, read_manifest
+from indexer.store.folder import check_index_folder, connect, load_vectors, read_manifest
 
 
 @dataclass(frozen=True)

@@ -47,8 +47,8 @@ def index_warnings(folder: str | Path, sample: int = SAMPLE) -> list[str]:
     """tokenizer_warnings() for up to `sample` entries of an index (evenly spread), with its model's tokenizer."""
     import transformers
 
-    from indexer.model import resolve_model_folder
-    from indexer.store import check_index_folder, connect, read_manifest
+    from indexer.embed.models import resolve_model_folder
+    from indexer.store.folder import check_index_folder, connect, read_manifest
 
     folder = check_index_folder(Path(folder))
     db = connect(folder, readonly=True)

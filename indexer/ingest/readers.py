@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from indexer.errors import BertdexError
-from indexer.keywords import normalize_text
+from indexer.store.keywords import normalize_text
 
 FORMATS = ("csv", "tsv", "jsonl", "text")
 MAX_TEXT_CHARS = 1_000_000

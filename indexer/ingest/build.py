@@ -12,13 +12,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from indexer.ann import check_index_type
-from indexer.encoder import Encoder
+from indexer.store.ann import check_index_type
+from indexer.embed.encoder import Encoder
 from indexer.errors import BertdexError
-from indexer.model import DEFAULT_MODEL
-from indexer.readers import Entry, Fields, Problem, read_entries
-from indexer.resolve import Resolved, encoder_for, resolve_recipe
-from indexer.store import IndexWriter, Manifest, check_index_folder, connect, content_hash, read_manifest
+from indexer.embed.models import DEFAULT_MODEL
+from indexer.ingest.readers import Entry, Fields, Problem, read_entries
+from indexer.embed.resolve import Resolved, encoder_for, resolve_recipe
+from indexer.store.folder import IndexWriter, Manifest, check_index_folder, connect, content_hash, read_manifest
 
 CHUNK = 2048
 ON_ERROR = ("fail", "skip")
@@ -58,7 +58,7 @@ def build_index(data: Path, folder: Path, *, text_fields: Iterable[str] = (), id
     """Index the entries of `data` into a new folder (or rebuild one with `replace`).
 
     `resolved`: a recipe and encoder already loaded (then the model options are not used).
-    `index_type`: auto, flat, hnsw or ivf (see indexer.ann); auto picks by collection size at each commit.
+    `index_type`: auto, flat, hnsw or ivf (see indexer.store.ann); auto picks by collection size at each commit.
     """
     started = time.perf_counter()
     check_index_type(index_type)  # before the input is read or a model loaded

@@ -24,15 +24,15 @@ from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from indexer.build import upsert_entries
-from indexer.encoder import Encoder
+from indexer.ingest.build import upsert_entries
+from indexer.embed.encoder import Encoder
 from indexer.errors import BertdexError
-from indexer.keywords import normalize_text
-from indexer.readers import Entry
-from indexer.store import IndexWriter
-from search.batching import MicroBatcher
-from search.guard import Guard, error_body, validation_message
-from search.info import index_info
+from indexer.store.keywords import normalize_text
+from indexer.ingest.readers import Entry
+from indexer.store.folder import IndexWriter
+from search.server.batching import MicroBatcher
+from search.server.guard import Guard, error_body, validation_message
+from indexer.store.info import index_info
 from search.searcher import Searcher, open_manifest
 
 MAX_QUESTION_CHARS = 2_000
@@ -112,7 +112,7 @@ class Service:
         self.api_key = api_key
         self.writable = writable and api_key is not None
         self.write_lock = threading.Lock()
-        static = resources.files("search") / "static"
+        static = resources.files("search.server") / "static"
         self.pages = {path: (static / name).read_bytes() for path, (name, _) in PAGES.items()}
 
     def authorized(self, headers) -> bool:
@@ -138,7 +138,7 @@ class Service:
 
 
 def entries_from(request: DocumentsRequest) -> list[Entry]:
-    """Checked entries, as indexer.readers makes them; a 422 names the first bad item."""
+    """Checked entries, as indexer.ingest.readers makes them; a 422 names the first bad item."""
     entries, seen = [], {}
     for i, doc in enumerate(request.documents):
         text = normalize_text(doc.text)

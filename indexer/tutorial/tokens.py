@@ -3,7 +3,7 @@
 The first steps of the embedding tutorial as functions over an `Encoder` built with all its
 layers (`load_encoder`): the token table, the [layers x tokens x hidden] shape with each layer's
 value range, and a histogram of one token's values in one layer. Nothing here imports torch: the
-encoder's tokenizer and `hidden_states` do the work. Word and sentence vectors are in `indexer.words`.
+encoder's tokenizer and `hidden_states` do the work. Word and sentence vectors are in `indexer.tutorial.words`.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer.encoder import Encoder
+from indexer.embed.encoder import Encoder
 from indexer.errors import BertdexError
-from indexer.model import DEFAULT_MODEL, resolve_model_folder, trained_pooling
-from indexer.recipe import absolute_layer
+from indexer.embed.models import DEFAULT_MODEL, resolve_model_folder, trained_pooling
+from indexer.embed.recipe import absolute_layer
 
 
 def load_encoder(model: str = DEFAULT_MODEL, *, max_length: int | None = None, precision: str = "fp32",

@@ -2,7 +2,7 @@
 
 `ranked` is a list of document keys, best first; `relevance` maps a relevant key to its grade
 (> 0; BEIR qrels). A key may appear at most once in `ranked` (a searcher returns one row per
-document). Nothing here searches, reads files or averages over missing queries: see `search.evaluate`.
+document). Nothing here searches, reads files or averages over missing queries: see `search.quality.evaluate`.
 """
 
 from __future__ import annotations

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from indexer.encoder import Encoder
+from indexer.embed.encoder import Encoder
 from indexer.errors import BertdexError
-from indexer.model import DEFAULT_MODEL, model_checksum, resolve_model_folder, trained_pooling
-from indexer.recipe import Recipe, absolute_layer, check_pooling
+from indexer.embed.models import DEFAULT_MODEL, model_checksum, resolve_model_folder, trained_pooling
+from indexer.embed.recipe import Recipe, absolute_layer, check_pooling
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer.encoder import Encoder
+from indexer.embed.encoder import Encoder
 from indexer.errors import BertdexError
-from indexer.keywords import normalize_text
-from indexer.model import DEFAULT_MODEL
-from indexer.recipe import Recipe
-from indexer.tokens import hidden_states_of
+from indexer.store.keywords import normalize_text
+from indexer.embed.models import DEFAULT_MODEL
+from indexer.embed.recipe import Recipe
+from indexer.tutorial.tokens import hidden_states_of
 
 STRATEGIES = ("concat-last4", "sum-last4", "last", "second-last")
 MERGES = ("mean", "first", "last")
@@ -191,8 +191,8 @@ def sentence_vectors(texts: list[str], *, index: str | Path | None = None, model
                      layer: int | None = None, pooling: str | None = None, precision: str = "auto",
                      threads: int | None = None) -> SentenceVectors:
     """Sentence vectors as an index embeds its questions (`index`), or by a chosen recipe (None = auto)."""
-    from indexer.resolve import encoder_for, resolve_recipe
-    from indexer.store import check_index_folder, connect, read_manifest
+    from indexer.embed.resolve import encoder_for, resolve_recipe
+    from indexer.store.folder import check_index_folder, connect, read_manifest
 
     if index is not None:
         if layer is not None or pooling is not None:

@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 
 from indexer.errors import BertdexError
-from indexer.resolve import resolve_recipe
-from indexer.store import IndexWriter, Manifest, check_index_folder, connect, read_manifest
+from indexer.embed.resolve import resolve_recipe
+from indexer.store.folder import IndexWriter, Manifest, check_index_folder, connect, read_manifest
 
 CHUNK = 2048
 
