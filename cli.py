@@ -23,7 +23,7 @@ Layer = Annotated[Optional[int], typer.Option("--layer", help="Hidden state to p
 Pooling = Annotated[Optional[str], typer.Option("--pooling", help="mean, max, cls or mean-max. Default: auto.")]
 Json = Annotated[bool, typer.Option("--json", help="One JSON object per line.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
-Backend = Annotated[str, typer.Option("--backend", help="auto, onnx or torch: auto runs fp32 on ONNX Runtime (same vectors, faster), else PyTorch.")]
+Backend = Annotated[str, typer.Option("--backend", help="auto, onnx or torch: auto takes the path measured fastest on this machine among those that give fp32's vectors (see `bertdex doctor`).")]
 
 
 def fails_cleanly(command):
@@ -71,7 +71,7 @@ def index(
     replace: Annotated[bool, typer.Option(help="Rebuild an existing index in place (one commit).")] = False,
     on_error: Annotated[str, typer.Option(help="fail: refuse the whole file at the first bad row; skip: leave bad rows out.")] = "fail",
     fmt: Annotated[Optional[str], typer.Option("--format", help="csv, tsv, jsonl or text (default: from the extension).")] = None,
-    precision: Annotated[str, typer.Option(help="auto, fp32 or bf16 (auto: bf16 where the CPU has it natively).")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto, fp32 or bf16 (auto: measured once per machine, see `bertdex doctor`).")] = "auto",
     threads: Annotated[Optional[int], typer.Option(help="Threads (default: all cores).")] = None,
     backend: Backend = "auto",
     index_type: Annotated[str, typer.Option("--index-type", help="flat (exact), hnsw, ivf, or auto: flat up to 20,000 vectors, HNSW above; ANN search depth is tuned at each commit to recall@10 >= 0.98 vs exact.")] = "auto",
@@ -228,6 +228,27 @@ def flatten(data: dict, prefix: str = ""):
             yield from flatten(value, f"{prefix}{name}.")
         else:
             yield f"{prefix}{name}", value
+
+
+@app.command()
+@fails_cleanly
+def doctor(model: Model = None, remeasure: Annotated[bool, typer.Option("--remeasure", help="Forget this machine's saved choice and time the candidate paths again.")] = False,
+           as_json: Json = False):
+    """Show this machine, the paths measured for the model (ONNX Runtime, PyTorch fp32/bf16, CUDA) and the one chosen."""
+    from indexer import DEFAULT_MODEL
+    from indexer.embed.resolve import machine_report
+
+    report = machine_report(model or DEFAULT_MODEL, remeasure=remeasure)
+    if as_json:
+        echo_json(report)
+        return
+    for name, value in flatten({key: report[key] for key in ("model", "machine", "native_bf16", "chosen", "reason")}):
+        typer.echo(f"{name}: {value}")
+    if report["measurements"]:
+        print_rows(["path", "texts/s", "1 question ms", "cosine vs fp32", "passes"],
+                   [[m["path"], f'{m["texts_per_s"]:.0f}', f'{m["one_question_ms"]:.1f}', f'{m["cosine_min_vs_fp32"]:.6f}',
+                     "yes" if m["passes"] else f'no ({m["error"] or "vectors moved"})']
+                    for m in report["measurements"]])
 
 
 # -- tutorial ---------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ DATA = ROOT.parent / "shared" / "data"
 QUALITY_SETS = ("bertfaq-covidfaq", "deepset-covid-qsim", "ko-question-pair")
 
 from indexer.embed.encoder import Encoder  # noqa: E402
+from indexer.embed.choose import native_bf16  # noqa: E402
 from indexer.embed.resolve import resolve_recipe  # noqa: E402
 
 
@@ -66,6 +67,10 @@ def main() -> None:
     print(f"# {os.cpu_count()} cores, torch {torch.__version__}, capability {torch.backends.cpu.get_cpu_capability()}, "
           f"load average {os.getloadavg()[0]:.1f} at start")
     texts = tatoeba_sentences(args.data, args.count)
+    peaks = matmul_peaks()
+    print("# matmul peak, torch, " + ", ".join(f"{name} {value:.0f} GFLOP/s" for name, value in peaks.items()))
+    user = resolve_recipe()  # the defaults exactly as a user gets them: no flag forced
+    print(f"# defaults: {user.encoder.path.label()} ({user.encoder.path_reason})")
     resolved = resolve_recipe(precision="fp32")
     encoder, recipe = resolved.encoder, resolved.recipe
     tokens = [len(x) for x in encoder.tokenize(texts)[0]]
@@ -84,15 +89,25 @@ def main() -> None:
     encoders = {(backend, threads): Encoder(encoder.folder, max_length=recipe.max_length, keep_layers=recipe.layer,
                                             precision="fp32", threads=threads, backend=backend)
                 for backend in ("onnx", "torch") for threads in thread_counts}
+    if native_bf16():
+        encoders["bf16", default_threads] = Encoder(encoder.folder, max_length=recipe.max_length,
+                                                    keep_layers=recipe.layer, precision="bf16")
     best: dict[str, float] = {}
-    st_embed(texts[:64]), [bertdex(e)(texts[:64]) for e in encoders.values()]  # warm all
+    defaults_key = f"bertdex defaults ({user.encoder.path.label()}), {default_threads} thread(s)"
+    st_embed(texts[:64]), [bertdex(e)(texts[:64]) for e in [*encoders.values(), user.encoder]]  # warm all
     for _ in range(args.rounds):
+        best[defaults_key] = max(best.get(defaults_key, 0), rate(bertdex(user.encoder), texts)[0])
         for threads in thread_counts:
             torch.set_num_threads(threads)
             best_key = f"sentence-transformers encode (batch 32), {threads} thread(s)"
             best[best_key] = max(best.get(best_key, 0), rate(st_embed, texts)[0])
+            if ("bf16", threads) in encoders:
+                key = f"bertdex bf16 torch, budget 4096 tokens / 64 rows, {threads} thread(s)"
+                best[key] = max(best.get(key, 0), rate(bertdex(encoders["bf16", threads]), texts)[0])
             for backend in ("onnx", "torch"):
                 chosen = encoders[backend, threads]
+                if chosen.backend != backend:
+                    continue
                 defaults = chosen.batch_tokens, chosen.max_batch
                 for tokens_budget, rows in budgets:
                     chosen.batch_tokens, chosen.max_batch = tokens_budget, rows
@@ -100,17 +115,17 @@ def main() -> None:
                     best[key] = max(best.get(key, 0), rate(bertdex(chosen), texts)[0])
                 chosen.batch_tokens, chosen.max_batch = defaults
     torch.set_num_threads(default_threads)
-    print(f"\n{'sentences/s':>12}  {'vs ST same threads':>18}  what")
+    flops = 21e6 * float(np.mean(tokens))  # ~21 MFLOP a token for the bundled model (6 layers, 384 wide)
+    print(f"\n{'sentences/s':>12}  {'vs ST same threads':>18}  {'of fp32 peak':>12}  what")
     for key, value in best.items():
         threads = key.rsplit(", ", 1)[1]
         st_rate = best[f"sentence-transformers encode (batch 32), {threads}"]
-        print(f"{value:12.0f}  {value / st_rate:17.2f}x  {key}")
+        print(f"{value:12.0f}  {value / st_rate:17.2f}x  {value * flops / 1e9 / peaks['fp32']:11.0%}  {key}")
     st_best = max(v for k, v in best.items() if k.startswith("sentence"))
     ours_best_key = max((k for k in best if k.startswith("bertdex")), key=best.get)
-    default_key = (f"bertdex fp32 {encoder.backend}, budget {encoder.batch_tokens} tokens / {encoder.max_batch} rows, "
-                   f"{default_threads} thread(s)")
     print(f"\nbest bertdex / best sentence-transformers: {best[ours_best_key] / st_best:.2f}x ({ours_best_key})")
-    print(f"bertdex defaults / best sentence-transformers: {best[default_key] / st_best:.2f}x ({default_key})")
+    print(f"bertdex defaults / best sentence-transformers: {best[defaults_key] / st_best:.2f}x ({defaults_key})")
+    one_question(user.encoder, encoders, default_threads, recipe, st_embed)
 
     reference = bertdex(encoders["torch", default_threads])(texts)
     for label, vectors in (("bertdex onnx", bertdex(encoders["onnx", default_threads])(texts)), ("sentence-transformers", st_embed(texts))):
@@ -121,6 +136,48 @@ def main() -> None:
     if not args.no_quality:
         quality(args.data, recipe, encoder.folder)
     print(f"\npeak RSS {peak_rss_mib():.0f} MiB (whole run)")
+
+
+def matmul_peaks(size: int = 1024, seconds: float = 1.0) -> dict[str, float]:
+    """GFLOP/s of a square matmul in fp32 (and bf16 where the CPU has it natively) on torch's threads."""
+    peaks = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        if name == "bf16" and not native_bf16():
+            continue
+        a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+        a @ b
+        count, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            a @ b
+            count += 1
+        peaks[name] = 2 * size ** 3 * count / (time.perf_counter() - started) / 1e9
+    return peaks
+
+
+def one_question(default, encoders: dict, threads: int, recipe, st_embed) -> None:
+    """Median ms to embed one short question: the defaults against every other path."""
+    question = ["how do I reset my password?"]
+    paths = {f"defaults ({default.path.label()})": default,
+             **{encoder.path.label(): encoder for (_, t), encoder in encoders.items() if t == threads}}
+    timings = {}
+    for label, encoder in paths.items():
+        embed = lambda batch: encoder.embed(batch, layer=recipe.layer, pooling=recipe.pooling).vectors  # noqa: E731
+        timings[label] = median_ms(embed, question)
+    timings["sentence-transformers"] = median_ms(st_embed, question)
+    fastest = min(v for k, v in timings.items() if not k.startswith("sentence"))
+    print("\none question (median of 40):")
+    for label, value in timings.items():
+        print(f"{value:8.2f} ms  {value / fastest:5.2f}x the fastest bertdex path  {label}")
+
+
+def median_ms(embed, batch, runs: int = 40) -> float:
+    embed(batch)
+    samples = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        embed(batch)
+        samples.append(time.perf_counter() - started)
+    return 1000 * float(np.median(samples))
 
 
 def build_rate(texts: list[str], resolved) -> None:
@@ -156,10 +213,8 @@ def make_encoder(folder: Path, recipe, precision: str) -> Encoder:
 
 def precisions(texts: list[str], reference: np.ndarray, recipe, folder: Path, fp32_rate: float) -> None:
     """Cosine to fp32 and speed for each other precision (bf16 is emulated on CPUs without AVX512-BF16/AMX)."""
-    from indexer.embed.encoder import cpu_has_bf16
-
-    print(f"\nprecision  sentences/s  cosine to fp32 (min / mean)   [native bf16 on this CPU: {cpu_has_bf16()}]")
-    sample = texts if cpu_has_bf16() else texts[:100]
+    print(f"\nprecision  sentences/s  cosine to fp32 (min / mean)   [native bf16 on this CPU: {native_bf16()}]")
+    sample = texts if native_bf16() else texts[:100]
     for precision in ("bf16", "int8"):
         encoder = make_encoder(folder, recipe, precision)
         embed = lambda batch: encoder.embed(batch, layer=recipe.layer, pooling=recipe.pooling).vectors  # noqa: E731

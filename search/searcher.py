@@ -20,7 +20,7 @@ from indexer.store.keywords import normalize_text
 from indexer.embed.recipe import absolute_layer, check_pooling
 from indexer.embed.resolve import encoder_for
 from indexer.store import ann
-from indexer.store.folder import Manifest, check_index_folder, connect, load_vectors, read_manifest
+from indexer.store.folder import Manifest, check_index_folder, connect, load_vectors, open_manifest, read_manifest  # noqa: F401
 from search import keyword
 
 MODES = ("dense", "keyword", "hybrid")
@@ -97,6 +97,8 @@ class Searcher:
 
     def embed(self, questions: list[str]) -> np.ndarray:
         recipe = self.manifest.recipe
+        if self.encoder.keep_layers not in (None, recipe.layer):  # the index was re-embedded at another layer
+            self.encoder = encoder_for(recipe, precision=self.encoder.precision, threads=self.encoder.threads)
         texts = [normalize_text(q) for q in questions]
         return self.encoder.embed(texts, layer=recipe.layer, pooling=recipe.pooling,
                                   exclude_special=recipe.exclude_special).vectors
@@ -277,13 +279,3 @@ def _passage_spans(db, passages: list[int]) -> dict[int, tuple[int, int]]:
 
 def _variants(db, group: str) -> tuple[str, ...]:
     return tuple(r[0] for r in db.execute("SELECT key FROM documents WHERE group_key = ? ORDER BY id", [group]))
-
-
-def open_manifest(folder: str | Path) -> Manifest:
-    """The manifest of an index, without loading its model."""
-    folder = check_index_folder(Path(folder))
-    db = connect(folder, readonly=True)
-    try:
-        return read_manifest(db, folder)
-    finally:
-        db.close()

@@ -205,7 +205,8 @@ def test_korean_word_glued_to_a_particle_is_found_by_its_characters(full_encoder
 
 
 def test_sentence_vectors_with_a_chosen_recipe_are_the_normalized_mean_of_that_layer(tiny_model, tiny_encoder):
-    result = sentence_vectors(["배를 타고", "  타고   배를 "], model=str(tiny_model), layer=-2, pooling="mean")
+    result = sentence_vectors(["배를 타고", "  타고   배를 "], model=str(tiny_model), layer=-2, pooling="mean",
+                              precision="fp32", backend="torch")  # the reference below is PyTorch fp32
     assert (result.recipe.layer, result.recipe.pooling, result.recipe.dimension) == (3, "mean", 32)
     assert result.texts == ("배를 타고", "타고 배를")
     states, _ = hidden_states_of(tiny_encoder, "배를 타고")
@@ -272,8 +273,10 @@ def test_cli_embed_with_an_index_gives_the_vectors_search_uses(faq_index_master,
     questions = ["I forgot my password", "where is my parcel"]
     result = run_cli("embed", *questions, "--index", faq_index_master, "--json", check=True)
     vectors = np.array([json.loads(line)["vector"] for line in result.stdout.splitlines()])
-    expected = Searcher(faq_index_master, encoder=full_encoder).embed(questions)
-    assert vectors.shape == (2, 384) and np.allclose(vectors, expected, atol=1e-5)
+    searcher = Searcher(faq_index_master)  # made as `bertdex query` makes it: the measured path of this machine
+    assert vectors.shape == (2, 384) and np.allclose(vectors, searcher.embed(questions), atol=1e-6)
+    exact = Searcher(faq_index_master, encoder=full_encoder).embed(questions)  # PyTorch fp32, all layers
+    assert np.min(np.sum(vectors * exact, axis=1)) >= 0.999
 
 
 def test_cli_error_is_one_line_on_stderr(faq_index_master):

@@ -1,8 +1,10 @@
-"""Text -> hidden states -> pooled, L2-normalized vectors. The only module that touches torch.
+"""Text -> token ids -> hidden states -> pooled, L2-normalized vectors: the one embedding engine.
 
-Texts are tokenized once, sorted by length and cut into batches under a token budget, so
-padding is small; layers above the pooled one are removed from the model, so they cost nothing.
-Long texts are truncated at `max_length` (and counted), or split into overlapping windows.
+Texts are tokenized once, sorted by length and cut into batches under a token budget, so padding is
+small. The arithmetic runs on a runner (indexer.embed.runners: PyTorch or ONNX Runtime) fixed when the
+encoder is made: `backend`/`precision` "auto" take the path measured fastest on this machine among
+those that give fp32's vectors (indexer.embed.choose). Long texts are truncated at `max_length`
+(and counted), or split into overlapping windows.
 """
 
 from __future__ import annotations
@@ -11,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from indexer.embed import onnx_model
-from indexer.errors import BertdexError
+from indexer.embed import choose, onnx_model
 from indexer.embed.pooling import normalize, pool
+from indexer.embed.runners import RunPath
+from indexer.errors import BertdexError
 
 # Padded tokens and rows per forward pass: smaller batches keep the activations nearer the cache. On
 # PyTorch 4096/64 was the fastest or near it in each bench/throughput.py run here (1.1-1.4x over 8192/128);
@@ -24,12 +26,9 @@ from indexer.embed.pooling import normalize, pool
 BATCH_TOKENS = 4096
 ONNX_BATCH_TOKENS = 512
 MAX_BATCH = 64
-PRECISIONS = ("auto", "fp32", "bf16")
-BACKENDS = ("auto", "onnx", "torch")
-# A forward pass of fewer padded tokens (one question, a small batch) runs on one thread: splitting
-# such small matrices over cores saves little, and on a busy machine the second thread waits for a
-# core (2 cores at load 6: one question took 450-800 ms on 2 threads, 50 ms on 1; bench/latency.py).
-SINGLE_THREAD_TOKENS = 256
+PRECISIONS = choose.PRECISIONS
+BACKENDS = choose.BACKENDS
+POOLINGS = ("mean", "max", "cls", "mean-max")
 
 
 @dataclass(frozen=True)
@@ -45,40 +44,25 @@ class Embedded:
     truncated: int
 
 
-def cpu_has_bf16() -> bool:
-    """True where the CPU multiplies bf16 natively (AVX512-BF16 or AMX); emulated bf16 is slower."""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("flags"):
-                    flags = line.split()
-                    return "avx512_bf16" in flags or "amx_bf16" in flags
-    except OSError:
-        return False
-    return False
-
-
-def _hangul_jamo(text: str) -> bool:
+def has_hangul_jamo(text: str) -> bool:
+    """True when `text` holds Hangul jamo (what an uncased English vocabulary turns syllables into)."""
     return any("\u1100" <= ch <= "\u11ff" or "\u3130" <= ch <= "\u318f" for ch in text)
 
 
 class Encoder:
-    """A loaded BERT-family model and its tokenizer.
+    """A model's tokenizer and a runner for its first `keep_layers` layers, both fixed at construction.
 
-    `keep_layers`: compute hidden states 0..keep_layers only (None keeps them all).
-    `precision`: "fp32", "bf16" or "auto" (bf16 only where the CPU has it natively, else fp32).
-    `backend`: "onnx" runs the pooled layer with ONNX Runtime (fp32, same vectors, faster; needs
-    keep_layers), "torch" with PyTorch, "auto" ONNX Runtime where it applies (fp32, onnxruntime
-    installed, the export reproduces PyTorch), else PyTorch; `backend_reason` says why. The PyTorch
-    model is loaded only when needed: all hidden states, bf16, or the first export to `cache`.
-    There is no int8: dynamic int8 quantization ran up to 1.6x faster on AVX2 but moves the vectors
-    (cosine to fp32 ~0.97) and costs 0.01-0.06 MRR@10 on the shared sets (bench/throughput.py).
-    `batch_tokens`, `max_batch`: the padded-token budget and row limit of one forward pass.
+    `keep_layers`: compute hidden states 0..keep_layers only (None: all of them, on PyTorch fp32).
+    `precision`: auto | fp32 | bf16; `backend`: auto | onnx | torch. auto measures the candidate paths once
+    per machine and model (cached beside the ONNX exports) and keeps the fastest whose vectors match fp32;
+    `path` is what runs, `path_reason` why. There is no int8: dynamic int8 quantization ran up to 1.6x faster
+    but moves the vectors (cosine to fp32 ~0.97) and costs 0.01-0.06 MRR@10 (bench/throughput.py).
     """
 
     def __init__(self, folder: Path, *, max_length: int | None = None, keep_layers: int | None = None,
                  precision: str = "auto", threads: int | None = None, backend: str = "auto",
                  cache: Path | None = onnx_model.DEFAULT_CACHE, checksum: str | None = None):
+        import torch
         import transformers
 
         transformers.logging.set_verbosity_error()
@@ -92,110 +76,53 @@ class Encoder:
         self.folder = Path(folder)
         try:
             self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), use_fast=True)
-            config = transformers.AutoConfig.from_pretrained(str(folder))
+            self.config = transformers.AutoConfig.from_pretrained(str(folder))
         except Exception as error:
             raise BertdexError(f"cannot load a model from {folder}: {str(error).splitlines()[0][:200]}") from None
-        self.config = config
-        self.num_layers = int(config.num_hidden_layers)
-        self.hidden_size = int(config.hidden_size)
-        limit = min(int(getattr(config, "max_position_embeddings", 512) or 512), 512)
+        self.num_layers = int(self.config.num_hidden_layers)
+        self.hidden_size = int(self.config.hidden_size)
+        limit = min(int(getattr(self.config, "max_position_embeddings", 512) or 512), 512)
         self.model_max_length = limit
         self.max_length = min(max_length or limit, limit)
         if self.max_length < 8:
             raise BertdexError(f"--max-length {max_length} is too small: use at least 8 tokens")
-        self.bf16 = precision == "bf16" or (precision == "auto" and cpu_has_bf16())
-        self.precision = "bf16" if self.bf16 else "fp32"
         self.threads = threads or torch.get_num_threads()
-        self.batch_tokens, self.max_batch = BATCH_TOKENS, MAX_BATCH
-        self._model = None
-        self._backend, self._cache, self._checksum = backend, cache, checksum
-        self.onnx: onnx_model.OnnxModel | None = None
-        self.backend = "torch"
-        self.backend_reason = "--backend torch" if backend == "torch" else "all hidden states are computed (no layer chosen)"
-        self.keep_layers = None
-        self._truncate_layers(keep_layers)
+        if keep_layers is not None and keep_layers > self.num_layers:
+            keep_layers = None
+        choice = choose.pick_runner(self, keep_layers, precision=precision, backend=backend, cache=cache,
+                                    checksum=checksum)
+        self.runner, self.path, self.path_reason, self.measurements = (choice.runner, choice.path, choice.reason,
+                                                                       choice.measurements)
+        self.keep_layers = self.runner.keep_layers
+        self.batch_tokens = ONNX_BATCH_TOKENS if self.path.backend == "onnx" else BATCH_TOKENS
+        self.max_batch = MAX_BATCH
         probe = self.tokenizer.tokenize("A a 한국")
         self.lowercase = probe[0] == probe[1] if len(probe) >= 2 else False
-        self.decomposes_hangul = _hangul_jamo("".join(self.tokenizer.tokenize("한국어")))
+        self.decomposes_hangul = has_hangul_jamo("".join(self.tokenizer.tokenize("한국어")))
+
+    @property
+    def backend(self) -> str:
+        return self.path.backend
+
+    @property
+    def precision(self) -> str:
+        return self.path.precision
+
+    @property
+    def backend_reason(self) -> str:
+        return self.path_reason
 
     @property
     def model(self):
-        """The PyTorch model, loaded on first use, with the layers above keep_layers removed."""
-        if self._model is None:
-            import transformers
+        """The PyTorch model (the tutorial's hidden states, benches); None when ONNX Runtime runs alone."""
+        return getattr(self.runner, "model", None)
 
-            try:
-                model = transformers.AutoModel.from_pretrained(str(self.folder), dtype=torch.float32)
-            except Exception as error:
-                raise BertdexError(f"cannot load a model from {self.folder}: {str(error).splitlines()[0][:200]}") from None
-            self._model = model.eval()
-            keep, self.keep_layers = self.keep_layers, None
-            if keep is not None and self._cut_model(keep) is None:
-                raise BertdexError(f"cannot keep {keep} layers of the model in {self.folder}")
-            self.keep_layers = keep
-        return self._model
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(name for name in ("input_ids", "attention_mask", "token_type_ids")
+                     if name == "attention_mask" or name in self.tokenizer.model_input_names)
 
-    def _cut_model(self, keep_layers: int):
-        """The PyTorch model computing hidden states 0..keep_layers only, or None for an unknown architecture."""
-        model = self.model
-        if self.keep_layers is not None:
-            return model if keep_layers == self.keep_layers else None
-        encoder = getattr(model, "encoder", None)
-        layers = getattr(encoder, "layer", None)
-        if not isinstance(layers, torch.nn.ModuleList) or len(layers) < keep_layers:
-            return None  # unknown architecture: compute all, pick from hidden_states
-        encoder.layer = torch.nn.ModuleList(list(layers)[:keep_layers])
-        if hasattr(model, "pooler"):
-            model.pooler = None
-        self.keep_layers = keep_layers
-        return model
-
-    def _truncate_layers(self, keep_layers: int | None) -> int | None:
-        """Compute hidden states 0..keep_layers only, and pick the backend that runs them."""
-        if keep_layers is None or keep_layers > self.num_layers:
-            return None
-        if self.bf16:
-            self.backend_reason = "bf16 runs on PyTorch (ONNX Runtime here is fp32)"
-        elif self._backend != "torch" and self._start_onnx(keep_layers):
-            self.keep_layers = keep_layers
-            return keep_layers
-        if self._backend == "onnx":
-            raise BertdexError(f"--backend onnx is not available for {self.folder}: {self.backend_reason}")
-        if self._cut_model(keep_layers) is None:
-            return None
-        self.keep_layers = keep_layers
-        return keep_layers
-
-    def _start_onnx(self, keep_layers: int) -> bool:
-        """ONNX Runtime for hidden state `keep_layers`: the cached export, else a new, checked one."""
-        if not onnx_model.available():
-            self.backend_reason = "onnxruntime is not installed"
-            return False
-        from indexer.embed.models import model_checksum
-
-        inputs = tuple(name for name in ("input_ids", "attention_mask", "token_type_ids")
-                       if name == "attention_mask" or name in self.tokenizer.model_input_names)
-        self._checksum = self._checksum or model_checksum(self.folder)
-        path = onnx_model.cached_path(self._cache, self._checksum, keep_layers, inputs) if self._cache else None
-
-        def source():
-            model = self._cut_model(keep_layers)
-            if model is None:
-                raise ValueError("the layers of this architecture cannot be cut")
-            return model, self._probe_batch()
-
-        try:
-            self.onnx = onnx_model.load_or_export(path, source, inputs=inputs, heads=int(self.config.num_attention_heads),
-                                                  hidden=self.hidden_size, threads=self.threads)
-        except Exception as error:
-            self.backend_reason = f"no ONNX export ({type(error).__name__}: {str(error).splitlines()[0][:120]})"
-            return False
-        self.backend, self.backend_reason = "onnx", "ONNX Runtime (fp32)"
-        self.batch_tokens = ONNX_BATCH_TOKENS
-        return True
-
-    def _probe_batch(self) -> dict[str, np.ndarray]:
-        """Two texts of different lengths, right-padded: what an export must reproduce."""
+    def probe_batch(self) -> dict[str, np.ndarray]:
+        """Two texts of different lengths, right-padded: what an ONNX export must reproduce."""
         encoded = self.tokenizer(["The quick brown fox jumps over the lazy dog, twice.", "한국어 문장"],
                                  padding=True, return_tensors="np")
         ids = encoded["input_ids"].astype(np.int64)
@@ -261,60 +188,69 @@ class Encoder:
     def embed(self, texts: list[str], *, layer: int, pooling: str, exclude_special: bool = False,
               windows: bool = False, stride: int = 0, window_length: int | None = None) -> Embedded:
         """Pooled, L2-normalized float32 vectors of hidden state `layer` (absolute index)."""
+        vectors, owners, spans, truncated = self._pooled(texts, [layer], (pooling,), exclude_special, windows,
+                                                         stride, window_length)
+        return Embedded(vectors[(layer, pooling)], owners, spans, truncated)
+
+    def embed_layers(self, texts: list[str], *, layers: list[int], poolings: tuple[str, ...] = POOLINGS,
+                     exclude_special: bool = False, windows: bool = False, stride: int = 0,
+                     window_length: int | None = None) -> tuple[dict[tuple[int, str], np.ndarray], np.ndarray, np.ndarray]:
+        """Several layers and poolings from one pass: {(layer, pooling): L2-normalized vectors}, owners, spans.
+
+        Windows, batching and masks are `embed`'s, so embed_layers(...)[0][(l, p)] equals
+        embed(..., layer=l, pooling=p).vectors. The encoder must compute those layers (keep_layers).
+        """
+        vectors, owners, spans, _ = self._pooled(texts, list(layers), tuple(poolings), exclude_special, windows,
+                                                 stride, window_length)
+        return vectors, owners, spans
+
+    def _pooled(self, texts, layers: list[int], poolings: tuple[str, ...], exclude_special: bool, windows: bool,
+                stride: int, window_length: int | None):
+        for name in poolings:
+            if name not in POOLINGS:
+                raise BertdexError(f"unknown pooling {name!r}: choose one of {', '.join(POOLINGS)}")
         ids, types, specials, owners, spans, truncated = self.tokenize(
             texts, windows=windows, stride=stride, special_mask=exclude_special, window_length=window_length
         )
-        width = self.hidden_size * (2 if pooling == "mean-max" else 1)
-        vectors = np.zeros((len(ids), width), dtype=np.float32)
+        out = {(layer, name): np.zeros((len(ids), self.hidden_size * (2 if name == "mean-max" else 1)), np.float32)
+               for layer in layers for name in poolings}
         for batch in _length_batches([len(x) for x in ids], self.batch_tokens, self.max_batch):
-            hidden, mask = self._forward([ids[i] for i in batch], [types[i] for i in batch] if types else None, layer)
+            hidden, mask = self._forward([ids[i] for i in batch], [types[i] for i in batch] if types else None, layers)
             if exclude_special:
                 for row, i in enumerate(batch):
                     mask[row, : len(specials[i])] *= 1 - np.asarray(specials[i], dtype=mask.dtype)
-            vectors[batch] = pool(hidden, mask, pooling)
-        return Embedded(normalize(vectors), owners, spans, truncated)
+            for layer in layers:
+                for name in poolings:
+                    out[(layer, name)][batch] = pool(hidden[layer], mask, name)
+        return {key: normalize(value) for key, value in out.items()}, owners, spans, truncated
 
-    def _forward(self, ids: list[list[int]], types: list[list[int]] | None, layer: int):
-        """One padded batch through the model: hidden state `layer` as float32 numpy, and the mask."""
+    def padded(self, ids: list[list[int]], types: list[list[int]] | None, width: int):
+        """Right-padded int64 input_ids, attention mask and token types [rows, width]."""
         lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
-        fast = self.onnx is not None and layer == self.keep_layers
-        width = int(lengths.max()) if fast else _padded_width(int(lengths.max()))
         attention = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)
         input_ids = np.full(attention.shape, self.tokenizer.pad_token_id or 0, dtype=np.int64)
         input_ids[attention.astype(bool)] = np.fromiter((t for seq in ids for t in seq), dtype=np.int64)
         token_types = np.zeros(attention.shape, dtype=np.int64)
         if types:
             token_types[attention.astype(bool)] = np.fromiter((t for seq in types for t in seq), dtype=np.int64)
-        if fast:  # ONNX Runtime keeps no per-shape caches: no padding to a multiple of 8 needed
-            hidden = self.onnx.run(input_ids, attention, token_types)
-        else:
-            hidden = self.hidden_states(torch.from_numpy(input_ids), torch.from_numpy(attention),
-                                        torch.from_numpy(token_types), layer)
-        return hidden, attention.astype(np.float32)
+        return input_ids, attention, token_types
 
-    def hidden_states(self, input_ids, attention, token_types, layer: int | None):
-        """Hidden state `layer` [batch, tokens, features], or all of them [layers+1, ...] when None."""
-        if layer is not None and self.keep_layers is not None and layer > self.keep_layers:
-            raise BertdexError(f"layer {layer} was not kept: this encoder computes layers 0..{self.keep_layers}")
-        want_all = layer is None or self.keep_layers is None or layer != self.keep_layers
-        kwargs = {"input_ids": input_ids, "attention_mask": attention}
-        if "token_type_ids" in self.tokenizer.model_input_names:
-            kwargs["token_type_ids"] = token_types
-        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16)
-        threads = torch.get_num_threads()
-        small = threads > 1 and input_ids.numel() < SINGLE_THREAD_TOKENS
-        if small:
-            torch.set_num_threads(1)
-        try:
-            with torch.inference_mode(), autocast:
-                output = self.model(**kwargs, output_hidden_states=want_all, return_dict=True)
-        finally:
-            if small:
-                torch.set_num_threads(threads)
+    def _forward(self, ids: list[list[int]], types: list[list[int]] | None, layers: list[int]):
+        """One padded batch through the runner: {layer: float32 hidden states}, and the float mask."""
+        longest = max(len(x) for x in ids)
+        # ONNX Runtime keeps no per-shape caches: no padding to a multiple of 8 needed there
+        width = longest if self.path.backend == "onnx" else _padded_width(longest)
+        input_ids, attention, token_types = self.padded(ids, types, width)
+        return self.runner.run(input_ids, attention, token_types, layers), attention.astype(np.float32)
+
+    def hidden_states(self, input_ids, attention, token_types, layer: int | None) -> np.ndarray:
+        """Hidden state `layer` [batch, tokens, features], or all of them [layers+1, ...] when None (numpy in and out)."""
+        arrays = [np.asarray(x, dtype=np.int64) for x in (input_ids, attention, token_types)]
         if layer is None:
-            return torch.stack(output.hidden_states).float().numpy()
-        chosen = output.hidden_states[layer] if want_all else output.last_hidden_state
-        return chosen.float().numpy()
+            if self.model is None or (self.keep_layers is not None and self.keep_layers < self.num_layers):
+                raise BertdexError(f"all hidden states were not kept: this encoder computes layers 0..{self.keep_layers}")
+            return self.runner.run(*arrays, None)
+        return self.runner.run(*arrays, [layer])[layer]
 
 
 def _padded_width(length: int) -> int:

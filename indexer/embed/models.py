@@ -97,6 +97,15 @@ def model_checksum(folder: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def layer_count(folder: Path) -> int:
+    """The number of transformer layers config.json declares (hidden states 0..N), without loading the model."""
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text())
+        return int(config.get("num_hidden_layers") or config["n_layers"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise BertdexError(f"model folder {folder} has no readable config.json with num_hidden_layers") from None
+
+
 def trained_pooling(folder: Path) -> TrainedPooling | None:
     """The pooling a sentence-transformers checkpoint was trained with, or None for a plain BERT.
 

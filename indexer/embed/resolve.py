@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from indexer.embed.encoder import Encoder
 from indexer.errors import BertdexError
-from indexer.embed.models import DEFAULT_MODEL, model_checksum, resolve_model_folder, trained_pooling
+from indexer.embed.models import DEFAULT_MODEL, layer_count, model_checksum, resolve_model_folder, trained_pooling
 from indexer.embed.recipe import Recipe, absolute_layer, check_pooling
 
 
@@ -31,25 +31,24 @@ def resolve_recipe(model: str = DEFAULT_MODEL, *, layer: int | None = None, pool
     folder = resolve_model_folder(model)
     trained = trained_pooling(folder)
     checksum = model_checksum(folder)
-    probe = Encoder(folder, max_length=max_length or (trained.max_length if trained else None),
-                    keep_layers=None, precision=precision, threads=threads, backend=backend, checksum=checksum)
     if trained:
         reason = f"sentence-transformers checkpoint ({trained.source}): {trained.pooling} of the last layer, as trained"
         auto_layer, auto_pooling = -1, trained.pooling
     else:
         reason = "plain BERT checkpoint: mean of the second-to-last layer (the bert-as-service recipe)"
         auto_layer, auto_pooling = -2, "mean"
-    chosen_layer = absolute_layer(auto_layer if layer is None else layer, probe.num_layers)
+    chosen_layer = absolute_layer(auto_layer if layer is None else layer, layer_count(folder))
     chosen_pooling = pooling or auto_pooling
     if layer is not None or pooling is not None:
         reason = f"chosen: {chosen_pooling} of hidden state {chosen_layer} (auto would be: {reason})"
+    encoder = Encoder(folder, max_length=max_length or (trained.max_length if trained else None),
+                      keep_layers=chosen_layer, precision=precision, threads=threads, backend=backend, checksum=checksum)
     recipe = Recipe(
-        model=model, model_checksum=checksum, lowercase=probe.lowercase,
+        model=model, model_checksum=checksum, lowercase=encoder.lowercase,
         layer=chosen_layer, pooling=chosen_pooling, exclude_special=exclude_special,
-        max_length=probe.max_length, dimension=probe.hidden_size * (2 if chosen_pooling == "mean-max" else 1),
+        max_length=encoder.max_length, dimension=encoder.hidden_size * (2 if chosen_pooling == "mean-max" else 1),
     )
-    probe._truncate_layers(chosen_layer)
-    return Resolved(recipe, probe, reason)
+    return Resolved(recipe, encoder, reason)
 
 
 def encoder_for(recipe: Recipe, *, model: str | None = None, precision: str = "auto",
@@ -66,3 +65,27 @@ def encoder_for(recipe: Recipe, *, model: str | None = None, precision: str = "a
     encoder = Encoder(folder, max_length=recipe.max_length, keep_layers=recipe.layer,
                       precision=precision, threads=threads, backend=backend, checksum=checksum)
     return encoder
+
+
+def machine_report(model: str = DEFAULT_MODEL, *, remeasure: bool = False, precision: str = "auto",
+                   backend: str = "auto", threads: int | None = None) -> dict:
+    """What `bertdex doctor` prints: this machine, the paths tried for the model's auto recipe, and the one kept.
+
+    `remeasure`: forget this machine's saved choice for the model and time the candidates again.
+    """
+    from indexer.embed import choose, onnx_model
+
+    folder = resolve_model_folder(model)
+    checksum = model_checksum(folder)
+    if remeasure:
+        for saved in (onnx_model.DEFAULT_CACHE / "choices").glob(f"{checksum}-*.json"):
+            saved.unlink(missing_ok=True)
+    encoder = resolve_recipe(model, precision=precision, backend=backend, threads=threads).encoder
+    return {
+        "model": model, "folder": str(folder), "machine": choose.machine_key(),
+        "native_bf16": choose.native_bf16(), "chosen": encoder.path.label(), "reason": encoder.path_reason,
+        "measurements": [{"path": m.path.label(), "texts_per_s": round(m.bulk_per_s, 1),
+                          "one_question_ms": round(m.single_ms, 2), "cosine_min_vs_fp32": round(m.cosine_min, 6),
+                          "top1_agreement": round(m.top1_agreement, 3), "passes": m.passes, "error": m.error}
+                         for m in encoder.measurements],
+    }

@@ -113,6 +113,7 @@ def upsert_entries(writer: IndexWriter, encoder: Encoder, entries: list[Entry]) 
                              exclude_special=recipe.exclude_special, windows=settings.get("window", True),
                              stride=settings.get("stride", 0), window_length=settings.get("window_length"))
     documents = [{"key": e.key, "text": e.text, "fields": e.fields, "group": e.group} for e in changed]
+    writer.note_encoder(encoder.path.label())
     writer.write_documents(documents, embedded.vectors, embedded.owners, embedded.spans)
     counts["truncated"] = embedded.truncated
     counts["split"] = len(embedded.owners) - len(set(embedded.owners.tolist()))

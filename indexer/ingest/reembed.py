@@ -60,6 +60,7 @@ def reembed_index(folder: str | Path, *, layer: int, pooling: str, search: dict 
                                               pooling=resolved.recipe.pooling,
                                               exclude_special=resolved.recipe.exclude_special,
                                               windows=settings.get("window", True), stride=settings.get("stride", 0))
+            writer.note_encoder(resolved.encoder.path.label())
             writer.write_documents(part, embedded.vectors, embedded.owners, embedded.spans)
         return writer.commit()
 

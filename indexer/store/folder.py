@@ -69,13 +69,14 @@ class Manifest:
     created: str = ""
     updated: str = ""
     format_version: int = FORMAT_VERSION
+    encoded_with: tuple = ()  # the paths (backend, precision, device) that made the stored vectors
 
     def to_rows(self) -> list[dict]:
         values = {
             "recipe": self.recipe.to_dict(), "index_type": self.index_type, "index_params": self.index_params,
             "settings": self.settings, "generation": self.generation, "documents": self.documents,
             "vectors": self.vectors, "created": self.created, "updated": self.updated,
-            "format_version": self.format_version,
+            "format_version": self.format_version, "encoded_with": list(self.encoded_with),
         }
         return [{"name": name, "value": json.dumps(value, ensure_ascii=False)} for name, value in values.items()]
 
@@ -83,6 +84,7 @@ class Manifest:
     def from_rows(cls, rows: dict[str, str]) -> "Manifest":
         values = {name: json.loads(value) for name, value in rows.items()}
         values["recipe"] = Recipe.from_dict(values["recipe"])
+        values["encoded_with"] = tuple(values.get("encoded_with") or ())
         return cls(**{name: values[name] for name in cls.__dataclass_fields__ if name in values})
 
 
@@ -153,6 +155,7 @@ class IndexWriter:
         self.folder, self.db, self.manifest, self._lock = folder, db, manifest, lock_handle
         self.vectors = load_vectors(folder, manifest.generation, manifest.recipe.dimension)
         self._removed: list[np.ndarray] = []  # FAISS ids to drop; applied at commit (HNSW/IVF rebuild once)
+        self._encoded_with = set(manifest.encoded_with)
         if replace:
             self._clear()
         row = db.execute("SELECT max(id) FROM passages").fetchone()
@@ -260,7 +263,12 @@ class IndexWriter:
                 self._removed.append(np.asarray([r[0] for r in rows], dtype=np.int64))
                 self.db.execute(f"DELETE FROM passages WHERE document_id IN ({marks})", part)
 
+    def note_encoder(self, label: str) -> None:
+        """Record the path (e.g. 'onnx fp32 (cpu)') that made vectors written in this commit."""
+        self._encoded_with.add(label)
+
     def _clear(self) -> None:
+        self._encoded_with = set()
         for table in ("passages", "documents", "keywords"):
             self.db.execute(f"DELETE FROM {table}")
         recipe = self.manifest.recipe
@@ -284,6 +292,7 @@ class IndexWriter:
             raise BertdexError(f"internal error: {counts[1]} passages but {ann.live_count(self.vectors)} vectors; nothing written")
         manifest = Manifest(**{**self.manifest.__dict__, "generation": generation, "documents": counts[0],
                                "vectors": counts[1], "updated": now(),
+                               "encoded_with": tuple(sorted(self._encoded_with)) if counts[1] else (),
                                "created": self.manifest.created or now()})
         _write_faiss_file(self.vectors, vectors_path(self.folder, generation))
         self.db["manifest"].upsert_all(manifest.to_rows(), pk="name")
@@ -348,3 +357,13 @@ def _take_lock(folder: Path, *, create: bool):
     handle.write(str(os.getpid()))
     handle.flush()
     return handle
+
+
+def open_manifest(folder: str | Path) -> Manifest:
+    """The manifest of an index, without loading its model."""
+    folder = check_index_folder(Path(folder))
+    db = connect(folder, readonly=True)
+    try:
+        return read_manifest(db, folder)
+    finally:
+        db.close()

@@ -189,8 +189,12 @@ class SentenceVectors:
 
 def sentence_vectors(texts: list[str], *, index: str | Path | None = None, model: str | None = None,
                      layer: int | None = None, pooling: str | None = None, precision: str = "auto",
-                     threads: int | None = None) -> SentenceVectors:
-    """Sentence vectors as an index embeds its questions (`index`), or by a chosen recipe (None = auto)."""
+                     threads: int | None = None, backend: str = "auto") -> SentenceVectors:
+    """Sentence vectors as an index embeds its questions (`index`), or by a chosen recipe (None = auto).
+
+    With `index`, the encoder is made exactly as a Searcher of that index makes it (same measured path),
+    so the vectors are the ones its searches use.
+    """
     from indexer.embed.resolve import encoder_for, resolve_recipe
     from indexer.store.folder import check_index_folder, connect, read_manifest
 
@@ -203,11 +207,11 @@ def sentence_vectors(texts: list[str], *, index: str | Path | None = None, model
             recipe = read_manifest(db, folder).recipe
         finally:
             db.close()
-        encoder = encoder_for(recipe, model=model, precision=precision, threads=threads)
+        encoder = encoder_for(recipe, model=model, precision=precision, threads=threads, backend=backend)
         reason = f"the recipe of the index {folder}"
     else:
         resolved = resolve_recipe(model or DEFAULT_MODEL, layer=layer, pooling=pooling, precision=precision,
-                                  threads=threads)
+                                  threads=threads, backend=backend)
         recipe, encoder, reason = resolved.recipe, resolved.encoder, resolved.reason
     return embed_texts(encoder, recipe, texts, reason)
 

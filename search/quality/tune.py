@@ -247,7 +247,7 @@ def _without(ranked: list, exclude: frozenset) -> list:
 
 def _full_encoder(encoder: Encoder | None, recipe) -> Encoder:
     """An encoder that computes every hidden state (the given one if it does)."""
-    if encoder is not None and (encoder.keep_layers is None or encoder.keep_layers >= encoder.num_layers):
+    if encoder is not None and encoder.model is not None and (encoder.keep_layers is None or encoder.keep_layers >= encoder.num_layers):
         return encoder
     from indexer.embed.models import resolve_model_folder
 

@@ -1,0 +1,318 @@
+"""Which path runs the arithmetic on this machine: chosen by measuring, never by reading CPU flags alone.
+
+A CPU flag says what an instruction set offers, not what is fast: on a 2-core Xeon with AVX512-BF16 a
+bf16 matmul ran at 167 GFLOP/s against 303 for fp32, so bf16 chosen by its flag made the defaults 0.69x
+sentence-transformers. Here the candidates (ONNX Runtime fp32, PyTorch fp32, PyTorch bf16 where the CPU
+has it natively, CUDA where present) are timed once per machine and model on a fixed probe (a bulk batch
+and one short question), each checked against PyTorch fp32's vectors, and the fastest that passes is kept
+in a small JSON file beside the ONNX exports. A changed machine (CPU, flags, cores, library versions)
+measures again. `choose` is a pure function of the measurements, so tests feed it figures.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from indexer.embed import onnx_model
+from indexer.embed.runners import OnnxRunner, RunPath, TorchRunner, onnx_runner
+from indexer.errors import BertdexError
+
+PRECISIONS = ("auto", "fp32", "bf16")
+BACKENDS = ("auto", "onnx", "torch")
+MIN_COSINE = 0.999      # every probe vector against PyTorch fp32's
+MIN_TOP1 = 0.98         # share of probe texts whose nearest other probe text is fp32's
+SINGLE_SLACK = 1.15     # the chosen path's one-question time is within 15% of the fastest path's
+CHOICE_FORMAT = 1
+PROBE_SENTENCES = (
+    "How do I reset my password if I no longer have access to my email?",
+    "Can I change the delivery address after the order has shipped?",
+    "The app crashes every time I open the settings page on my phone.",
+    "Is there a discount for students or non-profit organisations?",
+    "What payment methods do you accept for international orders?",
+    "My invoice shows a charge I do not recognise, who can explain it?",
+    "비밀번호를 잊어버렸는데 어떻게 다시 설정하나요?",
+    "주문한 상품이 아직 도착하지 않았어요. 배송 조회는 어디서 하나요?",
+    "환불은 보통 며칠이 걸리나요?",
+    "영수증을 이메일로 다시 받을 수 있을까요?",
+    "Where can I download last year's tax statement?",
+    "Why was my account locked after three login attempts?",
+)
+PROBE_QUESTION = "how do I reset my password?"
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One candidate's figures on the probe: texts/s in bulk, ms for one question, agreement with fp32."""
+
+    path: RunPath
+    bulk_per_s: float
+    single_ms: float
+    cosine_min: float
+    top1_agreement: float
+    error: str | None = None
+
+    @property
+    def passes(self) -> bool:
+        return self.error is None and self.cosine_min >= MIN_COSINE and self.top1_agreement >= MIN_TOP1
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "path": self.path.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Measurement":
+        return cls(**{**data, "path": RunPath(**data["path"])})
+
+
+@dataclass
+class Choice:
+    runner: object
+    path: RunPath
+    reason: str
+    measurements: tuple[Measurement, ...] = ()
+
+
+def candidates(precision: str, backend: str, *, native_bf16: bool, cuda: bool, onnx: bool) -> list[RunPath]:
+    """The paths worth trying for these options; the first is the reference (fp32) where there is one.
+
+    candidates("auto", "auto", native_bf16=False, cuda=False, onnx=True)
+      -> [torch fp32 (cpu), onnx fp32 (cpu)]
+    """
+    paths = [RunPath("torch", "fp32")]
+    if onnx:
+        paths.append(RunPath("onnx", "fp32"))
+    if native_bf16:
+        paths.append(RunPath("torch", "bf16"))
+    if cuda:
+        paths += [RunPath("torch", "fp32", "cuda"), RunPath("torch", "fp16", "cuda"), RunPath("torch", "bf16", "cuda")]
+    if precision != "auto":
+        paths = [p for p in paths if p.precision == precision]
+    if backend != "auto":
+        paths = [p for p in paths if p.backend == backend]
+    return paths
+
+
+def choose(measurements: list[Measurement]) -> tuple[RunPath, str]:
+    """The fastest path in bulk among those that pass and answer one question within 15% of the fastest.
+
+    Raises ValueError when none passes (the caller keeps PyTorch fp32, the reference).
+    """
+    passing = [m for m in measurements if m.passes]
+    if not passing:
+        raise ValueError("no candidate reproduced fp32's vectors")
+    quickest = min(m.single_ms for m in passing)
+    responsive = [m for m in passing if m.single_ms <= SINGLE_SLACK * quickest]
+    best = max(responsive, key=lambda m: m.bulk_per_s)
+    figures = "; ".join(f"{m.path.label()} {m.bulk_per_s:.0f}/s, {m.single_ms:.1f} ms"
+                        + ("" if m.passes else " (refused: " + (m.error or f"cosine {m.cosine_min:.5f}") + ")")
+                        for m in measurements)
+    return best.path, f"measured fastest here: {figures}"
+
+
+def machine_key() -> dict:
+    """What decides speed here: CPU model, its flags, cores, the libraries' versions."""
+    import torch
+
+    model, flags = platform.processor(), ""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name") and model in ("", platform.machine()):
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags") and not flags:
+                    flags = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    versions = {"torch": torch.__version__, "numpy": np.__version__}
+    if onnx_model.available():
+        import onnxruntime
+
+        versions["onnxruntime"] = onnxruntime.__version__
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": model, "flags": hashlib.sha256(flags.encode()).hexdigest()[:12], "cores": cores, "gpu": gpu,
+            "versions": versions}
+
+
+def native_bf16() -> bool:
+    """The CPU multiplies bf16 in hardware (AVX512-BF16 or AMX): only then is bf16 worth measuring."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            flags = next((line.split() for line in handle if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def choice_file(cache: Path, checksum: str, keep_layers: int, paths: list[RunPath], machine: dict) -> Path:
+    key = json.dumps([CHOICE_FORMAT, machine, [p.to_dict() for p in paths]], sort_keys=True)
+    return cache / "choices" / f"{checksum}-L{keep_layers}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+
+
+def pick_runner(encoder, keep_layers: int | None, *, precision: str, backend: str, cache: Path | None,
+                checksum: str | None) -> Choice:
+    """The runner an Encoder will use, fixed once (see the module docstring)."""
+    import torch
+
+    if keep_layers is None:  # the tutorial and the tuner: all hidden states, on PyTorch
+        if backend == "onnx":
+            raise BertdexError(f"--backend onnx is not available for {encoder.folder}: all hidden states are computed")
+        path = RunPath("torch", "bf16" if precision == "bf16" else "fp32")
+        return Choice(TorchRunner(encoder.folder, None, path, encoder.threads), path,
+                      "all hidden states are computed (no layer chosen): PyTorch")
+    paths = candidates(precision, backend, native_bf16=native_bf16() or precision == "bf16",
+                       cuda=torch.cuda.is_available(), onnx=onnx_model.available())
+    if not paths:
+        raise BertdexError(f"--backend {backend} is not available for {encoder.folder} with --precision {precision}: "
+                           "bf16 runs on PyTorch (ONNX Runtime here is fp32)")
+    if checksum is None:
+        from indexer.embed.models import model_checksum
+
+        checksum = model_checksum(encoder.folder)
+    builder = _Builder(encoder, keep_layers, cache, checksum)
+    if len(paths) == 1:
+        return _single(builder, paths[0], backend, precision)
+    machine = machine_key()
+    saved = _read_choice(choice_file(cache, checksum, keep_layers, paths, machine)) if cache else None
+    if saved is not None:
+        path, reason, measured = saved
+        try:
+            return Choice(builder.runner(path), path, reason, measured)
+        except Exception:
+            pass  # the cached choice cannot be built any more (a damaged export): measure again
+    measured = tuple(measure(encoder, builder, paths))
+    try:
+        path, reason = choose(list(measured))
+    except ValueError as error:
+        path, reason = paths[0], f"PyTorch fp32: {error}"
+    if cache:
+        _write_choice(choice_file(cache, checksum, keep_layers, paths, machine), path, reason, measured, machine)
+    return Choice(builder.runner(path), path, reason, measured)
+
+
+def _single(builder: "_Builder", path: RunPath, backend: str, precision: str) -> Choice:
+    asked = f"--backend {backend}" if backend != "auto" else f"--precision {precision}"
+    try:
+        return Choice(builder.runner(path), path, f"{asked}: {path.label()}")
+    except Exception as error:
+        if path.backend != "onnx" or backend == "onnx":
+            if isinstance(error, BertdexError):
+                raise
+            raise BertdexError(f"--backend {path.backend} is not available for {builder.encoder.folder}: "
+                               f"{type(error).__name__}: {str(error).splitlines()[0][:120]}") from None
+        fallback = RunPath("torch", "fp32")
+        return Choice(builder.runner(fallback), fallback, f"PyTorch fp32: no ONNX export ({str(error)[:120]})")
+
+
+class _Builder:
+    """Makes runners for one encoder, sharing one PyTorch model among the CPU paths."""
+
+    def __init__(self, encoder, keep_layers: int, cache: Path | None, checksum: str):
+        self.encoder, self.keep_layers, self.cache, self.checksum = encoder, keep_layers, cache, checksum
+        self._torch: TorchRunner | None = None
+        self.built: dict[RunPath, object] = {}
+
+    def torch_runner(self) -> TorchRunner:
+        if self._torch is None:
+            self._torch = TorchRunner(self.encoder.folder, self.keep_layers, RunPath("torch", "fp32"), self.encoder.threads)
+        return self._torch
+
+    def runner(self, path: RunPath):
+        if path in self.built:
+            return self.built[path]
+        if path.backend == "onnx":
+            encoder = self.encoder
+            runner = onnx_runner(encoder.folder, self.keep_layers, inputs=encoder.input_names(),
+                                 heads=int(encoder.config.num_attention_heads), hidden=encoder.hidden_size,
+                                 threads=encoder.threads, cache=self.cache, checksum=self.checksum,
+                                 torch_source=lambda: (self.torch_runner(), encoder.probe_batch()))
+        elif path.device == "cpu":
+            runner = self.torch_runner().with_path(path)
+        else:
+            runner = TorchRunner(self.encoder.folder, self.keep_layers, path, self.encoder.threads)
+        self.built[path] = runner
+        return runner
+
+
+def measure(encoder, builder: _Builder, paths: list[RunPath]) -> list[Measurement]:
+    """Each path's speed on the probe and its vectors' agreement with the first (fp32) path's."""
+    texts = [f"{a} {b}" if i % 3 else a for i, (a, b) in
+             enumerate(zip(PROBE_SENTENCES * 6, PROBE_SENTENCES[3:] * 6 + PROBE_SENTENCES[:3] * 6))][:64]
+    results, reference = [], None
+    for path in paths:
+        try:
+            runner = builder.runner(path)
+        except Exception as error:
+            results.append(Measurement(path, 0.0, float("inf"), 0.0, 0.0, f"{type(error).__name__}: {str(error)[:100]}"))
+            continue
+        vectors, bulk, single = _time(encoder, runner, texts, builder.keep_layers)
+        if reference is None:
+            reference = vectors
+        cosine = float(np.min(np.sum(vectors * reference, axis=1)))
+        results.append(Measurement(path, bulk, single, cosine, _top1_agreement(vectors, reference)))
+    return results
+
+
+def _time(encoder, runner, texts: list[str], layer: int) -> tuple[np.ndarray, float, float]:
+    """(probe vectors, best-of-2 bulk texts/s, median ms of one question) with `runner` in the encoder."""
+    saved = encoder.__dict__.get("runner"), encoder.__dict__.get("path"), encoder.__dict__.get("batch_tokens")
+    encoder.runner, encoder.path = runner, runner.path
+    encoder.batch_tokens = 512 if runner.path.backend == "onnx" else 4096
+    encoder.max_batch = 64
+    try:
+        embed = lambda batch: encoder.embed(batch, layer=layer, pooling="mean").vectors  # noqa: E731
+        vectors = embed(texts)  # warm-up, and the vectors compared
+        rounds = []
+        for _ in range(2):
+            start = time.perf_counter()
+            embed(texts)
+            rounds.append(time.perf_counter() - start)
+        singles = []
+        for i in range(14):
+            start = time.perf_counter()
+            embed([PROBE_QUESTION])
+            if i >= 2:
+                singles.append(time.perf_counter() - start)
+    finally:
+        encoder.runner, encoder.path, encoder.batch_tokens = saved
+    return vectors, len(texts) / min(rounds), 1000 * statistics.median(singles)
+
+
+def _top1_agreement(vectors: np.ndarray, reference: np.ndarray) -> float:
+    """Share of rows whose nearest other row is the same under both sets of vectors."""
+    def nearest(matrix):
+        scores = matrix @ matrix.T
+        np.fill_diagonal(scores, -np.inf)
+        return scores.argmax(axis=1)
+
+    return float(np.mean(nearest(vectors) == nearest(reference)))
+
+
+def _read_choice(path: Path) -> tuple[RunPath, str, tuple[Measurement, ...]] | None:
+    try:
+        data = json.loads(path.read_text())
+        measured = tuple(Measurement.from_dict(m) for m in data["measurements"])
+        return RunPath(**data["chosen"]), data["reason"], measured
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _write_choice(path: Path, chosen: RunPath, reason: str, measured, machine: dict) -> None:
+    data = {"format": CHOICE_FORMAT, "chosen": chosen.to_dict(), "reason": reason, "machine": machine,
+            "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "measurements": [m.to_dict() for m in measured]}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.partial")
+        partial.write_text(json.dumps(data, indent=1))
+        os.replace(partial, path)
+    except OSError:
+        pass  # an unwritable cache: this process measured, the next one will again

@@ -1,0 +1,98 @@
+"""The measured choice of a path: fed the figures of the machines we have seen, and measured for real once."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from indexer.embed.choose import Measurement, candidates, choice_file, choose
+from indexer.embed.runners import RunPath
+
+ONNX, TORCH, BF16 = RunPath("onnx", "fp32"), RunPath("torch", "fp32"), RunPath("torch", "bf16")
+CUDA16 = RunPath("torch", "fp16", "cuda")
+
+
+def figures(path, bulk, single, cosine=0.99999, top1=1.0, error=None):
+    return Measurement(path, bulk, single, cosine, top1, error)
+
+
+# Figures from bench/throughput.py on the CPUs seen (texts/s in bulk, ms for one question).
+ZEN3_AVX2 = [figures(TORCH, 330, 16.0), figures(ONNX, 552, 4.5)]
+XEON_AVX512_BF16 = [figures(TORCH, 610, 9.0), figures(ONNX, 876, 5.7), figures(BF16, 423, 16.4, cosine=0.99990)]
+
+
+def test_zen3_keeps_onnx_fp32():
+    assert choose(ZEN3_AVX2)[0] == ONNX
+
+
+def test_a_cpu_flagged_bf16_that_runs_bf16_slower_keeps_fp32():
+    path, reason = choose(XEON_AVX512_BF16)
+    assert path == ONNX and "torch bf16 (cpu) 423/s" in reason
+
+
+def test_bf16_wins_where_it_measures_fastest_and_agrees_with_fp32():
+    amx = [figures(TORCH, 600, 9.0), figures(ONNX, 870, 5.0), figures(BF16, 1900, 4.8, cosine=0.9995)]
+    assert choose(amx)[0] == BF16
+
+
+def test_a_path_that_moves_the_vectors_is_refused_however_fast():
+    moved = [figures(TORCH, 600, 9.0), figures(ONNX, 870, 5.0), figures(BF16, 2000, 2.0, cosine=0.997)]
+    path, reason = choose(moved)
+    assert path == ONNX and "refused" in reason
+    reordered = [figures(TORCH, 600, 9.0), figures(BF16, 2000, 2.0, top1=0.9)]
+    assert choose(reordered)[0] == TORCH
+
+
+def test_the_fastest_in_bulk_is_passed_over_when_one_question_is_over_15_percent_slower():
+    gpu = [figures(TORCH, 600, 9.0), figures(ONNX, 870, 5.0), figures(CUDA16, 20000, 6.5)]
+    assert choose(gpu)[0] == ONNX
+    gpu_quick = [figures(TORCH, 600, 9.0), figures(ONNX, 870, 5.0), figures(CUDA16, 20000, 5.5)]
+    assert choose(gpu_quick)[0] == CUDA16
+
+
+def test_a_failed_candidate_is_skipped_and_none_passing_is_an_error():
+    broken = [figures(TORCH, 600, 9.0), figures(ONNX, 0.0, float("inf"), 0.0, 0.0, error="RuntimeError: no export")]
+    assert choose(broken)[0] == TORCH
+    with pytest.raises(ValueError):
+        choose([figures(BF16, 900, 3.0, cosine=0.9)])
+
+
+def test_candidates_follow_the_machine_and_the_forced_options():
+    plain = candidates("auto", "auto", native_bf16=False, cuda=False, onnx=True)
+    assert plain == [TORCH, ONNX]
+    flagged = candidates("auto", "auto", native_bf16=True, cuda=False, onnx=True)
+    assert flagged == [TORCH, ONNX, BF16]
+    assert candidates("fp32", "auto", native_bf16=True, cuda=False, onnx=True) == [TORCH, ONNX]
+    assert candidates("auto", "torch", native_bf16=True, cuda=False, onnx=True) == [TORCH, BF16]
+    assert candidates("bf16", "onnx", native_bf16=True, cuda=False, onnx=True) == []
+    assert CUDA16 in candidates("auto", "auto", native_bf16=False, cuda=True, onnx=False)
+
+
+def test_a_changed_machine_gets_another_decision_file(tmp_path):
+    machine = {"cpu": "AMD EPYC", "flags": "abc", "cores": 2, "gpu": None, "versions": {"torch": "2.13.0"}}
+    same = choice_file(tmp_path, "ab12", 6, [TORCH, ONNX], dict(machine))
+    assert same == choice_file(tmp_path, "ab12", 6, [TORCH, ONNX], dict(machine))
+    for change in ({"cores": 16}, {"flags": "abd"}, {"cpu": "Intel Xeon"}, {"versions": {"torch": "2.14.0"}}):
+        assert choice_file(tmp_path, "ab12", 6, [TORCH, ONNX], {**machine, **change}) != same
+
+
+@pytest.mark.slow
+def test_the_first_encoder_measures_and_saves_the_choice_the_next_one_reuses_it(resolved, tmp_path):
+    from indexer.embed.encoder import Encoder
+
+    folder, layer = resolved.encoder.folder, resolved.recipe.layer
+    first = Encoder(folder, keep_layers=layer, cache=tmp_path, precision="fp32")
+    (saved,) = (tmp_path / "choices").glob("*.json")
+    data = json.loads(saved.read_text())
+    assert {tuple(m["path"].values()) for m in data["measurements"]} == {("torch", "fp32", "cpu"), ("onnx", "fp32", "cpu")}
+    assert all(m["bulk_per_s"] > 0 and m["cosine_min"] > 0.9999 for m in data["measurements"])
+    assert first.path == RunPath(**data["chosen"]) and "measured fastest here" in first.path_reason
+
+    data["chosen"] = {"backend": "torch", "precision": "fp32", "device": "cpu"}  # the file decides, not a re-measure
+    saved.write_text(json.dumps(data))
+    second = Encoder(folder, keep_layers=layer, cache=tmp_path, precision="fp32")
+    assert second.path == TORCH and len(second.measurements) == 2
+    vectors = [e.embed(["where is my parcel?"], layer=layer, pooling="mean").vectors for e in (first, second)]
+    assert float(np.dot(vectors[0][0], vectors[1][0])) >= 0.99999
