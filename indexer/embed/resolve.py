@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from indexer.embed.encoder import Encoder
 from indexer.errors import BertdexError
-from indexer.embed.models import DEFAULT_MODEL, layer_count, model_checksum, resolve_model_folder, trained_pooling
+from indexer.embed.models import DEFAULT_MODEL, declared_prompts, layer_count, model_checksum, resolve_model_folder, trained_pooling
 from indexer.embed.recipe import Recipe, absolute_layer, check_pooling
 
 
@@ -24,8 +24,13 @@ class Resolved:
 
 def resolve_recipe(model: str = DEFAULT_MODEL, *, layer: int | None = None, pooling: str | None = None,
                    exclude_special: bool = False, max_length: int | None = None,
-                   precision: str = "auto", threads: int | None = None, backend: str = "auto") -> Resolved:
-    """The recipe for these choices (None = auto) and an encoder loaded for it."""
+                   precision: str = "auto", threads: int | None = None, backend: str = "auto",
+                   prefixes: tuple[str, str] | None = None) -> Resolved:
+    """The recipe for these choices (None = auto) and an encoder loaded for it.
+
+    `prefixes`: (query, passage) text put before questions and entries; None = what the model declares
+    (sentence-transformers prompts, e.g. e5's "query: " / "passage: "), else none.
+    """
     if pooling is not None:
         check_pooling(pooling)
     folder = resolve_model_folder(model)
@@ -43,10 +48,14 @@ def resolve_recipe(model: str = DEFAULT_MODEL, *, layer: int | None = None, pool
         reason = f"chosen: {chosen_pooling} of hidden state {chosen_layer} (auto would be: {reason})"
     encoder = Encoder(folder, max_length=max_length or (trained.max_length if trained else None),
                       keep_layers=chosen_layer, precision=precision, threads=threads, backend=backend, checksum=checksum)
+    query_prefix, passage_prefix = declared_prompts(folder) if prefixes is None else prefixes
+    if query_prefix or passage_prefix:
+        reason += f"; prefixes {query_prefix!r} on questions, {passage_prefix!r} on entries"
     recipe = Recipe(
         model=model, model_checksum=checksum, lowercase=encoder.lowercase,
         layer=chosen_layer, pooling=chosen_pooling, exclude_special=exclude_special,
         max_length=encoder.max_length, dimension=encoder.hidden_size * (2 if chosen_pooling == "mean-max" else 1),
+        query_prefix=query_prefix, passage_prefix=passage_prefix,
     )
     return Resolved(recipe, encoder, reason)
 

@@ -111,7 +111,8 @@ def upsert_entries(writer: IndexWriter, encoder: Encoder, entries: list[Entry]) 
         return counts
     embedded = encoder.embed([e.text for e in changed], layer=recipe.layer, pooling=recipe.pooling,
                              exclude_special=recipe.exclude_special, windows=settings.get("window", True),
-                             stride=settings.get("stride", 0), window_length=settings.get("window_length"))
+                             stride=settings.get("stride", 0), window_length=settings.get("window_length"),
+                             prefix=recipe.passage_prefix)
     documents = [{"key": e.key, "text": e.text, "fields": e.fields, "group": e.group} for e in changed]
     writer.note_encoder(encoder.path.label())
     writer.write_documents(documents, embedded.vectors, embedded.owners, embedded.spans)

@@ -43,7 +43,8 @@ def reembed_index(folder: str | Path, *, layer: int, pooling: str, search: dict 
     _check_generation(old.generation, expected_generation, folder)
     recipe = old.recipe
     resolved = resolve_recipe(recipe.model, layer=layer, pooling=pooling, exclude_special=recipe.exclude_special,
-                              max_length=recipe.max_length, threads=threads)
+                              max_length=recipe.max_length, threads=threads,
+                              prefixes=(recipe.query_prefix, recipe.passage_prefix))
     if resolved.recipe.model_checksum != recipe.model_checksum:
         raise BertdexError(f"model {recipe.model!r} is no longer the one this index was built with: rebuild it with `bertdex index --replace`")
     settings = dict(old.settings)
@@ -59,7 +60,9 @@ def reembed_index(folder: str | Path, *, layer: int, pooling: str, search: dict 
             embedded = resolved.encoder.embed([d["text"] for d in part], layer=resolved.recipe.layer,
                                               pooling=resolved.recipe.pooling,
                                               exclude_special=resolved.recipe.exclude_special,
-                                              windows=settings.get("window", True), stride=settings.get("stride", 0))
+                                              windows=settings.get("window", True), stride=settings.get("stride", 0),
+                                              window_length=settings.get("window_length"),
+                                              prefix=resolved.recipe.passage_prefix)
             writer.note_encoder(resolved.encoder.path.label())
             writer.write_documents(part, embedded.vectors, embedded.owners, embedded.spans)
         return writer.commit()
