@@ -18,7 +18,7 @@ app = typer.Typer(help="bertdex: semantic search over BERT sentence embeddings (
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 IndexDir = Annotated[Path, typer.Argument(help="Index folder.")]
-Model = Annotated[Optional[str], typer.Option("--model", help="Local model folder or hub name (default: bundled all-MiniLM-L6-v2).")]
+Model = Annotated[Optional[str], typer.Option("--model", envvar="BERTDEX_MODEL", show_envvar=True, help="A packaged model by short name (see `bertdex models`), a local model folder or a hub name. Default: $BERTDEX_MODEL, else the default model.")]
 Layer = Annotated[Optional[int], typer.Option("--layer", help="Hidden state to pool: 0 = embeddings, negative from the top (-2 = second-to-last). Default: auto.")]
 Pooling = Annotated[Optional[str], typer.Option("--pooling", help="mean, max, cls or mean-max. Default: auto.")]
 Json = Annotated[bool, typer.Option("--json", help="One JSON object per line.")]
@@ -79,12 +79,12 @@ def index(
     as_json: Json = False,
 ):
     """Embed every entry of DATA and write a new index folder."""
-    from indexer import DEFAULT_MODEL, build_index
+    from indexer import build_index
 
     with progress_reporter(quiet, "indexing") as progress:
         report = build_index(
             data, index_dir, text_fields=text_field, id_field=id_field, group_field=group_field,
-            model=model or DEFAULT_MODEL, layer=layer, pooling=pooling, exclude_special=exclude_special,
+            model=model, layer=layer, pooling=pooling, exclude_special=exclude_special,
             max_length=max_length, window=window, window_length=window_length, stride=stride, replace=replace,
             on_error=on_error,
             fmt=fmt, precision=precision, threads=threads, backend=backend, progress=progress, index_type=index_type,
@@ -231,14 +231,30 @@ def flatten(data: dict, prefix: str = ""):
 
 
 @app.command()
+def models(as_json: Json = False):
+    """List the models that come with bertdex (use one with --model NAME): languages, size, layers, speed."""
+    from dataclasses import asdict
+
+    from indexer.embed.models import KNOWN_MODELS, default_model, known_model
+
+    default = known_model(default_model())
+    for model in KNOWN_MODELS:
+        if as_json:
+            echo_json({**asdict(model), "default": model == default})
+    if not as_json:
+        print_rows(["name", "languages", "layers", "size", "speed", "from"],
+                   [[m.name + (" (default)" if m == default else ""), m.languages, str(m.layers), m.size, m.speed, m.source]
+                    for m in KNOWN_MODELS])
+
+
+@app.command()
 @fails_cleanly
 def doctor(model: Model = None, remeasure: Annotated[bool, typer.Option("--remeasure", help="Forget this machine's saved choice and time the candidate paths again.")] = False,
            as_json: Json = False):
     """Show this machine, the paths measured for the model (ONNX Runtime, PyTorch fp32/bf16, CUDA) and the one chosen."""
-    from indexer import DEFAULT_MODEL
     from indexer.embed.resolve import machine_report
 
-    report = machine_report(model or DEFAULT_MODEL, remeasure=remeasure)
+    report = machine_report(model, remeasure=remeasure)
     if as_json:
         echo_json(report)
         return
@@ -264,10 +280,9 @@ VectorsOut = Annotated[Optional[Path], typer.Option("--out", "-o", help="Write t
 @fails_cleanly
 def tutorial_tokens(text: TutorialText, model: Model = None, as_json: Json = False):
     """Show TEXT's WordPiece tokens and ids, the [UNK] count, truncation, and a warning when Hangul falls apart into jamo."""
-    from indexer import DEFAULT_MODEL
     from indexer.tutorial.tokens import load_encoder, token_table
 
-    table = token_table(load_encoder(model or DEFAULT_MODEL), text)
+    table = token_table(load_encoder(model), text)
     if as_json:
         echo_json(table.to_dict())
         return
@@ -292,10 +307,9 @@ def tutorial_layers(
     as_json: Json = False,
 ):
     """Show the hidden states' shape [layers x tokens x hidden] and each layer's value range."""
-    from indexer import DEFAULT_MODEL
     from indexer.tutorial.tokens import layer_report, load_encoder, token_histogram
 
-    encoder = load_encoder(model or DEFAULT_MODEL)
+    encoder = load_encoder(model)
     report = layer_report(encoder, text)
     plot = token_histogram(encoder, text, histogram, layer=layer, position=token) if histogram else None
     if as_json:
@@ -319,11 +333,12 @@ def tutorial_layers(
 def tutorial_words(text: TutorialText, model: Model = None, strategy: Strategy = "sum-last4", merge: Merge = "mean",
                    out: VectorsOut = None, as_json: Json = False):
     """One contextual vector per word of TEXT; a word cut into pieces comes back as one word."""
-    from indexer import DEFAULT_MODEL
     from indexer.tutorial.tokens import load_encoder
     from indexer.tutorial.words import save_vectors, word_vectors
 
-    name = model or DEFAULT_MODEL
+    from indexer.embed.models import default_model
+
+    name = model or default_model()
     result = word_vectors(load_encoder(name), text, strategy=strategy, merge=merge)
     if out:
         about = {"text": text, "model": name, "strategy": strategy, "merge": merge}
@@ -352,11 +367,10 @@ def tutorial_similar_word(
     as_json: Json = False,
 ):
     """Cosine similarity of one word's contextual vectors across sentences, as a matrix."""
-    from indexer import DEFAULT_MODEL
     from indexer.tutorial.tokens import load_encoder
     from indexer.tutorial.words import similar_word
 
-    result = similar_word(load_encoder(model or DEFAULT_MODEL), sentences, word, strategy=strategy, merge=merge)
+    result = similar_word(load_encoder(model), sentences, word, strategy=strategy, merge=merge)
     if as_json:
         echo_json(result.to_dict())
         return

@@ -42,6 +42,11 @@ KNOWN_MODELS = (
 )
 
 
+def default_model() -> str:
+    """The model new indexes get when none is named (read at call time, so one assignment changes it)."""
+    return DEFAULT_MODEL
+
+
 def known_model(name: str) -> KnownModel | None:
     """The packaged model called `name` (its short name or an alias), or None."""
     return next((m for m in KNOWN_MODELS if name == m.name or name in m.aliases), None)

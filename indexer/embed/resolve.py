@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from indexer.embed.encoder import Encoder
 from indexer.errors import BertdexError
-from indexer.embed.models import DEFAULT_MODEL, declared_prompts, layer_count, model_checksum, resolve_model_folder, trained_pooling
+from indexer.embed.models import declared_prompts, default_model, layer_count, model_checksum, resolve_model_folder, trained_pooling
 from indexer.embed.recipe import Recipe, absolute_layer, check_pooling
 
 
@@ -22,7 +22,7 @@ class Resolved:
     reason: str
 
 
-def resolve_recipe(model: str = DEFAULT_MODEL, *, layer: int | None = None, pooling: str | None = None,
+def resolve_recipe(model: str | None = None, *, layer: int | None = None, pooling: str | None = None,
                    exclude_special: bool = False, max_length: int | None = None,
                    precision: str = "auto", threads: int | None = None, backend: str = "auto",
                    prefixes: tuple[str, str] | None = None) -> Resolved:
@@ -33,6 +33,7 @@ def resolve_recipe(model: str = DEFAULT_MODEL, *, layer: int | None = None, pool
     """
     if pooling is not None:
         check_pooling(pooling)
+    model = model or default_model()
     folder = resolve_model_folder(model)
     trained = trained_pooling(folder)
     checksum = model_checksum(folder)
@@ -76,7 +77,7 @@ def encoder_for(recipe: Recipe, *, model: str | None = None, precision: str = "a
     return encoder
 
 
-def machine_report(model: str = DEFAULT_MODEL, *, remeasure: bool = False, precision: str = "auto",
+def machine_report(model: str | None = None, *, remeasure: bool = False, precision: str = "auto",
                    backend: str = "auto", threads: int | None = None) -> dict:
     """What `bertdex doctor` prints: this machine, the paths tried for the model's auto recipe, and the one kept.
 
@@ -84,6 +85,7 @@ def machine_report(model: str = DEFAULT_MODEL, *, remeasure: bool = False, preci
     """
     from indexer.embed import choose, onnx_model
 
+    model = model or default_model()
     folder = resolve_model_folder(model)
     checksum = model_checksum(folder)
     if remeasure:

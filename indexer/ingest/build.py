@@ -15,7 +15,7 @@ from pathlib import Path
 from indexer.store.ann import check_index_type
 from indexer.embed.encoder import Encoder
 from indexer.errors import BertdexError
-from indexer.embed.models import DEFAULT_MODEL
+from indexer.embed.models import default_model
 from indexer.ingest.readers import Entry, Fields, Problem, read_entries
 from indexer.embed.resolve import Resolved, encoder_for, resolve_recipe
 from indexer.store.folder import IndexWriter, Manifest, check_index_folder, connect, content_hash, read_manifest
@@ -48,7 +48,7 @@ class BuildReport:
 
 
 def build_index(data: Path, folder: Path, *, text_fields: Iterable[str] = (), id_field: str | None = None,
-                group_field: str | None = None, model: str = DEFAULT_MODEL, layer: int | None = None,
+                group_field: str | None = None, model: str | None = None, layer: int | None = None,
                 pooling: str | None = None, exclude_special: bool = False, max_length: int | None = None,
                 window: bool = True, window_length: int = 128, stride: int | None = None,
                 replace: bool = False, on_error: str = "fail",
@@ -64,7 +64,7 @@ def build_index(data: Path, folder: Path, *, text_fields: Iterable[str] = (), id
     check_index_type(index_type)  # before the input is read or a model loaded
     fields = Fields(tuple(text_fields), id_field, group_field)
     entries_total, problems = _check_input(data, fields, fmt, on_error)
-    resolved = resolved or resolve_recipe(model, layer=layer, pooling=pooling, exclude_special=exclude_special,
+    resolved = resolved or resolve_recipe(model or default_model(), layer=layer, pooling=pooling, exclude_special=exclude_special,
                                           max_length=max_length, precision=precision, threads=threads,
                                           backend=backend)
     window_length = min(window_length, resolved.recipe.max_length)

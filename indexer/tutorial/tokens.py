@@ -15,17 +15,17 @@ import numpy as np
 
 from indexer.embed.encoder import Encoder
 from indexer.errors import BertdexError
-from indexer.embed.models import DEFAULT_MODEL, resolve_model_folder, trained_pooling
+from indexer.embed.models import default_model, resolve_model_folder, trained_pooling
 from indexer.embed.recipe import absolute_layer
 
 
-def load_encoder(model: str = DEFAULT_MODEL, *, max_length: int | None = None, precision: str = "fp32",
+def load_encoder(model: str | None = None, *, max_length: int | None = None, precision: str = "fp32",
                  threads: int | None = None) -> Encoder:
     """An encoder that computes every hidden state (keep_layers=None), in fp32 unless asked otherwise.
 
     Its window is the one indexing would use: `max_length`, else the checkpoint's trained one, else the model's.
     """
-    folder = resolve_model_folder(model)
+    folder = resolve_model_folder(model or default_model())
     trained = trained_pooling(folder)
     return Encoder(folder, max_length=max_length or (trained.max_length if trained else None), keep_layers=None,
                    precision=precision, threads=threads)
