@@ -96,3 +96,26 @@ def test_the_first_encoder_measures_and_saves_the_choice_the_next_one_reuses_it(
     assert second.path == TORCH and len(second.measurements) == 2
     vectors = [e.embed(["where is my parcel?"], layer=layer, pooling="mean").vectors for e in (first, second)]
     assert float(np.dot(vectors[0][0], vectors[1][0])) >= 0.99999
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _has_cuda(), reason="no CUDA GPU on this machine: the GPU paths are measured only where one is")
+def test_cuda_paths_are_measured_and_agree_with_cpu_fp32(resolved, tmp_path):
+    from indexer.embed.encoder import Encoder
+
+    folder, layer = resolved.encoder.folder, resolved.recipe.layer
+    encoder = Encoder(folder, keep_layers=layer, cache=tmp_path)
+    measured = {m.path: m for m in encoder.measurements}
+    assert {RunPath("torch", "fp32", "cuda"), CUDA16} <= set(measured)
+    assert measured[CUDA16].bulk_per_s > 0 and measured[CUDA16].cosine_min >= 0.99
+    gpu = Encoder(folder, keep_layers=layer, cache=tmp_path, backend="torch", precision="fp32")
+    cpu = Encoder(folder, keep_layers=layer, cache=None, backend="onnx")
+    texts = ["where is my parcel?", "비밀번호를 잊어버렸어요"]
+    a, b = (e.embed(texts, layer=layer, pooling="mean").vectors for e in (gpu, cpu))
+    assert float(np.min(np.sum(a * b, axis=1))) >= 0.9999
