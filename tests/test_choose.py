@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from indexer.embed.choose import Measurement, candidates, choice_file, choose
+from indexer.embed.choose import candidates, choice_file, choose
+from indexer.embed.measure import Measurement
 from indexer.embed.runners import RunPath
 
 ONNX, TORCH, BF16 = RunPath("onnx", "fp32"), RunPath("torch", "fp32"), RunPath("torch", "bf16")

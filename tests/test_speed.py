@@ -247,7 +247,7 @@ def test_one_question_gets_the_vector_it_gets_in_a_batch_and_threads_are_restore
 
 
 def test_the_default_encoder_agrees_with_fp32_within_the_measured_tolerance(encoder, fp32_encoder, resolved):
-    from indexer.embed.choose import MIN_COSINE
+    from indexer.embed.measure import MIN_COSINE
 
     recipe = resolved.recipe
     default = encoder.embed(SENTENCES, layer=recipe.layer, pooling=recipe.pooling).vectors

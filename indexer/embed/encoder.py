@@ -16,7 +16,6 @@ import numpy as np
 
 from indexer.embed import choose, onnx_model
 from indexer.embed.pooling import normalize, pool
-from indexer.embed.runners import RunPath
 from indexer.errors import BertdexError
 
 # Padded tokens and rows per forward pass: smaller batches keep the activations nearer the cache. On
