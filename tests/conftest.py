@@ -14,6 +14,18 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 BERTDEX = [sys.executable, str(ROOT / "cli.py")]
 
+# Where the model does not matter the suite runs the small English model (6 layers: about twice as fast
+# as the default multilingual one): in this process and in every `bertdex` it starts ($BERTDEX_MODEL).
+# tests/test_default_model.py runs the real default, with neither set.
+SUITE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+os.environ["BERTDEX_MODEL"] = SUITE_MODEL
+
+
+def pytest_configure(config):
+    import indexer.embed.models as models
+
+    models.DEFAULT_MODEL = SUITE_MODEL
+
 
 @pytest.fixture(scope="session")
 def resolved():

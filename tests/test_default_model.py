@@ -1,0 +1,40 @@
+"""The default model as a new user gets it (no --model, no $BERTDEX_MODEL): Korean works out of the box."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import BERTDEX, EXAMPLES, ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def bertdex(*args):
+    environment = {name: value for name, value in os.environ.items() if name != "BERTDEX_MODEL"}
+    environment.update(HF_HUB_OFFLINE="1", COLUMNS="200")
+    return subprocess.run([*BERTDEX, *map(str, args)], capture_output=True, text=True, env=environment,
+                          timeout=900, cwd=ROOT)
+
+
+def test_the_default_is_the_multilingual_model_and_the_korean_sample_question_finds_forgot_password(tmp_path):
+    folder = tmp_path / "faq-ko"
+    built = bertdex("index", EXAMPLES / "faq_ko.csv", "--index", folder, "--text-field", "question",
+                    "--group-field", "group", "-q")
+    assert built.returncode == 0, built.stderr
+    info = json.loads(bertdex("info", folder, "--json").stdout)
+    assert info["model"] == "multilingual-e5-small"
+    assert "warning" not in built.stderr  # the model reads Korean: no jamo warning
+    answer = json.loads(bertdex("query", folder, "비밀번호가 생각이 안 나요", "-k", "3", "--json").stdout.splitlines()[0])
+    hits = answer.get("hits", answer)
+    assert hits[0]["group"] == "g-password-reset"  # "forgot password", not "change password" (ko-003, g-change-password)
+
+
+def test_the_models_command_marks_the_default():
+    listed = [json.loads(line) for line in bertdex("models", "--json").stdout.splitlines()]
+    assert [m["name"] for m in listed if m["default"]] == ["multilingual-e5-small"]
+    assert {m["name"] for m in listed} == {"all-MiniLM-L6-v2", "multilingual-e5-small"}
