@@ -160,4 +160,12 @@ def read_questions(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise BertdexError(f"{path}: no such file")
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        return split_questions(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise BertdexError(f"{path}: not valid UTF-8 (byte {error.start + 1}): convert the file to UTF-8") from None
+
+
+def split_questions(text: str) -> list[str]:
+    """One question per non-empty line: split_questions("a\n\n b \n") -> ["a", "b"]."""
+    return [line.strip() for line in text.splitlines() if line.strip()]
