@@ -13,7 +13,7 @@ the highest of them. This module does not tune the ranking: see `search.quality.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from indexer.errors import BertdexError
@@ -38,6 +38,8 @@ class Calibration:
     refused_right: int
     refused_wrong: int
     stored: bool
+    # (top score, top answer right) per example, out-of-scope ones first: what `--plot` draws
+    examples: tuple[tuple[float, bool], ...] = field(default=(), repr=False)
 
     @property
     def precision(self) -> float:
@@ -79,7 +81,7 @@ def calibrate_index(folder: str | Path, *, out_of_scope: list[str] = (), in_scop
         cut, rule = choose_cut(examples, target_precision)
     n_out = len(out_of_scope)
     result = Calibration(str(folder), mode, cut, rule, len(examples) - n_out, n_out, stored=False,
-                         **_counts(examples, cut))
+                         examples=tuple(examples), **_counts(examples, cut))
     if store:
         summary = {name: value for name, value in result.to_dict().items() if name not in ("folder", "stored")}
         store_search_settings(folder, {**_current_search(folder), "mode": mode, "min_score": cut, "calibration": summary},
