@@ -102,7 +102,7 @@ def read_records(path: Path, fmt: str | None = None, delimiter: str | None = Non
         raise BertdexError(f"{path}: no such file")
     delimiter = check_delimiter(delimiter)
     fmt = detect_format(path, fmt)
-    if delimiter is not None and fmt == "text" and path.suffix.lower() not in (".txt", ".text"):
+    if delimiter is not None and fmt == "text":
         fmt = "csv"
     opener = gzip.open if path.suffix.lower() == ".gz" else open
     with opener(path, "rb") as handle:
