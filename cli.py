@@ -327,7 +327,7 @@ def output_format(*, as_json: bool = False, nl: bool = False, csv: bool = False,
 
 def asked_questions(questions: Optional[list[str]], from_file: Optional[Path]) -> list[str]:
     """The questions given, then stdin's lines ('-' as a question or as --file), then --file's lines."""
-    from search.quality.calibrate import read_questions, split_questions
+    from indexer.ingest.readers import read_questions, split_questions
 
     given = list(questions or [])
     asked = [question for question in given if question != "-"]
@@ -362,13 +362,14 @@ def query(
     as_tsv: AsTsv = False,
 ):
     """Answer questions with the closest entries, ranked by cosine similarity."""
-    from search import Searcher
     from search.filters import check_weight, filter_problem, parse_where
 
     output = output_format(as_json=as_json, nl=as_nl, csv=as_csv, tsv=as_tsv)
     asked = asked_questions(questions, from_file)
     filters = parse_where(where)
-    check_weight(weight)  # before the model loads
+    check_weight(weight)  # before torch is imported and the model loads
+    from search import Searcher
+
     searcher = Searcher(index_dir, model=model, layer=layer, pooling=chosen(pooling))
     results = searcher.search_many(asked, k, mode=chosen(mode), min_score=min_score, weight=weight,
                                    filters=filters or None)
@@ -773,7 +774,8 @@ def calibrate(
     as_json: Json = False,
 ):
     """Choose the "no good answer" cut (min score) from example questions and store it in the index."""
-    from search.quality.calibrate import calibrate_index, read_questions
+    from indexer.ingest.readers import read_questions
+    from search.quality.calibrate import calibrate_index
 
     asked, judged = labelled(queries, qrels, required=False)
     result = calibrate_index(index_dir, out_of_scope=read_questions(out_of_scope) if out_of_scope else [],
@@ -917,7 +919,7 @@ def print_report(report, as_json: bool, rename=lambda message: message) -> None:
 
 class progress_reporter:
     """On a terminal's stderr: a spinner while the input is read and the model loads, then a bar that
-    moves per batch. Elsewhere plain lines (at the start, every 5 s, at the end); nothing with --quiet."""
+    moves per batch. Elsewhere plain lines (every 5 s and at the end); nothing with --quiet."""
 
     def __init__(self, quiet: bool, label: str):
         import time
@@ -948,7 +950,8 @@ class progress_reporter:
         now = time.monotonic()
         if done == 0:  # the input is checked: the model loads next
             self.first_done = (now, 0)
-            self._show(f"{self.label}: loading the model", 0, total, "", f"{self.label}: {total} entries read; loading the model")
+            if self.bar is not None:  # a plain line here would come before any error line of the model's
+                self._show(f"{self.label}: loading the model", 0, total, "", "")
             return
         if self.first_done is None or self.first_done[1] == 0:  # the first batch: the model has loaded
             self.first_done = (now, done)

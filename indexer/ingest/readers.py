@@ -288,3 +288,19 @@ def _entry(record: dict, fields: Fields, path: Path, line: int) -> Entry | Probl
     others = {name: value for name, value in record.items()
               if (joined or name not in fields.text) and name != fields.key}
     return Entry(key, text, others, group, line)
+
+
+def read_questions(path: str | Path) -> list[str]:
+    """Non-empty lines of a text file, one question each (for `query --file`, `calibrate`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise BertdexError(f"{path}: no such file")
+    try:
+        return split_questions(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise BertdexError(f"{path}: not valid UTF-8 (byte {error.start + 1}): convert the file to UTF-8") from None
+
+
+def split_questions(text: str) -> list[str]:
+    """One question per non-empty line: split_questions("a\\n\\n b \\n") -> ["a", "b"]."""
+    return [line.strip() for line in text.splitlines() if line.strip()]

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from indexer.errors import BertdexError
+from indexer.ingest.readers import read_questions  # noqa: F401 (its examples' reader, kept importable from here)
 from indexer.ingest.reembed import store_search_settings
 from search.searcher import Searcher
 
@@ -155,19 +156,3 @@ def _current_search(folder) -> dict:
     from search.searcher import open_manifest
 
     return dict(open_manifest(folder).settings.get("search", {}))
-
-
-def read_questions(path: str | Path) -> list[str]:
-    """Non-empty lines of a text file, one question each."""
-    path = Path(path)
-    if not path.is_file():
-        raise BertdexError(f"{path}: no such file")
-    try:
-        return split_questions(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as error:
-        raise BertdexError(f"{path}: not valid UTF-8 (byte {error.start + 1}): convert the file to UTF-8") from None
-
-
-def split_questions(text: str) -> list[str]:
-    """One question per non-empty line: split_questions("a\n\n b \n") -> ["a", "b"]."""
-    return [line.strip() for line in text.splitlines() if line.strip()]
