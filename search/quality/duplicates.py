@@ -99,8 +99,8 @@ def measured_threshold(vectors: np.ndarray, groups: list[str | None]) -> tuple[f
     if not inside:
         return DEFAULT_THRESHOLD, "no group has two entries: the default, measured on the example FAQs"
     value = float(np.quantile(np.asarray(inside), GROUP_QUANTILE))
-    return value, (f"the {GROUP_QUANTILE * 100:.0f}th percentile of the cosines between phrasings of one question "
-                   f"({len(inside)} pairs in the index's groups)")
+    return value, (f"the {GROUP_QUANTILE * 100:.0f}th percentile of the cosines between phrasings of one question, "
+                   f"{len(inside)} pairs in the index's groups")
 
 
 def close_pairs(vectors: np.ndarray, groups: list[str | None], threshold: float) -> list[tuple[float, int, int]]:
