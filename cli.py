@@ -804,10 +804,11 @@ def print_hits(question: str, hits, show_question: bool, columns: Optional[list[
     """A rich table of one question's hits; the matching window of a long text in bold, cells cut to `width`."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     console = Console()
     if show_question:
-        console.print(f"[bold]{question}[/bold]", markup=True, highlight=False)
+        console.print(Text(question, style="bold"))  # a question may hold [brackets]: no markup
     if not hits:
         console.print(why, markup=False, highlight=False)
         return
