@@ -1,7 +1,8 @@
 """The `bertdex` command: typer options -> one library call -> print. No logic lives here.
 
-People get rich tables; programs get JSON lines (--json). A BertdexError becomes one line on
-stderr and exit status 1.
+People get rich tables; programs get JSON lines (--json), or rows (--nl, --csv, --tsv) where a
+command lists things. A BertdexError becomes one line on stderr and exit status 1. The index
+folder comes first everywhere (`bertdex index DIR DATA`); `-` reads stdin.
 """
 
 from __future__ import annotations
@@ -9,21 +10,109 @@ from __future__ import annotations
 import functools
 import json
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+import typer.core
+
+# typer 0.29 prints a "<bool>" placeholder beside every flag, though a flag takes no value: show none
+_shown_type = typer.core.TyperOption.display_type_rich
+typer.core.TyperOption.display_type_rich = lambda self, ctx: None if self.is_flag else _shown_type(self, ctx)
 
 app = typer.Typer(help="bertdex: semantic search over BERT sentence embeddings (FAISS + SQLite).",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+tutorial = typer.Typer(help="The BERT embedding tutorial, one command per step: tokens, layers, words, "
+                            "similar-word, embed.", no_args_is_help=True)
+app.add_typer(tutorial, name="tutorial")
 
-IndexDir = Annotated[Path, typer.Argument(help="Index folder.")]
+
+# -- choices (the library's own lists; tests/test_cli.py checks they agree) -------------------------
+
+
+class Pooling(str, Enum):
+    mean = "mean"
+    max = "max"
+    cls = "cls"
+    mean_max = "mean-max"
+
+
+class Precision(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+class Backend(str, Enum):
+    auto = "auto"
+    onnx = "onnx"
+    torch = "torch"
+
+
+class Mode(str, Enum):
+    dense = "dense"
+    keyword = "keyword"
+    hybrid = "hybrid"
+
+
+class IndexType(str, Enum):
+    auto = "auto"
+    flat = "flat"
+    hnsw = "hnsw"
+    ivf = "ivf"
+
+
+class OnError(str, Enum):
+    fail = "fail"
+    skip = "skip"
+
+
+class Format(str, Enum):
+    csv = "csv"
+    tsv = "tsv"
+    jsonl = "jsonl"
+    text = "text"
+
+
+class Strategy(str, Enum):
+    concat_last4 = "concat-last4"
+    sum_last4 = "sum-last4"
+    last = "last"
+    second_last = "second-last"
+
+
+class Merge(str, Enum):
+    mean = "mean"
+    first = "first"
+    last = "last"
+
+
+def chosen(choice: Optional[Enum]) -> Optional[str]:
+    """The plain string of an Enum choice (None stays None), for the library."""
+    return None if choice is None else choice.value
+
+
+# -- options shared by several commands ------------------------------------------------------------
+
+IndexDir = Annotated[Path, typer.Argument(help="Index folder.", metavar="DIR")]
 Model = Annotated[Optional[str], typer.Option("--model", envvar="BERTDEX_MODEL", show_envvar=True, help="A packaged model by short name (see `bertdex models`), a local model folder or a hub name. Default: $BERTDEX_MODEL, else the default model.")]
 Layer = Annotated[Optional[int], typer.Option("--layer", help="Hidden state to pool: 0 = embeddings, negative from the top (-2 = second-to-last). Default: auto.")]
-Pooling = Annotated[Optional[str], typer.Option("--pooling", help="mean, max, cls or mean-max. Default: auto.")]
+PoolingOption = Annotated[Optional[Pooling], typer.Option("--pooling", help="Default: auto.")]
 Json = Annotated[bool, typer.Option("--json", help="One JSON object per line.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
-Backend = Annotated[str, typer.Option("--backend", help="auto, onnx or torch: auto takes the path measured fastest on this machine among those that give fp32's vectors (see `bertdex doctor`).")]
+BackendOption = Annotated[Backend, typer.Option("--backend", help="auto takes the path measured fastest on this machine among those that give fp32's vectors (see `bertdex doctor`).")]
+PrecisionOption = Annotated[Precision, typer.Option("--precision", help="auto: measured once per machine (see `bertdex doctor`); fp32 or bf16 force it.")]
+Threads = Annotated[Optional[int], typer.Option("--threads", min=1, help="Threads (default: all cores).")]
+
+# index and add read their input the same way
+Data = Annotated[Optional[Path], typer.Argument(help="CSV/TSV with a header, JSON Lines, or plain text (one entry a line); '-' reads stdin.", metavar="DATA")]
+TextFields = Annotated[list[str], typer.Option("--text-field", "-t", help="Field to embed; repeat to embed several joined (-t question -t answer: each stays its own stored field). Default: text/question, or as the index was built.")]
+IdField = Annotated[Optional[str], typer.Option("--id-field", help="Field holding each entry's key. Default: id/_id/key, else the line number; or as the index was built.")]
+GroupField = Annotated[Optional[str], typer.Option("--group-field", help="Field grouping question variants of one answer; results show one row per group.")]
+OnErrorOption = Annotated[OnError, typer.Option("--on-error", help="fail: refuse the whole file at the first bad row; skip: leave bad rows out.")]
+FormatOption = Annotated[Optional[Format], typer.Option("--format", help="Input format (default: from the extension; sniffed for stdin).")]
+Delimiter = Annotated[Optional[str], typer.Option("--delimiter", "-d", help="CSV delimiter, e.g. ';' or '\\t' (default: sniffed from the first lines).")]
 
 
 def fails_cleanly(command):
@@ -49,49 +138,109 @@ def echo_json(data) -> None:
     typer.echo(json.dumps(data, ensure_ascii=False))
 
 
+def note(message: str) -> None:
+    typer.echo(f"note: {message}", err=True)
+
+
+def show_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"bertdex {version('bertdex')}")
+        except PackageNotFoundError:
+            typer.echo("bertdex (not installed: run from a source tree)")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=show_version, is_eager=True, help="Show the version and exit.")] = False,
+):
+    """bertdex: semantic search over BERT sentence embeddings (FAISS + SQLite)."""
+
+
 # -- indexing ---------------------------------------------------------------------------------------
+
+
+def index_first(index_dir: Path, data: Optional[Path], old_index: Optional[Path]) -> tuple[Path, Path]:
+    """(DIR, DATA) from `index DIR DATA`, or from the old `index DATA --index DIR` with a note."""
+    if old_index is None:
+        if data is None:
+            raise typer.BadParameter("give the index folder, then the data: bertdex index DIR DATA")
+        return index_dir, data
+    if data is not None:
+        raise typer.BadParameter("give the index folder once: bertdex index DIR DATA (--index is the old order)")
+    note(f"`bertdex index DATA --index DIR` is the old order; write `bertdex index {old_index} {index_dir}` "
+         "(the old order goes in the next version)")
+    return old_index, index_dir
+
+
+class input_file:
+    """DATA as a path the readers can read twice: a file as is, '-' (stdin) spooled to a temporary file.
+
+    `rename(message)` puts `<stdin>` in place of the temporary file's name.
+    """
+
+    def __init__(self, data: Path, fmt: Optional[Format]):
+        self.path, self.fmt, self.spool = data, chosen(fmt), None
+        self.rename = lambda message: message
+
+    def __enter__(self) -> "input_file":
+        if str(self.path) == "-":
+            from indexer.ingest.stdin import spooled
+
+            self.spool = spooled(sys.stdin.buffer, self.fmt)
+            copy = self.spool.__enter__()
+            self.path, self.fmt, self.rename = copy.path, copy.fmt, copy.rename
+        return self
+
+    def __exit__(self, *exc):
+        return self.spool.__exit__(*exc) if self.spool else False
 
 
 @app.command()
 @fails_cleanly
 def index(
-    data: Annotated[Path, typer.Argument(help="CSV/TSV with a header, JSON Lines, or plain text (one entry a line).")],
-    index_dir: Annotated[Path, typer.Option("--index", "-i", help="Index folder to create.")],
-    text_field: Annotated[list[str], typer.Option("--text-field", "-t", help="Field to embed; repeat to join several with a space. Default: text/question.")] = [],
-    id_field: Annotated[Optional[str], typer.Option(help="Field holding each entry's key. Default: id/_id/key, else the line number.")] = None,
-    group_field: Annotated[Optional[str], typer.Option(help="Field grouping question variants of one answer; results show one row per group.")] = None,
+    index_dir: Annotated[Path, typer.Argument(help="Index folder to create.", metavar="DIR")],
+    data: Data = None,
+    old_index: Annotated[Optional[Path], typer.Option("--index", "-i", hidden=True, help="The old order, `index DATA --index DIR` (deprecated).")] = None,
+    text_field: TextFields = [],
+    id_field: IdField = None,
+    group_field: GroupField = None,
     model: Model = None,
     layer: Layer = None,
-    pooling: Pooling = None,
+    pooling: PoolingOption = None,
     exclude_special: Annotated[bool, typer.Option(help="Leave [CLS]/[SEP] out of mean/max pooling.")] = False,
     max_length: Annotated[Optional[int], typer.Option(help="Tokens per window (default: the model's limit, at most 512).")] = None,
     window: Annotated[bool, typer.Option("--window/--truncate", help="Split texts longer than --max-length into overlapping windows (default), or cut them.")] = True,
     window_length: Annotated[int, typer.Option(help="Tokens per window of a long text (texts that fit in --max-length stay whole).")] = 128,
     stride: Annotated[Optional[int], typer.Option(help="Tokens shared by consecutive windows (default: a quarter of the window).")] = None,
-    replace: Annotated[bool, typer.Option(help="Rebuild an existing index in place (one commit).")] = False,
-    on_error: Annotated[str, typer.Option(help="fail: refuse the whole file at the first bad row; skip: leave bad rows out.")] = "fail",
-    fmt: Annotated[Optional[str], typer.Option("--format", help="csv, tsv, jsonl or text (default: from the extension).")] = None,
-    precision: Annotated[str, typer.Option(help="auto, fp32 or bf16 (auto: measured once per machine, see `bertdex doctor`).")] = "auto",
-    threads: Annotated[Optional[int], typer.Option(help="Threads (default: all cores).")] = None,
-    backend: Backend = "auto",
-    index_type: Annotated[str, typer.Option("--index-type", help="flat (exact), hnsw, ivf, or auto: flat up to 20,000 vectors, HNSW above; ANN search depth is tuned at each commit to recall@10 >= 0.98 vs exact.")] = "auto",
+    replace: Annotated[bool, typer.Option("--replace", help="Rebuild an existing index in place (one commit).")] = False,
+    on_error: OnErrorOption = OnError.fail,
+    fmt: FormatOption = None,
+    delimiter: Delimiter = None,
+    precision: PrecisionOption = Precision.auto,
+    threads: Threads = None,
+    backend: BackendOption = Backend.auto,
+    index_type: Annotated[IndexType, typer.Option("--index-type", help="flat (exact), hnsw, ivf, or auto: flat up to 20,000 vectors, HNSW above; ANN search depth is tuned at each commit to recall@10 >= 0.98 vs exact.")] = IndexType.auto,
     quiet: Quiet = False,
     as_json: Json = False,
 ):
-    """Embed every entry of DATA and write a new index folder."""
+    """Embed every entry of DATA and write a new index folder DIR."""
     from indexer import build_index
-
-    with progress_reporter(quiet, "indexing") as progress:
-        report = build_index(
-            data, index_dir, text_fields=text_field, id_field=id_field, group_field=group_field,
-            model=model, layer=layer, pooling=pooling, exclude_special=exclude_special,
-            max_length=max_length, window=window, window_length=window_length, stride=stride, replace=replace,
-            on_error=on_error,
-            fmt=fmt, precision=precision, threads=threads, backend=backend, progress=progress, index_type=index_type,
-        )
-    print_report(report, as_json)
     from indexer.store.coverage import index_warnings
 
+    index_dir, data = index_first(index_dir, data, old_index)
+    with input_file(data, fmt) as source, progress_reporter(quiet, "indexing") as progress:
+        report = build_index(
+            source.path, index_dir, text_fields=text_field, id_field=id_field, group_field=group_field,
+            model=model, layer=layer, pooling=chosen(pooling), exclude_special=exclude_special,
+            max_length=max_length, window=window, window_length=window_length, stride=stride, replace=replace,
+            on_error=chosen(on_error), fmt=source.fmt, delimiter=delimiter, precision=chosen(precision),
+            threads=threads, backend=chosen(backend), progress=progress, index_type=chosen(index_type),
+        )
+    print_report(report, as_json, source.rename)
     for warning in index_warnings(index_dir):
         typer.echo(f"warning: {warning}", err=True)
 
@@ -100,26 +249,28 @@ def index(
 @fails_cleanly
 def add(
     index_dir: IndexDir,
-    data: Annotated[Path, typer.Argument(help="File of entries to add or update by key.")],
-    text_field: Annotated[list[str], typer.Option("--text-field", "-t", help="Default: as when the index was built.")] = [],
-    id_field: Annotated[Optional[str], typer.Option(help="Default: as when the index was built.")] = None,
-    group_field: Annotated[Optional[str], typer.Option(help="Default: as when the index was built.")] = None,
-    on_error: Annotated[str, typer.Option(help="fail or skip.")] = "fail",
-    fmt: Annotated[Optional[str], typer.Option("--format", help="csv, tsv, jsonl or text.")] = None,
-    precision: Annotated[str, typer.Option(help="auto, fp32 or bf16.")] = "auto",
-    threads: Annotated[Optional[int], typer.Option(help="Threads (default: all cores).")] = None,
-    backend: Backend = "auto",
+    data: Annotated[Path, typer.Argument(help="File of entries to add or update by key; '-' reads stdin.", metavar="DATA")],
+    text_field: TextFields = [],
+    id_field: IdField = None,
+    group_field: GroupField = None,
+    on_error: OnErrorOption = OnError.fail,
+    fmt: FormatOption = None,
+    delimiter: Delimiter = None,
+    precision: PrecisionOption = Precision.auto,
+    threads: Threads = None,
+    backend: BackendOption = Backend.auto,
     quiet: Quiet = False,
     as_json: Json = False,
 ):
     """Add entries, or update them by key: unchanged texts are not re-embedded."""
     from indexer import add_documents
 
-    with progress_reporter(quiet, "adding") as progress:
-        report = add_documents(index_dir, data, text_fields=text_field, id_field=id_field, group_field=group_field,
-                               on_error=on_error, fmt=fmt, precision=precision, threads=threads, backend=backend,
+    with input_file(data, fmt) as source, progress_reporter(quiet, "adding") as progress:
+        report = add_documents(index_dir, source.path, text_fields=text_field, id_field=id_field, group_field=group_field,
+                               on_error=chosen(on_error), fmt=source.fmt, delimiter=delimiter,
+                               precision=chosen(precision), threads=threads, backend=chosen(backend),
                                progress=progress)
-    print_report(report, as_json)
+    print_report(report, as_json, source.rename)
 
 
 @app.command()
@@ -159,6 +310,35 @@ def verify(index_dir: IndexDir, as_json: Json = False):
 
 # -- searching --------------------------------------------------------------------------------------
 
+AsJsonLines = Annotated[bool, typer.Option("--nl", help="One JSON object per row (newline-delimited).")]
+AsCsv = Annotated[bool, typer.Option("--csv", help="Rows as CSV with a header.")]
+AsTsv = Annotated[bool, typer.Option("--tsv", help="Rows as TSV with a header.")]
+Fields = Annotated[list[str], typer.Option("--fields", help="Columns of the table, --csv, --tsv and --nl rows, comma-separated: rank, score, key, text, span, group, variants, question, or a stored field (default: rank, score, key, text and every stored field).")]
+Width = Annotated[int, typer.Option("--width", min=0, help="Cut each table cell to this many characters, around the matching window (0: whole).")]
+
+
+def output_format(*, as_json: bool = False, nl: bool = False, csv: bool = False, tsv: bool = False) -> str:
+    """table, json, nl, csv or tsv from the output flags; at most one may be given."""
+    given = [name for name, on in (("json", as_json), ("nl", nl), ("csv", csv), ("tsv", tsv)) if on]
+    if len(given) > 1:
+        raise typer.BadParameter(f"choose one output format, not --{' and --'.join(given)}")
+    return given[0] if given else "table"
+
+
+def asked_questions(questions: Optional[list[str]], from_file: Optional[Path]) -> list[str]:
+    """The questions given, then stdin's lines ('-' as a question or as --file), then --file's lines."""
+    from indexer.ingest.readers import read_questions, split_questions
+
+    given = list(questions or [])
+    asked = [question for question in given if question != "-"]
+    if "-" in given or str(from_file) == "-":
+        asked += split_questions(sys.stdin.read())
+    if from_file is not None and str(from_file) != "-":
+        asked += read_questions(from_file)
+    if not asked:
+        raise typer.BadParameter("give a question, '-' for stdin, or --file")
+    return asked
+
 
 @app.command()
 @fails_cleanly
@@ -166,41 +346,108 @@ def query(
     index_dir: IndexDir,
     questions: Annotated[Optional[list[str]], typer.Argument(help="Questions; '-' reads one per line from stdin.")] = None,
     k: Annotated[int, typer.Option("-k", "--top", help="Answers per question.")] = 5,
-    from_file: Annotated[Optional[Path], typer.Option("--file", "-f", help="Read questions from a file, one per line.")] = None,
-    mode: Annotated[Optional[str], typer.Option(help="dense, keyword or hybrid (default: the index's tuned mode, else dense).")] = None,
+    from_file: Annotated[Optional[Path], typer.Option("--file", "-f", help="Read questions from a file, one per line ('-': stdin).")] = None,
+    mode: Annotated[Optional[Mode], typer.Option(help="Default: the index's tuned mode, else dense.")] = None,
     weight: Annotated[Optional[float], typer.Option(help="Hybrid: the dense side's share, 0..1.")] = None,
     min_score: Annotated[Optional[float], typer.Option(help="Drop answers scoring below this; none left = 'no good answer'.")] = None,
-    where: Annotated[list[str], typer.Option("--where", help="Filter on a stored field: NAME=VALUE (repeatable).")] = [],
+    where: Annotated[list[str], typer.Option("--where", help="Filter on a stored field: NAME=VALUE. Several fields: all must match; one field twice: either value matches.")] = [],
+    fields: Fields = [],
+    width: Width = 240,
     model: Model = None,
     layer: Layer = None,
-    pooling: Pooling = None,
+    pooling: PoolingOption = None,
     as_json: Json = False,
+    as_nl: AsJsonLines = False,
+    as_csv: AsCsv = False,
+    as_tsv: AsTsv = False,
 ):
     """Answer questions with the closest entries, ranked by cosine similarity."""
+    from search.filters import check_weight, filter_problem, parse_where
+
+    output = output_format(as_json=as_json, nl=as_nl, csv=as_csv, tsv=as_tsv)
+    asked = asked_questions(questions, from_file)
+    filters = parse_where(where)
+    check_weight(weight)  # before torch is imported and the model loads
     from search import Searcher
 
-    asked = list(questions or [])
-    if asked == ["-"]:
-        asked = [line.strip() for line in sys.stdin if line.strip()]
-    if from_file:
-        asked += [line.strip() for line in from_file.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not asked:
-        raise typer.BadParameter("give a question, '-' for stdin, or --file")
-    filters = dict(parse_where(item) for item in where)
-    searcher = Searcher(index_dir, model=model, layer=layer, pooling=pooling)
-    results = searcher.search_many(asked, k, mode=mode, min_score=min_score, weight=weight, filters=filters)
-    for question, hits in zip(asked, results):
-        if as_json:
-            echo_json({"question": question, "answered": bool(hits), "hits": [hit.to_dict() for hit in hits]})
-        else:
-            print_hits(question, hits, len(asked) > 1)
+    searcher = Searcher(index_dir, model=model, layer=layer, pooling=chosen(pooling))
+    results = searcher.search_many(asked, k, mode=chosen(mode), min_score=min_score, weight=weight,
+                                   filters=filters or None)
+    why = (filter_problem(searcher.db, filters) if filters and not all(results) else None) \
+        or "no good answer (nothing passed the score cut)"
+    columns = column_names(fields, results)
+    if output == "json":
+        for question, hits in zip(asked, results):
+            echo_json({"question": question, "answered": bool(hits), "hits": [hit.to_dict() for hit in hits],
+                       **({} if hits else {"reason": why})})
+    elif output == "table":
+        for question, hits in zip(asked, results):
+            print_hits(question, hits, len(asked) > 1, columns, width, why)
+    else:
+        print_rows_as(output, columns or default_columns(results),
+                      [hit_row(question, hit) for question, hits in zip(asked, results) for hit in hits])
+        for question in (question for question, hits in zip(asked, results) if not hits):
+            typer.echo(f"{question}: {why}", err=True)
 
 
-def parse_where(item: str) -> tuple[str, str]:
-    name, sep, value = item.partition("=")
-    if not sep or not name:
-        raise typer.BadParameter(f"--where {item!r}: use NAME=VALUE")
-    return name, value
+HIT_COLUMNS = ("rank", "score", "key", "text", "span", "group", "variants", "question")
+
+
+def column_names(requested: list[str], results) -> Optional[list[str]]:
+    """The --fields names in order (None: the default), checked against the hits' stored fields."""
+    names = [name.strip() for item in requested for name in item.split(",") if name.strip()]
+    stored = dict.fromkeys(name for hits in results for hit in hits for name in hit.fields)
+    for name in names:
+        if name not in HIT_COLUMNS and stored and name not in stored:
+            raise typer.BadParameter(f"--fields {name!r}: choose from {', '.join([*HIT_COLUMNS, *stored])}")
+    return names or None
+
+
+def default_columns(results) -> list[str]:
+    stored = dict.fromkeys(name for hits in results for hit in hits for name in hit.fields)
+    return ["question", "rank", "score", "key", "text", *[name for name in stored if name not in HIT_COLUMNS]]
+
+
+def hit_row(question: str, hit) -> dict:
+    """Everything a row can show for one hit: the stored fields, then the hit's own columns."""
+    return {**hit.fields, "question": question, "rank": hit.rank, "score": round(hit.score, 6), "key": hit.key,
+            "text": hit.text, "span": list(hit.span) if hit.span else None, "group": hit.group,
+            "variants": list(hit.variants)}
+
+
+@app.command()
+@fails_cleanly
+def duplicates(
+    index_dir: IndexDir,
+    threshold: Annotated[Optional[float], typer.Option(help="Cosine at or above which two entries are near-duplicates (default: measured on the index's groups, else 0.9).")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="Most pairs to list, closest first.")] = 100,
+    width: Width = 80,
+    as_json: Json = False,
+    as_nl: AsJsonLines = False,
+    as_csv: AsCsv = False,
+    as_tsv: AsTsv = False,
+):
+    """List pairs of entries whose vectors are closer than a threshold, so a desk can merge them."""
+    from search.quality.duplicates import find_duplicates
+
+    output = output_format(as_json=as_json, nl=as_nl, csv=as_csv, tsv=as_tsv)
+    found = find_duplicates(index_dir, threshold=threshold, limit=limit)
+    if output == "json":
+        echo_json(found.to_dict())
+        return
+    rows = [pair.to_dict() for pair in found.pairs]
+    if output != "table":
+        print_rows_as(output, ["cosine", "key_a", "key_b", "text_a", "text_b"], rows)
+    elif rows:
+        print_rows(("cosine", "key a", "key b", "text a", "text b"),
+                   [(f"{r['cosine']:.4f}", r["key_a"], r["key_b"], cut(r["text_a"], width), cut(r["text_b"], width))
+                    for r in rows])
+    typer.echo(f"{len(found.pairs)} pair(s) at cosine >= {found.threshold:.4f} ({found.rule})"
+               + (f"; {found.more} more not listed (--limit)" if found.more else ""), err=output != "table")
+
+
+def cut(text: str, width: int) -> str:
+    return text if not width or len(text) <= width else text[: max(width - 1, 1)] + "…"
 
 
 @app.command()
@@ -271,12 +518,29 @@ def doctor(model: Model = None, remeasure: Annotated[bool, typer.Option("--remea
 # The BERT embedding tutorial, one command per step: tokens, layers, words, similar-word, embed.
 
 TutorialText = Annotated[str, typer.Argument(help="The text to look at.")]
-Strategy = Annotated[str, typer.Option(help="Word vector from the hidden states: concat-last4, sum-last4, last or second-last.")]
-Merge = Annotated[str, typer.Option(help="A word cut into WordPiece pieces becomes: mean, first or last piece.")]
+StrategyOption = Annotated[Strategy, typer.Option("--strategy", help="Word vector from the hidden states.")]
+MergeOption = Annotated[Merge, typer.Option("--merge", help="A word cut into WordPiece pieces becomes the mean, first or last piece.")]
 VectorsOut = Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the vectors: .json (vectors inside) or .npy (and a .json of labels beside it).")]
 
 
-@app.command("tokens")
+def tutorial_command(name: str):
+    """`bertdex tutorial NAME`, and the old top-level `bertdex NAME` as a hidden alias with a note (one version)."""
+
+    def register(command):
+        tutorial.command(name)(command)
+
+        @functools.wraps(command)
+        def old_name(*args, **kwargs):
+            note(f"`bertdex {name}` is now `bertdex tutorial {name}`; the old name goes in the next version")
+            return command(*args, **kwargs)
+
+        app.command(name, hidden=True)(old_name)
+        return command
+
+    return register
+
+
+@tutorial_command("tokens")
 @fails_cleanly
 def tutorial_tokens(text: TutorialText, model: Model = None, as_json: Json = False):
     """Show TEXT's WordPiece tokens and ids, the [UNK] count, truncation, and a warning when Hangul falls apart into jamo."""
@@ -289,14 +553,14 @@ def tutorial_tokens(text: TutorialText, model: Model = None, as_json: Json = Fal
     rows = [(str(t.position), t.token, str(t.id), "" if t.word is None else str(t.word), text[t.start:t.end],
              "" if t.kept else "yes") for t in table.tokens]
     print_rows(("#", "token", "id", "word", "text", "cut"), rows)
+    jamo = "" if table.decomposes_hangul is None else f"; Hangul into jamo: {'yes' if table.decomposes_hangul else 'no'}"
     typer.echo(f"{len(table.tokens)} tokens, window {table.max_length}: {'TRUNCATED' if table.truncated else 'not truncated'}; "
-               f"[UNK]: {table.unknown}; lower-cases: {'yes' if table.lowercase else 'no'}; "
-               f"Hangul into jamo: {'yes' if table.decomposes_hangul else 'no'}")
+               f"[UNK]: {table.unknown}; lower-cases: {'yes' if table.lowercase else 'no'}{jamo}")
     for warning in table.warnings:
         typer.echo(f"warning: {warning}", err=True)
 
 
-@app.command("layers")
+@tutorial_command("layers")
 @fails_cleanly
 def tutorial_layers(
     text: TutorialText,
@@ -328,10 +592,10 @@ def tutorial_layers(
                    f"({plot.values.size} values): {plot.path}")
 
 
-@app.command("words")
+@tutorial_command("words")
 @fails_cleanly
-def tutorial_words(text: TutorialText, model: Model = None, strategy: Strategy = "sum-last4", merge: Merge = "mean",
-                   out: VectorsOut = None, as_json: Json = False):
+def tutorial_words(text: TutorialText, model: Model = None, strategy: StrategyOption = Strategy.sum_last4,
+                   merge: MergeOption = Merge.mean, out: VectorsOut = None, as_json: Json = False):
     """One contextual vector per word of TEXT; a word cut into pieces comes back as one word."""
     from indexer.tutorial.tokens import load_encoder
     from indexer.tutorial.words import save_vectors, word_vectors
@@ -339,9 +603,9 @@ def tutorial_words(text: TutorialText, model: Model = None, strategy: Strategy =
     from indexer.embed.models import default_model
 
     name = model or default_model()
-    result = word_vectors(load_encoder(name), text, strategy=strategy, merge=merge)
+    result = word_vectors(load_encoder(name), text, strategy=chosen(strategy), merge=chosen(merge))
     if out:
-        about = {"text": text, "model": name, "strategy": strategy, "merge": merge}
+        about = {"text": text, "model": name, "strategy": chosen(strategy), "merge": chosen(merge)}
         written = save_vectors(out, result.vectors, result.labels(), about)
         typer.echo(f"{len(result.words)} word vectors of {result.vectors.shape[1]} features: "
                    f"{', '.join(map(str, written))}", err=as_json)
@@ -356,21 +620,21 @@ def tutorial_words(text: TutorialText, model: Model = None, strategy: Strategy =
         typer.echo("warning: the text is longer than the model's window; words past it are left out", err=True)
 
 
-@app.command("similar-word")
+@tutorial_command("similar-word")
 @fails_cleanly
 def tutorial_similar_word(
     sentences: Annotated[list[str], typer.Argument(help="Two or more sentences that use the word.")],
     word: Annotated[str, typer.Option("--word", "-w", help="The word to compare (Korean: may be glued to a particle, 배 in 배를).")],
     model: Model = None,
-    strategy: Strategy = "sum-last4",
-    merge: Merge = "mean",
+    strategy: StrategyOption = Strategy.sum_last4,
+    merge: MergeOption = Merge.mean,
     as_json: Json = False,
 ):
     """Cosine similarity of one word's contextual vectors across sentences, as a matrix."""
     from indexer.tutorial.tokens import load_encoder
     from indexer.tutorial.words import similar_word
 
-    result = similar_word(load_encoder(model), sentences, word, strategy=strategy, merge=merge)
+    result = similar_word(load_encoder(model), sentences, word, strategy=chosen(strategy), merge=chosen(merge))
     if as_json:
         echo_json(result.to_dict())
         return
@@ -378,17 +642,17 @@ def tutorial_similar_word(
     print_rows(("#", "sentence", "pieces", *map(str, range(1, count + 1))),
                [(str(i + 1), o.sentence, " ".join(o.pieces), *(f"{s:.3f}" for s in result.matrix[i]))
                 for i, o in enumerate(result.occurrences)])
-    typer.echo(f"cosine of {word!r} ({strategy}, pieces merged by {merge})")
+    typer.echo(f"cosine of {word!r} ({chosen(strategy)}, pieces merged by {chosen(merge)})")
 
 
-@app.command("embed")
+@tutorial_command("embed")
 @fails_cleanly
 def tutorial_embed(
     texts: Annotated[list[str], typer.Argument(help="Texts; '-' reads one per line from stdin.")],
     index_dir: Annotated[Optional[Path], typer.Option("--index", "-i", help="Embed as this index embeds its questions.")] = None,
     model: Model = None,
     layer: Layer = None,
-    pooling: Pooling = None,
+    pooling: PoolingOption = None,
     out: VectorsOut = None,
     as_json: Json = False,
 ):
@@ -397,7 +661,7 @@ def tutorial_embed(
 
     if texts == ["-"]:
         texts = [line.strip() for line in sys.stdin if line.strip()]
-    result = sentence_vectors(texts, index=index_dir, model=model, layer=layer, pooling=pooling)
+    result = sentence_vectors(texts, index=index_dir, model=model, layer=layer, pooling=chosen(pooling))
     recipe = result.recipe
     if out:
         about = {"recipe": recipe.to_dict(), "reason": result.reason}
@@ -416,22 +680,6 @@ def tutorial_embed(
         typer.echo(f"warning: {result.truncated} texts were longer than the model's window and were cut", err=True)
 
 
-def print_rows(columns, rows) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table()
-    for column in columns:
-        table.add_column(column, overflow="fold")
-    for row in rows:
-        table.add_row(*row)
-    Console().print(table)
-
-
-def preview(vector, count: int = 3) -> str:
-    return "[" + ", ".join(f"{float(x):.4f}" for x in vector[:count]) + ", ...]"
-
-
 # -- http service -----------------------------------------------------------------------------------
 
 
@@ -445,7 +693,7 @@ def serve(
     read_only: Annotated[bool, typer.Option(help="Refuse every write, even with a key.")] = False,
     batch_window_ms: Annotated[float, typer.Option(help="How long a question waits for others to share its forward pass.")] = 2.0,
     max_batch: Annotated[int, typer.Option(min=1, help="Most questions in one forward pass (1: no micro-batching).")] = 64,
-    threads: Annotated[Optional[int], typer.Option(help="Torch threads (default: all cores; 1 is faster on a busy machine).")] = None,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="Torch threads (default: all cores; 1 is faster on a busy machine).")] = None,
 ):
     """Serve the index over HTTP: POST /search, /documents, /health, /info, a search page at /."""
     import os
@@ -486,7 +734,7 @@ def eval_command(
     index_dir: IndexDir,
     queries: Queries = None,
     qrels: Qrels = None,
-    mode: Annotated[Optional[str], typer.Option(help="dense, keyword or hybrid (default: the index's tuned mode).")] = None,
+    mode: Annotated[Optional[Mode], typer.Option(help="Default: the index's tuned mode.")] = None,
     weight: Annotated[Optional[float], typer.Option(help="Hybrid: the dense side's share, 0..1.")] = None,
     per_query: Annotated[bool, typer.Option("--per-query", help="Also show each query's result.")] = False,
     as_json: Json = False,
@@ -494,8 +742,11 @@ def eval_command(
     """Measure an index on labelled queries: MRR@10, nDCG@10, Recall@1/5/10, hit@1."""
     from search.quality.evaluate import evaluate_index
 
-    labelled(queries, qrels, required=True)
-    result = evaluate_index(index_dir, queries, qrels, mode=mode, weight=weight)
+    from search.filters import check_weight
+
+    check_weight(weight)
+    asked, judged = labelled(queries, qrels, required=True)
+    result = evaluate_index(index_dir, asked, judged, mode=chosen(mode), weight=weight)
     if as_json:
         echo_json(result.to_dict(per_query))
         return
@@ -553,58 +804,144 @@ def calibrate(
     queries: Queries = None,
     qrels: Qrels = None,
     target_precision: Annotated[Optional[float], typer.Option(help="Answer as much as possible while this share of answers is right.")] = None,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Draw the in-scope and out-of-scope score distributions and the cut to this PNG (needs matplotlib).")] = None,
     dry_run: DryRun = False,
     as_json: Json = False,
 ):
     """Choose the "no good answer" cut (min score) from example questions and store it in the index."""
-    from search.quality.calibrate import calibrate_index, read_questions
+    from indexer.ingest.readers import read_questions
+    from search.quality.calibrate import calibrate_index
 
     asked, judged = labelled(queries, qrels, required=False)
     result = calibrate_index(index_dir, out_of_scope=read_questions(out_of_scope) if out_of_scope else [],
                              in_scope=read_questions(in_scope) if in_scope else [], queries=asked, qrels=judged,
                              target_precision=target_precision, store=not dry_run)
+    if plot:
+        from search.quality.calibrate_plot import plot_calibration
+
+        drawn = plot_calibration(result, plot)
     if as_json:
-        echo_json(result.to_dict())
+        echo_json({**result.to_dict(), **({"plot": str(drawn)} if plot else {})})
         return
     typer.echo(f"min score {result.min_score:.4f} for mode {result.mode}: {result.rule}")
     typer.echo(f"on {result.in_scope} in-scope and {result.out_of_scope} out-of-scope examples: answered {result.answered_right} "
                f"right, {result.answered_wrong} wrong; refused {result.refused_wrong} wrong, {result.refused_right} right; "
                f"precision {result.precision:.3f}, routed right {result.accuracy:.3f}")
     typer.echo("stored in the index" if result.stored else "dry run: nothing stored")
+    if plot:
+        typer.echo(f"score distributions and the cut: {drawn}")
 
 
 # -- printing ---------------------------------------------------------------------------------------
 
 
-def print_hits(question: str, hits, show_question: bool) -> None:
+def print_hits(question: str, hits, show_question: bool, columns: Optional[list[str]], width: int, why: str) -> None:
+    """A rich table of one question's hits; the matching window of a long text in bold, cells cut to `width`."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     console = Console()
     if show_question:
-        console.print(f"[bold]{question}[/bold]")
+        console.print(Text(question, style="bold"))  # a question may hold [brackets]: no markup
     if not hits:
-        console.print("no good answer (nothing passed the score cut)")
+        console.print(why, markup=False, highlight=False)
         return
+    names = columns or ["rank", "score", "key", "text", "fields"]
     table = Table()
-    for column in ("#", "score", "key", "text", "fields"):
-        table.add_column(column, overflow="fold")
+    for name in names:
+        table.add_column("#" if name == "rank" else name, overflow="fold")
     for hit in hits:
-        fields = "; ".join(f"{name}: {value}" for name, value in hit.fields.items())
-        table.add_row(str(hit.rank), f"{hit.score:.4f}", hit.key, hit.text, fields)
+        row = hit_row(question, hit)
+        table.add_row(*(hit_cell(hit, row, name, width) for name in names))
     console.print(table)
 
 
-def print_report(report, as_json: bool) -> None:
+def hit_cell(hit, row: dict, name: str, width: int):
+    from rich.text import Text
+
+    if name == "text":
+        shown, span = excerpt(hit.text, hit.span, width)
+        text = Text(shown)
+        if span:
+            text.stylize("bold", *span)
+        return text
+    if name == "fields":
+        value = "; ".join(f"{field}: {value}" for field, value in hit.fields.items())
+    elif name == "score":
+        value = f"{hit.score:.4f}"
+    elif name == "span":
+        value = f"{hit.span[0]}-{hit.span[1]}" if hit.span else ""
+    elif name == "variants":
+        value = " ".join(hit.variants)
+    else:
+        value = "" if row.get(name) is None else str(row.get(name))
+    return Text(cut(value, width))
+
+
+def excerpt(text: str, span, width: int) -> tuple[str, Optional[tuple[int, int]]]:
+    """At most `width` characters of `text`, starting a little before `span` (the matching window),
+    and that window's place in what is shown.
+
+    excerpt("abcdefghij", (6, 8), 5) -> ("…fghij", (2, 4))
+    """
+    if not width or len(text) <= width:
+        return text, tuple(span) if span else None
+    start = 0 if not span else max(0, min(span[0] - width // 8, len(text) - width))
+    shown = ("…" if start else "") + text[start:start + width] + ("…" if start + width < len(text) else "")
+    if not span:
+        return shown, None
+    offset = (1 if start else 0) - start
+    return shown, (span[0] + offset, min(span[1], start + width) + offset)
+
+
+def print_rows_as(output: str, columns: list[str], rows: list[dict]) -> None:
+    """Rows as nl (one JSON object each), csv or tsv (a header, then values; lists joined by spaces)."""
+    import csv
+
+    if output == "nl":
+        for row in rows:
+            echo_json({name: row.get(name) for name in columns})
+        return
+    writer = csv.writer(sys.stdout, delimiter="\t" if output == "tsv" else ",", lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow(["" if row.get(name) is None else
+                         " ".join(map(str, row[name])) if isinstance(row.get(name), list) else row[name]
+                         for name in columns])
+
+
+def print_rows(columns, rows) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table()
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)
+
+
+def preview(vector, count: int = 3) -> str:
+    return "[" + ", ".join(f"{float(x):.4f}" for x in vector[:count]) + ", ...]"
+
+
+RATE_FROM = 100  # a rate over fewer embedded entries mostly measures the model's loading
+
+
+def print_report(report, as_json: bool, rename=lambda message: message) -> None:
     if as_json:
         data = dict(report.__dict__)
-        data["problems"] = [str(p) for p in report.problems]
+        data["problems"] = [rename(str(p)) for p in report.problems]
         data["rate"] = round(report.rate, 1)
         echo_json(data)
         return
+    embedded = report.added + report.updated
+    rate = f" ({report.rate:.0f} entries/s)" if embedded >= RATE_FROM else ""
     typer.echo(
         f"{report.folder}: {report.added} added, {report.updated} updated, {report.unchanged} unchanged; "
-        f"{report.documents} entries, {report.vectors} vectors; {report.seconds:.1f}s ({report.rate:.0f} entries/s)"
+        f"{report.documents} entries, {report.vectors} vectors; {report.seconds:.1f}s{rate}"
     )
     if report.recipe_reason:
         typer.echo(f"recipe: {report.recipe_reason}")
@@ -613,46 +950,58 @@ def print_report(report, as_json: bool) -> None:
     if report.split:
         typer.echo(f"{report.split} extra windows for texts longer than the model's window", err=True)
     for problem in report.problems:
-        typer.echo(f"skipped {problem}", err=True)
+        typer.echo(f"skipped {rename(str(problem))}", err=True)
 
 
 class progress_reporter:
-    """A rich progress bar on a terminal's stderr, plain lines every 5 s otherwise, nothing with --quiet."""
+    """On a terminal's stderr: a spinner while the input is read and the model loads, then a bar that
+    moves per batch. Elsewhere plain lines (every 5 s and at the end); nothing with --quiet."""
 
     def __init__(self, quiet: bool, label: str):
         import time
 
         self.quiet, self.label, self.bar, self.task = quiet, label, None, None
         self.started = self.last = time.monotonic()
+        self.first_done = None
 
     def __enter__(self):
         if self.quiet:
             return None
         if sys.stderr.isatty():
             from rich.console import Console
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                       TimeRemainingColumn)
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
+                                       TimeElapsedColumn, TimeRemainingColumn)
 
-            rate = TextColumn("{task.fields[rate]}/s")
-            self.bar = Progress(TextColumn(self.label), BarColumn(), MofNCompleteColumn(), rate, TimeElapsedColumn(),
-                                TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+            rate = TextColumn("{task.fields[rate]}")
+            self.bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                rate, TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                                console=Console(stderr=True), transient=True)
             self.bar.start()
+            self.task = self.bar.add_task(f"{self.label}: reading the input", total=None, rate="")
         return self.update
 
     def update(self, done: int, total: int) -> None:
         import time
 
         now = time.monotonic()
-        rate = done / max(now - self.started, 1e-9)
-        if self.bar is not None:
-            if self.task is None:
-                self.task = self.bar.add_task(self.label, total=total, rate="0")
-            self.bar.update(self.task, completed=done, rate=f"{rate:.0f}")
+        if done == 0:  # the input is checked: the model loads next
+            self.first_done = (now, 0)
+            if self.bar is not None:  # a plain line here would come before any error line of the model's
+                self._show(f"{self.label}: loading the model", 0, total, "", "")
             return
-        if now - self.last >= 5 or done == total:
+        if self.first_done is None or self.first_done[1] == 0:  # the first batch: the model has loaded
+            self.first_done = (now, done)
+        seconds = now - self.first_done[0]
+        rate = f"{(done - self.first_done[1]) / seconds:.0f}/s" if seconds > 0 else ""
+        if self.bar is not None or now - self.last >= 5 or done == total:
             self.last = now
-            eta = (total - done) / rate if rate else 0
-            typer.echo(f"{self.label}: {done}/{total} ({rate:.0f}/s, ETA {eta:.0f}s)", err=True)
+            self._show(self.label, done, total, rate, f"{self.label}: {done}/{total}" + (f" ({rate})" if rate else ""))
+
+    def _show(self, description: str, done: int, total: int, rate: str, line: str) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, description=description, completed=done, total=total, rate=rate)
+        else:
+            typer.echo(line, err=True)
 
     def __exit__(self, *exc):
         if self.bar is not None:

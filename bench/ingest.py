@@ -32,7 +32,7 @@ def write_prefix(source: Path, size: int, target: Path) -> Path:
 
 
 def run_index(data: Path, folder: Path, threads: int | None) -> tuple[float, float, str]:
-    command = [sys.executable, str(ROOT / "cli.py"), "index", str(data), "--index", str(folder), "--replace",
+    command = [sys.executable, str(ROOT / "cli.py"), "index", str(folder), str(data), "--replace",
                "--text-field", "review", "--id-field", "review_id", "--on-error", "skip", "--quiet", "--json"]
     if threads:
         command += ["--threads", str(threads)]

@@ -57,7 +57,7 @@ def main() -> int:
     print(f"data: {beir} ({len(questions)} questions); {os.cpu_count()} CPUs, shared with whatever else runs")
     with tempfile.TemporaryDirectory(prefix="bertdex-load-") as work:
         folder = Path(work) / "index"
-        run([sys.executable, str(ROOT / "cli.py"), "index", str(beir / "corpus.jsonl"), "--index", str(folder),
+        run([sys.executable, str(ROOT / "cli.py"), "index", str(folder), str(beir / "corpus.jsonl"),
              "--text-field", "title", "--id-field", "_id", "--quiet"])
         failed = 0
         for max_batch in ([64, 1] if args.compare else [64]):

@@ -22,6 +22,7 @@ from indexer.embed.resolve import encoder_for
 from indexer.store import ann
 from indexer.store.folder import Manifest, check_index_folder, connect, load_vectors, open_manifest, read_manifest  # noqa: F401
 from search import keyword
+from search.filters import check_weight, passes
 
 MODES = ("dense", "keyword", "hybrid")
 MAX_K = 1000
@@ -113,7 +114,7 @@ class Searcher:
 
         `mode`: dense, keyword or hybrid (default: the index's tuned mode, else dense).
         `min_score`: hits below it are dropped (an empty list means "no good answer").
-        `filters`: stored field -> required value.
+        `filters`: stored field -> required value, or a tuple of values any of which passes.
         `vectors`: the questions' vectors from `embed`, when already computed (the server's micro-batcher).
         """
         tuned = self.manifest.settings.get("search", {})
@@ -125,6 +126,7 @@ class Searcher:
         for question in questions:
             if not normalize_text(question):
                 raise BertdexError("empty question")
+        check_weight(weight)
         weight = tuned.get("weight", 0.5) if weight is None else weight
         # a calibrated cut is on the score scale of the mode it was calibrated for
         if min_score is None and mode == tuned.get("mode", "dense"):
@@ -176,7 +178,7 @@ class Searcher:
                 continue
             seen_docs.add(doc)
             group, fields = rows[doc]
-            if filters and any(str(fields.get(name)) != str(value) for name, value in filters.items()):
+            if filters and not passes(fields, filters):
                 continue
             if group is not None:
                 if group in seen_groups:

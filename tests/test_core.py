@@ -131,7 +131,9 @@ def test_several_text_fields_are_joined(tmp_path, resolved):
     searcher = Searcher(folder, encoder=resolved.encoder)
     hit = searcher.search("PayPal", k=1, mode="keyword")[0]
     assert hit.text.startswith("What payment methods do you accept? We accept Visa")
-    assert "answer" not in hit.fields and hit.fields["category"] == "billing"
+    # each joined field stays its own stored field, as written (issue 14: the answer was lost)
+    assert hit.fields["answer"].startswith("We accept Visa") and hit.fields["category"] == "billing"
+    assert hit.fields["question"] == "What payment methods do you accept?"
 
 
 @pytest.mark.parametrize("name,content", [

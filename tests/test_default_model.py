@@ -23,7 +23,7 @@ def bertdex(*args):
 
 def test_the_default_is_the_multilingual_model_and_the_korean_sample_question_finds_forgot_password(tmp_path):
     folder = tmp_path / "faq-ko"
-    built = bertdex("index", EXAMPLES / "faq_ko.csv", "--index", folder, "--text-field", "question",
+    built = bertdex("index", folder, EXAMPLES / "faq_ko.csv", "--text-field", "question",
                     "--group-field", "group", "-q")
     assert built.returncode == 0, built.stderr
     info = json.loads(bertdex("info", folder, "--json").stdout)

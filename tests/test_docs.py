@@ -1,4 +1,5 @@
-"""Every command has help text and appears in the README; every option has help text."""
+"""Every command has help text and appears in the README; every option has help text; the README's
+commands name files that exist and write only under runs/ (ignored by git)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,20 @@ import typer
 from cli import app
 from conftest import ROOT
 
-COMMANDS = typer.main.get_command(app).commands
+TOP = typer.main.get_command(app).commands
+# `bertdex NAME` and `bertdex tutorial NAME`; hidden commands are old names kept for one version
+COMMANDS = {name: command for name, command in TOP.items() if not command.hidden and name != "tutorial"}
+COMMANDS.update({f"tutorial {name}": command for name, command in TOP["tutorial"].commands.items()})
 README = (ROOT / "README.md").read_text(encoding="utf-8")
+README_COMMANDS = re.findall(r"^(?:\$ )?(?:\w+=\S+ )?(bertdex .+?)(?:\s+#.*)?$", README, flags=re.MULTILINE)
 
 
 def test_the_cli_has_the_commands_the_issues_name():
-    assert {"index", "add", "delete", "verify", "query", "info"} <= set(COMMANDS)
+    assert {"index", "add", "delete", "verify", "query", "info", "duplicates", "tutorial tokens"} <= set(COMMANDS)
+
+
+def test_old_tutorial_names_are_hidden_aliases():
+    assert {name for name, command in TOP.items() if command.hidden} == set(TOP["tutorial"].commands)
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))
@@ -26,3 +35,21 @@ def test_command_has_help_and_is_documented(name):
     for parameter in command.params:
         if parameter.param_type_name == "option":
             assert (parameter.help or "").strip(), f"bertdex {name} {parameter.opts[0]} has no help text"
+
+
+def test_readme_names_example_files_that_exist():
+    named = set(re.findall(r"\bexamples/[\w./-]+\w", README))
+    assert named and [path for path in sorted(named) if not (ROOT / path).exists()] == []
+
+
+def test_readme_commands_write_under_runs():
+    assert README_COMMANDS, "no bertdex command found in README.md"
+    written = []
+    for line in README_COMMANDS:
+        words = line.split()
+        if words[1] in ("index", "add", "query", "duplicates", "info", "verify", "delete", "serve", "eval", "tune", "calibrate"):
+            written.append(words[2])  # the index folder, first everywhere
+        written += [words[i + 1] for i, word in enumerate(words[:-1]) if word in ("--out", "-o", "--histogram", "--plot")]
+    outside = [path for path in written if not path.startswith(("runs/", "DIR", "examples/"))]
+    assert outside == []
+    assert "/runs/" in (ROOT / ".gitignore").read_text(encoding="utf-8").split()

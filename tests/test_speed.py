@@ -209,13 +209,13 @@ def test_delete_and_update_work_on_ann_indexes(typed_indexes, encoder, tmp_path,
 def test_cli_index_type_option_builds_hnsw_and_refuses_unknown(tmp_path):
     from conftest import run_cli
 
-    result = run_cli("index", EXAMPLES / "faq_en.csv", "--index", tmp_path / "h", "--text-field", "question",
+    result = run_cli("index", tmp_path / "h", EXAMPLES / "faq_en.csv", "--text-field", "question",
                      "--index-type", "hnsw", "--quiet", "--json", check=True)
     assert json.loads(result.stdout)["documents"] > 40
     info = json.loads(run_cli("info", tmp_path / "h", "--json", check=True).stdout)
     assert info["index_type"] == "hnsw" and info["index_params"]["recall_at_10"] >= ann.RECALL_TARGET
-    refused = run_cli("index", EXAMPLES / "faq_en.csv", "--index", tmp_path / "x", "--index-type", "annoy")
-    assert refused.returncode == 1 and "choose one of auto, flat, hnsw, ivf" in refused.stderr
+    refused = run_cli("index", tmp_path / "x", EXAMPLES / "faq_en.csv", "--index-type", "annoy")
+    assert refused.returncode == 2 and "'annoy' is not one of 'auto', 'flat', 'hnsw', 'ivf'" in refused.stderr
     assert not (tmp_path / "x" / "bertdex.db").exists()
 
 

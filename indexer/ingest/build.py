@@ -16,11 +16,12 @@ from indexer.store.ann import check_index_type
 from indexer.embed.encoder import Encoder
 from indexer.errors import BertdexError
 from indexer.embed.models import default_model
-from indexer.ingest.readers import Entry, Fields, Problem, read_entries
+from indexer.ingest.readers import Entry, Fields, Problem, chosen_fields, read_entries
 from indexer.embed.resolve import Resolved, encoder_for, resolve_recipe
 from indexer.store.folder import IndexWriter, Manifest, check_index_folder, connect, content_hash, read_manifest
 
 CHUNK = 2048
+EMBED_BATCH = 128  # entries per encoder call inside a chunk: the progress bar moves this often
 ON_ERROR = ("fail", "skip")
 Progress = Callable[[int, int], None]
 
@@ -54,28 +55,32 @@ def build_index(data: Path, folder: Path, *, text_fields: Iterable[str] = (), id
                 replace: bool = False, on_error: str = "fail",
                 fmt: str | None = None, precision: str = "auto", threads: int | None = None,
                 backend: str = "auto", progress: Progress | None = None, chunk_size: int = CHUNK,
-                resolved: Resolved | None = None, index_type: str = "auto") -> BuildReport:
+                resolved: Resolved | None = None, index_type: str = "auto", delimiter: str | None = None) -> BuildReport:
     """Index the entries of `data` into a new folder (or rebuild one with `replace`).
 
     `resolved`: a recipe and encoder already loaded (then the model options are not used).
     `index_type`: auto, flat, hnsw or ivf (see indexer.store.ann); auto picks by collection size at each commit.
+    `progress(done, total)`: called once the input is checked (0 done, before the model loads), then per batch.
     """
     started = time.perf_counter()
     check_index_type(index_type)  # before the input is read or a model loaded
-    fields = Fields(tuple(text_fields), id_field, group_field)
-    entries_total, problems = _check_input(data, fields, fmt, on_error)
+    source = _Source(Path(data), fmt, delimiter)
+    fields = chosen_fields(source.path, Fields(tuple(text_fields), id_field, group_field), fmt, delimiter)
+    entries_total, problems = _check_input(source, fields, on_error, progress)
     resolved = resolved or resolve_recipe(model or default_model(), layer=layer, pooling=pooling, exclude_special=exclude_special,
                                           max_length=max_length, precision=precision, threads=threads,
                                           backend=backend)
     window_length = min(window_length, resolved.recipe.max_length)
     stride = window_length // 4 if stride is None else stride
+    # the text fields as chosen (named or found), so `info` and `add` see what was embedded
     settings = {"text_fields": list(fields.text), "id_field": id_field, "group_field": group_field,
-                "window": window, "window_length": window_length, "stride": stride, "format": fmt}
+                "window": window, "window_length": window_length, "stride": stride, "format": fmt,
+                "delimiter": delimiter}
     manifest = Manifest(recipe=resolved.recipe, settings=settings, index_type=check_index_type(index_type))
     with IndexWriter.open(Path(folder), new=manifest, replace=replace) as writer:
         if writer.manifest.documents and not replace:
             raise BertdexError(f"{folder} already holds an index: use `bertdex add` to update it, or --replace to rebuild it")
-        counts = _ingest(writer, resolved.encoder, data, fields, fmt, entries_total, progress, chunk_size)
+        counts = _ingest(writer, resolved.encoder, source, fields, entries_total, progress, chunk_size)
         final = writer.commit()
     return _report(folder, counts, final, started, problems, resolved.reason)
 
@@ -84,7 +89,7 @@ def add_documents(folder: Path, data: Path, *, text_fields: Iterable[str] = (), 
                   group_field: str | None = None, on_error: str = "fail", fmt: str | None = None,
                   precision: str = "auto", threads: int | None = None, backend: str = "auto",
                   progress: Progress | None = None, chunk_size: int = CHUNK,
-                  encoder: Encoder | None = None) -> BuildReport:
+                  encoder: Encoder | None = None, delimiter: str | None = None) -> BuildReport:
     """Add or update entries by key: unchanged ones cost nothing, changed ones are re-embedded."""
     started = time.perf_counter()
     folder = check_index_folder(Path(folder))
@@ -92,32 +97,43 @@ def add_documents(folder: Path, data: Path, *, text_fields: Iterable[str] = (), 
     settings = manifest.settings
     fields = Fields(tuple(text_fields) or tuple(settings.get("text_fields") or ()),
                     id_field or settings.get("id_field"), group_field or settings.get("group_field"))
-    entries_total, problems = _check_input(data, fields, fmt or settings.get("format"), on_error)
+    source = _Source(Path(data), fmt or settings.get("format"), delimiter or settings.get("delimiter"))
+    entries_total, problems = _check_input(source, fields, on_error, progress)
     encoder = encoder or encoder_for(manifest.recipe, precision=precision, threads=threads, backend=backend)
     with IndexWriter.open(folder) as writer:
-        counts = _ingest(writer, encoder, data, fields, fmt or settings.get("format"), entries_total, progress, chunk_size)
+        counts = _ingest(writer, encoder, source, fields, entries_total, progress, chunk_size)
         final = writer.commit()
     return _report(folder, counts, final, started, problems)
 
 
-def upsert_entries(writer: IndexWriter, encoder: Encoder, entries: list[Entry]) -> dict:
-    """Write `entries` through `writer`: skip unchanged, embed new and changed. Returns counts."""
+def upsert_entries(writer: IndexWriter, encoder: Encoder, entries: list[Entry],
+                   progress: Callable[[int], None] | None = None) -> dict:
+    """Write `entries` through `writer`: skip unchanged, embed new and changed. Returns counts.
+
+    `progress(done)`: entries of this list handled so far, after the unchanged ones and after each batch.
+    """
     recipe, settings = writer.manifest.recipe, writer.manifest.settings
     old = writer.existing([e.key for e in entries])
     changed = [e for e in entries if e.key not in old or old[e.key][1] != content_hash(e.text, e.fields, e.group)]
     counts = {"added": sum(e.key not in old for e in changed), "updated": sum(e.key in old for e in changed),
               "unchanged": len(entries) - len(changed), "truncated": 0, "split": 0}
-    if not changed:
-        return counts
-    embedded = encoder.embed([e.text for e in changed], layer=recipe.layer, pooling=recipe.pooling,
-                             exclude_special=recipe.exclude_special, windows=settings.get("window", True),
-                             stride=settings.get("stride", 0), window_length=settings.get("window_length"),
-                             prefix=recipe.passage_prefix)
-    documents = [{"key": e.key, "text": e.text, "fields": e.fields, "group": e.group} for e in changed]
-    writer.note_encoder(encoder.path.label())
-    writer.write_documents(documents, embedded.vectors, embedded.owners, embedded.spans)
-    counts["truncated"] = embedded.truncated
-    counts["split"] = len(embedded.owners) - len(set(embedded.owners.tolist()))
+    done = counts["unchanged"]
+    if progress and done:
+        progress(done)
+    for start in range(0, len(changed), EMBED_BATCH):
+        batch = changed[start:start + EMBED_BATCH]
+        embedded = encoder.embed([e.text for e in batch], layer=recipe.layer, pooling=recipe.pooling,
+                                 exclude_special=recipe.exclude_special, windows=settings.get("window", True),
+                                 stride=settings.get("stride", 0), window_length=settings.get("window_length"),
+                                 prefix=recipe.passage_prefix)
+        documents = [{"key": e.key, "text": e.text, "fields": e.fields, "group": e.group} for e in batch]
+        writer.note_encoder(encoder.path.label())
+        writer.write_documents(documents, embedded.vectors, embedded.owners, embedded.spans)
+        counts["truncated"] += embedded.truncated
+        counts["split"] += len(embedded.owners) - len(set(embedded.owners.tolist()))
+        done += len(batch)
+        if progress:
+            progress(done)
     return counts
 
 
@@ -130,12 +146,23 @@ def delete_documents(folder: Path, keys: list[str]) -> tuple[int, list[str]]:
     return len(set(keys)) - len(set(missing)), missing
 
 
-def _check_input(data: Path, fields: Fields, fmt: str | None, on_error: str) -> tuple[int, list[Problem]]:
+@dataclass(frozen=True)
+class _Source:
+    path: Path
+    fmt: str | None
+    delimiter: str | None
+
+    def entries(self, fields: Fields):
+        return read_entries(self.path, fields, self.fmt, self.delimiter)
+
+
+def _check_input(source: _Source, fields: Fields, on_error: str,
+                 progress: Progress | None) -> tuple[int, list[Problem]]:
     """First pass: count entries, collect problems, refuse at the first with on_error='fail'."""
     if on_error not in ON_ERROR:
         raise BertdexError(f"unknown --on-error {on_error!r}: choose fail or skip")
     count, problems = 0, []
-    for item in read_entries(Path(data), fields, fmt):
+    for item in source.entries(fields):
         if isinstance(item, Problem):
             if on_error == "fail":
                 raise BertdexError(f"{item} (nothing was written; --on-error skip leaves such rows out)")
@@ -143,11 +170,13 @@ def _check_input(data: Path, fields: Fields, fmt: str | None, on_error: str) -> 
         else:
             count += 1
     if count == 0:
-        raise BertdexError(f"{data}: no entries to index" + (f" ({len(problems)} rows skipped)" if problems else ""))
+        raise BertdexError(f"{source.path}: no entries to index" + (f" ({len(problems)} rows skipped)" if problems else ""))
+    if progress:
+        progress(0, count)
     return count, problems
 
 
-def _ingest(writer: IndexWriter, encoder: Encoder, data: Path, fields: Fields, fmt: str | None,
+def _ingest(writer: IndexWriter, encoder: Encoder, source: _Source, fields: Fields,
             total: int, progress: Progress | None, chunk_size: int) -> dict:
     totals = {"added": 0, "updated": 0, "unchanged": 0, "truncated": 0, "split": 0}
     chunk: list[Entry] = []
@@ -155,14 +184,13 @@ def _ingest(writer: IndexWriter, encoder: Encoder, data: Path, fields: Fields, f
 
     def flush():
         nonlocal done
-        for name, value in upsert_entries(writer, encoder, chunk).items():
+        report = (lambda n: progress(done + n, total)) if progress else None
+        for name, value in upsert_entries(writer, encoder, chunk, report).items():
             totals[name] += value
         done += len(chunk)
         chunk.clear()
-        if progress:
-            progress(done, total)
 
-    for item in read_entries(Path(data), fields, fmt):
+    for item in source.entries(fields):
         if isinstance(item, Entry):
             chunk.append(item)
             if len(chunk) >= chunk_size:

@@ -1,14 +1,16 @@
 """Input files -> entries (key, text to embed, other fields), streamed, each with its line number.
 
 Reads CSV (RFC 4180 quoting) and TSV (no quoting) with a header, JSON Lines, and plain text
-(one entry per line), strictly as UTF-8, optionally gzip-compressed (`.csv.gz`, ...). Every problem is a BertdexError naming the file and line. This module does not embed
-or store anything.
+(one entry per line), strictly as UTF-8, optionally gzip-compressed (`.csv.gz`, ...). A CSV's delimiter
+(`,` `;` `|` or tab) is sniffed from its first lines unless given. Every problem is a BertdexError naming
+the file and line. This module does not embed or store anything, and does not read stdin (see `stdin.py`).
 """
 
 from __future__ import annotations
 
 import csv
 import gzip
+import itertools
 import json
 import sqlite3
 import sys
@@ -23,6 +25,8 @@ FORMATS = ("csv", "tsv", "jsonl", "text")
 MAX_TEXT_CHARS = 1_000_000
 _ID_FIELDS = ("id", "_id", "key")
 _TEXT_FIELDS = ("text", "question", "content", "body", "sentence")
+DELIMITERS = ",;|\t"
+_SNIFF_LINES = 50
 
 csv.field_size_limit(sys.maxsize)
 
@@ -60,17 +64,55 @@ def detect_format(path: Path, fmt: str | None = None) -> str:
             ".json": "jsonl"}.get(suffix, "text")
 
 
-def read_records(path: Path, fmt: str | None = None) -> Iterator[tuple[int, dict | Problem]]:
-    """(line number, record dict or Problem) for each row of `path`, streamed."""
+def check_delimiter(delimiter: str | None) -> str | None:
+    """None (sniff), or one character; the two characters `\\t` mean a tab."""
+    if delimiter is None:
+        return None
+    delimiter = "\t" if delimiter in ("\\t", "tab") else delimiter
+    if len(delimiter) != 1 or delimiter in "\r\n\"":
+        raise BertdexError(f"--delimiter {delimiter!r}: give one character, such as ';' or '\\t'")
+    return delimiter
+
+
+def sniff_delimiter(sample: str) -> str:
+    """The delimiter of a CSV sample: csv.Sniffer's choice among , ; | and tab when the header holds it,
+    else the one the header holds most of, else ','.
+
+    sniff_delimiter("id;question\n1;where is it, then?\n") -> ';'
+    """
+    header = sample.splitlines()[0] if sample else ""
+    try:
+        found = csv.Sniffer().sniff(sample, delimiters=DELIMITERS).delimiter
+    except csv.Error:
+        found = None
+    if found and found in header:
+        return found
+    counts = {d: header.count(d) for d in DELIMITERS}
+    best = max(counts, key=counts.get)  # ties go to ',', the first
+    return best if counts[best] else ","
+
+
+def read_records(path: Path, fmt: str | None = None, delimiter: str | None = None) -> Iterator[tuple[int, dict | Problem]]:
+    """(line number, record dict or Problem) for each row of `path`, streamed.
+
+    `delimiter` (CSV only): None sniffs it; giving one makes a file of unknown extension a CSV.
+    """
     path = Path(path)
     if not path.is_file():
         raise BertdexError(f"{path}: no such file")
+    delimiter = check_delimiter(delimiter)
     fmt = detect_format(path, fmt)
+    if delimiter is not None and fmt == "text":
+        fmt = "csv"
     opener = gzip.open if path.suffix.lower() == ".gz" else open
     with opener(path, "rb") as handle:
         lines = _decoded_lines(handle, path)
-        if fmt in ("csv", "tsv"):
-            yield from _csv_records(lines, path, "\t" if fmt == "tsv" else ",")
+        if fmt == "tsv":
+            yield from _csv_records(lines, path, "\t")
+        elif fmt == "csv":
+            head = list(itertools.islice(lines, _SNIFF_LINES))
+            found = delimiter or sniff_delimiter("".join(line for _, line in head))
+            yield from _csv_records(itertools.chain(head, lines), path, found)
         elif fmt == "jsonl":
             yield from _json_records(lines, path)
         else:
@@ -163,11 +205,21 @@ def choose_fields(record: dict, wanted: Fields, path: Path, line: int) -> Fields
     return Fields(text, key, wanted.group)
 
 
-def read_entries(path: Path, wanted: Fields = Fields(), fmt: str | None = None) -> Iterator[Entry | Problem]:
+def chosen_fields(path: Path, wanted: Fields = Fields(), fmt: str | None = None,
+                  delimiter: str | None = None) -> Fields:
+    """The fields `read_entries` uses: those named, the rest chosen from the first readable row."""
+    for line, record in read_records(Path(path), fmt, delimiter):
+        if not isinstance(record, Problem):
+            return choose_fields(record, wanted, Path(path), line)
+    return wanted
+
+
+def read_entries(path: Path, wanted: Fields = Fields(), fmt: str | None = None,
+                 delimiter: str | None = None) -> Iterator[Entry | Problem]:
     """Entries of `path`, or a Problem for each row that cannot be one; keys must be unique."""
     path = Path(path)
     fields, seen = None, _SeenKeys()
-    for line, record in read_records(path, fmt):
+    for line, record in read_records(path, fmt, delimiter):
         if isinstance(record, Problem):
             yield record
             continue
@@ -230,5 +282,25 @@ def _entry(record: dict, fields: Fields, path: Path, line: int) -> Entry | Probl
     if fields.group:
         group = record.get(fields.group)
         group = None if group is None or str(group).strip() == "" else str(group).strip()
-    others = {name: value for name, value in record.items() if name not in fields.text and name != fields.key}
+    # several text fields (question + answer): each stays a stored field as written (newlines kept);
+    # one text field is the entry's text
+    joined = len(fields.text) > 1
+    others = {name: value for name, value in record.items()
+              if (joined or name not in fields.text) and name != fields.key}
     return Entry(key, text, others, group, line)
+
+
+def read_questions(path: str | Path) -> list[str]:
+    """Non-empty lines of a text file, one question each (for `query --file`, `calibrate`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise BertdexError(f"{path}: no such file")
+    try:
+        return split_questions(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise BertdexError(f"{path}: not valid UTF-8 (byte {error.start + 1}): convert the file to UTF-8") from None
+
+
+def split_questions(text: str) -> list[str]:
+    """One question per non-empty line: split_questions("a\\n\\n b \\n") -> ["a", "b"]."""
+    return [line.strip() for line in text.splitlines() if line.strip()]

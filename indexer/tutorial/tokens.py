@@ -62,7 +62,7 @@ class TokenTable:
     max_length: int
     truncated: bool
     lowercase: bool
-    decomposes_hangul: bool
+    decomposes_hangul: bool | None  # None when the text holds no Hangul (nothing to split)
     warnings: tuple[str, ...]
 
     def to_dict(self) -> dict:
@@ -96,12 +96,17 @@ def token_table(encoder: Encoder, text: str) -> TokenTable:
     if unknown:
         warnings.append(f"{unknown} piece(s) are [UNK]: the vocabulary cannot spell them, their meaning is lost")
     warnings += _hangul_warning(encoder, text)
+    hangul = _first_syllable(text) is not None
     return TokenTable(text, tuple(tokens), unknown, encoder.max_length, truncated, encoder.lowercase,
-                      encoder.decomposes_hangul, tuple(warnings))
+                      encoder.decomposes_hangul if hangul else None, tuple(warnings))
+
+
+def _first_syllable(text: str) -> str | None:
+    return next((ch for ch in text if "\uac00" <= ch <= "\ud7a3"), None)
 
 
 def _hangul_warning(encoder: Encoder, text: str) -> list[str]:
-    syllable = next((ch for ch in text if "\uac00" <= ch <= "\ud7a3"), None)
+    syllable = _first_syllable(text)
     if syllable is None or not encoder.decomposes_hangul:
         return []
     pieces = " ".join(encoder.tokenizer.tokenize(syllable))

@@ -13,10 +13,11 @@ the highest of them. This module does not tune the ranking: see `search.quality.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from indexer.errors import BertdexError
+from indexer.ingest.readers import read_questions  # noqa: F401 (its examples' reader, kept importable from here)
 from indexer.ingest.reembed import store_search_settings
 from search.searcher import Searcher
 
@@ -38,6 +39,8 @@ class Calibration:
     refused_right: int
     refused_wrong: int
     stored: bool
+    # (top score, top answer right) per example, out-of-scope ones first: what `--plot` draws
+    examples: tuple[tuple[float, bool], ...] = field(default=(), repr=False)
 
     @property
     def precision(self) -> float:
@@ -79,7 +82,7 @@ def calibrate_index(folder: str | Path, *, out_of_scope: list[str] = (), in_scop
         cut, rule = choose_cut(examples, target_precision)
     n_out = len(out_of_scope)
     result = Calibration(str(folder), mode, cut, rule, len(examples) - n_out, n_out, stored=False,
-                         **_counts(examples, cut))
+                         examples=tuple(examples), **_counts(examples, cut))
     if store:
         summary = {name: value for name, value in result.to_dict().items() if name not in ("folder", "stored")}
         store_search_settings(folder, {**_current_search(folder), "mode": mode, "min_score": cut, "calibration": summary},
@@ -153,11 +156,3 @@ def _current_search(folder) -> dict:
     from search.searcher import open_manifest
 
     return dict(open_manifest(folder).settings.get("search", {}))
-
-
-def read_questions(path: str | Path) -> list[str]:
-    """Non-empty lines of a text file, one question each."""
-    path = Path(path)
-    if not path.is_file():
-        raise BertdexError(f"{path}: no such file")
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -134,13 +134,15 @@ def evaluate(searcher, queries: Mapping[str, str], qrels: Mapping[str, Mapping[s
                       len(per_query), missing, mean_metrics(r.metrics for r in per_query), per_query)
 
 
-def evaluate_index(folder: str | Path, queries_path: str | Path, qrels_path: str | Path, *, mode: str | None = None,
-                   weight: float | None = None, encoder=None) -> Evaluation:
-    """evaluate() on an index folder and BEIR files."""
+def evaluate_index(folder: str | Path, queries: str | Path | Mapping, qrels: str | Path | Mapping, *,
+                   mode: str | None = None, weight: float | None = None, encoder=None) -> Evaluation:
+    """evaluate() on an index folder and BEIR files (their paths, or what load_queries/load_qrels read)."""
     from search.searcher import Searcher
 
+    queries = queries if isinstance(queries, Mapping) else load_queries(queries)
+    qrels = qrels if isinstance(qrels, Mapping) else load_qrels(qrels)
     searcher = Searcher(folder, encoder=encoder)
     try:
-        return evaluate(searcher, load_queries(queries_path), load_qrels(qrels_path), mode=mode, weight=weight)
+        return evaluate(searcher, queries, qrels, mode=mode, weight=weight)
     finally:
         searcher.close()
