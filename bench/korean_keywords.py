@@ -16,7 +16,8 @@ Latin words and non-Hangul CJK are cut as today in every scheme; only Korean dif
   kiwi-1                 this code's scheme for new indexes: `keyword_terms(text, "kiwi-1")`
 Sets: ko-question-pair (BEIR) and the repository's Korean FAQ (examples/faq_ko.csv, the question
 field as `make run` indexes it) with examples/eval_ko. texts/s: the term function over corpus +
-queries, one thread, Kiwi already loaded (its load is timed apart). Then the real path: build_index on
+queries, one thread, Kiwi already loaded (its load is timed apart), and on longer texts (the FAQ's
+answers). Then the real path: build_index on
 ko-question-pair and the Searcher in keyword mode (must equal the kiwi-1 row), and the same index
 turned into an old one (bigram rows, no scheme in its settings; must equal the bigram row).
 
@@ -145,6 +146,19 @@ def keyword_table(sets: dict) -> list[dict]:
             print(f"{scheme:32s} {set_name:17s} MRR@10 {metrics['mrr@10']:.3f}  recall@10 {metrics['recall@10']:.3f}"
                   f"  +{better}/-{worse}  {rate:8.0f} texts/s", file=sys.stderr, flush=True)
     return rows
+
+
+def long_text_rates() -> dict[str, float]:
+    """texts/s of bigram and kiwi-1 terms on longer texts: the FAQ's answers (~100 characters each)."""
+    with (ROOT / "examples" / "faq_ko.csv").open(encoding="utf-8", newline="") as handle:
+        answers = [row["answer"] for row in csv.DictReader(handle)] * 4
+    rates = {"characters": sum(map(len, answers)) / len(answers)}
+    for scheme in keywords.SCHEMES:
+        started = time.perf_counter()
+        for text in answers:
+            keywords.keyword_terms(text, scheme)
+        rates[scheme] = len(answers) / (time.perf_counter() - started)
+    return rates
 
 
 # -- the real path ----------------------------------------------------------------------------------
@@ -301,6 +315,7 @@ def main() -> None:
     args = parser.parse_args()
     sets = load_sets(args.data)
     rows = keyword_table(sets)
+    long_rates = long_text_rates()
     real = hybrid = None
     if not args.no_hybrid and "ko-question-pair" in sets:
         from indexer.embed.resolve import resolve_recipe
@@ -322,6 +337,9 @@ def main() -> None:
     for row in rows:
         print(f"| {row['scheme']} | {row['set']} | {row['queries']} | {row['mrr@10']:.3f} | {row['recall@10']:.3f} | "
               f"{row['better']}/{row['worse']} | {row['texts/s']:,.0f} |")
+    print()
+    print(f"Longer texts (examples/faq_ko.csv answers, {long_rates['characters']:.0f} characters on average): "
+          f"bigram {long_rates['bigram']:,.0f} texts/s, kiwi-1 {long_rates['kiwi-1']:,.0f} texts/s")
     if real:
         print()
         print("Real index (build_index + Searcher, ko-question-pair, bundled model), MRR@10 / recall@10:")
