@@ -11,6 +11,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from conftest import EXAMPLES, ROOT, run_cli
 from indexer import BertdexError, build_index
@@ -53,6 +55,23 @@ def test_emoji_and_empty_text_give_no_terms_of_their_own():
     assert keyword_terms("비밀번호 변경 😀") == keyword_terms("비밀번호 변경")
     assert fts_query("") is None and fts_query("😀") is None
     assert fts_query("번호를") == '"번호" OR "호를"'
+
+
+KOREANISH = st.text(st.sampled_from(list("비밀번호가를 잊어버렸요ㅋㅠ 배송 abc 12 😀 東京 \u200b\t.,!?\"'*()-")), max_size=40)
+
+
+@settings(max_examples=300, derandomize=True, deadline=None)
+@given(st.one_of(KOREANISH, st.text(max_size=60)))
+@example("비밀번호가 기억이 안 나요 😀")
+@example('iPhone에서 "Reset" PIN*')
+def test_a_text_asked_as_a_question_finds_itself(text):
+    db = sqlite3.connect(":memory:")
+    db.execute("CREATE VIRTUAL TABLE keywords USING fts5(terms, tokenize='porter unicode61')")
+    db.execute("INSERT INTO keywords(rowid, terms) VALUES (1, ?)", [fts_document(text)])
+    query = fts_query(text)
+    if any(character.isalnum() for term in keyword_terms(text) for character in term):
+        assert db.execute("SELECT rowid FROM keywords WHERE keywords MATCH ?", [query]).fetchall() == [(1,)]
+    db.close()
 
 
 def test_unknown_term_scheme_is_one_readable_error():
