@@ -331,6 +331,12 @@ def main() -> None:
     print()
     print(f"command: nice -n 10 python {shlex.join(sys.argv)}")
     print(f"CPU: {cpu_name()}, {os.cpu_count()} cores (shared with other work)")
+    print_keywords(rows, long_rates, real)
+    if hybrid:
+        print_hybrid(hybrid)
+
+
+def print_keywords(rows: list[dict], long_rates: dict, real: dict | None) -> None:
     print()
     print("| scheme | set | queries | MRR@10 | recall@10 | queries better/worse than bigram | texts/s |")
     print("|---|---|---|---|---|---|---|")
@@ -346,25 +352,27 @@ def main() -> None:
         for name, figures in real.items():
             print(f"  {name}: " + ", ".join(f"{mode} {m['mrr@10']:.3f} / {m['recall@10']:.3f}"
                                              for mode, m in figures.items()) + " (hybrid: score fusion, 0.5)")
-    if hybrid:
-        print()
-        print("Hybrid on ko-question-pair, MRR@10 by dense weight (0 = keyword only, 1 = dense only):")
-        print()
-        print("| model | keywords | fusion | " + " | ".join(str(w) for w in [0.0, *WEIGHTS, 1.0]) + " |")
-        print("|---|---|---|" + "---|" * (len(WEIGHTS) + 2))
-        for row in hybrid:
-            cells = [row[w]["mrr@10"] for w in [0.0, *WEIGHTS, 1.0]]
-            best = max(cells[1:-1])
-            print(f"| {row['model']} | {row['keywords']} | {row['fusion']} | " + " | ".join(
-                f"**{c:.3f}**" if c == best and 0 < i < len(cells) - 1 else f"{c:.3f}" for i, c in enumerate(cells)) + " |")
-        print()
-        for model in dict.fromkeys(row["model"] for row in hybrid):
-            mine = [row for row in hybrid if row["model"] == model and row["keywords"] == "kiwi-1"]
-            score, weight, fusion = max((row[w]["mrr@10"], w, row["fusion"]) for row in mine for w in WEIGHTS)
-            default = next(row for row in mine if row["fusion"] == "score")[0.5]
-            recall = next(row for row in mine if row["fusion"] == fusion)[weight]["recall@10"]
-            print(f"best for {model} with kiwi-1: {fusion} fusion, weight {weight}: MRR@10 {score:.3f} "
-                  f"(recall@10 {recall:.3f}); the default (score, 0.5): {default['mrr@10']:.3f}")
+
+
+def print_hybrid(hybrid: list[dict]) -> None:
+    print()
+    print("Hybrid on ko-question-pair, MRR@10 by dense weight (0 = keyword only, 1 = dense only):")
+    print()
+    print("| model | keywords | fusion | " + " | ".join(str(w) for w in [0.0, *WEIGHTS, 1.0]) + " |")
+    print("|---|---|---|" + "---|" * (len(WEIGHTS) + 2))
+    for row in hybrid:
+        cells = [row[w]["mrr@10"] for w in [0.0, *WEIGHTS, 1.0]]
+        best = max(cells[1:-1])
+        print(f"| {row['model']} | {row['keywords']} | {row['fusion']} | " + " | ".join(
+            f"**{c:.3f}**" if c == best and 0 < i < len(cells) - 1 else f"{c:.3f}" for i, c in enumerate(cells)) + " |")
+    print()
+    for model in dict.fromkeys(row["model"] for row in hybrid):
+        mine = [row for row in hybrid if row["model"] == model and row["keywords"] == "kiwi-1"]
+        score, weight, fusion = max((row[w]["mrr@10"], w, row["fusion"]) for row in mine for w in WEIGHTS)
+        default = next(row for row in mine if row["fusion"] == "score")[0.5]
+        recall = next(row for row in mine if row["fusion"] == fusion)[weight]["recall@10"]
+        print(f"best for {model} with kiwi-1: {fusion} fusion, weight {weight}: MRR@10 {score:.3f} "
+              f"(recall@10 {recall:.3f}); the default (score, 0.5): {default['mrr@10']:.3f}")
 
 
 def cpu_name() -> str:
