@@ -6,15 +6,23 @@ written by `indexer.store.folder` in the same transactions as the documents, so 
 
 from __future__ import annotations
 
-from indexer.store.keywords import fts_query
+import json
+
+from indexer.store.keywords import fts_query, scheme_of
 
 Ranked = list[tuple[int, float, int | None]]  # (document id, score, passage id or None), best first
 FUSIONS = ("score", "rank", "cosine")
 
 
-def search(db, question: str, n: int) -> Ranked:
-    """Top `n` documents by BM25 (higher is better) for the terms of `question`."""
-    query = fts_query(question)
+def search(db, question: str, n: int, scheme: str | None = None) -> Ranked:
+    """Top `n` documents by BM25 (higher is better) for the terms of `question`.
+
+    `scheme`: the index's keyword term scheme (indexer.store.keywords), read from its manifest when None.
+    """
+    if scheme is None:
+        row = db.execute("SELECT value FROM manifest WHERE name = 'settings'").fetchone()
+        scheme = scheme_of(json.loads(row[0]) if row else {})
+    query = fts_query(question, scheme)
     if query is None:
         return []
     rows = db.execute(

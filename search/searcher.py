@@ -16,7 +16,7 @@ import numpy as np
 
 from indexer.embed.encoder import Encoder
 from indexer.errors import BertdexError
-from indexer.store.keywords import normalize_text
+from indexer.store.keywords import normalize_text, scheme_of
 from indexer.embed.recipe import absolute_layer, check_pooling
 from indexer.embed.resolve import encoder_for
 from indexer.store import ann
@@ -148,7 +148,8 @@ class Searcher:
         while True:
             pool_size = min(max(4 * want + 10, 50), MAX_K * 10)
             dense = self._dense(vector, pool_size) if mode != "keyword" else []
-            words = keyword.search(self.db, question, pool_size) if mode != "dense" else []
+            terms = scheme_of(self.manifest.settings)
+            words = keyword.search(self.db, question, pool_size, terms) if mode != "dense" else []
             if mode == "dense":
                 ranked = dense
             elif mode == "keyword":

@@ -108,7 +108,7 @@ def test_fts5_follows_add_update_and_delete(faq_index, encoder, tmp_path):
 
 
 def test_korean_terms_do_not_depend_on_spacing():
-    assert keyword_terms("비밀번호 변경") == keyword_terms("비밀번호변경") == ["비밀", "밀번", "번호", "호변", "변경"]
+    assert keyword_terms("비밀번호 변경", "bigram") == keyword_terms("비밀번호변경", "bigram") == ["비밀", "밀번", "번호", "호변", "변경"]
     assert keyword_terms("Reset PIN") == ["reset", "pin"]
 
 

@@ -18,6 +18,7 @@ from indexer.errors import BertdexError
 from indexer.embed.models import default_model
 from indexer.ingest.readers import Entry, Fields, Problem, chosen_fields, read_entries
 from indexer.embed.resolve import Resolved, encoder_for, resolve_recipe
+from indexer.store.keywords import NEW_INDEX_SCHEME
 from indexer.store.folder import IndexWriter, Manifest, check_index_folder, connect, content_hash, read_manifest
 
 CHUNK = 2048
@@ -75,7 +76,7 @@ def build_index(data: Path, folder: Path, *, text_fields: Iterable[str] = (), id
     # the text fields as chosen (named or found), so `info` and `add` see what was embedded
     settings = {"text_fields": list(fields.text), "id_field": id_field, "group_field": group_field,
                 "window": window, "window_length": window_length, "stride": stride, "format": fmt,
-                "delimiter": delimiter}
+                "delimiter": delimiter, "keyword_terms": NEW_INDEX_SCHEME}
     manifest = Manifest(recipe=resolved.recipe, settings=settings, index_type=check_index_type(index_type))
     with IndexWriter.open(Path(folder), new=manifest, replace=replace) as writer:
         if writer.manifest.documents and not replace:

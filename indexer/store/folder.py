@@ -28,7 +28,7 @@ import numpy as np
 import sqlite_utils
 
 from indexer.errors import BertdexError
-from indexer.store.keywords import fts_document
+from indexer.store.keywords import fts_document, scheme_of
 from indexer.embed.recipe import Recipe
 
 FORMAT_VERSION = 1
@@ -218,7 +218,7 @@ class IndexWriter:
         """
         old = self.existing([d["key"] for d in documents])
         self._drop_passages([old[d["key"]][0] for d in documents if d["key"] in old])
-        document_ids = []
+        document_ids, scheme = [], scheme_of(self.manifest.settings)
         for doc in documents:
             row = {
                 "key": doc["key"], "text": doc["text"], "group_key": doc.get("group"),
@@ -231,7 +231,8 @@ class IndexWriter:
                 self.db.execute("DELETE FROM keywords WHERE rowid = ?", [row["id"]])
             else:
                 row["id"] = self.db["documents"].insert(row).last_pk
-            self.db.execute("INSERT INTO keywords(rowid, terms) VALUES (?, ?)", [row["id"], fts_document(doc["text"])])
+            self.db.execute("INSERT INTO keywords(rowid, terms) VALUES (?, ?)",
+                            [row["id"], fts_document(doc["text"], scheme)])
             document_ids.append(row["id"])
         ids = np.arange(self._next_passage, self._next_passage + len(vectors), dtype=np.int64)
         self._next_passage += len(vectors)

@@ -24,7 +24,7 @@ import torch
 
 from indexer.embed.encoder import Encoder, _length_batches
 from indexer.errors import BertdexError
-from indexer.store.keywords import normalize_text
+from indexer.store.keywords import normalize_text, scheme_of
 from indexer.embed.pooling import normalize, pool_cls, pool_max, pool_mean
 from indexer.store.folder import check_index_folder, connect, read_manifest
 from search import keyword
@@ -127,7 +127,8 @@ def _read_index(folder: Path, queries, qrels, group_field, max_queries):
         manifest = read_manifest(db, folder)
         documents = _documents(db)
         heldout, source = _heldout(documents, queries, qrels, group_field, max_queries)
-        words = [_without(keyword.search(db, q.text, POOL + len(q.exclude)), q.exclude)[:POOL] for q in heldout]
+        terms = scheme_of(manifest.settings)
+        words = [_without(keyword.search(db, q.text, POOL + len(q.exclude), terms), q.exclude)[:POOL] for q in heldout]
         db.execute("COMMIT")
     finally:
         db.close()
