@@ -20,7 +20,7 @@ run: setup
 	$(BIN)/bertdex index runs/faq-en examples/faq_en.csv --text-field question --group-field group --replace
 	$(BIN)/bertdex query runs/faq-en "I can't remember my password" -k 3
 	$(BIN)/bertdex index runs/faq-ko examples/faq_ko.csv --text-field question --group-field group --replace
-	$(BIN)/bertdex query runs/faq-ko "비밀번호가 생각이 안 나요" -k 3 --mode hybrid
+	$(BIN)/bertdex query runs/faq-ko "비밀번호가 생각이 안 나요" -k 3
 
 # headless Chromium + chromedriver for tests/test_browser.py, and a Korean font for its screenshots
 browser:

@@ -88,6 +88,13 @@ class Merge(str, Enum):
     last = "last"
 
 
+def default_model(texts: list[str]) -> str:
+    """The model the library picks for these texts when --model is not given (by their language)."""
+    from indexer.embed.models import default_model as pick
+
+    return pick(texts)
+
+
 def chosen(choice: Optional[Enum]) -> Optional[str]:
     """The plain string of an Enum choice (None stays None), for the library."""
     return None if choice is None else choice.value
@@ -482,15 +489,17 @@ def models(as_json: Json = False):
     """List the models that come with bertdex (use one with --model NAME): languages, size, layers, speed."""
     from dataclasses import asdict
 
-    from indexer.embed.models import KNOWN_MODELS, default_model, known_model
+    from indexer.embed.models import KNOWN_MODELS, known_model
 
-    default = known_model(default_model())
+    english, other = (known_model(default_model([text])) for text in ("Where is my parcel?", "택배가 어디 있나요?"))
+    default_for = {m.name: ", ".join(kind for kind, pick in (("English", english), ("other languages", other))
+                                     if pick == m) for m in KNOWN_MODELS}
     for model in KNOWN_MODELS:
         if as_json:
-            echo_json({**asdict(model), "default": model == default})
+            echo_json({**asdict(model), "default_for": default_for[model.name]})
     if not as_json:
-        print_rows(["name", "languages", "layers", "size", "speed", "from"],
-                   [[m.name + (" (default)" if m == default else ""), m.languages, str(m.layers), m.size, m.speed, m.source]
+        print_rows(["name", "default for", "languages", "layers", "size", "speed", "from"],
+                   [[m.name, default_for[m.name] or "-", m.languages, str(m.layers), m.size, m.speed, m.source]
                     for m in KNOWN_MODELS])
 
 
@@ -546,7 +555,7 @@ def tutorial_tokens(text: TutorialText, model: Model = None, as_json: Json = Fal
     """Show TEXT's WordPiece tokens and ids, the [UNK] count, truncation, and a warning when Hangul falls apart into jamo."""
     from indexer.tutorial.tokens import load_encoder, token_table
 
-    table = token_table(load_encoder(model), text)
+    table = token_table(load_encoder(model or default_model([text])), text)
     if as_json:
         echo_json(table.to_dict())
         return
@@ -573,7 +582,7 @@ def tutorial_layers(
     """Show the hidden states' shape [layers x tokens x hidden] and each layer's value range."""
     from indexer.tutorial.tokens import layer_report, load_encoder, token_histogram
 
-    encoder = load_encoder(model)
+    encoder = load_encoder(model or default_model([text]))
     report = layer_report(encoder, text)
     plot = token_histogram(encoder, text, histogram, layer=layer, position=token) if histogram else None
     if as_json:
@@ -600,9 +609,7 @@ def tutorial_words(text: TutorialText, model: Model = None, strategy: StrategyOp
     from indexer.tutorial.tokens import load_encoder
     from indexer.tutorial.words import save_vectors, word_vectors
 
-    from indexer.embed.models import default_model
-
-    name = model or default_model()
+    name = model or default_model([text])
     result = word_vectors(load_encoder(name), text, strategy=chosen(strategy), merge=chosen(merge))
     if out:
         about = {"text": text, "model": name, "strategy": chosen(strategy), "merge": chosen(merge)}
@@ -634,7 +641,7 @@ def tutorial_similar_word(
     from indexer.tutorial.tokens import load_encoder
     from indexer.tutorial.words import similar_word
 
-    result = similar_word(load_encoder(model), sentences, word, strategy=chosen(strategy), merge=chosen(merge))
+    result = similar_word(load_encoder(model or default_model(sentences)), sentences, word, strategy=chosen(strategy), merge=chosen(merge))
     if as_json:
         echo_json(result.to_dict())
         return

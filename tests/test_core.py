@@ -212,3 +212,17 @@ def test_refuses_invalid_utf8_naming_the_line(tmp_path):
 def test_unknown_hub_model_fails_with_one_clear_line(tmp_path):
     with pytest.raises(BertdexError, match="could not be fetched from the Hugging Face hub"):
         resolve_model_folder("no-such-org/no-such-model-bertdex")
+
+
+def test_the_default_model_follows_the_collections_language(monkeypatch):
+    import indexer.embed.models as models
+
+    monkeypatch.setattr(models, "DEFAULT_MODEL", models.AUTO)  # the suite pins the English model; undo here
+    assert models.model_choice(["Where is my parcel?", "How do I reset my password?"])[0] == models.MINILM
+    korean, reason = models.model_choice(["비밀번호를 잊어버렸어요", "배송은 얼마나 걸리나요?", "Where is my parcel?"])
+    assert korean == models.E5 and reason.startswith("auto: 67% of the entries")
+    assert models.model_choice(["¿Dónde está mi paquete?"] * 3 + ["ok"] * 9)[0] == models.E5  # 25% accented
+    assert models.model_choice(["Café opening hours?"] + ["Where is my parcel?"] * 9)[0] == models.MINILM
+    assert models.model_choice(["12345", "!!!"])[0] == models.MINILM  # nothing to tell the language by
+    monkeypatch.setattr(models, "DEFAULT_MODEL", "some/other-model")
+    assert models.model_choice(["비밀번호"]) == ("some/other-model", "the default model")

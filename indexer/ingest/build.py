@@ -15,7 +15,7 @@ from pathlib import Path
 from indexer.store.ann import check_index_type
 from indexer.embed.encoder import Encoder
 from indexer.errors import BertdexError
-from indexer.embed.models import default_model
+from indexer.embed.models import LANGUAGE_SAMPLE, model_choice
 from indexer.ingest.readers import Entry, Fields, Problem, chosen_fields, read_entries
 from indexer.embed.resolve import Resolved, encoder_for, resolve_recipe
 from indexer.store.keywords import NEW_INDEX_SCHEME
@@ -67,8 +67,10 @@ def build_index(data: Path, folder: Path, *, text_fields: Iterable[str] = (), id
     check_index_type(index_type)  # before the input is read or a model loaded
     source = _Source(Path(data), fmt, delimiter)
     fields = chosen_fields(source.path, Fields(tuple(text_fields), id_field, group_field), fmt, delimiter)
-    entries_total, problems = _check_input(source, fields, on_error, progress)
-    resolved = resolved or resolve_recipe(model or default_model(), layer=layer, pooling=pooling, exclude_special=exclude_special,
+    sample: list[str] = []
+    entries_total, problems = _check_input(source, fields, on_error, progress, sample)
+    model, model_reason = (model, "chosen with --model") if model else model_choice(sample)
+    resolved = resolved or resolve_recipe(model, layer=layer, pooling=pooling, exclude_special=exclude_special,
                                           max_length=max_length, precision=precision, threads=threads,
                                           backend=backend)
     window_length = min(window_length, resolved.recipe.max_length)
@@ -76,14 +78,16 @@ def build_index(data: Path, folder: Path, *, text_fields: Iterable[str] = (), id
     # the text fields as chosen (named or found), so `info` and `add` see what was embedded
     settings = {"text_fields": list(fields.text), "id_field": id_field, "group_field": group_field,
                 "window": window, "window_length": window_length, "stride": stride, "format": fmt,
-                "delimiter": delimiter, "keyword_terms": NEW_INDEX_SCHEME}
+                "delimiter": delimiter, "keyword_terms": NEW_INDEX_SCHEME,
+                "model_reason": model_reason if resolved.recipe.model == model else "given by the caller"}
     manifest = Manifest(recipe=resolved.recipe, settings=settings, index_type=check_index_type(index_type))
     with IndexWriter.open(Path(folder), new=manifest, replace=replace) as writer:
         if writer.manifest.documents and not replace:
             raise BertdexError(f"{folder} already holds an index: use `bertdex add` to update it, or --replace to rebuild it")
         counts = _ingest(writer, resolved.encoder, source, fields, entries_total, progress, chunk_size)
         final = writer.commit()
-    return _report(folder, counts, final, started, problems, resolved.reason)
+    return _report(folder, counts, final, started, problems, f"model {resolved.recipe.model}: {settings['model_reason']}; "
+                   + resolved.reason)
 
 
 def add_documents(folder: Path, data: Path, *, text_fields: Iterable[str] = (), id_field: str | None = None,
@@ -157,9 +161,12 @@ class _Source:
         return read_entries(self.path, fields, self.fmt, self.delimiter)
 
 
-def _check_input(source: _Source, fields: Fields, on_error: str,
-                 progress: Progress | None) -> tuple[int, list[Problem]]:
-    """First pass: count entries, collect problems, refuse at the first with on_error='fail'."""
+def _check_input(source: _Source, fields: Fields, on_error: str, progress: Progress | None,
+                 sample: list[str] | None = None) -> tuple[int, list[Problem]]:
+    """First pass: count entries, collect problems, refuse at the first with on_error='fail'.
+
+    `sample`: filled with the first texts (what the default model is chosen on).
+    """
     if on_error not in ON_ERROR:
         raise BertdexError(f"unknown --on-error {on_error!r}: choose fail or skip")
     count, problems = 0, []
@@ -170,6 +177,8 @@ def _check_input(source: _Source, fields: Fields, on_error: str,
             problems.append(item)
         else:
             count += 1
+            if sample is not None and len(sample) < LANGUAGE_SAMPLE:
+                sample.append(item.text)
     if count == 0:
         raise BertdexError(f"{source.path}: no entries to index" + (f" ({len(problems)} rows skipped)" if problems else ""))
     if progress:

@@ -210,7 +210,7 @@ def sentence_vectors(texts: list[str], *, index: str | Path | None = None, model
         encoder = encoder_for(recipe, model=model, precision=precision, threads=threads, backend=backend)
         reason = f"the recipe of the index {folder}"
     else:
-        resolved = resolve_recipe(model or default_model(), layer=layer, pooling=pooling, precision=precision,
+        resolved = resolve_recipe(model or default_model(texts), layer=layer, pooling=pooling, precision=precision,
                                   threads=threads, backend=backend)
         recipe, encoder, reason = resolved.recipe, resolved.encoder, resolved.reason
     return embed_texts(encoder, recipe, texts, reason)
