@@ -46,6 +46,19 @@ def tatoeba_sentences(data: Path, count: int) -> list[str]:
     return [sentences[i] for i in rows]
 
 
+def korean_sentences(data: Path, count: int) -> list[str]:
+    """`count` distinct Korean sentences of ko-question-pair and KorSTS, sampled with a fixed seed."""
+    pair = data / "ko-question-pair" / "beir"
+    sentences = {json.loads(line)["text"] for name in ("corpus.jsonl", "queries.jsonl")
+                 for line in (pair / name).read_text(encoding="utf-8").splitlines() if line.strip()}
+    for split in sorted((data / "korsts" / "KorSTS").glob("sts-*.tsv")):
+        for row in split.read_text(encoding="utf-8").splitlines()[1:]:
+            sentences.update(row.split("\t")[5:7])
+    sentences = sorted(s for s in sentences if s.strip())
+    rows = np.random.default_rng(0).choice(len(sentences), min(count, len(sentences)), replace=False)
+    return [sentences[i] for i in rows]
+
+
 def rate(embed, texts: list[str]) -> tuple[float, np.ndarray]:
     started = time.perf_counter()
     vectors = embed(texts)
@@ -62,16 +75,19 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--no-quality", action="store_true", help="skip MRR@10 per precision")
+    parser.add_argument("--model", default="all-MiniLM-L6-v2", help="a packaged model (bertdex models) or a folder")
+    parser.add_argument("--texts", choices=("tatoeba", "korean"), default="tatoeba",
+                        help="English Tatoeba sentences, or Korean ko-question-pair and KorSTS sentences")
     args = parser.parse_args()
     print(f"# python bench/throughput.py {' '.join(sys.argv[1:])}")
     print(f"# {os.cpu_count()} cores, torch {torch.__version__}, capability {torch.backends.cpu.get_cpu_capability()}, "
           f"load average {os.getloadavg()[0]:.1f} at start")
-    texts = tatoeba_sentences(args.data, args.count)
+    texts = tatoeba_sentences(args.data, args.count) if args.texts == "tatoeba" else korean_sentences(args.data, args.count)
     peaks = matmul_peaks()
     print("# matmul peak, torch, " + ", ".join(f"{name} {value:.0f} GFLOP/s" for name, value in peaks.items()))
-    user = resolve_recipe()  # the defaults exactly as a user gets them: no flag forced
+    user = resolve_recipe(args.model)  # the defaults exactly as a user gets them: no flag forced
     print(f"# defaults: {user.encoder.path.label()} ({user.encoder.path_reason})")
-    resolved = resolve_recipe(precision="fp32")
+    resolved = resolve_recipe(args.model, precision="fp32")
     encoder, recipe = resolved.encoder, resolved.recipe
     tokens = [len(x) for x in encoder.tokenize(texts)[0]]
     print(f"# {len(texts)} tatoeba sentences, {np.mean(tokens):.1f} tokens on average (max {max(tokens)})")
@@ -115,7 +131,11 @@ def main() -> None:
                     best[key] = max(best.get(key, 0), rate(bertdex(chosen), texts)[0])
                 chosen.batch_tokens, chosen.max_batch = defaults
     torch.set_num_threads(default_threads)
-    flops = 21e6 * float(np.mean(tokens))  # ~21 MFLOP a token for the bundled model (6 layers, 384 wide)
+    # weights' FLOPs a token: 2 x (4 h^2 attention projections + 2 h x FFN) per layer, ~21 MFLOP for MiniLM-L6
+    config = encoder.config
+    per_token = 2 * recipe.layer * (4 * config.hidden_size ** 2 + 2 * config.hidden_size * config.intermediate_size)
+    flops = per_token * float(np.mean(tokens))
+    print(f"# {per_token / 1e6:.1f} MFLOP a token ({recipe.layer} layers)")
     print(f"\n{'sentences/s':>12}  {'vs ST same threads':>18}  {'of fp32 peak':>12}  what")
     for key, value in best.items():
         threads = key.rsplit(", ", 1)[1]
