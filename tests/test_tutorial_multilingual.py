@@ -88,6 +88,18 @@ def test_the_ship_sense_of_bae_stands_apart_from_pear_and_belly(e5):
         assert np.allclose(np.diag(matrix), 1.0, atol=1e-6) and np.allclose(matrix, matrix.T, atol=1e-6)
 
 
+def test_three_senses_each_find_their_partner_where_the_jamo_model_mixes_ship_and_belly(e5):
+    pairs = ["배를 타고 바다로 나갔다.", "배에서 내려 항구를 걸었다.",  # ship
+             "과일 가게에서 배를 한 상자 샀다.", "추석 선물로 배를 받았다.",  # pear
+             "배가 고파서 밥을 먹었다.", "배가 고파요."]  # belly
+    partner = [1, 0, 3, 2, 5, 4]
+    for strategy in ("sum-last4", "second-last"):  # not "last": there one partner is not the nearest (margin -0.016)
+        matrix = similar_word(e5, pairs, "배", strategy=strategy).matrix - np.eye(6)
+        assert matrix.argmax(axis=1).tolist() == partner, (strategy, matrix.round(3))
+    jamo = similar_word(load_encoder("all-MiniLM-L6-v2"), pairs, "배").matrix - np.eye(6)
+    assert jamo.argmax(axis=1).tolist()[0] == 4  # the bundled model puts the ship nearest to the belly
+
+
 def test_cli_tokens_names_the_piece_style_and_speaks_of_jamo_only_for_hangul():
     english = run_cli("tokens", "Here are embeddings", check=True)
     assert "[UNK]: 0; lower-cases: yes\n" in english.stdout and "jamo" not in english.stdout

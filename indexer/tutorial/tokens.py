@@ -11,6 +11,8 @@ do the work. Word and sentence vectors are in `indexer.tutorial.words`.
 
 from __future__ import annotations
 
+import warnings
+
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -249,7 +251,9 @@ def token_histogram(encoder: Encoder, text: str, path: str | Path, *, layer: int
     axes.set_xlabel("value")
     axes.set_ylabel("count")
     try:
-        figure.savefig(path, format="png")
+        with warnings.catch_warnings():  # Hangul in the title: the default font lacks it, a box is drawn
+            warnings.filterwarnings("ignore", message="Glyph .* missing from font")
+            figure.savefig(path, format="png")
     except OSError as error:
         raise BertdexError(f"cannot write {path}: {error.strerror or error}") from None
     return Histogram(path, index, position, token, values)
