@@ -148,7 +148,7 @@ def _hangul_warning(encoder: Encoder, text: str) -> list[str]:
         return []
     pieces = " ".join(encoder.tokenizer.tokenize(syllable))
     return [f"this tokenizer lower-cases and strips accents (NFD), which splits Hangul syllables into jamo "
-            f"({syllable} -> {pieces}): use a cased model (e.g. bert-base-multilingual-cased) for Korean"]
+            f"({syllable} -> {pieces}): use a cased multilingual model for Korean (--model multilingual-e5-small)"]
 
 
 def _fast_tokenizer(encoder: Encoder):
