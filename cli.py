@@ -528,7 +528,7 @@ def doctor(model: Model = None, remeasure: Annotated[bool, typer.Option("--remea
 
 TutorialText = Annotated[str, typer.Argument(help="The text to look at.")]
 StrategyOption = Annotated[Strategy, typer.Option("--strategy", help="Word vector from the hidden states.")]
-MergeOption = Annotated[Merge, typer.Option("--merge", help="A word cut into WordPiece pieces becomes the mean, first or last piece.")]
+MergeOption = Annotated[Merge, typer.Option("--merge", help="A word cut into pieces (WordPiece or SentencePiece) becomes the mean, first or last piece.")]
 VectorsOut = Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the vectors: .json (vectors inside) or .npy (and a .json of labels beside it).")]
 
 
@@ -552,8 +552,8 @@ def tutorial_command(name: str):
 @tutorial_command("tokens")
 @fails_cleanly
 def tutorial_tokens(text: TutorialText, model: Model = None, as_json: Json = False):
-    """Show TEXT's WordPiece tokens and ids, the [UNK] count, truncation, and a warning when Hangul falls apart into jamo."""
-    from indexer.tutorial.tokens import load_encoder, token_table
+    """Show TEXT's tokens (WordPiece or SentencePiece) and ids, the unknown count, truncation, and a warning when Hangul falls apart into jamo."""
+    from indexer.tutorial.tokens import STYLE_NOTES, load_encoder, token_table
 
     table = token_table(load_encoder(model or default_model([text])), text)
     if as_json:
@@ -562,9 +562,10 @@ def tutorial_tokens(text: TutorialText, model: Model = None, as_json: Json = Fal
     rows = [(str(t.position), t.token, str(t.id), "" if t.word is None else str(t.word), text[t.start:t.end],
              "" if t.kept else "yes") for t in table.tokens]
     print_rows(("#", "token", "id", "word", "text", "cut"), rows)
-    jamo = "" if table.decomposes_hangul is None else f"; Hangul into jamo: {'yes' if table.decomposes_hangul else 'no'}"
     typer.echo(f"{len(table.tokens)} tokens, window {table.max_length}: {'TRUNCATED' if table.truncated else 'not truncated'}; "
-               f"[UNK]: {table.unknown}; lower-cases: {'yes' if table.lowercase else 'no'}{jamo}")
+               f"{table.unk_token}: {table.unknown}; lower-cases: {'yes' if table.lowercase else 'no'}"
+               + (f"; Hangul into jamo: {'yes' if table.decomposes_hangul else 'no'}" if table.has_hangul else ""))
+    typer.echo(STYLE_NOTES.get(table.style, f"pieces: {table.style}"))
     for warning in table.warnings:
         typer.echo(f"warning: {warning}", err=True)
 
@@ -576,7 +577,7 @@ def tutorial_layers(
     model: Model = None,
     histogram: Annotated[Optional[Path], typer.Option(help="Write a PNG histogram of one token's values in one layer (needs matplotlib).")] = None,
     layer: Annotated[int, typer.Option("--layer", help="Histogram: hidden state (0 = embeddings, negative from the top).")] = 5,
-    token: Annotated[int, typer.Option("--token", help="Histogram: token position ([CLS] is 0).")] = 5,
+    token: Annotated[int, typer.Option("--token", help="Histogram: token position (0 is the first special token, [CLS] or <s>).")] = 5,
     as_json: Json = False,
 ):
     """Show the hidden states' shape [layers x tokens x hidden] and each layer's value range."""

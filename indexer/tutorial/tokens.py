@@ -1,19 +1,24 @@
-"""What a BERT model sees of one text: its WordPiece tokens and ids, and its hidden states.
+"""What a BERT model sees of one text: its tokens and ids, and its hidden states.
 
 The first steps of the embedding tutorial as functions over an `Encoder` built with all its
 layers (`load_encoder`): the token table, the [layers x tokens x hidden] shape with each layer's
-value range, and a histogram of one token's values in one layer. Nothing here imports torch: the
-encoder's tokenizer and `hidden_states` do the work. Word and sentence vectors are in `indexer.tutorial.words`.
+value range, and a histogram of one token's values in one layer. It works for WordPiece tokenizers
+(BERT: "##" continues a word, [CLS]/[SEP]) and SentencePiece ones (XLM-R, e5: "▁" starts a word, <s>/</s>)
+alike: words come from the tokenizer's word_ids() and offsets, special tokens from its all_special_ids,
+never from the pieces' spelling. Nothing here imports torch: the encoder's tokenizer and `hidden_states`
+do the work. Word and sentence vectors are in `indexer.tutorial.words`.
 """
 
 from __future__ import annotations
+
+import warnings
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from indexer.embed.encoder import Encoder
+from indexer.embed.encoder import Encoder, has_hangul_jamo
 from indexer.errors import BertdexError
 from indexer.embed.models import default_model, resolve_model_folder, trained_pooling
 from indexer.embed.recipe import absolute_layer
@@ -39,11 +44,37 @@ def check_text(text: str) -> str:
 
 # -- tokens -------------------------------------------------------------------------------------
 
+STYLE_NOTES = {"wordpiece": "WordPiece: ## marks a piece that continues a word",
+               "sentencepiece": "SentencePiece: ▁ marks a piece that starts a word"}
+
+
+def piece_style(tokenizer) -> str:
+    """'wordpiece', 'sentencepiece' (a Metaspace pre-tokenizer: XLM-R, e5), else the model's kind in lower case."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return "unknown"
+    kind = type(backend.model).__name__
+    if kind == "WordPiece":
+        return "wordpiece"
+    return "sentencepiece" if "Metaspace" in repr(backend.pre_tokenizer) else kind.lower()
+
+
+def char_span(text: str, start: int, end: int) -> tuple[int, int]:
+    """A token's characters without the whitespace before them: a SentencePiece piece's "▁" stands
+    for the space before its word, and its offsets include it. A lone "▁" becomes empty at its word.
+
+    char_span("a 배", 1, 3) -> (2, 3)
+    """
+    while start < end and text[start].isspace():
+        start += 1
+    return start, end
+
 
 @dataclass(frozen=True)
 class Token:
-    """One WordPiece token: `word` is the index of the word it belongs to (None for [CLS]/[SEP]),
-    start/end its characters in the text, `kept` False when it lies past the model's window."""
+    """One token (a WordPiece or SentencePiece piece): `word` is the index of the word it belongs to
+    (None for the special tokens, [CLS]/[SEP] or <s>/</s>), start/end its characters in the text
+    (without the space a "▁" piece carries), `kept` False when it lies past the model's window."""
 
     position: int
     token: str
@@ -64,6 +95,13 @@ class TokenTable:
     lowercase: bool
     decomposes_hangul: bool | None  # None when the text holds no Hangul (nothing to split)
     warnings: tuple[str, ...]
+    style: str = "wordpiece"  # piece_style(): how pieces mark word boundaries
+    unk_token: str = "[UNK]"  # what the tokenizer calls an unknown piece (<unk> in SentencePiece)
+
+    @property
+    def has_hangul(self) -> bool:
+        """Whether the text holds Hangul (syllables or jamo): only then is "Hangul into jamo" worth saying."""
+        return any("\uac00" <= ch <= "\ud7a3" for ch in self.text) or has_hangul_jamo(self.text)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -81,12 +119,15 @@ def token_table(encoder: Encoder, text: str) -> TokenTable:
     encoded = tokenizer(check_text(text), truncation=False, return_offsets_mapping=True, verbose=False)
     ids, words = encoded["input_ids"], encoded.word_ids()
     pieces = tokenizer.convert_ids_to_tokens(ids)
+    special = set(tokenizer.all_special_ids)
     room = encoder.max_length - tokenizer.num_special_tokens_to_add()
     tokens, content = [], 0
     for position, (piece, token_id, word, (start, end)) in enumerate(zip(pieces, ids, words, encoded["offset_mapping"])):
-        kept = word is None or content < room
-        content += word is not None
-        tokens.append(Token(position, piece, int(token_id), word, int(start), int(end), kept))
+        is_special = word is None and token_id in special
+        kept = is_special or content < room
+        content += not is_special
+        start, end = char_span(text, int(start), int(end))
+        tokens.append(Token(position, piece, int(token_id), word, start, end, kept))
     unknown = sum(token_id == tokenizer.unk_token_id for token_id in ids)
     truncated = len(ids) > encoder.max_length
     warnings = []
@@ -94,11 +135,11 @@ def token_table(encoder: Encoder, text: str) -> TokenTable:
         warnings.append(f"{len(ids)} tokens: the {content - room} past the model's window of "
                         f"{encoder.max_length} are cut when embedding")
     if unknown:
-        warnings.append(f"{unknown} piece(s) are [UNK]: the vocabulary cannot spell them, their meaning is lost")
+        warnings.append(f"{unknown} piece(s) are {tokenizer.unk_token}: the vocabulary cannot spell them, "
+                        "their meaning is lost")
     warnings += _hangul_warning(encoder, text)
-    hangul = _first_syllable(text) is not None
     return TokenTable(text, tuple(tokens), unknown, encoder.max_length, truncated, encoder.lowercase,
-                      encoder.decomposes_hangul if hangul else None, tuple(warnings))
+                      encoder.decomposes_hangul, tuple(warnings), piece_style(tokenizer), str(tokenizer.unk_token))
 
 
 def _first_syllable(text: str) -> str | None:
@@ -111,7 +152,7 @@ def _hangul_warning(encoder: Encoder, text: str) -> list[str]:
         return []
     pieces = " ".join(encoder.tokenizer.tokenize(syllable))
     return [f"this tokenizer lower-cases and strips accents (NFD), which splits Hangul syllables into jamo "
-            f"({syllable} -> {pieces}): use a cased model (e.g. bert-base-multilingual-cased) for Korean"]
+            f"({syllable} -> {pieces}): use a cased multilingual model for Korean (--model multilingual-e5-small)"]
 
 
 def _fast_tokenizer(encoder: Encoder):
@@ -137,8 +178,9 @@ def hidden_states_of(encoder: Encoder, text: str):
     tokenizer = _fast_tokenizer(encoder)
     encoded = tokenizer(check_text(text), truncation=True, max_length=encoder.max_length,
                         return_offsets_mapping=True, return_tensors="pt")
+    types = encoded.get("token_type_ids")  # XLM-R (SentencePiece) tokenizers make none: all type 0
     states = encoder.hidden_states(encoded["input_ids"], encoded["attention_mask"],
-                                   encoded.get("token_type_ids"), None)
+                                   np.zeros_like(encoded["input_ids"]) if types is None else types, None)
     return states[:, 0], encoded
 
 
@@ -200,10 +242,11 @@ def token_histogram(encoder: Encoder, text: str, path: str | Path, *, layer: int
         raise BertdexError("the histogram needs matplotlib: pip install 'bertdex[tutorial]'") from None
     states, encoded = hidden_states_of(encoder, text)
     index = absolute_layer(layer, states.shape[0] - 1)
+    names = encoder.tokenizer.convert_ids_to_tokens(encoded["input_ids"][0].tolist())
     if not 0 <= position < states.shape[1]:
         raise BertdexError(f"--token {position} is out of range: the text has {states.shape[1]} tokens "
-                           f"(0..{states.shape[1] - 1}, [CLS] is 0)")
-    token = encoder.tokenizer.convert_ids_to_tokens([int(encoded["input_ids"][0, position])])[0]
+                           f"(0..{states.shape[1] - 1}, {names[0]} is 0)")
+    token = names[position]
     values = states[index, position]
     figure = Figure(figsize=(8, 6))
     axes = figure.subplots()
@@ -212,7 +255,9 @@ def token_histogram(encoder: Encoder, text: str, path: str | Path, *, layer: int
     axes.set_xlabel("value")
     axes.set_ylabel("count")
     try:
-        figure.savefig(path, format="png")
+        with warnings.catch_warnings():  # Hangul in the title: the default font lacks it, a box is drawn
+            warnings.filterwarnings("ignore", message="Glyph .* missing from font")
+            figure.savefig(path, format="png")
     except OSError as error:
         raise BertdexError(f"cannot write {path}: {error.strerror or error}") from None
     return Histogram(path, index, position, token, values)

@@ -2,7 +2,8 @@
 
 A word's vector is built from its tokens' hidden states by a strategy (the tutorial's four:
 concatenate or sum the last four layers, the last layer, the second-to-last), and a word cut into
-WordPiece pieces is merged back into one vector (mean, first or last piece). Sentence vectors follow an
+pieces (WordPiece 임 ##베 ##딩, SentencePiece ▁임 베 딩) is merged back into one vector (mean, first or
+last piece); which pieces make a word comes from the tokenizer's word_ids(), not from "##" or "▁". Sentence vectors follow an
 index's recipe or a chosen one, through `Encoder.embed` as indexing does. Nothing here imports torch.
 """
 
@@ -19,7 +20,7 @@ from indexer.errors import BertdexError
 from indexer.store.keywords import normalize_text
 from indexer.embed.models import default_model
 from indexer.embed.recipe import Recipe
-from indexer.tutorial.tokens import hidden_states_of
+from indexer.tutorial.tokens import char_span, hidden_states_of
 
 STRATEGIES = ("concat-last4", "sum-last4", "last", "second-last")
 MERGES = ("mean", "first", "last")
@@ -56,7 +57,8 @@ def merge_pieces(vectors: np.ndarray, groups: list[list[int]], merge: str) -> np
 
 @dataclass(frozen=True)
 class Word:
-    """A word of the text (whitespace and punctuation split words, as BERT's pre-tokenizer does)."""
+    """A word of the text, as the model's pre-tokenizer splits words: BERT's at whitespace and punctuation,
+    SentencePiece's (Metaspace) at whitespace only, so "나갔다." keeps its full stop there."""
 
     text: str
     start: int
@@ -78,14 +80,15 @@ class WordVectors:
 
 
 def word_vectors(encoder: Encoder, text: str, *, strategy: str = "sum-last4", merge: str = "mean") -> WordVectors:
-    """One contextual vector per word of `text`; a word's pieces (임 ##베 ##딩) are merged into one."""
+    """One contextual vector per word of `text`; a word's pieces (임 ##베 ##딩, or ▁임 베 딩) are merged
+    into one. A lone "▁" piece (SentencePiece's word start, spelled apart) is one of its word's pieces."""
     states, encoded = hidden_states_of(encoder, text)
     rows = token_vectors(states, strategy)
     groups: dict[int, list[int]] = {}
     for position, word in enumerate(encoded.word_ids(0)):
         if word is not None:
             groups.setdefault(word, []).append(position)
-    offsets = encoded["offset_mapping"][0].tolist()
+    offsets = [char_span(text, start, end) for start, end in encoded["offset_mapping"][0].tolist()]
     pieces = encoder.tokenizer.convert_ids_to_tokens(encoded["input_ids"][0].tolist())
     words = tuple(
         Word(text[offsets[g[0]][0]:offsets[g[-1]][1]], offsets[g[0]][0], offsets[g[-1]][1], tuple(pieces[i] for i in g))
@@ -150,7 +153,7 @@ def similar_word(encoder: Encoder, sentences: list[str], word: str, *, strategy:
     """Cosine similarity of `word`'s contextual vectors across `sentences` (its first place in each).
 
     The word's tokens are those whose character spans overlap the word's, so 배 in 배를 is found
-    whether the tokenizer splits off the particle (배 ##를) or not.
+    whether the tokenizer splits off the particle (배 ##를, ▁배 를) or not.
     """
     if len(sentences) < 2:
         raise BertdexError("give at least two sentences to compare the word across")
@@ -159,7 +162,8 @@ def similar_word(encoder: Encoder, sentences: list[str], word: str, *, strategy:
         start, end = find_word(sentence, word)
         states, encoded = hidden_states_of(encoder, sentence)
         rows = token_vectors(states, strategy)
-        chosen = [i for i, (w, (s, e)) in enumerate(zip(encoded.word_ids(0), encoded["offset_mapping"][0].tolist()))
+        spans = [char_span(sentence, s, e) for s, e in encoded["offset_mapping"][0].tolist()]
+        chosen = [i for i, (w, (s, e)) in enumerate(zip(encoded.word_ids(0), spans))
                   if w is not None and s < end and e > start]
         if not chosen:
             raise BertdexError(f"the word {word!r} lies past the model's window of {encoder.max_length} tokens "
