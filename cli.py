@@ -505,12 +505,12 @@ def tune(
     """Try layer x pooling x keyword/hybrid fusion on held-out questions; store the best in the index."""
     from search.quality.tune import tune_index
 
+    if from_feedback and (queries or qrels):
+        raise typer.BadParameter("give --feedback or --queries/--qrels, not both")
     asked, judged = labelled(queries, qrels, required=False)
     if from_feedback:
         from search.quality.feedback import labelled_from_feedback
 
-        if asked is not None:
-            raise typer.BadParameter("give --feedback or --queries/--qrels, not both")
         asked, judged = labelled_from_feedback(index_dir)
     report = tune_index(index_dir, queries=asked, qrels=judged, group_field=group_field, store=not dry_run,
                         max_queries=max_queries)
@@ -566,7 +566,7 @@ def calibrate(
 @fails_cleanly
 def feedback(
     index_dir: IndexDir,
-    threshold: Annotated[float, typer.Option(help="Cosine at or above which two missed questions count as one need.")] = 0.7,
+    threshold: Annotated[Optional[float], typer.Option(help="Cosine at or above which two missed questions count as one need (default: measured on the index's groups).")] = None,
     limit: Annotated[int, typer.Option(help="Groups to show at most.")] = 20,
     as_json: Json = False,
 ):
@@ -580,6 +580,7 @@ def feedback(
     typer.echo(f"{report.logged} questions logged, {report.unanswered} with no answer past the cut; "
                f"{report.verdicts} verdicts: {report.marked_wrong} questions marked wrong, "
                f"{report.marked_right} with an answer marked right (`bertdex tune --feedback` learns from these)")
+    typer.echo(f"grouped at cosine >= {report.threshold:.3f} ({report.threshold_source})")
     if not report.groups:
         typer.echo("no missed questions")
         return

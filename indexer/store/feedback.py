@@ -1,8 +1,8 @@
 """Agents' verdicts on answers and the log of asked questions, kept in the index's own SQLite file.
 
 Two tables (migration m002 in indexer.store.folder): `query_log` (time, question, mode, the
-answers' keys and scores, whether any passed the cut), trimmed to the newest `max_logged` rows on
-every insert; and `feedback` (one verdict on one answer to one question: "up", "down", or "right"
+answers' keys and scores, whether any passed the cut), trimmed to the newest `max_logged` rows at
+every write; and `feedback` (one verdict on one answer to one question: "up", "down", or "right"
 for a lower answer that should have come first). Each write is one transaction on this store's
 own connection. The documents, vectors and manifest are never touched: no generation is
 committed, so searchers keep their loaded vectors. This module stores and reads; it neither
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,16 @@ from indexer.store.folder import check_index_folder, connect, migrations, now
 
 VERDICTS = ("up", "down", "right")
 MAX_LOGGED = 10_000
+_last_id = [0]
+_id_lock = threading.Lock()
+
+
+def new_query_id() -> int:
+    """A query log id: microseconds since the epoch, strictly increasing in this process (so ids sort by time
+    and several server processes on one index rarely meet; a clash drops that one log row)."""
+    with _id_lock:
+        _last_id[0] = max(_last_id[0] + 1, time.time_ns() // 1000)
+        return _last_id[0]
 
 
 @dataclass(frozen=True)
@@ -62,17 +73,26 @@ class FeedbackStore:
         self._lock = threading.Lock()
         if not readonly:
             self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a log row costs no fsync
-            with self._lock, self.db.atomic():
-                migrations.apply(self.db)
+            if migrations.pending(self.db):  # a write: only when needed (an index write may hold the lock)
+                with self._lock, self.db.atomic():
+                    migrations.apply(self.db)
         self._ready = "feedback" in self.db.table_names()
 
-    def log_query(self, question: str, mode: str | None, hits: list[tuple[str, float]], answered: bool) -> int:
-        """Append one asked question; drops the oldest rows beyond `max_logged`. Returns its id."""
-        row = {"asked": now(), "question": question, "mode": mode, "answered": int(answered),
-               "hits": json.dumps([[key, round(float(score), 6)] for key, score in hits], ensure_ascii=False)}
+    def log_queries(self, rows: list[tuple[int, str, str | None, list, bool]]) -> None:
+        """Append asked questions as (id from new_query_id, question, mode, [(key, score)], answered), in one
+        transaction; then drop the oldest rows beyond `max_logged`."""
+        records = [{"id": query_id, "asked": now(), "question": question, "mode": mode, "answered": int(answered),
+                    "hits": json.dumps([[key, round(float(score), 6)] for key, score in hits], ensure_ascii=False)}
+                   for query_id, question, mode, hits, answered in rows]
         with self._lock, self.db.atomic():
-            query_id = self.db["query_log"].insert(row).last_pk
-            self.db.execute("DELETE FROM query_log WHERE id <= ?", [query_id - self.max_logged])
+            self.db["query_log"].insert_all(records, ignore=True)
+            self.db.execute("DELETE FROM query_log WHERE id < (SELECT id FROM query_log ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                            [self.max_logged - 1])
+
+    def log_query(self, question: str, mode: str | None, hits: list[tuple[str, float]], answered: bool) -> int:
+        """Append one asked question; returns its id."""
+        query_id = new_query_id()
+        self.log_queries([(query_id, question, mode, hits, answered)])
         return query_id
 
     def add(self, question: str, key: str, verdict: str, *, rank: int | None = None, score: float | None = None,
@@ -85,9 +105,6 @@ class FeedbackStore:
         with self._lock, self.db.atomic():
             if self.db.execute("SELECT 1 FROM documents WHERE key = ?", [key]).fetchone() is None:
                 raise BertdexError(f"key: no entry with key {key!r}")
-            if query_id is not None and self.db.execute("SELECT 1 FROM query_log WHERE id = ?",
-                                                        [query_id]).fetchone() is None:
-                query_id = None  # trimmed from the log since, or never logged: the verdict still counts
             row = {"given": now(), "question": question, "key": key, "verdict": verdict, "rank": rank,
                    "score": score, "query_id": query_id}
             return self.db["feedback"].insert(row).last_pk

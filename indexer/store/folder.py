@@ -189,6 +189,10 @@ class IndexWriter:
             _remove_stale_files(folder, db)
             with db.atomic():
                 migrations.apply(db)  # a new index gets every table; an older one gets what it lacks
+                # take SQLite's write lock now, not at the first write after embedding: feedback and the query
+                # log (indexer.store.feedback) write to this file too, and a commit of theirs in between would
+                # make this transaction's snapshot stale (SQLITE_BUSY_SNAPSHOT) and fail the whole write
+                db.execute(f"DELETE FROM {migrations.migrations_table} WHERE 0")
                 if not has_manifest:
                     manifest = new
                 else:

@@ -4,7 +4,9 @@ A question is *missed* when the server logged it with no answer past the cut, or
 an answer to it wrong (down) and no answer to it right (up, or "right" on a lower answer). Missed
 questions are embedded with the index's own recipe and grouped greedily: the most-asked one
 leads a group and takes every ungrouped question at cosine >= `threshold` to it, and so on. Each
-group is one FAQ entry the desk probably lacks. Questions with an answer marked right become
+group is one FAQ entry the desk probably lacks. The threshold is measured on the index's own
+groups (entries that are phrasings of one question): the lower quartile of their pairwise cosines,
+but never below the 99th percentile of pairs from different groups; without groups, 0.6. Questions with an answer marked right become
 labelled queries for `search.quality.tune`. This module reads feedback; it does not store it
 (indexer.store.feedback) nor change the index.
 """
@@ -22,7 +24,8 @@ from indexer.store.feedback import FeedbackStore
 from indexer.store.keywords import normalize_text
 from search.searcher import Searcher
 
-THRESHOLD = 0.7
+THRESHOLD = 0.6    # without groups to measure on
+SAMPLE_GROUPS = 200  # groups embedded to measure the threshold
 GOOD = ("up", "right")
 
 
@@ -69,12 +72,14 @@ class FeedbackReport:
     marked_wrong: int    # distinct questions marked wrong and never right
     marked_right: int    # distinct questions with an answer marked right (labelled queries for tune)
     threshold: float
+    threshold_source: str
     groups: tuple[MissedGroup, ...]
 
     def to_dict(self) -> dict:
         return {"folder": self.folder, "logged": self.logged, "unanswered": self.unanswered,
                 "verdicts": self.verdicts, "marked_wrong": self.marked_wrong, "marked_right": self.marked_right,
-                "threshold": self.threshold, "groups": [g.to_dict() for g in self.groups]}
+                "threshold": round(self.threshold, 4), "threshold_source": self.threshold_source,
+                "groups": [g.to_dict() for g in self.groups]}
 
 
 def group_by_meaning(vectors: np.ndarray, counts: list[int], threshold: float) -> list[list[int]]:
@@ -113,9 +118,28 @@ def missed_questions(store: FeedbackStore) -> tuple[list[Missed], dict]:
     return missed, counts
 
 
-def feedback_report(folder: str | Path, *, threshold: float = THRESHOLD, encoder=None) -> FeedbackReport:
-    """Group the missed questions of `folder` by meaning, most asked first."""
-    if not 0 < threshold <= 1:
+def measured_threshold(searcher: Searcher) -> tuple[float, str]:
+    """(cosine, how it was found): when two questions count as one need, from the index's own groups."""
+    rows = searcher.db.execute("SELECT text, group_key FROM documents WHERE group_key IN (SELECT group_key FROM "
+                               "documents WHERE group_key IS NOT NULL GROUP BY group_key HAVING count(*) > 1 "
+                               "ORDER BY group_key LIMIT ?)", [SAMPLE_GROUPS]).fetchall()
+    if len(rows) < 4:
+        return THRESHOLD, "default (the index has no groups to measure on)"
+    vectors = searcher.embed([text for text, _ in rows])
+    groups = np.asarray([group for _, group in rows])
+    similarity = vectors @ vectors.T
+    upper = np.triu(np.ones_like(similarity, dtype=bool), k=1)
+    same = similarity[upper & (groups[:, None] == groups[None, :])]
+    other = similarity[upper & (groups[:, None] != groups[None, :])]
+    threshold = float(np.percentile(same, 25))
+    if len(other):
+        threshold = max(threshold, float(np.percentile(other, 99)))
+    return threshold, f"measured on {len(same)} pairs of phrasings in the index's groups"
+
+
+def feedback_report(folder: str | Path, *, threshold: float | None = None, encoder=None) -> FeedbackReport:
+    """Group the missed questions of `folder` by meaning, most asked first. `threshold`: default measured."""
+    if threshold is not None and not 0 < threshold <= 1:
         raise BertdexError(f"--threshold {threshold} must be in (0, 1]")
     store = FeedbackStore(folder, readonly=True)
     try:
@@ -123,20 +147,22 @@ def feedback_report(folder: str | Path, *, threshold: float = THRESHOLD, encoder
     finally:
         store.close()
     groups: list[MissedGroup] = []
-    if missed:
-        searcher = Searcher(folder, encoder=encoder)
-        try:
-            vectors = searcher.embed([m.question for m in missed])
-            for members in group_by_meaning(vectors, [m.count for m in missed], threshold):
-                leader = missed[members[0]].question
-                hits = searcher.search(leader, 1, mode="dense", min_score=float("-inf"))
-                closest = hits[0] if hits else None
-                groups.append(MissedGroup(tuple(missed[i] for i in members), closest and closest.key,
-                                          closest and closest.text, closest and closest.score))
-        finally:
-            searcher.close()
+    searcher = Searcher(folder, encoder=encoder)
+    try:
+        source = "given"
+        if threshold is None:
+            threshold, source = measured_threshold(searcher)
+        vectors = searcher.embed([m.question for m in missed]) if missed else np.zeros((0, 1), dtype=np.float32)
+        for members in group_by_meaning(vectors, [m.count for m in missed], threshold):
+            leader = missed[members[0]].question
+            hits = searcher.search(leader, 1, mode="dense", min_score=float("-inf"))
+            closest = hits[0] if hits else None
+            groups.append(MissedGroup(tuple(missed[i] for i in members), closest and closest.key,
+                                      closest and closest.text, closest and closest.score))
+    finally:
+        searcher.close()
     groups.sort(key=lambda g: -g.count)
-    return FeedbackReport(str(folder), threshold=threshold, groups=tuple(groups), **counts)
+    return FeedbackReport(str(folder), threshold=threshold, threshold_source=source, groups=tuple(groups), **counts)
 
 
 def labelled_from_feedback(folder: str | Path) -> tuple[dict[str, str], dict[str, dict[str, float]]]:

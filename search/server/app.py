@@ -123,7 +123,7 @@ def create_app(folder: str | Path, *, api_key: str | None = None, writable: bool
                                         filters=dict(body.filters) or None)
         found = await asyncio.wrap_future(future)
         results = [answer(service, q, hits, cut, mode, body.highlight) for q, hits in zip(questions, found)]
-        for result, query_id in zip(results, await asyncio.to_thread(service.log, questions, mode, results)):
+        for result, query_id in zip(results, service.log(questions, mode, results)):
             result["query_id"] = query_id
         return {"results": results}
 
@@ -134,7 +134,7 @@ def create_app(folder: str | Path, *, api_key: str | None = None, writable: bool
     @app.post("/feedback", summary="An agent's verdict on one answer: up, down, or right (a lower answer was right)",
               dependencies=[Depends(allowed)])
     async def feedback(body: FeedbackRequest) -> dict:
-        given = await asyncio.to_thread(service.store.add, body.question, body.key, body.verdict, rank=body.rank,
+        given = await asyncio.to_thread(service.add_feedback, body.question, body.key, body.verdict, rank=body.rank,
                                         score=body.score, query_id=body.query_id)
         return {"id": given, "question": body.question, "key": body.key, "verdict": body.verdict}
 

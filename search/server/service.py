@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import socket
+import sqlite3
 import threading
 from importlib import resources
 from pathlib import Path
@@ -23,6 +24,7 @@ from indexer.store.folder import IndexWriter, connect
 from search.searcher import Searcher
 from search.server import answers
 from search.server.batching import MicroBatcher
+from search.server.querylog import QueryLog
 
 WRITE_WAIT_SECONDS = 30
 PAGES = {"/": ("index.html", "text/html; charset=utf-8"), "/app.js": ("app.js", "text/javascript; charset=utf-8"),
@@ -88,6 +90,7 @@ class Service:
         self.write_lock = threading.Lock()
         self.store = FeedbackStore(self.folder) if feedback or query_log else None
         self.takes_feedback, self.query_log = feedback, query_log
+        self.logger = QueryLog(self.store) if query_log else None
         self.reader = connect(self.folder, readonly=True)
         self._reader_lock = threading.Lock()
         self._facets: tuple[int, dict] = (-1, {})
@@ -145,17 +148,25 @@ class Service:
             return answers.texts_of(self.reader, keys)
 
     def log(self, questions: list[str], mode: str, results: list[dict]) -> list[int | None]:
-        """Log each question with what it got; the ids link later feedback to it."""
-        if self.store is None or not self.query_log:
+        """Queue each question with what it got for the query log; the ids link later feedback to it."""
+        if self.logger is None:
             return [None] * len(questions)
         ids = []
         for question, result in zip(questions, results):
             shown = result["hits"] or ([result["closest"]] if result["closest"] else [])
-            ids.append(self.store.log_query(question, mode, [(h["key"], h["score"]) for h in shown], result["answered"]))
+            ids.append(self.logger.add(question, mode, [(h["key"], h["score"]) for h in shown], result["answered"]))
         return ids
+
+    def add_feedback(self, question: str, key: str, verdict: str, **details) -> int:
+        try:
+            return self.store.add(question, key, verdict, **details)
+        except sqlite3.OperationalError:  # an index write holds the file longer than the busy timeout
+            raise HTTPException(503, "the index is busy with a long write; try the feedback again") from None
 
     def close(self) -> None:
         self.batcher.close()
+        if self.logger is not None:
+            self.logger.close()
         self.searcher.close()
         self.reader.close()
         if self.store is not None:
