@@ -233,3 +233,41 @@ def test_bertdex_feedback_and_tune_on_feedback(faq_index):
     assert "labelled queries (3)" in tuned and "dry run: nothing stored" in tuned
     both = run_cli("tune", faq_index, "--feedback", "--queries", "q.jsonl", "--qrels", "q.tsv")
     assert both.returncode != 0 and "not both" in both.stderr
+
+
+@pytest.mark.slow
+def test_serve_quiet_and_without_query_log_prints_and_logs_nothing(faq_index):
+    import os
+    import socket
+    import subprocess
+    import time
+
+    import httpx
+
+    from conftest import BERTDEX, ROOT
+    from indexer.store.feedback import FeedbackStore
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen([*BERTDEX, "serve", str(faq_index), "--port", str(port), "--quiet", "--no-query-log"],
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, process.stderr.read()
+            try:
+                answer = httpx.post(f"http://127.0.0.1:{port}/search", json={"question": "refund"}, timeout=60)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "bertdex serve did not answer"
+                time.sleep(0.2)
+        assert answer.status_code == 200 and answer.json()["results"][0]["query_id"] is None
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert process.stderr.read() == "" and process.stdout.read() == ""
+    store = FeedbackStore(faq_index, readonly=True)
+    assert store.logged() == []
+    store.close()

@@ -402,6 +402,8 @@ def test_bertdex_serve_command(faq_index, tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=30)
+    logged = process.stderr.read()
+    assert logged.startswith("starting: ") and " POST /documents 200 " in logged and " POST /documents 401 " in logged
 
 
 # -- fuzzing --------------------------------------------------------------------------------------
