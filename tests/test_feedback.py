@@ -10,7 +10,6 @@ import logging
 import numpy as np
 import pytest
 
-from conftest import run_cli
 from test_server import KEY, WRITER, error, running
 
 GIFT_CARDS = ["Do you sell gift cards?", "can I buy a gift card for my sister", "Are gift vouchers available?"]
@@ -213,26 +212,46 @@ def test_access_log_and_offline_docs(faq_index, encoder, caplog):
 def test_serve_on_a_busy_port_says_so_in_one_line(faq_index):
     import socket
 
+    from typer.testing import CliRunner
+
+    from cli import app
+
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        result = run_cli("serve", faq_index, "--port", port)
-    assert result.returncode == 1 and "starting:" not in result.stderr
-    assert result.stderr.strip() == f"error: --port {port}: already in use on 127.0.0.1 (another server?); choose another port"
+        result = CliRunner().invoke(app, ["serve", str(faq_index), "--port", str(port)])
+    assert result.exit_code == 1 and "starting:" not in result.output
+    assert result.output.strip() == f"error: --port {port}: already in use on 127.0.0.1 (another server?); choose another port"
 
 
 @pytest.mark.slow
-def test_bertdex_feedback_and_tune_on_feedback(faq_index):
-    feed(faq_index, unanswered=GIFT_CARDS + CRYPTO,
-         right=[("I lost my password", "en-006"), ("where is my package", "en-029"), ("money back for my order", "en-010")])
-    shown = run_cli("feedback", faq_index, check=True).stdout
-    assert "5 questions logged, 5 with no answer past the cut" in shown and "3 with an answer marked right" in shown
+def test_bertdex_feedback_command(faq_index):
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    feed(faq_index, unanswered=GIFT_CARDS + CRYPTO, right=[("I lost my password", "en-006")])
+    result = CliRunner().invoke(app, ["feedback", str(faq_index)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    shown = result.output
+    assert "5 questions logged, 5 with no answer past the cut" in shown and "1 with an answer marked right" in shown
+    assert "grouped at cosine >= 0.563 (measured on 12 pairs of phrasings in the index's groups)" in shown
     assert shown.index("Do you sell gift cards?") < shown.index("Can I pay with bitcoin?")
-    tuned = run_cli("tune", faq_index, "--feedback", "--dry-run", check=True).stdout
-    assert "labelled queries (3)" in tuned and "dry run: nothing stored" in tuned
-    both = run_cli("tune", faq_index, "--feedback", "--queries", "q.jsonl", "--qrels", "q.tsv")
-    assert both.returncode != 0 and "not both" in both.stderr
+    both = CliRunner().invoke(app, ["tune", str(faq_index), "--feedback", "--queries", "q.jsonl", "--qrels", "q.tsv"])
+    assert both.exit_code != 0 and "not both" in both.output
+
+
+def test_tune_learns_from_the_answers_marked_right(faq_index, encoder):
+    from search.quality.feedback import labelled_from_feedback
+    from search.quality.tune import tune_index
+
+    feed(faq_index, right=[("I lost my password", "en-006"), ("where is my package", "en-028"),
+                           ("money back for my order", "en-010")])
+    queries, qrels = labelled_from_feedback(faq_index)
+    report = tune_index(faq_index, queries=queries, qrels=qrels, encoder=encoder, store=False, layers=[6])
+    assert report.source == "labelled queries (3)" and report.queries == 3 and not report.stored
+    assert 0 < report.best.metrics["mrr@10"] <= 1
 
 
 @pytest.mark.slow
