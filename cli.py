@@ -702,11 +702,15 @@ def serve(
     batch_window_ms: Annotated[float, typer.Option(help="How long a question waits for others to share its forward pass.")] = 2.0,
     max_batch: Annotated[int, typer.Option(min=1, help="Most questions in one forward pass (1: no micro-batching).")] = 64,
     threads: Annotated[Optional[int], typer.Option(min=1, help="Torch threads (default: all cores; 1 is faster on a busy machine).")] = None,
+    query_log: Annotated[bool, typer.Option("--query-log/--no-query-log", help="Log each asked question in the index (the newest 10,000), for `bertdex feedback`.")] = True,
+    access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="One line per request on stderr: method, path, status, ms.")] = True,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors (no start line, no access log).")] = False,
 ):
-    """Serve the index over HTTP: POST /search, /documents, /health, /info, a search page at /."""
+    """Serve the index over HTTP: POST /search, /feedback, /documents; GET /fields, /health, /info; a search page at /."""
+    import logging
     import os
 
-    from search.server.app import check_bind, serve as run_server
+    from search.server.app import bind_socket, check_bind, serve as run_server
 
     api_key = os.environ.get("BERTDEX_API_KEY") or None
     if api_key_file is not None:
@@ -715,10 +719,24 @@ def serve(
         except OSError as error:
             raise typer.BadParameter(f"--api-key-file {api_key_file}: {error.strerror}") from None
     writable = check_bind(host, api_key, read_only)
-    access = "writes need the API key" if writable else "read-only (no API key, or --read-only)"
-    typer.echo(f"starting: {index_dir} on http://{host}:{port}/ ({access}; API docs at /docs)", err=True)
+    from search.searcher import open_manifest
+
+    open_manifest(index_dir)  # not an index: one line, before anything starts
+    sock = bind_socket(host, port)  # a busy port fails here, before the start line
+    if access_log and not quiet:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        logger = logging.getLogger("bertdex.access")
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    access = ("writes and feedback need the API key" if writable else "read-only: no writes, no feedback, no query log"
+              if read_only else "entries read-only without an API key; feedback open on loopback")
+    if not quiet:
+        typer.echo(f"starting: {index_dir} on http://{host}:{port}/ ({access}; API docs at /docs)", err=True)
     run_server(index_dir, host=host, port=port, api_key=api_key, read_only=read_only,
-               batch_window=batch_window_ms / 1000, max_batch=max_batch, threads=threads)
+               batch_window=batch_window_ms / 1000, max_batch=max_batch, threads=threads,
+               query_log=query_log, access_log=access_log and not quiet, sock=sock)
 
 
 # -- answer quality ---------------------------------------------------------------------------------
@@ -776,12 +794,19 @@ def tune(
     group_field: Annotated[Optional[str], typer.Option(help="Without labels: a stored field whose shared values mark phrasings of one question (default: the index's groups).")] = None,
     max_queries: Annotated[int, typer.Option(help="Held-out questions to use at most (evenly spread).")] = 2000,
     dry_run: DryRun = False,
+    from_feedback: Annotated[bool, typer.Option("--feedback", help="Tune on the answers agents marked right (thumbs up, or 'this one was right'), as labelled queries.")] = False,
     as_json: Json = False,
 ):
     """Try layer x pooling x keyword/hybrid fusion on held-out questions; store the best in the index."""
     from search.quality.tune import tune_index
 
+    if from_feedback and (queries or qrels):
+        raise typer.BadParameter("give --feedback or --queries/--qrels, not both")
     asked, judged = labelled(queries, qrels, required=False)
+    if from_feedback:
+        from search.quality.feedback import labelled_from_feedback
+
+        asked, judged = labelled_from_feedback(index_dir)
     report = tune_index(index_dir, queries=asked, qrels=judged, group_field=group_field, store=not dry_run,
                         max_queries=max_queries)
     if as_json:
@@ -838,6 +863,43 @@ def calibrate(
     typer.echo("stored in the index" if result.stored else "dry run: nothing stored")
     if plot:
         typer.echo(f"score distributions and the cut: {drawn}")
+
+
+@app.command()
+@fails_cleanly
+def feedback(
+    index_dir: IndexDir,
+    threshold: Annotated[Optional[float], typer.Option(help="Cosine at or above which two missed questions count as one need (default: measured on the index's groups).")] = None,
+    limit: Annotated[int, typer.Option(help="Groups to show at most.")] = 20,
+    as_json: Json = False,
+):
+    """The questions the index failed (no answer past the cut, or marked wrong), grouped by meaning, most asked first."""
+    from search.quality.feedback import feedback_report
+
+    report = feedback_report(index_dir, threshold=threshold)
+    if as_json:
+        echo_json(report.to_dict())
+        return
+    typer.echo(f"{report.logged} questions logged, {report.unanswered} with no answer past the cut; "
+               f"{report.verdicts} verdicts: {report.marked_wrong} questions marked wrong, "
+               f"{report.marked_right} with an answer marked right (`bertdex tune --feedback` learns from these)")
+    typer.echo(f"grouped at cosine >= {report.threshold:.3f} ({report.threshold_source})")
+    if not report.groups:
+        typer.echo("no missed questions")
+        return
+    rows = []
+    for group in report.groups[:limit]:
+        first, others = group.questions[0], group.questions[1:]
+        asked = first.question + "".join(f"\n  ~ {q.question}" for q in others[:3])
+        asked += f"\n  (+{len(others) - 3} more)" if len(others) > 3 else ""
+        reasons = ", ".join(part for part in (
+            f"{sum(q.unanswered for q in group.questions)} unanswered" if any(q.unanswered for q in group.questions) else "",
+            f"{sum(q.marked_wrong for q in group.questions)} marked wrong" if any(q.marked_wrong for q in group.questions) else "") if part)
+        closest = f"{group.closest_key} {group.closest_score:.3f}" if group.closest_key else "-"
+        rows.append([str(group.count), asked, reasons, closest])
+    print_rows(["asked", "missed questions (grouped by meaning)", "why", "closest entry"], rows)
+    if len(report.groups) > limit:
+        typer.echo(f"... and {len(report.groups) - limit} more groups (--limit)")
 
 
 # -- printing ---------------------------------------------------------------------------------------

@@ -128,9 +128,7 @@ class Searcher:
                 raise BertdexError("empty question")
         check_weight(weight)
         weight = tuned.get("weight", 0.5) if weight is None else weight
-        # a calibrated cut is on the score scale of the mode it was calibrated for
-        if min_score is None and mode == tuned.get("mode", "dense"):
-            min_score = tuned.get("min_score")
+        min_score = self.cut_for(mode, min_score)
         if mode == "keyword":
             vectors = None
         elif vectors is None:
@@ -141,6 +139,14 @@ class Searcher:
                 ranked = self._rank(question, None if vectors is None else vectors[i], k, mode, weight, filters)
                 results.append(self._hits(ranked, k, min_score))
         return results
+
+    def cut_for(self, mode: str | None, min_score: float | None) -> float | None:
+        """The cut a search applies: `min_score`, else the calibrated one if `mode` is the mode it was calibrated for."""
+        tuned = self.manifest.settings.get("search", {})
+        # a calibrated cut is on the score scale of the mode it was calibrated for
+        if min_score is None and (mode or tuned.get("mode", "dense")) == tuned.get("mode", "dense"):
+            return tuned.get("min_score")
+        return min_score
 
     def _rank(self, question, vector, k, mode, weight, filters) -> list[tuple[int, float, int | None]]:
         """(document id, score, passage id) best first, one per document or group, filtered."""

@@ -1,8 +1,9 @@
 """The agents' search page in a real headless Chromium, driven through chromedriver's W3C WebDriver API.
 
-No selenium: the WebDriver protocol is a handful of JSON calls, made with httpx. Screenshots go to
-$BERTDEX_SCREENSHOTS when set, else to the test's tmp folder. Needs Debian's `chromium` and
-`chromium-driver` (`make browser` installs them).
+No selenium: the WebDriver protocol is a handful of JSON calls, made with httpx. One server per
+index and one browser per module (they are slow to start). Screenshots go to $BERTDEX_SCREENSHOTS
+when set (`BERTDEX_SCREENSHOTS=docs/screenshots` refreshes the README's), else to a tmp folder.
+Needs Debian's `chromium` and `chromium-driver` (`make browser` installs them).
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 ELEMENT = "element-6066-11e4-a52e-4f735466cecf"  # the W3C key of an element reference
 
-pytestmark = pytest.mark.skipif(not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
-                                reason="needs Debian's chromium and chromium-driver: run `make browser`")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
+                                                   reason="needs Debian's chromium and chromium-driver: run `make browser`")]
+KEYS = {"Enter": "\ue007", "ArrowDown": "\ue015", "ArrowUp": "\ue013"}
 
 
 class Browser:
@@ -71,6 +73,10 @@ class Browser:
     def attribute(self, element: str, name: str) -> str | None:
         return self._call("GET", f"{self.session}/element/{element}/attribute/{name}")
 
+    def value(self, css: str) -> str:
+        (element,) = self.find(css)
+        return self._call("GET", f"{self.session}/element/{element}/property/value")
+
     def wait_for(self, condition, timeout: float = 30):
         deadline = time.monotonic() + timeout
         while True:
@@ -80,8 +86,29 @@ class Browser:
             assert time.monotonic() < deadline, "the page did not show the result in time"
             time.sleep(0.1)
 
+    def run(self, script: str, *args):
+        """The value of a JavaScript function body run in the page (a returned promise is awaited)."""
+        return self._call("POST", f"{self.session}/execute/sync", {"script": script, "args": list(args)})
+
+    def press(self, *keys: str) -> None:
+        """Key presses sent to whatever has focus, as a person types them."""
+        actions = []
+        for key in keys:
+            actions += [{"type": "keyDown", "value": KEYS.get(key, key)}, {"type": "keyUp", "value": KEYS.get(key, key)}]
+        self._call("POST", f"{self.session}/actions", {"actions": [{"type": "key", "id": "keyboard", "actions": actions}]})
+
+    def resize(self, width: int, height: int) -> None:
+        self._call("POST", f"{self.session}/window/rect", {"width": width, "height": height})
+
+    def allow(self, permission: str) -> None:
+        self._call("POST", f"{self.session}/permissions", {"descriptor": {"name": permission}, "state": "granted"})
+
     def screenshot(self, path: Path) -> Path:
         path.write_bytes(base64.b64decode(self._call("GET", f"{self.session}/screenshot")))
+        if os.environ.get("BERTDEX_SCREENSHOTS"):  # for the README: 96 colours, a third of the bytes
+            from PIL import Image
+
+            Image.open(path).convert("RGB").quantize(96, dither=Image.Dither.NONE).save(path, optimize=True)
         return path
 
     def close(self) -> None:
@@ -116,43 +143,184 @@ def browser(tmp_path_factory):
         driver.wait(timeout=30)
 
 
-@pytest.fixture
-def screenshots(tmp_path) -> Path:
-    folder = Path(os.environ.get("BERTDEX_SCREENSHOTS") or tmp_path / "screenshots")
+@pytest.fixture(scope="module")
+def screenshots(tmp_path_factory) -> Path:
+    folder = Path(os.environ.get("BERTDEX_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
 
-def ask(browser: Browser, question: str, *, mode: str = "", min_score: str = "") -> list[str]:
+# an archive entry longer than one window (the matching part comes last) with a long answer
+LONG_TEXT = " ".join([
+    "Our team reviewed the ticket history for this customer account in detail.",
+    "The customer first wrote about a delayed parcel, then about a discount code that did not apply at checkout,",
+    "then about the colour of a sweater that looked different from the photo on the product page.",
+] * 6 + ["Finally: how can I export all my invoices to a CSV spreadsheet for my accountant?"])
+LONG_ANSWER = " ".join(["Open Billing > Invoices, choose the date range, and click Export > CSV."] +
+                       ["Each row holds the invoice number, date, amount, tax, currency and payment method."] * 8)
+
+
+@pytest.fixture(scope="module")
+def calibrated(faq_index_master, encoder, tmp_path_factory):
+    """The English FAQ plus one long archive entry, calibrated (its cut is stored), served keyless on loopback."""
+    from indexer.ingest.build import upsert_entries
+    from indexer.ingest.readers import Entry
+    from indexer.store.folder import IndexWriter
+    from search.quality.calibrate import calibrate_index, read_questions
+    from search.server.app import create_app
+
+    folder = tmp_path_factory.mktemp("calibrated") / "index"
+    shutil.copytree(faq_index_master, folder, ignore=shutil.ignore_patterns("write.lock"))
+    with IndexWriter.open(folder) as writer:
+        upsert_entries(writer, encoder, [Entry("long-1", LONG_TEXT, {"answer": LONG_ANSWER, "category": "billing"})])
+        writer.commit()
+    english = [q for q in read_questions(EXAMPLES / "out_of_scope.txt") if q.isascii()]
+    calibration = calibrate_index(folder, out_of_scope=english, in_scope=read_questions(EXAMPLES / "questions_en.txt"),
+                                  encoder=encoder)
+    assert calibration.stored and 0.2 < calibration.min_score < 0.6
+    with running(create_app(folder, encoder=encoder)) as http:
+        yield http, folder, calibration
+
+
+def ask(browser: Browser, question: str, *, mode: str = "", min_score: str | None = None) -> list[str]:
     """Type a question into the page, submit it, and wait for hits or a 'no good answer'."""
+    browser.run("document.getElementById('results').replaceChildren(); document.getElementById('status').className = ''")
     browser.type_into("#question", question)
     browser.select("#mode", mode)
-    browser.type_into("#min-score", min_score)
+    if min_score is not None:
+        browser.type_into("#min-score", min_score)
     browser.click("#ask")
     return browser.wait_for(lambda: browser.find("#results li.hit") or browser.find("#status.no-answer"))
 
 
-def test_the_page_shows_the_right_answer_first(browser, faq_index, encoder, screenshots):
-    from search.server.app import create_app
+def open_page(browser: Browser, http, expect: str) -> None:
+    browser.open(str(http.base_url))
+    browser.wait_for(lambda: expect in browser.text(browser.find("#index-info")[0]))
 
-    with running(create_app(faq_index, encoder=encoder)) as http:
-        browser.open(str(http.base_url))
-        browser.wait_for(lambda: "50 entries" in browser.text(browser.find("#index-info")[0]))
-        hits = ask(browser, "I can't remember my password")
-        shot = browser.screenshot(screenshots / "search-page-en.png")
-        keys = [browser.attribute(hit, "data-key") for hit in hits]
-        assert keys[0] in {"en-001", "en-005", "en-006"}  # the g-password-reset variants
-        top = browser.text(hits[0])
-        assert "Forgot password?" in top and "#1" in top and "account" in top
-        score = float(browser.text(browser.find("#results li.hit .score")[0]))
-        assert 0.8 < score <= 1.0
-        assert len(keys) == 5 and len(set(keys)) == 5
-        assert shot.stat().st_size > 10_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-        ask(browser, "What is the capital of Australia?", mode="dense", min_score="0.5")
-        status = browser.text(browser.find("#status")[0])
-        browser.screenshot(screenshots / "search-page-no-answer.png")
-        assert status.startswith("No good answer") and browser.find("#results li") == []
+def test_a_calibrated_index_searches_and_clearing_the_box_removes_the_cut(browser, calibrated, screenshots):
+    http, folder, calibration = calibrated
+    open_page(browser, http, "entries")
+    browser.wait_for(lambda: browser.value("#min-score"))  # the page filled in the calibrated cut
+    assert browser.run("return document.getElementById('min-score').checkValidity()") is True
+    hits = ask(browser, "I can't remember my password")
+    assert browser.value("#min-score") == str(round(calibration.min_score, 3))
+    browser.screenshot(screenshots / "search-page-en.png")
+    assert browser.attribute(hits[0], "data-key") in {"en-001", "en-005", "en-006"}
+    badge = browser.find("#results li.hit .score")[0]
+    assert browser.text(badge) == "Good match"
+    assert f"calibrated cut {calibration.min_score:.4f}" in browser.attribute(badge, "title")
+
+    ask(browser, "What is the capital of Australia?")  # out of scope: below the calibrated cut
+    assert browser.text(browser.find("#status")[0]).startswith("No good answer")
+    assert browser.find("#results li") == [] and browser.attribute(browser.find("#closest")[0], "open") is None
+    browser.click("#closest > summary")
+    browser.screenshot(screenshots / "search-page-no-answer.png")
+    (miss,) = browser.find("#closest-list li.hit.miss")
+    assert browser.text(browser.find("#closest-list .score")[0]) == "Below the cut"
+    assert "This one was right" in browser.text(miss)
+
+    hits = ask(browser, "What is the capital of Australia?", min_score="")  # cleared: no cut at all
+    assert len(hits) == 5 and browser.find("#status.no-answer") == []
+    hits = ask(browser, "I can't remember my password", min_score="0.99")
+    assert browser.find("#status.no-answer")
+
+
+def test_long_answers_fold_and_the_matching_window_and_words_are_marked(browser, calibrated, screenshots):
+    http, _, _ = calibrated
+    open_page(browser, http, "calibrated cut")
+    hits = ask(browser, "How can I export my invoices to a CSV file?", min_score="")
+    assert browser.attribute(hits[0], "data-key") == "long-1"
+    (answer,) = browser.find("#results li.hit:first-child .answer")
+    assert "collapsed" in browser.attribute(answer, "class")
+    folded = browser.run("return document.querySelector('#results .answer').clientHeight")
+    (shown,) = browser.find("#results li.hit:first-child .excerpt > .matched:not([hidden])")
+    (window,) = browser.find("#results li.hit:first-child .excerpt > .matched:not([hidden]) .window")
+    assert "invoices to a CSV spreadsheet" in browser.text(window)
+    assert browser.text(shown).startswith("… ") and len(browser.text(shown)) < len(LONG_TEXT) / 2  # the window, in context
+    words = {browser.text(mark).lower() for mark in browser.find("#results li.hit:first-child mark.word")}
+    assert {"export", "invoices", "csv"} <= words and "how" not in words
+    browser.screenshot(screenshots / "search-page-long-answer.png")
+    browser.click("#results li.hit:first-child .answer-block button.more")
+    assert "collapsed" not in browser.attribute(answer, "class")
+    assert browser.run("return document.querySelector('#results .answer').clientHeight") > folded + 40
+    browser.click("#results li.hit:first-child .excerpt button.more")
+    assert browser.text(browser.find("#results li.hit:first-child .excerpt")[0]).startswith("Our team reviewed")
+
+    hits = ask(browser, "I can't remember my password")
+    (variants,) = browser.find("#results li.hit:first-child details.variants")
+    browser.click("#results li.hit:first-child details.variants summary")
+    assert "Also asked as (2)" in browser.text(variants)
+    assert "I forgot my password, how do I reset it?" in browser.text(variants) or \
+           "How do I get a password reset link sent to me?" in browser.text(variants)
+
+
+def test_filters_come_from_the_stored_fields(browser, calibrated):
+    http, _, _ = calibrated
+    open_page(browser, http, "calibrated cut")
+    browser.wait_for(lambda: browser.find("#filter-category"))
+    options = [browser.text(o) for o in browser.find("#filter-category option")]
+    assert options[0] == "any" and {"account", "billing", "shipping"} <= set(options)
+    browser.select("#filter-category", "billing")
+    hits = ask(browser, "I can't remember my password", min_score="")
+    categories = browser.run("return Array.from(document.querySelectorAll('#results li.hit')).map("
+                             "li => li.querySelector('dl.fields').innerText)")
+    assert len(hits) == 5 and all("category\nbilling" in text or "category\tbilling" in text for text in categories)
+    browser.select("#filter-category", "")
+
+
+def test_keyboard_copy_and_feedback(browser, calibrated, screenshots):
+    from indexer.store.feedback import FeedbackStore
+
+    http, folder, _ = calibrated
+    open_page(browser, http, "calibrated cut")
+    browser.allow("clipboard-read")
+    browser.allow("clipboard-write")
+    browser.type_into("#question", "my parcel has not arrived, where is it")
+    browser.press("Enter")
+    browser.wait_for(lambda: browser.find("#results li.hit"))
+    browser.press("ArrowDown")
+    first = browser.run("return document.activeElement.dataset.key")
+    browser.press("ArrowDown")
+    second = browser.run("return document.activeElement.dataset.key")
+    assert first == browser.attribute(browser.find("#results li.hit")[0], "data-key") and second != first
+    browser.press("c")
+    browser.wait_for(lambda: "copied" in browser.text(browser.find("#status")[0]))
+    copied = browser.run("return navigator.clipboard.readText()")
+    answer = http.get(f"/documents/{second}").json()["fields"]["answer"]
+    assert copied == answer
+    browser.press("ArrowUp", "ArrowUp")
+    assert browser.run("return document.activeElement.id") == "question"
+
+    browser.click("#results li.hit:nth-child(2) button.verdict-right")
+    browser.wait_for(lambda: browser.find("#results li.hit:nth-child(2) button.verdict-right.sent"))
+    browser.click("#results li.hit:first-child button.verdict-down")
+    browser.wait_for(lambda: browser.find("#results li.hit:first-child button.verdict-down.sent"))
+    browser.screenshot(screenshots / "search-page-feedback.png")
+    store = FeedbackStore(folder, readonly=True)
+    try:
+        verdicts = store.verdicts()
+        logged = store.logged()
+    finally:
+        store.close()
+    assert [(v.key, v.verdict, v.rank) for v in verdicts[-2:]] == [(second, "right", 2), (first, "down", 1)]
+    assert verdicts[-1].question == "my parcel has not arrived, where is it"
+    assert verdicts[-1].query_id == logged[-1].id and logged[-1].hits[0][0] == first
+
+
+def test_the_page_is_readable_on_a_phone(browser, calibrated, screenshots):
+    http, _, _ = calibrated
+    browser.resize(390, 844)
+    try:
+        open_page(browser, http, "calibrated cut")
+        ask(browser, "How can I export my invoices to a CSV file?", min_score="")
+        browser.screenshot(screenshots / "search-page-phone.png")
+        width = browser.run("return [document.documentElement.scrollWidth, window.innerWidth]")
+        assert width[0] <= width[1], f"the page scrolls sideways on a phone: {width}"
+        box = browser.run("const r = document.querySelector('#results li.hit').getBoundingClientRect(); return [r.left, r.right]")
+        assert box[0] >= 0 and box[1] <= width[1]
+    finally:
+        browser.resize(1100, 900)
 
 
 def test_the_page_works_in_korean(browser, resolved, encoder, tmp_path, screenshots):
@@ -170,9 +338,13 @@ def test_the_page_works_in_korean(browser, resolved, encoder, tmp_path, screensh
         upsert_entries(writer, encoder, entries)
         writer.commit()
     with running(create_app(folder, encoder=encoder)) as http:
-        browser.open(str(http.base_url))
+        open_page(browser, http, "entries")
+        assert browser.value("#min-score") == ""
         hits = ask(browser, "비밀번호를 잊어버렸는데 어떻게 찾나요", mode="hybrid")
         browser.screenshot(screenshots / "search-page-ko.png")
         assert browser.attribute(hits[0], "data-key") == "ko-001"
         top = browser.text(hits[0])
         assert "비밀번호를 잊어버렸어요" in top and "로그인 화면에서 '비밀번호 찾기'를 누르고" in top
+        marks = [browser.text(m) for m in browser.find("#results li.hit:first-child .matched mark.word")]
+        assert "비밀번호" in "".join(marks)
+        assert browser.text(browser.find("#results li.hit .score")[0]).startswith("score ")

@@ -118,7 +118,9 @@ def test_search_modes_filters_and_min_score(client):
                                               "filters": {"category": "billing"}}))["hits"]
     assert len(hits) == 5 and {h["fields"]["category"] for h in hits} == {"billing"}
     nothing = first(client.post("/search", json={"question": "What is the capital of Australia?", "min_score": 0.5}))
-    assert nothing == {"question": "What is the capital of Australia?", "answered": False, "hits": []}
+    assert {n: nothing[n] for n in ("question", "answered", "hits", "cut")} == \
+        {"question": "What is the capital of Australia?", "answered": False, "hits": [], "cut": 0.5}
+    assert nothing["closest"]["rank"] == 1 and nothing["closest"]["score"] < 0.5 and nothing["closest"]["band"] == "below"
 
 
 def test_hostile_filters_and_keys_are_values_not_sql(client):
@@ -400,6 +402,8 @@ def test_bertdex_serve_command(faq_index, tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=30)
+    logged = process.stderr.read()
+    assert logged.startswith("starting: ") and " POST /documents 200 " in logged and " POST /documents 401 " in logged
 
 
 # -- fuzzing --------------------------------------------------------------------------------------

@@ -55,6 +55,21 @@ def m001_create_tables(db: sqlite_utils.Database) -> None:
     db.execute("CREATE VIRTUAL TABLE keywords USING fts5(terms, tokenize='porter unicode61')")
 
 
+@migrations()
+def m002_feedback_and_query_log(db: sqlite_utils.Database) -> None:
+    """Agents' verdicts on answers, and the log of asked questions (see indexer.store.feedback)."""
+    db["query_log"].create(
+        {"id": int, "asked": str, "question": str, "mode": str, "answered": int, "hits": str},
+        pk="id", not_null={"asked", "question"},
+    )
+    db["feedback"].create(
+        {"id": int, "given": str, "question": str, "key": str, "verdict": str, "rank": int, "score": float,
+         "query_id": int},
+        pk="id", not_null={"given", "question", "key", "verdict"},
+    )
+    db["feedback"].create_index(["key"])
+
+
 @dataclass(frozen=True)
 class Manifest:
     """What an index is: its recipe, how its entries were read, and its current commit."""
@@ -176,8 +191,12 @@ class IndexWriter:
                 raise BertdexError(f"{folder} is not a bertdex index: build it first with `bertdex index`")
             _remove_stale_files(folder, db)
             with db.atomic():
+                migrations.apply(db)  # a new index gets every table; an older one gets what it lacks
+                # take SQLite's write lock now, not at the first write after embedding: feedback and the query
+                # log (indexer.store.feedback) write to this file too, and a commit of theirs in between would
+                # make this transaction's snapshot stale (SQLITE_BUSY_SNAPSHOT) and fail the whole write
+                db.execute(f"DELETE FROM {migrations.migrations_table} WHERE 0")
                 if not has_manifest:
-                    migrations.apply(db)
                     manifest = new
                 else:
                     manifest = read_manifest(db, folder)

@@ -1,140 +1,41 @@
 """The help-desk HTTP service: a FastAPI app over one index folder, and the page agents search from.
 
 Reads go through one Searcher via the micro-batcher; writes take a lock, then IndexWriter's
-all-or-nothing commit, while readers keep answering from the previous generation. Every error is
-JSON `{"error": "one line", ...}` with a 4xx status. Request values reach SQLite only as bound
-parameters, and no part of a request names a file: the page is read into memory at start.
+all-or-nothing commit, while readers keep answering from the previous generation. Agents'
+feedback and the query log go to the index's SQLite file (indexer.store.feedback), never to the
+vectors. Every error is JSON `{"error": "one line", ...}` with a 4xx status. Request values reach
+SQLite only as bound parameters, and no part of a request names a file: the page and the /docs
+assets are read into memory at start.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
-import ipaddress
-import threading
 from contextlib import asynccontextmanager
-from importlib import resources
 from pathlib import Path
-from typing import Annotated, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyHeader
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from indexer.ingest.build import upsert_entries
 from indexer.embed.encoder import Encoder
 from indexer.errors import BertdexError
-from indexer.store.keywords import normalize_text
+from indexer.ingest.build import upsert_entries
 from indexer.ingest.readers import Entry
-from indexer.store.folder import IndexWriter
-from search.server.batching import MicroBatcher
-from search.server.guard import Guard, error_body, validation_message
 from indexer.store.info import index_info
-from search.searcher import Searcher, open_manifest
+from indexer.store.keywords import normalize_text
+from search.searcher import open_manifest
+from search.server import answers
+from search.server.guard import AccessLog, Guard, error_body, validation_message
+from search.server.requests import (MAX_DOCUMENTS, MAX_K, MAX_KEY_CHARS, MAX_QUESTION_CHARS, MAX_QUESTIONS,
+                                    MAX_TEXT_CHARS, DocumentsRequest, FeedbackRequest, SearchRequest)
+from search.server.service import DOCS_ASSETS, PAGES, Service, bind_socket, check_bind  # noqa: F401 (re-exported)
 
-MAX_QUESTION_CHARS = 2_000
-MAX_QUESTIONS = 32
-MAX_K = 100
-MAX_DOCUMENTS = 100
-MAX_TEXT_CHARS = 20_000
-MAX_KEY_CHARS = 256
-MAX_FIELDS = 32
 MAX_BODY_BYTES = 1_000_000
-WRITE_WAIT_SECONDS = 30
-PAGES = {"/": ("index.html", "text/html; charset=utf-8"), "/app.js": ("app.js", "text/javascript; charset=utf-8"),
-         "/style.css": ("style.css", "text/css; charset=utf-8")}
 PAGE_POLICY = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; frame-ancestors 'none'"
-
-Question = Annotated[str, StringConstraints(min_length=1, max_length=MAX_QUESTION_CHARS)]
-Key = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_KEY_CHARS,
-                                       pattern=r"^[^\x00-\x1f\x7f]+$")]
-FieldName = Annotated[str, StringConstraints(min_length=1, max_length=MAX_KEY_CHARS, pattern=r"^[^\x00]+$")]
-Scalar = Annotated[str, StringConstraints(max_length=MAX_TEXT_CHARS)] | int | Annotated[float, Field(allow_inf_nan=False)] | bool | None
-
-
-class SearchRequest(BaseModel):
-    """One question or a list; the answers come back in the same order."""
-
-    model_config = ConfigDict(extra="forbid")
-    question: Question | Annotated[list[Question], Field(min_length=1, max_length=MAX_QUESTIONS)]
-    k: int = Field(5, ge=1, le=MAX_K, description="Answers per question.")
-    mode: Literal["dense", "keyword", "hybrid"] | None = Field(None, description="Default: the index's tuned mode.")
-    min_score: Annotated[float, Field(allow_inf_nan=False)] | None = Field(None, description="Drop answers below it.")
-    weight: float | None = Field(None, ge=0, le=1, description="Hybrid: the dense side's share.")
-    filters: dict[FieldName, Scalar] = Field(default_factory=dict, max_length=16, description="Stored field -> value.")
-
-
-class Document(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    key: Key
-    text: Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT_CHARS)]
-    fields: dict[FieldName, Scalar] = Field(default_factory=dict, max_length=MAX_FIELDS)
-    group: Key | None = None
-
-
-class DocumentsRequest(BaseModel):
-    """Entries to add, or to replace by key, in one commit."""
-
-    model_config = ConfigDict(extra="forbid")
-    documents: list[Document] = Field(min_length=1, max_length=MAX_DOCUMENTS)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def check_bind(host: str, api_key: str | None, read_only: bool) -> bool:
-    """Whether the server may take writes; refuses a keyless writable server off loopback."""
-    if api_key is not None and not api_key.strip():
-        raise BertdexError("the API key is empty: put the key in BERTDEX_API_KEY or in the --api-key-file")
-    if api_key is None and not read_only and not is_loopback(host):
-        raise BertdexError(f"refusing to serve on {host} without an API key: set BERTDEX_API_KEY or --api-key-file, "
-                           "or pass --read-only")
-    return api_key is not None and not read_only
-
-
-class Service:
-    """What the routes share: the searcher, its batcher, and the one write lock."""
-
-    def __init__(self, folder: Path, api_key: str | None, writable: bool, encoder: Encoder | None, window: float,
-                 max_batch: int, threads: int | None = None):
-        self.folder = Path(folder)
-        self.searcher = Searcher(self.folder, encoder=encoder, threads=threads)
-        self.batcher = MicroBatcher(self.searcher, window=window, max_questions=max_batch)
-        self.api_key = api_key
-        self.writable = writable and api_key is not None
-        self.write_lock = threading.Lock()
-        static = resources.files("search.server") / "static"
-        self.pages = {path: (static / name).read_bytes() for path, (name, _) in PAGES.items()}
-
-    def authorized(self, headers) -> bool:
-        given = headers.get("x-api-key") or ""
-        scheme, _, token = (headers.get("authorization") or "").partition(" ")
-        if scheme.lower() == "bearer":
-            given = given or token.strip()
-        return self.api_key is not None and hmac.compare_digest(given.encode(), self.api_key.encode())
-
-    def write(self, change):
-        """Run change(writer) under the write lock; commit unless it returns False."""
-        if not self.write_lock.acquire(timeout=WRITE_WAIT_SECONDS):
-            raise HTTPException(503, "the index is busy with other writes; try again")
-        try:
-            with IndexWriter.open(self.folder) as writer:
-                result = change(writer)
-                manifest = writer.commit() if result is not False else None
-            return result, manifest
-        except BertdexError as error:
-            raise HTTPException(409 if "locked by pid" in str(error) else 422, str(error)) from None
-        finally:
-            self.write_lock.release()
 
 
 def entries_from(request: DocumentsRequest) -> list[Entry]:
@@ -151,29 +52,53 @@ def entries_from(request: DocumentsRequest) -> list[Entry]:
     return entries
 
 
+def answer(service: Service, question: str, hits, cut: float | None, mode: str, detail: bool) -> dict:
+    """One question's result: the hits past the cut, each with its band; with none, the closest miss."""
+    def shown(hit) -> dict:
+        data = hit.to_dict()
+        data["band"] = answers.band(hit.score, cut, mode)
+        if detail:
+            data["highlights"] = answers.highlights(question, hit.text, hit.fields)
+            others = [key for key in hit.variants if key != hit.key]
+            texts = service.texts_of(others) if others else {}
+            data["variant_texts"] = [{"key": key, "text": texts[key]} for key in others if key in texts]
+        return data
+
+    kept = [hit for hit in hits if cut is None or hit.score >= cut]
+    closest = shown(hits[0]) if hits and not kept else None
+    return {"question": question, "answered": bool(kept), "hits": [shown(hit) for hit in kept], "cut": cut,
+            "closest": closest}
+
+
 def create_app(folder: str | Path, *, api_key: str | None = None, writable: bool = True,
                encoder: Encoder | None = None, batch_window: float = 0.002, max_batch: int = 64,
-               max_body_bytes: int = MAX_BODY_BYTES, threads: int | None = None) -> FastAPI:
-    """The app over index `folder`. Writes need `api_key` (and `writable`); without a key it only reads."""
-    service = Service(Path(folder), api_key, writable, encoder, batch_window, max_batch, threads)
+               max_body_bytes: int = MAX_BODY_BYTES, threads: int | None = None, feedback: bool = True,
+               query_log: bool = True, access_log: bool = False) -> FastAPI:
+    """The app over index `folder`. Writes need `api_key` (and `writable`); without a key it only reads.
+
+    `feedback`: take verdicts at POST /feedback (with the key, if there is one); `query_log`: log each
+    question in the index; `access_log`: one line per request on the `bertdex.access` logger.
+    """
+    service = Service(Path(folder), api_key, writable, encoder, batch_window, max_batch, threads,
+                      feedback=feedback, query_log=query_log)
 
     @asynccontextmanager
     async def lifespan(app):
         yield
-        service.batcher.close()
-        service.searcher.close()
+        service.close()
 
-    app = FastAPI(title="bertdex", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="bertdex", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Semantic FAQ search: ranked answers by cosine similarity of BERT embeddings.")
     app.state.service = service
     app.add_middleware(Guard, service=service, max_body_bytes=max_body_bytes)
+    if access_log:
+        app.add_middleware(AccessLog)
     key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="Or `Authorization: Bearer KEY`.")
 
-    def writer_only(request: Request, _key: str | None = Depends(key_header)) -> None:
-        if not service.writable:
-            raise HTTPException(403, "this server is read-only (started without an API key, or with --read-only)")
-        if not service.authorized(request.headers):
-            raise HTTPException(401, "a valid API key is required (X-API-Key or Authorization: Bearer)")
+    def allowed(request: Request, _key: str | None = Depends(key_header)) -> None:
+        refused = service.refusal(request.url.path, request.headers)
+        if refused:
+            raise HTTPException(*refused)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException):
@@ -191,12 +116,27 @@ def create_app(folder: str | Path, *, api_key: str | None = None, writable: bool
     @app.post("/search", summary="Answer one question or a list")
     async def search(body: SearchRequest) -> dict:
         questions = [body.question] if isinstance(body.question, str) else list(body.question)
-        filters = {name: value for name, value in body.filters.items()}
-        future = service.batcher.submit(questions, body.k, mode=body.mode, min_score=body.min_score,
-                                        weight=body.weight, filters=filters or None)
-        results = await asyncio.wrap_future(future)
-        return {"results": [{"question": q, "answered": bool(hits), "hits": [h.to_dict() for h in hits]}
-                            for q, hits in zip(questions, results)]}
+        mode = body.mode or service.searcher.manifest.settings.get("search", {}).get("mode", "dense")
+        no_cut = "min_score" in body.model_fields_set and body.min_score is None
+        cut = None if no_cut else service.searcher.cut_for(mode, body.min_score)
+        future = service.batcher.submit(questions, body.k, mode=mode, min_score=float("-inf"), weight=body.weight,
+                                        filters=dict(body.filters) or None)
+        found = await asyncio.wrap_future(future)
+        results = [answer(service, q, hits, cut, mode, body.highlight) for q, hits in zip(questions, found)]
+        for result, query_id in zip(results, service.log(questions, mode, results)):
+            result["query_id"] = query_id
+        return {"results": results}
+
+    @app.get("/fields", summary="Stored fields whose values repeat (such as category), with their values: filters")
+    def fields() -> dict:
+        return {"fields": service.facets()}
+
+    @app.post("/feedback", summary="An agent's verdict on one answer: up, down, or right (a lower answer was right)",
+              dependencies=[Depends(allowed)])
+    async def feedback(body: FeedbackRequest) -> dict:
+        given = await asyncio.to_thread(service.add_feedback, body.question, body.key, body.verdict, rank=body.rank,
+                                        score=body.score, query_id=body.query_id)
+        return {"id": given, "question": body.question, "key": body.key, "verdict": body.verdict}
 
     @app.get("/documents/{key:path}", summary="One stored entry")
     def get_document(key: str) -> dict:
@@ -206,15 +146,14 @@ def create_app(folder: str | Path, *, api_key: str | None = None, writable: bool
         return {"key": hit.key, "text": hit.text, "fields": hit.fields, "group": hit.group,
                 "variants": list(hit.variants)}
 
-    @app.post("/documents", summary="Add or replace entries by key, in one commit",
-              dependencies=[Depends(writer_only)])
+    @app.post("/documents", summary="Add or replace entries by key, in one commit", dependencies=[Depends(allowed)])
     def post_documents(body: DocumentsRequest) -> dict:
         entries = entries_from(body)
         counts, manifest = service.write(lambda writer: upsert_entries(writer, service.searcher.encoder, entries))
         return {"added": counts["added"], "updated": counts["updated"], "unchanged": counts["unchanged"],
                 "documents": manifest.documents, "generation": manifest.generation}
 
-    @app.delete("/documents/{key:path}", summary="Remove one entry", dependencies=[Depends(writer_only)])
+    @app.delete("/documents/{key:path}", summary="Remove one entry", dependencies=[Depends(allowed)])
     def delete_document(key: str) -> dict:
         missing, manifest = service.write(lambda writer: False if writer.delete([key]) else True)
         if manifest is None:
@@ -231,33 +170,49 @@ def create_app(folder: str | Path, *, api_key: str | None = None, writable: bool
     def info() -> dict:
         details = {name: value for name, value in index_info(service.folder).items() if name != "folder"}
         details["server"] = {
-            "writable": service.writable, "batching": service.batcher.stats(),
+            "writable": service.writable, "feedback": service.feedback_access, "query_log": service.query_log,
+            "batching": service.batcher.stats(),
             "limits": {"question_chars": MAX_QUESTION_CHARS, "questions": MAX_QUESTIONS, "k": MAX_K,
                        "documents": MAX_DOCUMENTS, "text_chars": MAX_TEXT_CHARS, "key_chars": MAX_KEY_CHARS,
                        "body_bytes": max_body_bytes},
         }
         return details
 
+    @app.get("/docs", include_in_schema=False)
+    def docs():
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="bertdex API",
+                                   swagger_js_url="/docs/assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs/assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs/assets/favicon.png")
+
+    for name, media_type in DOCS_ASSETS.items():
+        app.add_api_route(f"/docs/assets/{name}", _static(service.docs_assets[name], media_type), methods=["GET"],
+                          include_in_schema=False)
     for path, (_, media_type) in PAGES.items():
-        app.add_api_route(path, _page(service, path, media_type), methods=["GET"], include_in_schema=False)
+        app.add_api_route(path, _static(service.pages[path], media_type, PAGE_POLICY), methods=["GET"],
+                          include_in_schema=False)
     return app
 
 
-def _page(service: Service, path: str, media_type: str):
+def _static(content: bytes, media_type: str, policy: str | None = None):
+    headers = {"Cache-Control": "no-cache", **({"Content-Security-Policy": policy} if policy else {})}
+
     def page() -> Response:
-        return Response(service.pages[path], media_type=media_type,
-                        headers={"Content-Security-Policy": PAGE_POLICY, "Cache-Control": "no-cache"})
+        return Response(content, media_type=media_type, headers=headers)
     return page
 
 
 def serve(folder: str | Path, *, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           read_only: bool = False, batch_window: float = 0.002, max_batch: int = 64, threads: int | None = None,
-          log_level: str = "warning") -> None:
-    """Run the service with uvicorn until interrupted."""
+          query_log: bool = True, access_log: bool = True, sock=None, log_level: str = "warning") -> None:
+    """Run the service with uvicorn until interrupted, on `sock` (from bind_socket) or a fresh one."""
     import uvicorn
 
     writable = check_bind(host, api_key, read_only)
+    sock = sock or bind_socket(host, port)
     app = create_app(folder, api_key=api_key, writable=writable, batch_window=batch_window, max_batch=max_batch,
-                     threads=threads)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False, limit_concurrency=512,
-                timeout_keep_alive=5)
+                     threads=threads, feedback=not read_only, query_log=query_log and not read_only,
+                     access_log=access_log)
+    config = uvicorn.Config(app, log_level=log_level, server_header=False, limit_concurrency=512,
+                            timeout_keep_alive=5, access_log=False)
+    uvicorn.Server(config).run(sockets=[sock])
