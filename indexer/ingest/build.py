@@ -16,9 +16,10 @@ from indexer.store.ann import check_index_type
 from indexer.embed.encoder import Encoder
 from indexer.errors import BertdexError
 from indexer.embed.models import DEFAULT_MODEL
+from indexer.ingest.entries import check_keys
 from indexer.ingest.readers import Entry, Fields, Problem, read_entries
 from indexer.embed.resolve import Resolved, encoder_for, resolve_recipe
-from indexer.store.folder import IndexWriter, Manifest, check_index_folder, connect, content_hash, read_manifest
+from indexer.store.folder import IndexWriter, Manifest, check_index_folder, content_hash, open_manifest
 
 CHUNK = 2048
 ON_ERROR = ("fail", "skip")
@@ -88,13 +89,13 @@ def add_documents(folder: Path, data: Path, *, text_fields: Iterable[str] = (), 
     """Add or update entries by key: unchanged ones cost nothing, changed ones are re-embedded."""
     started = time.perf_counter()
     folder = check_index_folder(Path(folder))
-    manifest = read_manifest(connect(folder, readonly=True), folder)
+    manifest = open_manifest(folder)  # its connection closed before the writer opens one
     settings = manifest.settings
     fields = Fields(tuple(text_fields) or tuple(settings.get("text_fields") or ()),
                     id_field or settings.get("id_field"), group_field or settings.get("group_field"))
     entries_total, problems = _check_input(data, fields, fmt or settings.get("format"), on_error)
-    encoder = encoder or encoder_for(manifest.recipe, precision=precision, threads=threads, backend=backend)
-    with IndexWriter.open(folder) as writer:
+    with IndexWriter.open(folder) as writer:  # first: a locked, read-only or damaged index refuses before the model loads
+        encoder = encoder or encoder_for(writer.manifest.recipe, precision=precision, threads=threads, backend=backend)
         counts = _ingest(writer, encoder, data, fields, fmt or settings.get("format"), entries_total, progress, chunk_size)
         final = writer.commit()
     return _report(folder, counts, final, started, problems)
@@ -121,6 +122,7 @@ def upsert_entries(writer: IndexWriter, encoder: Encoder, entries: list[Entry]) 
 
 def delete_documents(folder: Path, keys: list[str]) -> tuple[int, list[str]]:
     """Remove entries by key in one commit: (how many were removed, the keys that were not there)."""
+    keys = check_keys(keys)
     folder = check_index_folder(Path(folder))
     with IndexWriter.open(folder) as writer:
         missing = writer.delete(list(dict.fromkeys(keys)))

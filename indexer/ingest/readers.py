@@ -12,15 +12,16 @@ import gzip
 import json
 import sqlite3
 import sys
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from indexer.errors import BertdexError
-from indexer.store.keywords import normalize_text
+from indexer.errors import BertdexError, InputUnreadable
+from indexer.ingest.entries import EMPTY, FILE_TEXT_CHARS, key_problem, text_problem
 
 FORMATS = ("csv", "tsv", "jsonl", "text")
-MAX_TEXT_CHARS = 1_000_000
+MAX_TEXT_CHARS = FILE_TEXT_CHARS
 _ID_FIELDS = ("id", "_id", "key")
 _TEXT_FIELDS = ("text", "question", "content", "body", "sentence")
 
@@ -63,19 +64,26 @@ def detect_format(path: Path, fmt: str | None = None) -> str:
 def read_records(path: Path, fmt: str | None = None) -> Iterator[tuple[int, dict | Problem]]:
     """(line number, record dict or Problem) for each row of `path`, streamed."""
     path = Path(path)
+    if path.is_dir():
+        raise InputUnreadable(f"{path}: is a folder, not a file")
     if not path.is_file():
-        raise BertdexError(f"{path}: no such file")
+        raise InputUnreadable(f"{path}: no such file")
     fmt = detect_format(path, fmt)
-    opener = gzip.open if path.suffix.lower() == ".gz" else open
-    with opener(path, "rb") as handle:
-        lines = _decoded_lines(handle, path)
-        if fmt in ("csv", "tsv"):
-            yield from _csv_records(lines, path, "\t" if fmt == "tsv" else ",")
-        elif fmt == "jsonl":
-            yield from _json_records(lines, path)
-        else:
-            for number, line in lines:
-                yield number, {"text": line.rstrip("\r\n")}
+    compressed = path.suffix.lower() == ".gz"
+    try:
+        with (gzip.open if compressed else open)(path, "rb") as handle:
+            lines = _decoded_lines(handle, path)
+            if fmt in ("csv", "tsv"):
+                yield from _csv_records(lines, path, "\t" if fmt == "tsv" else ",")
+            elif fmt == "jsonl":
+                yield from _json_records(lines, path)
+            else:
+                for number, line in lines:
+                    yield number, {"text": line.rstrip("\r\n")}
+    except (gzip.BadGzipFile, EOFError, zlib.error) as error:
+        raise InputUnreadable(f"{path}: not a complete gzip file ({error})") from None
+    except OSError as error:
+        raise InputUnreadable(f"{path}: cannot be read ({error.strerror or error})") from None
 
 
 def _decoded_lines(handle, path: Path) -> Iterator[tuple[int, str]]:
@@ -85,7 +93,7 @@ def _decoded_lines(handle, path: Path) -> Iterator[tuple[int, str]]:
         try:
             yield number, raw.decode("utf-8")
         except UnicodeDecodeError as error:
-            raise BertdexError(f"{path}:{number}: not valid UTF-8 (byte {error.start + 1}): convert the file to UTF-8") from None
+            raise InputUnreadable(f"{path}:{number}: not valid UTF-8 (byte {error.start + 1}): convert the file to UTF-8") from None
 
 
 def _csv_records(lines, path: Path, delimiter: str) -> Iterator[tuple[int, dict | Problem]]:
@@ -212,18 +220,19 @@ def _entry(record: dict, fields: Fields, path: Path, line: int) -> Entry | Probl
         if not isinstance(value, (str, int, float)):
             return problem(f"field {name!r} is not text")
         parts.append(str(value))
-    text = normalize_text(" ".join(parts))
-    if not text:
+    text, reason = text_problem(" ".join(parts), MAX_TEXT_CHARS)
+    if reason == EMPTY:
         return problem("empty text" + (f" in {', '.join(map(repr, fields.text))}"))
-    if "\x00" in text:
-        return problem("the text contains a NUL character")
-    if len(text) > MAX_TEXT_CHARS:
-        return problem(f"the text has {len(text):,} characters; the limit is {MAX_TEXT_CHARS:,}")
+    if reason:
+        return problem(reason)
     if fields.key:
         key = record.get(fields.key)
         if key is None or str(key).strip() == "":
             return problem(f"no value for the key field {fields.key!r}")
         key = str(key).strip()
+        reason = key_problem(key)
+        if reason:
+            return problem(reason)
     else:
         key = str(line)
     group = None

@@ -7,16 +7,20 @@ Layout of DIR:
     write.lock           held (flock) by the one writer, holding its pid
 
 A commit writes vectors.<G+1>.faiss beside the old file, then commits SQLite with generation
-G+1; only then is the old file removed. A crash at any instant leaves SQLite naming a complete
-FAISS file of the same commit. This module stores; it does not read input or embed.
+G+1 and the new file's size, checksum and count (indexer.store.integrity checks them); only then is
+the old file removed. A crash at any instant leaves SQLite naming a complete FAISS file of the same
+commit. A writer refuses to commit on top of a damaged index. This module stores; it does not read
+input or embed.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
 import os
+import re
 import sqlite3
 import time
 from contextlib import contextmanager
@@ -27,13 +31,15 @@ import faiss
 import numpy as np
 import sqlite_utils
 
-from indexer.errors import BertdexError
-from indexer.store.keywords import fts_document
 from indexer.embed.recipe import Recipe
+from indexer.errors import BertdexError, IndexDamaged, IndexLocked, IndexMissing, IndexReadOnly
+from indexer.store import integrity
+from indexer.store.keywords import fts_document
 
 FORMAT_VERSION = 1
 DB_NAME = "bertdex.db"
 LOCK_NAME = "write.lock"
+_GENERATION_FILE = re.compile(r"^vectors\.(\d+)\.(faiss|partial)$")
 
 migrations = sqlite_utils.Migrations("bertdex")
 
@@ -69,13 +75,14 @@ class Manifest:
     created: str = ""
     updated: str = ""
     format_version: int = FORMAT_VERSION
+    faiss_file: dict = field(default_factory=dict)  # {"bytes", "blake2b", "ntotal"} of vectors.<generation>.faiss
 
     def to_rows(self) -> list[dict]:
         values = {
             "recipe": self.recipe.to_dict(), "index_type": self.index_type, "index_params": self.index_params,
             "settings": self.settings, "generation": self.generation, "documents": self.documents,
             "vectors": self.vectors, "created": self.created, "updated": self.updated,
-            "format_version": self.format_version,
+            "format_version": self.format_version, "faiss_file": self.faiss_file,
         }
         return [{"name": name, "value": json.dumps(value, ensure_ascii=False)} for name, value in values.items()]
 
@@ -96,24 +103,47 @@ def content_hash(text: str, fields: dict, group: str | None) -> str:
 
 
 def connect(folder: Path, *, readonly: bool = False) -> sqlite_utils.Database:
-    conn = sqlite3.connect(str(Path(folder) / DB_NAME), isolation_level=None, check_same_thread=False, timeout=30)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
+    """The index's SQLite file: read-only (also in a read-only folder) or for the one writer."""
+    path = Path(folder) / DB_NAME
     if readonly:
-        conn.execute("PRAGMA query_only=ON")
+        return sqlite_utils.Database(integrity.connect_readonly(path))
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+    except sqlite3.OperationalError as error:
+        conn.close()
+        raise IndexReadOnly(f"index {folder} is read-only ({error})") from None
+    except sqlite3.DatabaseError as error:
+        conn.close()
+        raise IndexDamaged(f"{path} is damaged ({error}): rebuild the index from its source") from None
     return sqlite_utils.Database(conn)
 
 
 def read_manifest(db: sqlite_utils.Database, folder: Path) -> Manifest:
-    if "manifest" not in db.table_names():
-        raise BertdexError(f"{folder} is not a bertdex index (no manifest; was its first build interrupted?)")
-    rows = {row["name"]: row["value"] for row in db["manifest"].rows}
+    try:
+        tables = db.table_names()
+        rows = {row["name"]: row["value"] for row in db["manifest"].rows} if "manifest" in tables else {}
+    except sqlite3.DatabaseError as error:
+        raise IndexDamaged(f"{Path(folder) / DB_NAME} is damaged ({error}): rebuild the index from its source") from None
+    if "manifest" not in tables:
+        raise IndexMissing(f"{folder} is not a bertdex index (no manifest; was its first build interrupted?)")
     if "recipe" not in rows:
-        raise BertdexError(f"{folder} is not a bertdex index (empty manifest; was its first build interrupted?)")
+        raise IndexMissing(f"{folder} is not a bertdex index (empty manifest; was its first build interrupted?)")
     version = json.loads(rows.get("format_version", "0"))
     if version != FORMAT_VERSION:
         raise BertdexError(f"{folder} has index format {version}; this bertdex reads format {FORMAT_VERSION}: rebuild it")
     return Manifest.from_rows(rows)
+
+
+def open_manifest(folder: str | Path) -> Manifest:
+    """The manifest of an index, read through a connection closed before returning."""
+    folder = check_index_folder(Path(folder))
+    db = connect(folder, readonly=True)
+    try:
+        return read_manifest(db, folder)
+    finally:
+        db.close()
 
 
 def vectors_path(folder: Path, generation: int) -> Path:
@@ -122,16 +152,39 @@ def vectors_path(folder: Path, generation: int) -> Path:
 
 def check_index_folder(folder: Path) -> Path:
     folder = Path(folder)
+    if not folder.is_dir():
+        raise IndexMissing(f"{folder} does not exist" if not folder.exists() else f"{folder} is not a folder")
     if not (folder / DB_NAME).is_file():
-        raise BertdexError(f"{folder} is not a bertdex index (no {DB_NAME} in it)")
+        raise IndexMissing(f"{folder} is not a bertdex index (no {DB_NAME} in it)")
     return folder
 
 
 def load_vectors(folder: Path, generation: int, dimension: int) -> faiss.Index:
+    """The FAISS index of `generation`, unchecked (benchmarks); readers use `open_vectors`."""
     path = vectors_path(folder, generation)
     if generation == 0 and not path.exists():
         return new_vector_index("flat", dimension, {})
     return faiss.read_index(str(path))
+
+
+def open_vectors(folder: Path, manifest: Manifest, *, checksum: bool = False) -> faiss.Index:
+    """The FAISS index the manifest names, after its checks (and its checksum's); IndexDamaged if one fails."""
+    if manifest.generation == 0:
+        return new_vector_index("flat", manifest.recipe.dimension, {})
+    return integrity.read_faiss(vectors_path(folder, manifest.generation), manifest.faiss_file,
+                                manifest.recipe.dimension, checksum=checksum)
+
+
+def check_counts(db: sqlite_utils.Database, folder: Path, manifest: Manifest) -> None:
+    """The manifest's counts against the tables; IndexDamaged if they differ."""
+    try:
+        documents, passages = db.execute(
+            "SELECT (SELECT count(*) FROM documents), (SELECT count(*) FROM passages)").fetchone()
+    except sqlite3.DatabaseError as error:
+        raise IndexDamaged(f"{Path(folder) / DB_NAME} is damaged ({error}): rebuild the index from its source") from None
+    if (documents, passages) != (manifest.documents, manifest.vectors):
+        raise IndexDamaged(f"{folder}: the manifest records {manifest.documents} entries and {manifest.vectors} "
+                           f"vectors, the tables hold {documents} and {passages} (run `bertdex verify {folder}`)")
 
 
 def new_vector_index(index_type: str, dimension: int, params: dict) -> faiss.Index:
@@ -151,10 +204,13 @@ class IndexWriter:
 
     def __init__(self, folder: Path, db: sqlite_utils.Database, manifest: Manifest, lock_handle, replace: bool):
         self.folder, self.db, self.manifest, self._lock = folder, db, manifest, lock_handle
-        self.vectors = load_vectors(folder, manifest.generation, manifest.recipe.dimension)
         self._removed: list[np.ndarray] = []  # FAISS ids to drop; applied at commit (HNSW/IVF rebuild once)
-        if replace:
+        self.warnings: list[str] = []  # what the writer chose not to do (e.g. leave files it could not prove stale)
+        if replace:  # everything is rewritten: a damaged old generation is what a rebuild or repair replaces
             self._clear()
+        else:  # never commit on top of a damaged index
+            check_counts(db, folder, manifest)
+            self.vectors = open_vectors(folder, manifest, checksum=True)
         row = db.execute("SELECT max(id) FROM passages").fetchone()
         self._next_passage = (row[0] or 0) + 1
         self.committed = False
@@ -170,8 +226,8 @@ class IndexWriter:
             db = connect(folder)
             has_manifest = "manifest" in db.table_names() and db["manifest"].count > 0
             if not has_manifest and new is None:
-                raise BertdexError(f"{folder} is not a bertdex index: build it first with `bertdex index`")
-            _remove_stale_files(folder, db)
+                raise IndexMissing(f"{folder} is not a bertdex index: build it first with `bertdex index`")
+            stale_warnings = _remove_stale_files(folder, db)
             with db.atomic():
                 if not has_manifest:
                     migrations.apply(db)
@@ -184,6 +240,7 @@ class IndexWriter:
                     if replace and new is not None:
                         manifest = new
                 writer = cls(folder, db, manifest, lock_handle, replace)
+                writer.warnings += stale_warnings
                 yield writer
                 if not writer.committed:
                     raise _Abandon()
@@ -282,16 +339,16 @@ class IndexWriter:
         counts = self.db.execute("SELECT (SELECT count(*) FROM documents), (SELECT count(*) FROM passages)").fetchone()
         if counts[1] != ann.live_count(self.vectors):
             raise BertdexError(f"internal error: {counts[1]} passages but {ann.live_count(self.vectors)} vectors; nothing written")
+        record = _write_faiss_file(self.vectors, vectors_path(self.folder, generation))
         manifest = Manifest(**{**self.manifest.__dict__, "generation": generation, "documents": counts[0],
-                               "vectors": counts[1], "updated": now(),
+                               "vectors": counts[1], "updated": now(), "faiss_file": record,
                                "created": self.manifest.created or now()})
-        _write_faiss_file(self.vectors, vectors_path(self.folder, generation))
         self.db["manifest"].upsert_all(manifest.to_rows(), pk="name")
-        self.db.conn.execute("COMMIT")
+        _commit_sqlite(self.db)
         self.db.conn.execute("BEGIN")  # the atomic() block that opened us closes this empty one
         self.committed = True
         self.manifest = manifest
-        _remove_stale_files(self.folder, self.db)
+        self.warnings += _remove_stale_files(self.folder, self.db)
         return manifest
 
 
@@ -299,50 +356,81 @@ class _Abandon(Exception):
     """Leaves the writer's transaction without committing."""
 
 
-def _write_faiss_file(index: faiss.Index, path: Path) -> None:
+def _commit_sqlite(db: sqlite_utils.Database) -> None:
+    """The commit point: before it the old generation is the index, after it the new one.
+    A function of its own so the crash tests can stop a writer exactly here (tests/fault_writer.py)."""
+    db.conn.execute("COMMIT")
+
+
+def _write_faiss_file(index: faiss.Index, path: Path) -> dict:
+    """Write `index` to `path` via a fsynced `.partial` file and a rename; returns its manifest record."""
     partial = path.with_suffix(".partial")
     faiss.write_index(index, str(partial))
     with open(partial, "rb") as handle:
         os.fsync(handle.fileno())
+    record = integrity.faiss_record(partial, index.ntotal)
     os.replace(partial, path)
-    directory = os.open(path.parent, os.O_RDONLY)
+    _fsync_folder(path.parent)
+    return record
+
+
+def _fsync_folder(folder: Path) -> None:
+    directory = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(directory)
     finally:
         os.close(directory)
 
 
-def _remove_stale_files(folder: Path, db: sqlite_utils.Database) -> None:
-    """Delete FAISS files of other generations than the committed one (left by crashes or old commits)."""
+def _remove_stale_files(folder: Path, db: sqlite_utils.Database) -> list[str]:
+    """Delete FAISS files of generations other than the committed one (left by crashes or old commits).
+
+    Only after a clean read of the committed generation: on any error (a transient `database is
+    locked`, an I/O error) every file stays, and the returned warning says so.
+    """
     try:
-        row = db.execute("SELECT value FROM manifest WHERE name = 'generation'").fetchone()
-    except sqlite3.OperationalError:
-        row = None
-    current = vectors_path(folder, int(row[0])).name if row else None
-    for path in folder.glob("vectors.*"):
-        if path.name != current:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        row = db.execute("SELECT value FROM manifest WHERE name = 'generation'").fetchone() if "manifest" in tables else None
+        current = None if row is None else int(json.loads(row[0]))
+    except (sqlite3.Error, ValueError, TypeError) as error:
+        return [f"left the vectors files in {folder} in place: the committed generation could not be read ({error})"]
+    for path in folder.iterdir():
+        found = _GENERATION_FILE.match(path.name)
+        if found and not (found.group(2) == "faiss" and int(found.group(1)) == current):
             path.unlink(missing_ok=True)
+    return []
 
 
 def _take_lock(folder: Path, *, create: bool):
     if not folder.exists():
         if not create:
-            raise BertdexError(f"{folder} does not exist")
-        folder.mkdir(parents=True)
+            raise IndexMissing(f"{folder} does not exist")
+        try:
+            folder.mkdir(parents=True)
+        except OSError as error:
+            raise IndexReadOnly(f"cannot create {folder}: {error.strerror}") from None
+        _fsync_folder(folder.parent)  # the new folder's entry survives a power cut
     elif not folder.is_dir():
-        raise BertdexError(f"{folder} is not a folder")
+        raise IndexMissing(f"{folder} is not a folder")
     elif create and not (folder / DB_NAME).exists() and any(p.name != LOCK_NAME for p in folder.iterdir()):
         raise BertdexError(f"{folder} is not empty and is not a bertdex index: choose a new or empty folder")
     elif not create and not (folder / DB_NAME).exists():
-        raise BertdexError(f"{folder} is not a bertdex index (no {DB_NAME} in it)")
-    handle = open(folder / LOCK_NAME, "a+")
+        raise IndexMissing(f"{folder} is not a bertdex index (no {DB_NAME} in it)")
+    if not os.access(folder, os.W_OK):
+        raise IndexReadOnly(f"index {folder} is read-only")
+    try:
+        handle = open(folder / LOCK_NAME, "a+")
+    except OSError as error:
+        if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise IndexReadOnly(f"index {folder} is read-only") from None
+        raise
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.seek(0)
         holder = handle.read().strip() or "?"
         handle.close()
-        raise BertdexError(f"index {folder} is locked by pid {holder} (another write is running); try again when it ends") from None
+        raise IndexLocked(f"index {folder} is locked by pid {holder} (another write is running); try again when it ends") from None
     handle.seek(0)
     handle.truncate()
     handle.write(str(os.getpid()))

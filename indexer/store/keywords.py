@@ -23,6 +23,16 @@ def normalize_text(text: str) -> str:
     return " ".join(unicodedata.normalize("NFKC", text).split())
 
 
+def hangul_syllable(text: str) -> str | None:
+    """The first composed Hangul syllable of `text`, or None: hangul_syllable("PIN 변경") -> "변"."""
+    return next((ch for ch in text if "\uac00" <= ch <= "\ud7a3"), None)
+
+
+def has_jamo(text: str) -> bool:
+    """Whether `text` holds Hangul jamo (what an accent-stripping tokenizer makes of syllables)."""
+    return any("\u1100" <= ch <= "\u11ff" or "\u3130" <= ch <= "\u318f" for ch in text)
+
+
 def keyword_terms(text: str) -> list[str]:
     """Search terms of `text`.
 

@@ -17,6 +17,7 @@ from indexer.embed.encoder import Encoder
 from indexer.errors import BertdexError
 from indexer.embed.models import DEFAULT_MODEL, resolve_model_folder, trained_pooling
 from indexer.embed.recipe import absolute_layer
+from indexer.store.keywords import hangul_syllable
 
 
 def load_encoder(model: str = DEFAULT_MODEL, *, max_length: int | None = None, precision: str = "fp32",
@@ -101,7 +102,7 @@ def token_table(encoder: Encoder, text: str) -> TokenTable:
 
 
 def _hangul_warning(encoder: Encoder, text: str) -> list[str]:
-    syllable = next((ch for ch in text if "\uac00" <= ch <= "\ud7a3"), None)
+    syllable = hangul_syllable(text)
     if syllable is None or not encoder.decomposes_hangul:
         return []
     pieces = " ".join(encoder.tokenizer.tokenize(syllable))

@@ -157,7 +157,6 @@ def _current_search(folder) -> dict:
 
 def read_questions(path: str | Path) -> list[str]:
     """Non-empty lines of a text file, one question each."""
-    path = Path(path)
-    if not path.is_file():
-        raise BertdexError(f"{path}: no such file")
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    from indexer.ingest.entries import read_question_file
+
+    return read_question_file(Path(path))

@@ -9,8 +9,8 @@ parameters, and no part of a request names a file: the page is read into memory 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import ipaddress
+import sqlite3
 import threading
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -24,23 +24,22 @@ from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from indexer.ingest.build import upsert_entries
 from indexer.embed.encoder import Encoder
-from indexer.errors import BertdexError
-from indexer.store.keywords import normalize_text
+from indexer.errors import BertdexError, IndexDamaged
+from indexer.ingest.build import upsert_entries
+from indexer.ingest.entries import HTTP_TEXT_CHARS, MAX_KEY_CHARS, key_problem, text_problem
 from indexer.ingest.readers import Entry
 from indexer.store.folder import IndexWriter
-from search.server.batching import MicroBatcher
-from search.server.guard import Guard, error_body, validation_message
 from indexer.store.info import index_info
 from search.searcher import Searcher, open_manifest
+from search.server.batching import MicroBatcher
+from search.server.guard import Guard, error_body, validation_message
 
 MAX_QUESTION_CHARS = 2_000
 MAX_QUESTIONS = 32
 MAX_K = 100
 MAX_DOCUMENTS = 100
-MAX_TEXT_CHARS = 20_000
-MAX_KEY_CHARS = 256
+MAX_TEXT_CHARS = HTTP_TEXT_CHARS  # checked again after NFKC (entries_from): normalization can expand a text
 MAX_FIELDS = 32
 MAX_BODY_BYTES = 1_000_000
 WRITE_WAIT_SECONDS = 30
@@ -115,13 +114,6 @@ class Service:
         static = resources.files("search.server") / "static"
         self.pages = {path: (static / name).read_bytes() for path, (name, _) in PAGES.items()}
 
-    def authorized(self, headers) -> bool:
-        given = headers.get("x-api-key") or ""
-        scheme, _, token = (headers.get("authorization") or "").partition(" ")
-        if scheme.lower() == "bearer":
-            given = given or token.strip()
-        return self.api_key is not None and hmac.compare_digest(given.encode(), self.api_key.encode())
-
     def write(self, change):
         """Run change(writer) under the write lock; commit unless it returns False."""
         if not self.write_lock.acquire(timeout=WRITE_WAIT_SECONDS):
@@ -131,8 +123,8 @@ class Service:
                 result = change(writer)
                 manifest = writer.commit() if result is not False else None
             return result, manifest
-        except BertdexError as error:
-            raise HTTPException(409 if "locked by pid" in str(error) else 422, str(error)) from None
+        except BertdexError as error:  # locked 409, read-only or damaged 503, else 422: by type
+            raise HTTPException(error.http_status, str(error)) from None
         finally:
             self.write_lock.release()
 
@@ -141,9 +133,10 @@ def entries_from(request: DocumentsRequest) -> list[Entry]:
     """Checked entries, as indexer.ingest.readers makes them; a 422 names the first bad item."""
     entries, seen = [], {}
     for i, doc in enumerate(request.documents):
-        text = normalize_text(doc.text)
-        problem = ("the text is empty" if not text else "the text contains a NUL character" if "\x00" in text
-                   else f"key {doc.key!r} repeats documents[{seen[doc.key]}]" if doc.key in seen else None)
+        text, problem = text_problem(doc.text, MAX_TEXT_CHARS)
+        problem = key_problem(doc.key) or problem
+        if problem is None and doc.key in seen:
+            problem = f"key {doc.key!r} repeats documents[{seen[doc.key]}]"
         if problem:
             raise HTTPException(422, f"documents[{i}]: {problem}")
         seen[doc.key] = i
@@ -169,11 +162,8 @@ def create_app(folder: str | Path, *, api_key: str | None = None, writable: bool
     app.add_middleware(Guard, service=service, max_body_bytes=max_body_bytes)
     key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="Or `Authorization: Bearer KEY`.")
 
-    def writer_only(request: Request, _key: str | None = Depends(key_header)) -> None:
-        if not service.writable:
-            raise HTTPException(403, "this server is read-only (started without an API key, or with --read-only)")
-        if not service.authorized(request.headers):
-            raise HTTPException(401, "a valid API key is required (X-API-Key or Authorization: Bearer)")
+    def writer_only(_key: str | None = Depends(key_header)) -> None:
+        """Declares the key in the API docs; `Guard` checks it before any route runs (the one place)."""
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException):
@@ -186,7 +176,12 @@ def create_app(folder: str | Path, *, api_key: str | None = None, writable: bool
 
     @app.exception_handler(BertdexError)
     async def refused(request: Request, error: BertdexError):
-        return JSONResponse(error_body(422, str(error)), 422)
+        return JSONResponse(error_body(error.http_status, str(error)), error.http_status)
+
+    @app.exception_handler(sqlite3.DatabaseError)
+    async def damaged(request: Request, error: sqlite3.DatabaseError):
+        message = str(IndexDamaged(f"{service.folder}/bertdex.db: {error}"))
+        return JSONResponse(error_body(IndexDamaged.http_status, message), IndexDamaged.http_status)
 
     @app.post("/search", summary="Answer one question or a list")
     async def search(body: SearchRequest) -> dict:
@@ -210,7 +205,8 @@ def create_app(folder: str | Path, *, api_key: str | None = None, writable: bool
               dependencies=[Depends(writer_only)])
     def post_documents(body: DocumentsRequest) -> dict:
         entries = entries_from(body)
-        counts, manifest = service.write(lambda writer: upsert_entries(writer, service.searcher.encoder, entries))
+        counts, manifest = service.write(lambda writer: upsert_entries(
+            writer, service.searcher.encoder_for_recipe(writer.manifest.recipe), entries))
         return {"added": counts["added"], "updated": counts["updated"], "unchanged": counts["unchanged"],
                 "documents": manifest.documents, "generation": manifest.generation}
 

@@ -6,6 +6,7 @@ unauthenticated or oversized write costs no JSON decoding. It does not route or 
 
 from __future__ import annotations
 
+import hmac
 import json
 import re
 
@@ -48,6 +49,19 @@ def _one_message(found: list[tuple[str, str]]) -> str:
     return ", or ".join(dict.fromkeys(specific))
 
 
+def authorized(headers: dict[str, str], api_key: str | None) -> bool:
+    """Whether the request carries `api_key` (X-API-Key, or Authorization: Bearer), compared in constant time.
+
+    Headers arrive decoded as latin-1; encoding them back gives the bytes sent, so a key with
+    non-ASCII characters matches when the client sends it as UTF-8.
+    """
+    given = headers.get("x-api-key") or ""
+    scheme, _, token = (headers.get("authorization") or "").partition(" ")
+    if scheme.lower() == "bearer":
+        given = given or token.strip()
+    return api_key is not None and hmac.compare_digest(given.encode("latin-1", "replace"), api_key.encode("utf-8"))
+
+
 def is_write(method: str, path: str) -> bool:
     return method in WRITE_METHODS and (path == "/documents" or path.startswith("/documents/"))
 
@@ -66,7 +80,7 @@ class Guard:
         if is_write(scope["method"], scope["path"]):
             if not self.service.writable:
                 return await _reply(send, 403, "this server is read-only (started without an API key, or with --read-only)")
-            if not self.service.authorized(headers):
+            if not authorized(headers, self.service.api_key):
                 return await _reply(send, 401, "a valid API key is required (X-API-Key or Authorization: Bearer)",
                                     [(b"www-authenticate", b"Bearer")])
         if scope["method"] not in WRITE_METHODS:
