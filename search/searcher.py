@@ -144,7 +144,8 @@ class Searcher:
         `weight`: hybrid, the dense side's share in [0, 1].
         `filters`: stored field -> required value.
         `vectors`, `recipe`: the questions' vectors and the recipe they were made by (`embed_questions`),
-        when already computed (the server's micro-batcher); made again if the index's recipe changed since.
+        when already computed (the server's micro-batcher); made again if the index's recipe changed since
+        (vectors without a recipe are taken to be by the committed one).
         """
         _check_options(questions, k, mode, weight, min_score)
         if (mode or self.manifest.settings.get("search", {}).get("mode", "dense")) != "keyword" and vectors is None:
