@@ -206,6 +206,7 @@ def query(
     """Answer questions with the closest entries, ranked by cosine similarity."""
     from indexer.ingest.entries import question_lines, read_question_file
     from search import Searcher
+    from search.searcher import check_search_options
 
     asked = list(questions or [])
     if asked == ["-"]:
@@ -215,6 +216,7 @@ def query(
     if not asked:
         raise typer.BadParameter("give a question, '-' for stdin, or --file")
     filters = dict(parse_where(item) for item in where)
+    check_search_options(asked, k, mode, weight, min_score)  # before the model loads
     searcher = Searcher(index_dir, model=model, layer=layer, pooling=pooling)
     results = searcher.search_many(asked, k, mode=mode, min_score=min_score, weight=weight, filters=filters)
     for question, hits in zip(asked, results):

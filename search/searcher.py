@@ -147,7 +147,7 @@ class Searcher:
         when already computed (the server's micro-batcher); made again if the index's recipe changed since
         (vectors without a recipe are taken to be by the committed one).
         """
-        _check_options(questions, k, mode, weight, min_score)
+        check_search_options(questions, k, mode, weight, min_score)
         if (mode or self.manifest.settings.get("search", {}).get("mode", "dense")) != "keyword" and vectors is None:
             recipe, vectors = self.embed_questions(questions)
         results = []
@@ -272,7 +272,7 @@ class _Snapshot:
             self.searcher._lock.release()
 
 
-def _check_options(questions: list[str], k: int, mode: str | None, weight: float | None,
+def check_search_options(questions: list[str], k: int, mode: str | None, weight: float | None,
                    min_score: float | None) -> None:
     """The options as the HTTP service checks them, so every door refuses the same values."""
     if mode is not None and mode not in MODES:

@@ -51,7 +51,7 @@ def test_bad_input_is_one_line_naming_file_and_line(tmp_path):
 
 def test_query_against_a_folder_that_is_not_an_index(tmp_path):
     result = run_cli("query", tmp_path, "hello")
-    assert result.returncode == 1
+    assert result.returncode == 4  # IndexMissing
     assert result.stderr.strip() == f"error: {tmp_path} is not a bertdex index (no bertdex.db in it)"
 
 
