@@ -238,7 +238,10 @@ class IndexWriter:
                         diff = "; ".join(manifest.recipe.differences(new.recipe))
                         raise BertdexError(f"{folder} was built with another recipe ({diff}): use --replace to rebuild it")
                     if replace and new is not None:
-                        manifest = new
+                        # generations only grow: a rebuild numbered from 0 would overwrite the committed
+                        # file (vectors.1.faiss) before its commit, and a crash then would pair the old
+                        # texts with the new vectors
+                        manifest = Manifest(**{**new.__dict__, "generation": manifest.generation})
                 writer = cls(folder, db, manifest, lock_handle, replace)
                 writer.warnings += stale_warnings
                 yield writer
