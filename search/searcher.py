@@ -23,7 +23,7 @@ from indexer.embed.resolve import encoder_for
 from indexer.errors import BertdexError, IndexDamaged
 from indexer.ingest.entries import check_question
 from indexer.store import ann
-from indexer.store.folder import Manifest, check_index_folder, connect, open_manifest, open_vectors, read_manifest  # noqa: F401 (open_manifest: re-exported)
+from indexer.store.folder import check_index_folder, connect, open_manifest, open_vectors, read_manifest  # noqa: F401 (open_manifest: re-exported)
 from indexer.store.keywords import normalize_text
 from search import keyword
 

@@ -88,7 +88,7 @@ def test_a_second_writer_is_told_who_holds_the_lock(faq_index):
             with IndexWriter.open(faq_index):
                 pass
         result = run_cli("delete", faq_index, "en-001")
-        assert result.returncode == 1
+        assert result.returncode == 5  # IndexLocked
         assert f"locked by pid {os.getpid()}" in result.stderr
     assert run_cli("delete", faq_index, "en-001", check=True).stdout.strip() == "deleted 1 entry"
 
