@@ -281,8 +281,8 @@ def check_search_options(questions: list[str], k: int, mode: str | None, weight:
         raise BertdexError(f"k must be between 1 and {MAX_K}, not {k}")
     if weight is not None and not 0 <= weight <= 1:  # NaN fails both comparisons
         raise BertdexError(f"weight must be between 0 and 1, not {weight}")
-    if min_score is not None and not math.isfinite(min_score):
-        raise BertdexError(f"min score must be a finite number, not {min_score}")
+    if min_score is not None and math.isnan(min_score):  # -inf is allowed: "no cut" (calibrate uses it)
+        raise BertdexError("min score must be a number, not NaN")
     for number, question in enumerate(questions, start=1):
         check_question(question, f"question {number}" if len(questions) > 1 else "question")
 

@@ -63,7 +63,7 @@ CASES = [
     ("question of zero-width characters", ["query", "{index}", "\u200b\u200b"], None, 1, "empty question"),
     ("weight above 1", ["query", "{index}", "refund", "--mode", "hybrid", "--weight", "5"], None, 1, "weight must be between 0 and 1"),
     ("weight NaN", ["query", "{index}", "refund", "--weight", "nan"], None, 1, "weight must be between 0 and 1"),
-    ("min score NaN", ["query", "{index}", "refund", "--min-score", "nan"], None, 1, "min score must be a finite number"),
+    ("min score NaN", ["query", "{index}", "refund", "--min-score", "nan"], None, 1, "min score must be a number, not NaN"),
     ("k of 0", ["query", "{index}", "refund", "-k", "0"], None, 1, "k must be between 1 and"),
     ("unknown mode", ["query", "{index}", "refund", "--mode", "psychic"], None, 1, "unknown mode"),
     ("where without =", ["query", "{index}", "refund", "--where", "category"], None, 2, "use NAME=VALUE"),
