@@ -17,6 +17,8 @@ import sys
 import pytest
 
 from conftest import ROOT
+
+pytestmark = pytest.mark.slow  # one driver start (the imports, ~10-40 s on a busy machine), then ~0.5 s a case
 from indexer.store.folder import connect, read_manifest
 from indexer.store.integrity import file_digest
 

@@ -143,6 +143,7 @@ def test_a_truncated_database_is_one_line_for_every_command(faq_index):
         assert "bertdex.db" in line and "damaged" in line, line
 
 
+@pytest.mark.slow
 def test_a_writer_refuses_when_the_counts_disagree(faq_index):
     db = sqlite3.connect(faq_index / "bertdex.db")
     db.execute("DELETE FROM keywords WHERE rowid = 3")
