@@ -118,7 +118,8 @@ def _vector_problems(db, vectors, name: str) -> list[str]:
     scores, found = ann.search(vectors, stored[picks], min(10, vectors.ntotal))
     lost = [int(ids[p]) for p, row_ids, row in zip(picks, found, scores)
             if ids[p] not in row_ids[row >= row[0] - 1e-3]]
-    if lost:
+    # exact search finds every vector; a graph (HNSW) may leave a rare node unreachable: allow a tenth
+    if len(lost) > (0 if ann.kind(vectors) == "flat" else len(picks) // 10):
         return [f"{name}: {len(lost)} of {len(picks)} sampled vectors are not found by themselves "
                 f"(e.g. entry {_key_of(db, lost[0])!r})"]
     return []
