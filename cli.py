@@ -609,6 +609,8 @@ def print_report(report, as_json: bool) -> None:
         typer.echo(f"{report.split} extra windows for texts longer than the model's window", err=True)
     for problem in report.problems:
         typer.echo(f"skipped {problem}", err=True)
+    for warning in report.warnings:
+        typer.echo(f"warning: {warning}", err=True)
 
 
 class progress_reporter:

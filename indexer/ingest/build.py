@@ -42,6 +42,7 @@ class BuildReport:
     seconds: float
     recipe_reason: str = ""
     problems: list[Problem] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # what the writer left undone, e.g. stale files it could not prove stale
 
     @property
     def rate(self) -> float:
@@ -78,7 +79,7 @@ def build_index(data: Path, folder: Path, *, text_fields: Iterable[str] = (), id
             raise BertdexError(f"{folder} already holds an index: use `bertdex add` to update it, or --replace to rebuild it")
         counts = _ingest(writer, resolved.encoder, data, fields, fmt, entries_total, progress, chunk_size)
         final = writer.commit()
-    return _report(folder, counts, final, started, problems, resolved.reason)
+    return _report(folder, counts, final, started, problems, resolved.reason, writer.warnings)
 
 
 def add_documents(folder: Path, data: Path, *, text_fields: Iterable[str] = (), id_field: str | None = None,
@@ -98,7 +99,7 @@ def add_documents(folder: Path, data: Path, *, text_fields: Iterable[str] = (), 
         encoder = encoder or encoder_for(writer.manifest.recipe, precision=precision, threads=threads, backend=backend)
         counts = _ingest(writer, encoder, data, fields, fmt or settings.get("format"), entries_total, progress, chunk_size)
         final = writer.commit()
-    return _report(folder, counts, final, started, problems)
+    return _report(folder, counts, final, started, problems, warnings=writer.warnings)
 
 
 def upsert_entries(writer: IndexWriter, encoder: Encoder, entries: list[Entry]) -> dict:
@@ -172,10 +173,11 @@ def _ingest(writer: IndexWriter, encoder: Encoder, data: Path, fields: Fields, f
     return totals
 
 
-def _report(folder, counts: dict, manifest: Manifest, started: float, problems: list[Problem], reason: str = "") -> BuildReport:
+def _report(folder, counts: dict, manifest: Manifest, started: float, problems: list[Problem], reason: str = "",
+            warnings: list[str] = ()) -> BuildReport:
     return BuildReport(
         folder=str(folder), added=counts["added"], updated=counts["updated"], unchanged=counts["unchanged"],
         deleted=counts.get("deleted", 0), documents=manifest.documents, vectors=manifest.vectors,
         truncated=counts["truncated"], split=counts["split"], seconds=time.perf_counter() - started,
-        recipe_reason=reason, problems=problems,
+        recipe_reason=reason, problems=problems, warnings=list(warnings),
     )
