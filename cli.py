@@ -1,8 +1,10 @@
 """The `bertdex` command: typer options -> one library call -> print. No logic lives here.
 
 People get rich tables; programs get JSON lines (--json), or rows (--nl, --csv, --tsv) where a
-command lists things. A BertdexError becomes one line on stderr and exit status 1. The index
-folder comes first everywhere (`bertdex index DIR DATA`); `-` reads stdin.
+command lists things. The index folder comes first everywhere (`bertdex index DIR DATA`); `-` reads
+stdin. A known failure becomes one line on stderr and its own exit status (indexer.failures: 1 bad
+input, 2 usage, 3 unreadable input file, 4 no index, 5 locked, 6 read-only, 7 damaged index, ...);
+so does a usage error (`main`).
 """
 
 from __future__ import annotations
@@ -123,20 +125,23 @@ Delimiter = Annotated[Optional[str], typer.Option("--delimiter", "-d", help="CSV
 
 
 def fails_cleanly(command):
-    """Turn a BertdexError into one line on stderr and exit 1."""
+    """Turn a known failure (indexer.failures) into one line on stderr and its exit status."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        from indexer.errors import BertdexError
+        from indexer.failures import explain
 
         try:
             return command(*args, **kwargs)
-        except BertdexError as error:
-            typer.echo(f"error: {error}", err=True)
-            raise typer.Exit(1) from None
         except KeyboardInterrupt:
             typer.echo("interrupted: nothing from this command was committed", err=True)
             raise typer.Exit(130) from None
+        except Exception as error:
+            known = explain(error, kwargs.get("index_dir"))
+            if known is None:
+                raise
+            typer.echo(f"error: {' '.join(known[0].split())}", err=True)
+            raise typer.Exit(known[1]) from None
 
     return wrapper
 
@@ -161,7 +166,7 @@ def show_version(value: bool) -> None:
 
 
 @app.callback()
-def main(
+def root(
     version: Annotated[bool, typer.Option("--version", callback=show_version, is_eager=True, help="Show the version and exit.")] = False,
 ):
     """bertdex: semantic search over BERT sentence embeddings (FAISS + SQLite)."""
@@ -290,7 +295,7 @@ def delete(
     """Remove entries by key, in one commit."""
     from indexer import delete_documents
 
-    removed, missing = delete_documents(index_dir, keys)
+    removed, missing = delete_documents(index_dir, keys)  # checks the keys as a file's or HTTP's are checked
     if as_json:
         echo_json({"deleted": removed, "missing": missing})
         return
@@ -301,11 +306,15 @@ def delete(
 
 @app.command()
 @fails_cleanly
-def verify(index_dir: IndexDir, as_json: Json = False):
-    """Check that the FAISS index, the documents and the keyword table agree."""
+def verify(
+    index_dir: IndexDir,
+    texts: Annotated[int, typer.Option("--texts", min=0, help="Embed this many stored texts and check each finds its entry (loads the model; 0: skip).")] = 20,
+    as_json: Json = False,
+):
+    """Check the index: SQLite, counts, the FAISS file's checksum, unit norms, and entries found by their own text."""
     from indexer.store.verify import verify_index
 
-    report = verify_index(index_dir)
+    report = verify_index(index_dir, text_sample=texts)
     if as_json:
         echo_json(report.to_dict())
     else:
@@ -313,6 +322,25 @@ def verify(index_dir: IndexDir, as_json: Json = False):
             typer.echo(line)
     if not report.ok:
         raise typer.Exit(1)
+
+
+@app.command()
+@fails_cleanly
+def repair(
+    index_dir: IndexDir,
+    threads: Annotated[Optional[int], typer.Option(help="Threads (default: all cores).")] = None,
+    as_json: Json = False,
+):
+    """Rebuild the FAISS file from the texts in SQLite, embedded by the recorded recipe, in one commit."""
+    from indexer.store.repair import repair_index
+
+    report = repair_index(index_dir, threads=threads)
+    if as_json:
+        echo_json(report.to_dict())
+        return
+    for problem in report.found:
+        typer.echo(f"found: {problem}")
+    typer.echo(f"repaired: {report.documents} entries, {report.vectors} vectors re-embedded; generation {report.generation}")
 
 
 # -- searching --------------------------------------------------------------------------------------
@@ -334,12 +362,13 @@ def output_format(*, as_json: bool = False, nl: bool = False, csv: bool = False,
 
 def asked_questions(questions: Optional[list[str]], from_file: Optional[Path]) -> list[str]:
     """The questions given, then stdin's lines ('-' as a question or as --file), then --file's lines."""
-    from indexer.ingest.readers import read_questions, split_questions
+    from indexer.ingest.entries import question_lines
+    from indexer.ingest.readers import read_questions
 
     given = list(questions or [])
     asked = [question for question in given if question != "-"]
     if "-" in given or str(from_file) == "-":
-        asked += split_questions(sys.stdin.read())
+        asked += question_lines(sys.stdin.buffer.read(), "stdin")
     if from_file is not None and str(from_file) != "-":
         asked += read_questions(from_file)
     if not asked:
@@ -369,14 +398,15 @@ def query(
     as_tsv: AsTsv = False,
 ):
     """Answer questions with the closest entries, ranked by cosine similarity."""
-    from search.filters import check_weight, filter_problem, parse_where
+    from search.filters import filter_problem, parse_where
 
     output = output_format(as_json=as_json, nl=as_nl, csv=as_csv, tsv=as_tsv)
     asked = asked_questions(questions, from_file)
     filters = parse_where(where)
-    check_weight(weight)  # before torch is imported and the model loads
     from search import Searcher
+    from search.searcher import check_search_options
 
+    check_search_options(asked, k, chosen(mode), weight, min_score)  # before torch is imported and the model loads
     searcher = Searcher(index_dir, model=model, layer=layer, pooling=chosen(pooling))
     results = searcher.search_many(asked, k, mode=chosen(mode), min_score=min_score, weight=weight,
                                    filters=filters or None)
@@ -696,7 +726,7 @@ def tutorial_embed(
 def serve(
     index_dir: IndexDir,
     host: Annotated[str, typer.Option(help="Address to bind; anything but loopback needs an API key or --read-only.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
     api_key_file: Annotated[Optional[Path], typer.Option(help="File holding the API key that writes need (else env BERTDEX_API_KEY).")] = None,
     read_only: Annotated[bool, typer.Option(help="Refuse every write, even with a key.")] = False,
     batch_window_ms: Annotated[float, typer.Option(help="How long a question waits for others to share its forward pass.")] = 2.0,
@@ -1021,6 +1051,8 @@ def print_report(report, as_json: bool, rename=lambda message: message) -> None:
         typer.echo(f"{report.split} extra windows for texts longer than the model's window", err=True)
     for problem in report.problems:
         typer.echo(f"skipped {rename(str(problem))}", err=True)
+    for warning in report.warnings:
+        typer.echo(f"warning: {warning}", err=True)
 
 
 class progress_reporter:
@@ -1079,5 +1111,28 @@ class progress_reporter:
         return False
 
 
+def main() -> int:
+    """Run the app; a usage error (bad option, unknown command) is one line on stderr too, exit 2."""
+    try:
+        code = app(standalone_mode=False)
+    except typer.Exit as done:
+        return done.exit_code
+    except typer.Abort:
+        typer.echo("interrupted: nothing from this command was committed", err=True)
+        return 130
+    except Exception as error:
+        show = getattr(error, "format_message", None)
+        if not callable(show):  # not typer's usage error: a bug, shown as one
+            raise
+        message = show()
+        if type(error).__name__ == "NoArgsIsHelpError":  # `bertdex` alone: the help, as typer prints it
+            typer.echo(message, err=True)
+        else:
+            command = getattr(getattr(error, "ctx", None), "command_path", "bertdex")
+            typer.echo(f"error: {' '.join(message.split())} (see `{command} --help`)", err=True)
+        return getattr(error, "exit_code", 2)
+    return code if isinstance(code, int) else 0
+
+
 if __name__ == "__main__":
-    app()
+    sys.exit(main())

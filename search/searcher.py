@@ -2,12 +2,15 @@
 
 A Searcher loads the model and the vectors once; each search reads SQLite inside one read
 transaction and first checks the committed generation, so a search during a write sees the old
-or the new index, never a mix. Keyword and hybrid ranking live in `search.keyword`.
+or the new index, never a mix. Questions are embedded with the recipe of the generation they are
+searched in: when another process re-embeds the index (`tune`), the searcher loads the matching
+encoder instead of mixing recipes. Keyword and hybrid ranking live in `search.keyword`.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,14 +18,15 @@ from pathlib import Path
 import numpy as np
 
 from indexer.embed.encoder import Encoder
-from indexer.errors import BertdexError
-from indexer.store.keywords import normalize_text, scheme_of
-from indexer.embed.recipe import absolute_layer, check_pooling
+from indexer.embed.recipe import Recipe, absolute_layer, check_pooling
 from indexer.embed.resolve import encoder_for
+from indexer.errors import BertdexError, IndexDamaged
+from indexer.ingest.entries import check_question
 from indexer.store import ann
-from indexer.store.folder import Manifest, check_index_folder, connect, load_vectors, open_manifest, read_manifest  # noqa: F401
+from indexer.store.folder import check_index_folder, connect, open_manifest, open_vectors, read_manifest  # noqa: F401 (open_manifest: re-exported)
+from indexer.store.keywords import normalize_text, scheme_of
 from search import keyword
-from search.filters import check_weight, passes
+from search.filters import passes
 
 MODES = ("dense", "keyword", "hybrid")
 MAX_K = 1000
@@ -63,11 +67,12 @@ class Searcher:
         self.folder = check_index_folder(Path(folder))
         self.db = connect(self.folder, readonly=True)
         self.manifest = read_manifest(self.db, self.folder)
-        self.encoder = encoder or encoder_for(self.manifest.recipe, model=model, precision=precision,
-                                                  threads=threads, backend=backend)
+        self._encoder_options = {"model": model, "precision": precision, "threads": threads, "backend": backend}
+        self.encoder = encoder or encoder_for(self.manifest.recipe, **self._encoder_options)
+        self._encoder_recipe = self.manifest.recipe  # what self.encoder was made for
         self._check_asked(layer, pooling)
         self._lock = threading.RLock()
-        self._generation = -1
+        self._generation = self._generation_tried = -1
         self.vectors = None
         with self._snapshot():
             pass
@@ -89,52 +94,74 @@ class Searcher:
         row = self.db.execute("SELECT value FROM manifest WHERE name = 'generation'").fetchone()
         if row is not None and self.vectors is not None and int(row[0]) == self._generation:
             return  # every change commits a new generation: nothing to reload, no per-question parsing
-        self.manifest = read_manifest(self.db, self.folder)
-        if self.manifest.generation != self._generation:
-            self.vectors = load_vectors(self.folder, self.manifest.generation, self.manifest.recipe.dimension)
-            self._generation = self.manifest.generation
+        manifest = read_manifest(self.db, self.folder)
+        if manifest.generation != self._generation:
+            self._generation_tried = manifest.generation
+            self.vectors = open_vectors(self.folder, manifest)
+            self._generation = manifest.generation
+        self.manifest = manifest
+
+    def encoder_for_recipe(self, recipe: Recipe) -> Encoder:
+        """An encoder that embeds by `recipe`: the current one when it can, else one loaded for it."""
+        with self._lock:
+            made_for = self._encoder_recipe
+            same_model = (made_for.model_checksum, made_for.max_length) == (recipe.model_checksum, recipe.max_length)
+            kept = getattr(self.encoder, "keep_layers", None)
+            if not (same_model and (recipe.layer == made_for.layer or kept is None)):
+                options = dict(self._encoder_options)
+                if options["model"] is not None and made_for.model_checksum != recipe.model_checksum:
+                    options["model"] = None  # the index was rebuilt with another model: load the one it names
+                self.encoder = encoder_for(recipe, **options)
+                self._encoder_recipe = recipe
+            return self.encoder
 
     # -- searching ------------------------------------------------------------------------------
 
+    def embed_questions(self, questions: list[str]) -> tuple[Recipe, np.ndarray]:
+        """(the recipe, the questions' vectors by it): the recipe of the committed generation."""
+        with self._snapshot():
+            recipe = self.manifest.recipe
+        return recipe, self._embed_by(recipe, questions)
+
     def embed(self, questions: list[str]) -> np.ndarray:
-        recipe = self.manifest.recipe
-        if self.encoder.keep_layers not in (None, recipe.layer):  # the index was re-embedded at another layer
-            self.encoder = encoder_for(recipe, precision=self.encoder.precision, threads=self.encoder.threads)
+        return self.embed_questions(questions)[1]
+
+    def _embed_by(self, recipe: Recipe, questions: list[str]) -> np.ndarray:
         texts = [normalize_text(q) for q in questions]
-        return self.encoder.embed(texts, layer=recipe.layer, pooling=recipe.pooling,
-                                  exclude_special=recipe.exclude_special, prefix=recipe.query_prefix).vectors
+        return self.encoder_for_recipe(recipe).embed(texts, layer=recipe.layer, pooling=recipe.pooling,
+                                                     exclude_special=recipe.exclude_special,
+                                                     prefix=recipe.query_prefix).vectors
 
     def search(self, question: str, k: int = 5, **options) -> list[Hit]:
         return self.search_many([question], k, **options)[0]
 
     def search_many(self, questions: list[str], k: int = 5, *, mode: str | None = None,
                     min_score: float | None = None, weight: float | None = None,
-                    filters: dict | None = None, vectors: np.ndarray | None = None) -> list[list[Hit]]:
+                    filters: dict | None = None, vectors: np.ndarray | None = None,
+                    recipe: Recipe | None = None) -> list[list[Hit]]:
         """Ranked hits per question; questions are embedded in one batch.
 
         `mode`: dense, keyword or hybrid (default: the index's tuned mode, else dense).
         `min_score`: hits below it are dropped (an empty list means "no good answer").
+        `weight`: hybrid, the dense side's share in [0, 1].
         `filters`: stored field -> required value, or a tuple of values any of which passes.
-        `vectors`: the questions' vectors from `embed`, when already computed (the server's micro-batcher).
+        `vectors`, `recipe`: the questions' vectors and the recipe they were made by (`embed_questions`),
+        when already computed (the server's micro-batcher); made again if the index's recipe changed since
+        (vectors without a recipe are taken to be by the committed one).
         """
-        tuned = self.manifest.settings.get("search", {})
-        mode = mode or tuned.get("mode", "dense")
-        if mode not in MODES:
-            raise BertdexError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
-        if not 1 <= k <= MAX_K:
-            raise BertdexError(f"k must be between 1 and {MAX_K}, not {k}")
-        for question in questions:
-            if not normalize_text(question):
-                raise BertdexError("empty question")
-        check_weight(weight)
-        weight = tuned.get("weight", 0.5) if weight is None else weight
-        min_score = self.cut_for(mode, min_score)
-        if mode == "keyword":
-            vectors = None
-        elif vectors is None:
-            vectors = self.embed(questions)
+        check_search_options(questions, k, mode, weight, min_score)
+        if (mode or self.manifest.settings.get("search", {}).get("mode", "dense")) != "keyword" and vectors is None:
+            recipe, vectors = self.embed_questions(questions)
         results = []
         with self._snapshot():
+            tuned = self.manifest.settings.get("search", {})
+            mode = mode or tuned.get("mode", "dense")
+            weight = tuned.get("weight", 0.5) if weight is None else weight
+            min_score = self.cut_for(mode, min_score)
+            if mode == "keyword":
+                vectors = None
+            elif vectors is None or (recipe or self.manifest.recipe) != self.manifest.recipe:
+                vectors = self._embed_by(self.manifest.recipe, questions)  # one generation per answer
             for i, question in enumerate(questions):
                 ranked = self._rank(question, None if vectors is None else vectors[i], k, mode, weight, filters)
                 results.append(self._hits(ranked, k, min_score))
@@ -172,9 +199,9 @@ class Searcher:
         if self.vectors.ntotal == 0:
             return []
         scores, ids = ann.search(self.vectors, vector[None, :], min(n, self.vectors.ntotal))
-        passages = [int(i) for i in ids[0] if i >= 0]
-        owners = _passage_owners(self.db, passages)
-        return [(owners[p], float(s), p) for s, p in zip(scores[0], passages) if p in owners]
+        found = [(int(p), float(s)) for s, p in zip(scores[0], ids[0]) if p >= 0]  # score and id stay paired
+        owners = _passage_owners(self.db, [p for p, _ in found])
+        return [(owners[p], s, p) for p, s in found if p in owners]
 
     def _collapse(self, ranked, filters) -> list[tuple[int, float, int | None]]:
         """Best row per document, then per group; drop rows that fail the filters."""
@@ -231,26 +258,51 @@ class _Snapshot:
     def __enter__(self):
         self.searcher._lock.acquire()
         try:
-            for attempt in range(5):
+            while True:
                 self.searcher.db.execute("BEGIN")
                 try:
                     self.searcher._refresh()
                     return self
-                except (FileNotFoundError, RuntimeError):
-                    # a writer removed that generation's file after committing a newer one: look again
+                except IndexDamaged:
+                    # a writer may have removed that generation's file after committing a newer one:
+                    # look again if the generation moved, else the file really is damaged
                     self.searcher.db.execute("ROLLBACK")
-                    if attempt == 4:
+                    if _generation(self.searcher.db) == self.searcher._generation_tried:
                         raise
         except BaseException:
             self.searcher._lock.release()
             raise
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc):  # noqa: D105
         try:
             if self.searcher.db.conn.in_transaction:
                 self.searcher.db.execute("COMMIT")
         finally:
             self.searcher._lock.release()
+
+
+def check_search_options(questions: list[str], k: int, mode: str | None, weight: float | None,
+                   min_score: float | None) -> None:
+    """The options as the HTTP service checks them, so every door refuses the same values."""
+    if mode is not None and mode not in MODES:
+        raise BertdexError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
+    if not 1 <= k <= MAX_K:
+        raise BertdexError(f"k must be between 1 and {MAX_K}, not {k}")
+    if weight is not None and not 0 <= weight <= 1:  # NaN fails both comparisons
+        raise BertdexError(f"weight must be between 0 and 1, not {weight}")
+    if min_score is not None and math.isnan(min_score):  # -inf is allowed: "no cut" (calibrate uses it)
+        raise BertdexError("min score must be a number, not NaN")
+    for number, question in enumerate(questions, start=1):
+        check_question(question, f"question {number}" if len(questions) > 1 else "question")
+
+
+def _generation(db) -> int | None:
+    db.execute("BEGIN")
+    try:
+        row = db.execute("SELECT value FROM manifest WHERE name = 'generation'").fetchone()
+        return None if row is None else int(row[0])
+    finally:
+        db.execute("ROLLBACK")
 
 
 def _rows_by_id(db, select: str, ids: list[int]):

@@ -1,15 +1,20 @@
 """A fork server for the fault-injection tests: loads the real model once, then runs each write
 (build, rebuild, add) in a forked child that the test SIGKILLs at a random moment.
 
-Protocol, one JSON object per line: stdin {"op": "build"|"add", "folder", "data", "replace"};
+Protocol, one JSON object per line: stdin {"op": "build"|"add", "folder", "data", "replace", "die_at"};
 stdout {"event": "start", "pid"}, then {"event": "committed", "generation"} from the child when
 its commit returned, then {"event": "exit", "status"} once the child is gone.
+
+`die_at` makes the child SIGKILL itself at one exact step of the commit (see `die_at`): "partial"
+(the .partial FAISS file written), "renamed" (renamed to vectors.<G>.faiss), "before-commit" and
+"after-commit" (around SQLite's COMMIT). The hooks wrap functions inside the child only.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -23,7 +28,48 @@ def say(**event) -> None:
     sys.stdout.flush()
 
 
+def die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def die_at(step: str) -> None:
+    """Wrap the commit's steps so that this process kills itself right at `step`."""
+    import faiss
+
+    from indexer.store import folder
+
+    if step == "partial":
+        write = faiss.write_index
+
+        def write_then_die(index, path):
+            write(index, path)
+            if str(path).endswith(".partial"):
+                die()
+        folder.faiss.write_index = write_then_die
+    elif step == "renamed":
+        replace = os.replace
+
+        def replace_then_die(source, target):
+            replace(source, target)
+            if str(target).endswith(".faiss"):
+                die()
+        folder.os.replace = replace_then_die
+    elif step in ("before-commit", "after-commit"):
+        commit = folder._commit_sqlite
+
+        def commit_and_die(db):
+            if step == "before-commit":
+                die()
+            commit(db)
+            die()
+        folder._commit_sqlite = commit_and_die
+    else:
+        raise ValueError(f"unknown step {step!r}")
+
+
 def child(request: dict, resolved) -> None:
+    if request.get("die_at"):
+        die_at(request["die_at"])
     if request["op"] == "build":
         report = build_index(request["data"], request["folder"], replace=request.get("replace", False),
                              chunk_size=256, resolved=resolved)

@@ -69,7 +69,7 @@ def test_the_old_order_still_works_with_a_one_line_note(tmp_path):
 
 def test_query_against_a_folder_that_is_not_an_index(tmp_path):
     result = run_cli("query", tmp_path, "hello")
-    assert result.returncode == 1
+    assert result.returncode == 4  # IndexMissing
     assert result.stderr.strip() == f"error: {tmp_path} is not a bertdex index (no bertdex.db in it)"
 
 

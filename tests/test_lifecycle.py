@@ -88,7 +88,7 @@ def test_a_second_writer_is_told_who_holds_the_lock(faq_index):
             with IndexWriter.open(faq_index):
                 pass
         result = run_cli("delete", faq_index, "en-001")
-        assert result.returncode == 1
+        assert result.returncode == 5  # IndexLocked
         assert f"locked by pid {os.getpid()}" in result.stderr
     assert run_cli("delete", faq_index, "en-001", check=True).stdout.strip() == "deleted 1 entry"
 
@@ -232,6 +232,33 @@ def test_sigkill_at_random_moments_leaves_the_last_commit(tmp_path):
         assert kills >= 20
         hit = Searcher(folder).search(next(iter(committed.values())), k=1)[0]
         assert committed[hit.key] == hit.text
+    finally:
+        server.close()
+
+
+@pytest.mark.slow
+def test_sigkill_at_each_step_of_the_commit_leaves_the_pre_or_post_state(tmp_path):
+    """Killed when the .partial file is written, after its rename, before and after SQLite's COMMIT."""
+    folder = str(tmp_path / "index")
+    server = ForkServer()
+    try:
+        assert server.run({"op": "build", "folder": folder, "data": str(write_jsonl(tmp_path / "b.jsonl", entries(0, 200)))}, None)
+        committed = state(folder)
+        for number, (step, op) in enumerate([(s, o) for s in ("partial", "renamed", "before-commit", "after-commit")
+                                             for o in ("add", "build")]):
+            rows = entries(0, 200, version=number + 1) if op == "build" else entries(150, 250, version=number + 1)
+            data = str(write_jsonl(tmp_path / f"{step}-{op}.jsonl", rows))
+            after = {row["id"]: row["text"] for row in rows} if op == "build" else {**committed, **{r["id"]: r["text"] for r in rows}}
+            request = {"op": op, "folder": folder, "data": data, "replace": op == "build", "die_at": step}
+            assert not server.run(request, None)  # it killed itself: no commit reported
+            found = state(folder)
+            assert found == (after if step == "after-commit" else committed), (step, op)
+            report = verify_index(folder)
+            assert report.ok and report.documents == len(found), (step, op, report.problems)
+            assert Searcher(folder).search(next(iter(found.values())), k=1)[0].text in found.values()
+            committed = found
+        assert server.run({"op": "add", "folder": folder, "data": data}, None)  # the lock was not left held
+        assert [path.name for path in (tmp_path / "index").glob("vectors.*")] == [f"vectors.{verify_index(folder).generation}.faiss"]
     finally:
         server.close()
 

@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from conftest import BERTDEX, ROOT
@@ -225,6 +225,9 @@ def test_post_documents_adds_updates_and_skips_unchanged_in_one_commit(client):
 
 @pytest.mark.parametrize("documents, words", [
     ([{"key": "a", "text": "fine"}, {"key": "b", "text": " \t "}], "documents[1]: the text is empty"),
+    ([{"key": "a", "text": "\u200b\u2060"}], "documents[0]: the text is empty"),
+    ([{"key": "a", "text": "\ufdfa" * 5_000}], "documents[0]: the text has 90,000 characters after normalization; the limit is 20,000"),
+    ([{"key": "\u200b", "text": "x"}], "documents[0]: the key is empty"),
     ([{"key": "a", "text": "fine"}, {"key": "a", "text": "again"}], "documents[1]: key 'a' repeats documents[0]"),
     ([{"key": "a", "text": "nul \x00 inside"}], "documents[0]: the text contains a NUL character"),
     ([{"key": "", "text": "x"}], "documents[0].key: String should have at least 1 character"),
@@ -262,6 +265,28 @@ def test_a_write_while_another_process_holds_the_index_answers_409(client, faq_i
         response = client.post("/documents", json={"documents": [{"key": "z", "text": "hello"}]}, headers=WRITER)
         assert "locked by pid" in error(response, 409)
     assert client.post("/documents", json={"documents": [{"key": "z", "text": "hello"}]}, headers=WRITER).status_code == 200
+
+
+def test_writes_on_a_damaged_index_answer_503_json_and_reads_go_on(client, faq_index):
+    path = faq_index / "vectors.1.faiss"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 64] = bytes(64)
+    path.write_bytes(bytes(data))
+    response = client.post("/documents", json={"documents": [{"key": "z", "text": "hello"}]}, headers=WRITER)
+    assert "checksum differs" in error(response, 503)
+    assert "checksum differs" in error(client.delete("/documents/en-001", headers=WRITER), 503)
+    assert client.get("/health").json()["generation"] == 1
+    assert first(client.post("/search", json={"question": PASSWORD_QUESTION}))["answered"]
+
+
+def test_a_non_ascii_api_key_matches_when_sent_as_utf8(faq_index, encoder):
+    from search.server.app import create_app
+
+    key = "clé-열쇠-0123456789"
+    batch = {"documents": [{"key": "new-1", "text": "How do I pet a cat?"}]}
+    with running(create_app(faq_index, api_key=key, encoder=encoder)) as http:
+        assert "API key" in error(http.post("/documents", json=batch, headers={"X-API-Key": key.encode("latin-1", "replace")}), 401)
+        assert http.post("/documents", json=batch, headers={"X-API-Key": key.encode()}).status_code == 200
 
 
 def test_readers_keep_answering_during_writes(client):
@@ -423,7 +448,7 @@ search_bodies = st.fixed_dictionaries(
 ) | json_values
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 @given(body=search_bodies)
 def test_fuzzed_search_bodies_never_500(shared, body):
     http, _ = shared
@@ -448,8 +473,10 @@ documents = st.lists(
 )
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 @given(body=st.fixed_dictionaries({"documents": documents}) | json_values)
+@example(body={"documents": [{"key": "fz-kept", "text": "Can I pay with a gift card?", "fields": {"n": 1}}]})  # accepted
+@example(body={"documents": [{"key": "fz-empty", "text": "\u200b"}]})  # refused
 def test_fuzzed_document_bodies_never_500_and_lose_nothing(shared, body):
     http, _ = shared
     before = http.get("/health").json()

@@ -16,10 +16,11 @@ from indexer.store.ann import check_index_type
 from indexer.embed.encoder import Encoder
 from indexer.errors import BertdexError
 from indexer.embed.models import LANGUAGE_SAMPLE, model_choice
+from indexer.ingest.entries import check_keys
 from indexer.ingest.readers import Entry, Fields, Problem, chosen_fields, read_entries
 from indexer.embed.resolve import Resolved, encoder_for, resolve_recipe
 from indexer.store.keywords import NEW_INDEX_SCHEME
-from indexer.store.folder import IndexWriter, Manifest, check_index_folder, connect, content_hash, read_manifest
+from indexer.store.folder import IndexWriter, Manifest, check_index_folder, content_hash, open_manifest
 
 CHUNK = 2048
 EMBED_BATCH = 128  # entries per encoder call inside a chunk: the progress bar moves this often
@@ -43,6 +44,7 @@ class BuildReport:
     seconds: float
     recipe_reason: str = ""
     problems: list[Problem] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # what the writer left undone, e.g. stale files it could not prove stale
 
     @property
     def rate(self) -> float:
@@ -87,7 +89,7 @@ def build_index(data: Path, folder: Path, *, text_fields: Iterable[str] = (), id
         counts = _ingest(writer, resolved.encoder, source, fields, entries_total, progress, chunk_size)
         final = writer.commit()
     return _report(folder, counts, final, started, problems, f"model {resolved.recipe.model}: {settings['model_reason']}; "
-                   + resolved.reason)
+                   + resolved.reason, writer.warnings)
 
 
 def add_documents(folder: Path, data: Path, *, text_fields: Iterable[str] = (), id_field: str | None = None,
@@ -98,17 +100,17 @@ def add_documents(folder: Path, data: Path, *, text_fields: Iterable[str] = (), 
     """Add or update entries by key: unchanged ones cost nothing, changed ones are re-embedded."""
     started = time.perf_counter()
     folder = check_index_folder(Path(folder))
-    manifest = read_manifest(connect(folder, readonly=True), folder)
+    manifest = open_manifest(folder)  # its connection closed before the writer opens one
     settings = manifest.settings
     fields = Fields(tuple(text_fields) or tuple(settings.get("text_fields") or ()),
                     id_field or settings.get("id_field"), group_field or settings.get("group_field"))
     source = _Source(Path(data), fmt or settings.get("format"), delimiter or settings.get("delimiter"))
     entries_total, problems = _check_input(source, fields, on_error, progress)
-    encoder = encoder or encoder_for(manifest.recipe, precision=precision, threads=threads, backend=backend)
-    with IndexWriter.open(folder) as writer:
+    with IndexWriter.open(folder) as writer:  # first: a locked, read-only or damaged index refuses before the model loads
+        encoder = encoder or encoder_for(writer.manifest.recipe, precision=precision, threads=threads, backend=backend)
         counts = _ingest(writer, encoder, source, fields, entries_total, progress, chunk_size)
         final = writer.commit()
-    return _report(folder, counts, final, started, problems)
+    return _report(folder, counts, final, started, problems, warnings=writer.warnings)
 
 
 def upsert_entries(writer: IndexWriter, encoder: Encoder, entries: list[Entry],
@@ -144,6 +146,7 @@ def upsert_entries(writer: IndexWriter, encoder: Encoder, entries: list[Entry],
 
 def delete_documents(folder: Path, keys: list[str]) -> tuple[int, list[str]]:
     """Remove entries by key in one commit: (how many were removed, the keys that were not there)."""
+    keys = check_keys(keys)
     folder = check_index_folder(Path(folder))
     with IndexWriter.open(folder) as writer:
         missing = writer.delete(list(dict.fromkeys(keys)))
@@ -210,10 +213,11 @@ def _ingest(writer: IndexWriter, encoder: Encoder, source: _Source, fields: Fiel
     return totals
 
 
-def _report(folder, counts: dict, manifest: Manifest, started: float, problems: list[Problem], reason: str = "") -> BuildReport:
+def _report(folder, counts: dict, manifest: Manifest, started: float, problems: list[Problem], reason: str = "",
+            warnings: list[str] = ()) -> BuildReport:
     return BuildReport(
         folder=str(folder), added=counts["added"], updated=counts["updated"], unchanged=counts["unchanged"],
         deleted=counts.get("deleted", 0), documents=manifest.documents, vectors=manifest.vectors,
         truncated=counts["truncated"], split=counts["split"], seconds=time.perf_counter() - started,
-        recipe_reason=reason, problems=problems,
+        recipe_reason=reason, problems=problems, warnings=list(warnings),
     )

@@ -14,15 +14,16 @@ import itertools
 import json
 import sqlite3
 import sys
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from indexer.errors import BertdexError
-from indexer.store.keywords import normalize_text
+from indexer.errors import BertdexError, InputUnreadable
+from indexer.ingest.entries import EMPTY, FILE_TEXT_CHARS, key_problem, text_problem
 
 FORMATS = ("csv", "tsv", "jsonl", "text")
-MAX_TEXT_CHARS = 1_000_000
+MAX_TEXT_CHARS = FILE_TEXT_CHARS
 _ID_FIELDS = ("id", "_id", "key")
 _TEXT_FIELDS = ("text", "question", "content", "body", "sentence")
 DELIMITERS = ",;|\t"
@@ -98,26 +99,36 @@ def read_records(path: Path, fmt: str | None = None, delimiter: str | None = Non
     `delimiter` (CSV only): None sniffs it; giving one makes a file of unknown extension a CSV.
     """
     path = Path(path)
+    if path.is_dir():
+        raise InputUnreadable(f"{path}: is a folder, not a file")
     if not path.is_file():
-        raise BertdexError(f"{path}: no such file")
+        raise InputUnreadable(f"{path}: no such file")
     delimiter = check_delimiter(delimiter)
     fmt = detect_format(path, fmt)
     if delimiter is not None and fmt == "text":
         fmt = "csv"
-    opener = gzip.open if path.suffix.lower() == ".gz" else open
-    with opener(path, "rb") as handle:
-        lines = _decoded_lines(handle, path)
-        if fmt == "tsv":
-            yield from _csv_records(lines, path, "\t")
-        elif fmt == "csv":
-            head = list(itertools.islice(lines, _SNIFF_LINES))
-            found = delimiter or sniff_delimiter("".join(line for _, line in head))
-            yield from _csv_records(itertools.chain(head, lines), path, found)
-        elif fmt == "jsonl":
-            yield from _json_records(lines, path)
-        else:
-            for number, line in lines:
-                yield number, {"text": line.rstrip("\r\n")}
+    compressed = path.suffix.lower() == ".gz"
+    try:
+        with (gzip.open if compressed else open)(path, "rb") as handle:
+            yield from _records(_decoded_lines(handle, path), path, fmt, delimiter)
+    except (gzip.BadGzipFile, EOFError, zlib.error) as error:
+        raise InputUnreadable(f"{path}: not a complete gzip file ({error})") from None
+    except OSError as error:
+        raise InputUnreadable(f"{path}: cannot be read ({error.strerror or error})") from None
+
+
+def _records(lines, path: Path, fmt: str, delimiter: str | None) -> Iterator[tuple[int, dict | Problem]]:
+    if fmt == "tsv":
+        yield from _csv_records(lines, path, "\t")
+    elif fmt == "csv":
+        head = list(itertools.islice(lines, _SNIFF_LINES))
+        found = delimiter or sniff_delimiter("".join(line for _, line in head))
+        yield from _csv_records(itertools.chain(head, lines), path, found)
+    elif fmt == "jsonl":
+        yield from _json_records(lines, path)
+    else:
+        for number, line in lines:
+            yield number, {"text": line.rstrip("\r\n")}
 
 
 def _decoded_lines(handle, path: Path) -> Iterator[tuple[int, str]]:
@@ -127,7 +138,7 @@ def _decoded_lines(handle, path: Path) -> Iterator[tuple[int, str]]:
         try:
             yield number, raw.decode("utf-8")
         except UnicodeDecodeError as error:
-            raise BertdexError(f"{path}:{number}: not valid UTF-8 (byte {error.start + 1}): convert the file to UTF-8") from None
+            raise InputUnreadable(f"{path}:{number}: not valid UTF-8 (byte {error.start + 1}): convert the file to UTF-8") from None
 
 
 def _csv_records(lines, path: Path, delimiter: str) -> Iterator[tuple[int, dict | Problem]]:
@@ -264,18 +275,19 @@ def _entry(record: dict, fields: Fields, path: Path, line: int) -> Entry | Probl
         if not isinstance(value, (str, int, float)):
             return problem(f"field {name!r} is not text")
         parts.append(str(value))
-    text = normalize_text(" ".join(parts))
-    if not text:
+    text, reason = text_problem(" ".join(parts), MAX_TEXT_CHARS)
+    if reason == EMPTY:
         return problem("empty text" + (f" in {', '.join(map(repr, fields.text))}"))
-    if "\x00" in text:
-        return problem("the text contains a NUL character")
-    if len(text) > MAX_TEXT_CHARS:
-        return problem(f"the text has {len(text):,} characters; the limit is {MAX_TEXT_CHARS:,}")
+    if reason:
+        return problem(reason)
     if fields.key:
         key = record.get(fields.key)
         if key is None or str(key).strip() == "":
             return problem(f"no value for the key field {fields.key!r}")
         key = str(key).strip()
+        reason = key_problem(key)
+        if reason:
+            return problem(reason)
     else:
         key = str(line)
     group = None
@@ -291,14 +303,10 @@ def _entry(record: dict, fields: Fields, path: Path, line: int) -> Entry | Probl
 
 
 def read_questions(path: str | Path) -> list[str]:
-    """Non-empty lines of a text file, one question each (for `query --file`, `calibrate`)."""
-    path = Path(path)
-    if not path.is_file():
-        raise BertdexError(f"{path}: no such file")
-    try:
-        return split_questions(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as error:
-        raise BertdexError(f"{path}: not valid UTF-8 (byte {error.start + 1}): convert the file to UTF-8") from None
+    """Non-empty lines of a text file, one question each (for `query --file`, `calibrate`), strictly UTF-8."""
+    from indexer.ingest.entries import read_question_file
+
+    return read_question_file(Path(path))
 
 
 def split_questions(text: str) -> list[str]:

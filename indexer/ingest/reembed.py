@@ -36,7 +36,7 @@ def reembed_index(folder: str | Path, *, layer: int, pooling: str, search: dict 
     try:
         db.execute("BEGIN")
         old = read_manifest(db, folder)
-        rows = db.execute("SELECT key, text, fields, group_key FROM documents ORDER BY id").fetchall()
+        documents = stored_documents(db)
         db.execute("COMMIT")
     finally:
         db.close()
@@ -51,21 +51,30 @@ def reembed_index(folder: str | Path, *, layer: int, pooling: str, search: dict 
     if search is not None:
         settings["search"] = search
     new = Manifest(**{**old.__dict__, "recipe": resolved.recipe, "settings": settings})
-    documents = [{"key": key, "text": text, "fields": json.loads(fields or "{}"), "group": group}
-                 for key, text, fields, group in rows]
     with IndexWriter.open(folder, new=new, replace=True) as writer:
         _check_generation(read_manifest(writer.db, folder).generation, old.generation, folder)
-        for start in range(0, len(documents), CHUNK):
-            part = documents[start : start + CHUNK]
-            embedded = resolved.encoder.embed([d["text"] for d in part], layer=resolved.recipe.layer,
-                                              pooling=resolved.recipe.pooling,
-                                              exclude_special=resolved.recipe.exclude_special,
-                                              windows=settings.get("window", True), stride=settings.get("stride", 0),
-                                              window_length=settings.get("window_length"),
-                                              prefix=resolved.recipe.passage_prefix)
-            writer.note_encoder(resolved.encoder.path.label())
-            writer.write_documents(part, embedded.vectors, embedded.owners, embedded.spans)
+        rewrite_documents(writer, resolved.encoder, documents)
         return writer.commit()
+
+
+def rewrite_documents(writer: IndexWriter, encoder, documents: list[dict]) -> None:
+    """Embed `documents` (dicts of key, text, fields, group) by the writer's recipe and settings, in chunks."""
+    recipe, settings = writer.manifest.recipe, writer.manifest.settings
+    for start in range(0, len(documents), CHUNK):
+        part = documents[start : start + CHUNK]
+        embedded = encoder.embed([d["text"] for d in part], layer=recipe.layer, pooling=recipe.pooling,
+                                 exclude_special=recipe.exclude_special, windows=settings.get("window", True),
+                                 stride=settings.get("stride", 0), window_length=settings.get("window_length"),
+                                 prefix=recipe.passage_prefix)
+        writer.note_encoder(encoder.path.label())
+        writer.write_documents(part, embedded.vectors, embedded.owners, embedded.spans)
+
+
+def stored_documents(db) -> list[dict]:
+    """Every entry of an index as the writer takes them, in id order (call inside a read transaction)."""
+    rows = db.execute("SELECT key, text, fields, group_key FROM documents ORDER BY id").fetchall()
+    return [{"key": key, "text": text, "fields": json.loads(fields or "{}"), "group": group}
+            for key, text, fields, group in rows]
 
 
 def _check_generation(found: int, expected: int | None, folder: Path) -> None:

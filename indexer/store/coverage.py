@@ -9,17 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from indexer.store.keywords import hangul_syllable, has_jamo
+
 UNK_SHARE = 0.05
 HANGUL_SHARE = 0.1
 SAMPLE = 2000
-
-
-def _has_jamo(text: str) -> bool:
-    return any("\u1100" <= ch <= "\u11ff" or "\u3130" <= ch <= "\u318f" for ch in text)
-
-
-def _has_hangul(text: str) -> bool:
-    return any("\uac00" <= ch <= "\ud7a3" for ch in text)
 
 
 def tokenizer_warnings(tokenizer, texts: list[str]) -> list[str]:
@@ -36,8 +30,8 @@ def tokenizer_warnings(tokenizer, texts: list[str]) -> list[str]:
         warnings.append(f"{unknown / total:.0%} of the tokens are {tokenizer.unk_token}: this model's vocabulary does not "
                         "cover this text; rebuild with a model trained on its language (--model multilingual-e5-small "
                         "covers about 100 languages), or search with --mode keyword")
-    korean = sum(_has_hangul(text) for text in texts)
-    if texts and korean / len(texts) >= HANGUL_SHARE and _has_jamo("".join(tokenizer.tokenize("한국어"))):
+    korean = sum(hangul_syllable(text) is not None for text in texts)
+    if texts and korean / len(texts) >= HANGUL_SHARE and has_jamo("".join(tokenizer.tokenize("한국어"))):
         warnings.append(f"{korean / len(texts):.0%} of the entries are Korean, and this model's tokenizer splits Hangul into "
                         "jamo (an uncased model strips accents): dense vectors will match Korean poorly; rebuild with "
                         "--model multilingual-e5-small (ko-question-pair MRR@10 0.71 against 0.25, bench/models.py), "

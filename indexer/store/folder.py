@@ -7,155 +7,38 @@ Layout of DIR:
     write.lock           held (flock) by the one writer, holding its pid
 
 A commit writes vectors.<G+1>.faiss beside the old file, then commits SQLite with generation
-G+1; only then is the old file removed. A crash at any instant leaves SQLite naming a complete
-FAISS file of the same commit. This module stores; it does not read input or embed.
+G+1 and the new file's size, checksum and count (indexer.store.integrity checks them); only then is
+the old file removed. A crash at any instant leaves SQLite naming a complete FAISS file of the same
+commit. A writer refuses to commit on top of a damaged index. This module stores; it does not read
+input or embed.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
-import hashlib
 import json
 import os
+import re
 import sqlite3
-import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import faiss
 import numpy as np
 import sqlite_utils
 
-from indexer.errors import BertdexError
+from indexer.errors import BertdexError, IndexLocked, IndexMissing, IndexReadOnly
+from indexer.store import integrity
 from indexer.store.keywords import fts_document, scheme_of
-from indexer.embed.recipe import Recipe
+from indexer.store.manifest import (  # noqa: F401 (re-exported: the names callers import from here)
+    DB_NAME, FORMAT_VERSION, Manifest, check_counts, check_index_folder, connect, content_hash, load_vectors,
+    migrations, new_vector_index, now, open_manifest, open_vectors, read_manifest, vectors_path,
+)
 
-FORMAT_VERSION = 1
-DB_NAME = "bertdex.db"
 LOCK_NAME = "write.lock"
+_GENERATION_FILE = re.compile(r"^vectors\.(\d+)\.(faiss|partial)$")
 
-migrations = sqlite_utils.Migrations("bertdex")
-
-
-@migrations()
-def m001_create_tables(db: sqlite_utils.Database) -> None:
-    db["documents"].create(
-        {"id": int, "key": str, "text": str, "fields": str, "content_hash": str, "group_key": str},
-        pk="id", not_null={"key", "text"},
-    )
-    db["documents"].create_index(["key"], unique=True)
-    db["documents"].create_index(["group_key"])
-    db["passages"].create(
-        {"id": int, "document_id": int, "start": int, "end": int},
-        pk="id", foreign_keys=[("document_id", "documents", "id")],
-    )
-    db["passages"].create_index(["document_id"])
-    db["manifest"].create({"name": str, "value": str}, pk="name")
-    db.execute("CREATE VIRTUAL TABLE keywords USING fts5(terms, tokenize='porter unicode61')")
-
-
-@migrations()
-def m002_feedback_and_query_log(db: sqlite_utils.Database) -> None:
-    """Agents' verdicts on answers, and the log of asked questions (see indexer.store.feedback)."""
-    db["query_log"].create(
-        {"id": int, "asked": str, "question": str, "mode": str, "answered": int, "hits": str},
-        pk="id", not_null={"asked", "question"},
-    )
-    db["feedback"].create(
-        {"id": int, "given": str, "question": str, "key": str, "verdict": str, "rank": int, "score": float,
-         "query_id": int},
-        pk="id", not_null={"given", "question", "key", "verdict"},
-    )
-    db["feedback"].create_index(["key"])
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """What an index is: its recipe, how its entries were read, and its current commit."""
-
-    recipe: Recipe
-    index_type: str = "flat"
-    index_params: dict = field(default_factory=dict)
-    settings: dict = field(default_factory=dict)  # text_fields, id_field, group_field, window, stride, tuned search
-    generation: int = 0
-    documents: int = 0
-    vectors: int = 0
-    created: str = ""
-    updated: str = ""
-    format_version: int = FORMAT_VERSION
-    encoded_with: tuple = ()  # the paths (backend, precision, device) that made the stored vectors
-
-    def to_rows(self) -> list[dict]:
-        values = {
-            "recipe": self.recipe.to_dict(), "index_type": self.index_type, "index_params": self.index_params,
-            "settings": self.settings, "generation": self.generation, "documents": self.documents,
-            "vectors": self.vectors, "created": self.created, "updated": self.updated,
-            "format_version": self.format_version, "encoded_with": list(self.encoded_with),
-        }
-        return [{"name": name, "value": json.dumps(value, ensure_ascii=False)} for name, value in values.items()]
-
-    @classmethod
-    def from_rows(cls, rows: dict[str, str]) -> "Manifest":
-        values = {name: json.loads(value) for name, value in rows.items()}
-        values["recipe"] = Recipe.from_dict(values["recipe"])
-        values["encoded_with"] = tuple(values.get("encoded_with") or ())
-        return cls(**{name: values[name] for name in cls.__dataclass_fields__ if name in values})
-
-
-def now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def content_hash(text: str, fields: dict, group: str | None) -> str:
-    payload = json.dumps([text, fields, group], ensure_ascii=False, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:24]
-
-
-def connect(folder: Path, *, readonly: bool = False) -> sqlite_utils.Database:
-    conn = sqlite3.connect(str(Path(folder) / DB_NAME), isolation_level=None, check_same_thread=False, timeout=30)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
-    if readonly:
-        conn.execute("PRAGMA query_only=ON")
-    return sqlite_utils.Database(conn)
-
-
-def read_manifest(db: sqlite_utils.Database, folder: Path) -> Manifest:
-    if "manifest" not in db.table_names():
-        raise BertdexError(f"{folder} is not a bertdex index (no manifest; was its first build interrupted?)")
-    rows = {row["name"]: row["value"] for row in db["manifest"].rows}
-    if "recipe" not in rows:
-        raise BertdexError(f"{folder} is not a bertdex index (empty manifest; was its first build interrupted?)")
-    version = json.loads(rows.get("format_version", "0"))
-    if version != FORMAT_VERSION:
-        raise BertdexError(f"{folder} has index format {version}; this bertdex reads format {FORMAT_VERSION}: rebuild it")
-    return Manifest.from_rows(rows)
-
-
-def vectors_path(folder: Path, generation: int) -> Path:
-    return folder / f"vectors.{generation}.faiss"
-
-
-def check_index_folder(folder: Path) -> Path:
-    folder = Path(folder)
-    if not (folder / DB_NAME).is_file():
-        raise BertdexError(f"{folder} is not a bertdex index (no {DB_NAME} in it)")
-    return folder
-
-
-def load_vectors(folder: Path, generation: int, dimension: int) -> faiss.Index:
-    path = vectors_path(folder, generation)
-    if generation == 0 and not path.exists():
-        return new_vector_index("flat", dimension, {})
-    return faiss.read_index(str(path))
-
-
-def new_vector_index(index_type: str, dimension: int, params: dict) -> faiss.Index:
-    """An empty FAISS index with our ids (IndexIDMap2) over inner product on unit vectors (see indexer.store.ann)."""
-    from indexer.store import ann
-
-    return ann.new_index(index_type, dimension, params)
 
 
 class IndexWriter:
@@ -168,11 +51,14 @@ class IndexWriter:
 
     def __init__(self, folder: Path, db: sqlite_utils.Database, manifest: Manifest, lock_handle, replace: bool):
         self.folder, self.db, self.manifest, self._lock = folder, db, manifest, lock_handle
-        self.vectors = load_vectors(folder, manifest.generation, manifest.recipe.dimension)
         self._removed: list[np.ndarray] = []  # FAISS ids to drop; applied at commit (HNSW/IVF rebuild once)
+        self.warnings: list[str] = []  # what the writer chose not to do (e.g. leave files it could not prove stale)
         self._encoded_with = set(manifest.encoded_with)
-        if replace:
+        if replace:  # everything is rewritten: a damaged old generation is what a rebuild or repair replaces
             self._clear()
+        else:  # never commit on top of a damaged index
+            check_counts(db, folder, manifest)
+            self.vectors = open_vectors(folder, manifest, checksum=True)
         row = db.execute("SELECT max(id) FROM passages").fetchone()
         self._next_passage = (row[0] or 0) + 1
         self.committed = False
@@ -188,8 +74,8 @@ class IndexWriter:
             db = connect(folder)
             has_manifest = "manifest" in db.table_names() and db["manifest"].count > 0
             if not has_manifest and new is None:
-                raise BertdexError(f"{folder} is not a bertdex index: build it first with `bertdex index`")
-            _remove_stale_files(folder, db)
+                raise IndexMissing(f"{folder} is not a bertdex index: build it first with `bertdex index`")
+            stale_warnings = _remove_stale_files(folder, db)
             with db.atomic():
                 migrations.apply(db)  # a new index gets every table; an older one gets what it lacks
                 # take SQLite's write lock now, not at the first write after embedding: feedback and the query
@@ -204,8 +90,12 @@ class IndexWriter:
                         diff = "; ".join(manifest.recipe.differences(new.recipe))
                         raise BertdexError(f"{folder} was built with another recipe ({diff}): use --replace to rebuild it")
                     if replace and new is not None:
-                        manifest = new
+                        # generations only grow: a rebuild numbered from 0 would overwrite the committed
+                        # file (vectors.1.faiss) before its commit, and a crash then would pair the old
+                        # texts with the new vectors
+                        manifest = Manifest(**{**new.__dict__, "generation": manifest.generation})
                 writer = cls(folder, db, manifest, lock_handle, replace)
+                writer.warnings += stale_warnings
                 yield writer
                 if not writer.committed:
                     raise _Abandon()
@@ -310,17 +200,17 @@ class IndexWriter:
         counts = self.db.execute("SELECT (SELECT count(*) FROM documents), (SELECT count(*) FROM passages)").fetchone()
         if counts[1] != ann.live_count(self.vectors):
             raise BertdexError(f"internal error: {counts[1]} passages but {ann.live_count(self.vectors)} vectors; nothing written")
+        record = _write_faiss_file(self.vectors, vectors_path(self.folder, generation))
         manifest = Manifest(**{**self.manifest.__dict__, "generation": generation, "documents": counts[0],
-                               "vectors": counts[1], "updated": now(),
+                               "vectors": counts[1], "updated": now(), "faiss_file": record,
                                "encoded_with": tuple(sorted(self._encoded_with)) if counts[1] else (),
                                "created": self.manifest.created or now()})
-        _write_faiss_file(self.vectors, vectors_path(self.folder, generation))
         self.db["manifest"].upsert_all(manifest.to_rows(), pk="name")
-        self.db.conn.execute("COMMIT")
+        _commit_sqlite(self.db)
         self.db.conn.execute("BEGIN")  # the atomic() block that opened us closes this empty one
         self.committed = True
         self.manifest = manifest
-        _remove_stale_files(self.folder, self.db)
+        self.warnings += _remove_stale_files(self.folder, self.db)
         return manifest
 
 
@@ -328,62 +218,83 @@ class _Abandon(Exception):
     """Leaves the writer's transaction without committing."""
 
 
-def _write_faiss_file(index: faiss.Index, path: Path) -> None:
+def _commit_sqlite(db: sqlite_utils.Database) -> None:
+    """The commit point: before it the old generation is the index, after it the new one.
+    A function of its own so the crash tests can stop a writer exactly here (tests/fault_writer.py)."""
+    db.conn.execute("COMMIT")
+
+
+def _write_faiss_file(index: faiss.Index, path: Path) -> dict:
+    """Write `index` to `path` via a fsynced `.partial` file and a rename; returns its manifest record."""
     partial = path.with_suffix(".partial")
     faiss.write_index(index, str(partial))
     with open(partial, "rb") as handle:
         os.fsync(handle.fileno())
+    record = integrity.faiss_record(partial, index.ntotal)
     os.replace(partial, path)
-    directory = os.open(path.parent, os.O_RDONLY)
+    _fsync_folder(path.parent)
+    return record
+
+
+def _fsync_folder(folder: Path) -> None:
+    directory = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(directory)
     finally:
         os.close(directory)
 
 
-def _remove_stale_files(folder: Path, db: sqlite_utils.Database) -> None:
-    """Delete FAISS files of other generations than the committed one (left by crashes or old commits)."""
+def _remove_stale_files(folder: Path, db: sqlite_utils.Database) -> list[str]:
+    """Delete FAISS files of generations other than the committed one (left by crashes or old commits).
+
+    Only after a clean read of the committed generation: on any error (a transient `database is
+    locked`, an I/O error) every file stays, and the returned warning says so.
+    """
     try:
-        row = db.execute("SELECT value FROM manifest WHERE name = 'generation'").fetchone()
-    except sqlite3.OperationalError:
-        row = None
-    current = vectors_path(folder, int(row[0])).name if row else None
-    for path in folder.glob("vectors.*"):
-        if path.name != current:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        row = db.execute("SELECT value FROM manifest WHERE name = 'generation'").fetchone() if "manifest" in tables else None
+        current = None if row is None else int(json.loads(row[0]))
+    except (sqlite3.Error, ValueError, TypeError) as error:
+        return [f"left the vectors files in {folder} in place: the committed generation could not be read ({error})"]
+    for path in folder.iterdir():
+        found = _GENERATION_FILE.match(path.name)
+        if found and not (found.group(2) == "faiss" and int(found.group(1)) == current):
             path.unlink(missing_ok=True)
+    return []
 
 
 def _take_lock(folder: Path, *, create: bool):
     if not folder.exists():
         if not create:
-            raise BertdexError(f"{folder} does not exist")
-        folder.mkdir(parents=True)
+            raise IndexMissing(f"{folder} does not exist")
+        try:
+            folder.mkdir(parents=True)
+        except OSError as error:
+            raise IndexReadOnly(f"cannot create {folder}: {error.strerror}") from None
+        _fsync_folder(folder.parent)  # the new folder's entry survives a power cut
     elif not folder.is_dir():
-        raise BertdexError(f"{folder} is not a folder")
+        raise IndexMissing(f"{folder} is not a folder")
     elif create and not (folder / DB_NAME).exists() and any(p.name != LOCK_NAME for p in folder.iterdir()):
         raise BertdexError(f"{folder} is not empty and is not a bertdex index: choose a new or empty folder")
     elif not create and not (folder / DB_NAME).exists():
-        raise BertdexError(f"{folder} is not a bertdex index (no {DB_NAME} in it)")
-    handle = open(folder / LOCK_NAME, "a+")
+        raise IndexMissing(f"{folder} is not a bertdex index (no {DB_NAME} in it)")
+    if not os.access(folder, os.W_OK):
+        raise IndexReadOnly(f"index {folder} is read-only")
+    try:
+        handle = open(folder / LOCK_NAME, "a+")
+    except OSError as error:
+        if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise IndexReadOnly(f"index {folder} is read-only") from None
+        raise
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.seek(0)
         holder = handle.read().strip() or "?"
         handle.close()
-        raise BertdexError(f"index {folder} is locked by pid {holder} (another write is running); try again when it ends") from None
+        raise IndexLocked(f"index {folder} is locked by pid {holder} (another write is running); try again when it ends") from None
     handle.seek(0)
     handle.truncate()
     handle.write(str(os.getpid()))
     handle.flush()
     return handle
-
-
-def open_manifest(folder: str | Path) -> Manifest:
-    """The manifest of an index, without loading its model."""
-    folder = check_index_folder(Path(folder))
-    db = connect(folder, readonly=True)
-    try:
-        return read_manifest(db, folder)
-    finally:
-        db.close()

@@ -50,6 +50,16 @@ def scheme_of(settings: dict) -> str:
     return settings.get("keyword_terms", LEGACY_SCHEME)
 
 
+def hangul_syllable(text: str) -> str | None:
+    """The first composed Hangul syllable of `text`, or None: hangul_syllable("PIN 변경") -> "변"."""
+    return next((ch for ch in text if "\uac00" <= ch <= "\ud7a3"), None)
+
+
+def has_jamo(text: str) -> bool:
+    """Whether `text` holds Hangul jamo (what an accent-stripping tokenizer makes of syllables)."""
+    return any("\u1100" <= ch <= "\u11ff" or "\u3130" <= ch <= "\u318f" for ch in text)
+
+
 def keyword_terms(text: str, scheme: str = NEW_INDEX_SCHEME) -> list[str]:
     """Search terms of `text`: the bigram terms, then (kiwi-1) the Korean content morphemes.
 

@@ -1,15 +1,27 @@
-"""`bertdex verify`: check that the FAISS file, the documents, the passages and FTS5 agree."""
+"""`bertdex verify`: check that the FAISS file, the documents, the passages and FTS5 agree.
+
+Checks: SQLite's quick_check; the manifest's counts; the FAISS file's size, header and checksum as
+recorded at its commit; its ids against the passages; every vector of unit length (within 1e-3);
+a sample of vectors found first by themselves; and, with an encoder, a sample of entries found by
+their own stored text. A problem is one line naming what is wrong. It repairs nothing (see repair).
+"""
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from indexer.errors import IndexDamaged
+from indexer.store import ann
 from indexer.store.ann import TOMBSTONE
-from indexer.errors import BertdexError
-from indexer.store.folder import check_index_folder, connect, load_vectors, read_manifest
+from indexer.store.folder import Manifest, check_index_folder, connect, open_vectors, read_manifest, vectors_path
+
+NORM_TOLERANCE = 1e-3
+SELF_FIND_SAMPLE = 50  # vectors searched for themselves (cheap: no model)
+TEXT_SCORE_MARGIN = 0.02  # an entry found by its text scores within this of the best hit
 
 
 @dataclass(frozen=True)
@@ -18,6 +30,7 @@ class VerifyReport:
     vectors: int
     generation: int
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -25,50 +38,130 @@ class VerifyReport:
 
     def to_dict(self) -> dict:
         return {"ok": self.ok, "documents": self.documents, "vectors": self.vectors,
-                "generation": self.generation, "problems": self.problems}
+                "generation": self.generation, "problems": self.problems, "notes": self.notes}
 
     def lines(self) -> list[str]:
         head = f"{'ok' if self.ok else 'BROKEN'}: {self.documents} entries, {self.vectors} vectors, generation {self.generation}"
-        return [head] + [f"problem: {p}" for p in self.problems]
+        return [head] + [f"problem: {p}" for p in self.problems] + [f"note: {n}" for n in self.notes]
 
 
-def verify_index(folder: str | Path) -> VerifyReport:
+def verify_index(folder: str | Path, *, text_sample: int = 0, encoder=None) -> VerifyReport:
+    """Check the index at `folder`; with `text_sample`, also embed that many stored texts (with `encoder`,
+    else one loaded for the recipe, when the other checks passed) and find their entries by them."""
     folder = check_index_folder(Path(folder))
     db = connect(folder, readonly=True)
     try:
         db.execute("BEGIN")
         manifest = read_manifest(db, folder)
-        problems = []
-        integrity = db.execute("PRAGMA quick_check").fetchone()[0]
-        if integrity != "ok":
-            problems.append(f"SQLite integrity: {integrity}")
-        try:
-            vectors = load_vectors(folder, manifest.generation, manifest.recipe.dimension)
-        except (RuntimeError, OSError) as error:
-            raise BertdexError(f"{folder}: the FAISS file of generation {manifest.generation} cannot be read: {error}") from None
+        problems, notes = _sqlite_problems(db, manifest), []
         documents = db.execute("SELECT count(*) FROM documents").fetchone()[0]
+        if not manifest.faiss_file and manifest.generation:
+            notes.append("no checksum recorded (written before checksums); the next commit records one")
+        try:
+            vectors = open_vectors(folder, manifest, checksum=True)
+        except IndexDamaged as error:
+            return VerifyReport(documents, 0, manifest.generation, problems + [str(error)], notes)
         passage_ids = np.asarray([r[0] for r in db.execute("SELECT id FROM passages ORDER BY id")], dtype=np.int64)
         faiss_ids = np.sort(_faiss_ids(vectors))
-        if documents != manifest.documents:
-            problems.append(f"manifest says {manifest.documents} entries, the table holds {documents}")
         if len(passage_ids) != len(faiss_ids):
             problems.append(f"{len(passage_ids)} passages but {len(faiss_ids)} FAISS vectors")
         elif not np.array_equal(passage_ids, faiss_ids):
             problems.append("FAISS ids differ from the passage ids")
         if vectors.d != manifest.recipe.dimension:
             problems.append(f"FAISS dimension {vectors.d} != recipe dimension {manifest.recipe.dimension}")
-        orphans = db.execute("SELECT count(*) FROM passages WHERE document_id NOT IN (SELECT id FROM documents)").fetchone()[0]
-        if orphans:
-            problems.append(f"{orphans} passages belong to no entry")
-        bare = db.execute("SELECT count(*) FROM documents WHERE id NOT IN (SELECT document_id FROM passages)").fetchone()[0]
-        if bare:
-            problems.append(f"{bare} entries have no vector")
-        keywords = db.execute("SELECT count(*) FROM keywords").fetchone()[0]
-        if keywords != documents:
-            problems.append(f"{keywords} keyword rows for {documents} entries")
-        return VerifyReport(documents, len(faiss_ids), manifest.generation, problems)
+        elif vectors.ntotal:
+            problems += _vector_problems(db, vectors, vectors_path(folder, manifest.generation).name)
+            if text_sample and not problems:
+                encoder = encoder or _encoder(manifest, notes)
+                if encoder is not None:
+                    problems += _text_problems(db, vectors, manifest, encoder, text_sample)
+        return VerifyReport(documents, len(faiss_ids), manifest.generation, problems, notes)
+    except sqlite3.DatabaseError as error:
+        raise IndexDamaged(f"{folder / 'bertdex.db'} is damaged ({error}): rebuild the index from its source") from None
     finally:
         db.close()
+
+
+def _sqlite_problems(db, manifest: Manifest) -> list[str]:
+    problems = []
+    integrity = db.execute("PRAGMA quick_check").fetchone()[0]
+    if integrity != "ok":
+        problems.append(f"SQLite integrity: {integrity}")
+    documents, passages = db.execute(
+        "SELECT (SELECT count(*) FROM documents), (SELECT count(*) FROM passages)").fetchone()
+    if documents != manifest.documents:
+        problems.append(f"manifest says {manifest.documents} entries, the table holds {documents}")
+    if passages != manifest.vectors:
+        problems.append(f"manifest says {manifest.vectors} vectors, the table holds {passages} passages")
+    orphans = db.execute("SELECT count(*) FROM passages WHERE document_id NOT IN (SELECT id FROM documents)").fetchone()[0]
+    if orphans:
+        problems.append(f"{orphans} passages belong to no entry")
+    bare = db.execute("SELECT count(*) FROM documents WHERE id NOT IN (SELECT document_id FROM passages)").fetchone()[0]
+    if bare:
+        problems.append(f"{bare} entries have no vector")
+    keywords = db.execute("SELECT count(*) FROM keywords").fetchone()[0]
+    if keywords != documents:
+        problems.append(f"{keywords} keyword rows for {documents} entries")
+    return problems
+
+
+def _vector_problems(db, vectors, name: str) -> list[str]:
+    """Unit norms, and a spread sample of vectors each found first (at score ~1) by itself."""
+    ids, stored = ann.stored(vectors)
+    norms = np.linalg.norm(stored, axis=1)
+    bad = np.flatnonzero(~(np.abs(norms - 1) <= NORM_TOLERANCE))  # NaN counts as bad
+    if bad.size:
+        worst = int(bad[np.argmax(np.nan_to_num(np.abs(norms[bad] - 1), nan=np.inf))])
+        return [f"{name}: {bad.size} vectors are not of unit length (passage {ids[worst]} of entry "
+                f"{_key_of(db, int(ids[worst]))!r}: norm {norms[worst]:.4g})"]
+    picks = np.unique(np.linspace(0, len(ids) - 1, min(SELF_FIND_SAMPLE, len(ids))).astype(int))
+    scores, found = ann.search(vectors, stored[picks], min(10, vectors.ntotal))
+    lost = [int(ids[p]) for p, row_ids, row in zip(picks, found, scores)
+            if ids[p] not in row_ids[row >= row[0] - 1e-3]]
+    # exact search finds every vector; a graph (HNSW) may leave a rare node unreachable: allow a tenth
+    if len(lost) > (0 if ann.kind(vectors) == "flat" else len(picks) // 10):
+        return [f"{name}: {len(lost)} of {len(picks)} sampled vectors are not found by themselves "
+                f"(e.g. entry {_key_of(db, lost[0])!r})"]
+    return []
+
+
+def _text_problems(db, vectors, manifest: Manifest, encoder, sample: int) -> list[str]:
+    """A spread sample of entries embedded again from their stored text must find themselves first."""
+    recipe, settings = manifest.recipe, manifest.settings
+    rows = db.execute("SELECT id, key, text FROM documents ORDER BY id").fetchall()
+    rows = [rows[i] for i in np.unique(np.linspace(0, len(rows) - 1, min(sample, len(rows))).astype(int))]
+    embedded = encoder.embed([text for _, _, text in rows], layer=recipe.layer, pooling=recipe.pooling,
+                             exclude_special=recipe.exclude_special, windows=settings.get("window", True),
+                             stride=settings.get("stride", 0), window_length=settings.get("window_length"))
+    scores, found = ann.search(vectors, embedded.vectors, min(10, vectors.ntotal))
+    owners = dict(db.execute("SELECT id, document_id FROM passages").fetchall())
+    missed = set(range(len(rows)))
+    for owner, row_ids, row in zip(embedded.owners, found, scores):
+        near = row_ids[row >= row[0] - TEXT_SCORE_MARGIN]
+        if any(owners.get(int(p)) == rows[owner][0] for p in near):
+            missed.discard(int(owner))
+    if missed:
+        first = rows[min(missed)]
+        return [f"{len(missed)} of {len(rows)} sampled entries are not found by their own text "
+                f"(e.g. {first[1]!r}): the vectors do not match the texts (run `bertdex repair`)"]
+    return []
+
+
+def _encoder(manifest: Manifest, notes: list[str]):
+    from indexer.embed.resolve import encoder_for
+    from indexer.errors import BertdexError
+
+    try:
+        return encoder_for(manifest.recipe)
+    except BertdexError as error:
+        notes.append(f"texts not checked: {error}")
+        return None
+
+
+def _key_of(db, passage: int) -> str:
+    row = db.execute("SELECT d.key FROM passages p JOIN documents d ON d.id = p.document_id WHERE p.id = ?",
+                     [passage]).fetchone()
+    return row[0] if row else f"passage {passage}"
 
 
 def _faiss_ids(index) -> np.ndarray:

@@ -22,6 +22,7 @@ from indexer.embed.encoder import Encoder, has_hangul_jamo
 from indexer.errors import BertdexError
 from indexer.embed.models import default_model, resolve_model_folder, trained_pooling
 from indexer.embed.recipe import absolute_layer
+from indexer.store.keywords import hangul_syllable
 
 
 def load_encoder(model: str | None = None, *, max_length: int | None = None, precision: str = "fp32",
@@ -142,12 +143,8 @@ def token_table(encoder: Encoder, text: str) -> TokenTable:
                       encoder.decomposes_hangul, tuple(warnings), piece_style(tokenizer), str(tokenizer.unk_token))
 
 
-def _first_syllable(text: str) -> str | None:
-    return next((ch for ch in text if "\uac00" <= ch <= "\ud7a3"), None)
-
-
 def _hangul_warning(encoder: Encoder, text: str) -> list[str]:
-    syllable = _first_syllable(text)
+    syllable = hangul_syllable(text)
     if syllable is None or not encoder.decomposes_hangul:
         return []
     pieces = " ".join(encoder.tokenizer.tokenize(syllable))

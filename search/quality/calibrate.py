@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from indexer.errors import BertdexError
-from indexer.ingest.readers import read_questions  # noqa: F401 (its examples' reader, kept importable from here)
+from indexer.ingest.readers import read_questions  # noqa: F401 (kept importable from here)
 from indexer.ingest.reembed import store_search_settings
 from search.searcher import Searcher
 

@@ -11,6 +11,7 @@ assets are read into memory at start.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -22,11 +23,11 @@ from fastapi.security import APIKeyHeader
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from indexer.embed.encoder import Encoder
-from indexer.errors import BertdexError
+from indexer.errors import BertdexError, IndexDamaged
 from indexer.ingest.build import upsert_entries
+from indexer.ingest.entries import key_problem, text_problem
 from indexer.ingest.readers import Entry
 from indexer.store.info import index_info
-from indexer.store.keywords import normalize_text
 from search.searcher import open_manifest
 from search.server import answers
 from search.server.guard import AccessLog, Guard, error_body, validation_message
@@ -42,9 +43,10 @@ def entries_from(request: DocumentsRequest) -> list[Entry]:
     """Checked entries, as indexer.ingest.readers makes them; a 422 names the first bad item."""
     entries, seen = [], {}
     for i, doc in enumerate(request.documents):
-        text = normalize_text(doc.text)
-        problem = ("the text is empty" if not text else "the text contains a NUL character" if "\x00" in text
-                   else f"key {doc.key!r} repeats documents[{seen[doc.key]}]" if doc.key in seen else None)
+        text, problem = text_problem(doc.text, MAX_TEXT_CHARS)
+        problem = key_problem(doc.key) or problem
+        if problem is None and doc.key in seen:
+            problem = f"key {doc.key!r} repeats documents[{seen[doc.key]}]"
         if problem:
             raise HTTPException(422, f"documents[{i}]: {problem}")
         seen[doc.key] = i
@@ -111,7 +113,12 @@ def create_app(folder: str | Path, *, api_key: str | None = None, writable: bool
 
     @app.exception_handler(BertdexError)
     async def refused(request: Request, error: BertdexError):
-        return JSONResponse(error_body(422, str(error)), 422)
+        return JSONResponse(error_body(error.http_status, str(error)), error.http_status)
+
+    @app.exception_handler(sqlite3.DatabaseError)
+    async def damaged(request: Request, error: sqlite3.DatabaseError):
+        message = str(IndexDamaged(f"{service.folder}/bertdex.db: {error}"))
+        return JSONResponse(error_body(IndexDamaged.http_status, message), IndexDamaged.http_status)
 
     @app.post("/search", summary="Answer one question or a list")
     async def search(body: SearchRequest) -> dict:
@@ -149,7 +156,8 @@ def create_app(folder: str | Path, *, api_key: str | None = None, writable: bool
     @app.post("/documents", summary="Add or replace entries by key, in one commit", dependencies=[Depends(allowed)])
     def post_documents(body: DocumentsRequest) -> dict:
         entries = entries_from(body)
-        counts, manifest = service.write(lambda writer: upsert_entries(writer, service.searcher.encoder, entries))
+        counts, manifest = service.write(lambda writer: upsert_entries(
+            writer, service.searcher.encoder_for_recipe(writer.manifest.recipe), entries))
         return {"added": counts["added"], "updated": counts["updated"], "unchanged": counts["unchanged"],
                 "documents": manifest.documents, "generation": manifest.generation}
 

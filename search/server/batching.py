@@ -94,7 +94,7 @@ class MicroBatcher:
         dense = [r for r in live if r.options.get("mode") != "keyword"]
         try:
             questions = [q for r in dense for q in r.questions]
-            vectors = self.searcher.embed(questions) if questions else None
+            recipe, vectors = self.searcher.embed_questions(questions) if questions else (None, None)
         except Exception as error:  # the model failed: every request of the pass hears why
             for request in live:
                 request.future.set_exception(error)
@@ -110,7 +110,7 @@ class MicroBatcher:
                     at = offsets[id(request)]
                     given = vectors[at : at + len(request.questions)]
                 request.future.set_result(self.searcher.search_many(request.questions, request.k, vectors=given,
-                                                                   **request.options))
+                                                                   recipe=recipe, **request.options))
             except Exception as error:  # a BertdexError (e.g. an empty question) belongs to its request only
                 request.future.set_exception(error)
         with self._counts_lock:

@@ -8,6 +8,7 @@ decides where that goes. Neither routes nor validates fields.
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import re
@@ -50,6 +51,19 @@ def _one_message(found: list[tuple[str, str]]) -> str:
     """A union's errors at one place: the alternative that had the right type speaks, else all do."""
     specific = [message for kind, message in found if not kind.endswith("_type")] or [m for _, m in found]
     return ", or ".join(dict.fromkeys(specific))
+
+
+def authorized(headers: dict[str, str], api_key: str | None) -> bool:
+    """Whether the request carries `api_key` (X-API-Key, or Authorization: Bearer), compared in constant time.
+
+    Headers arrive decoded as latin-1; encoding them back gives the bytes sent, so a key with
+    non-ASCII characters matches when the client sends it as UTF-8.
+    """
+    given = headers.get("x-api-key") or ""
+    scheme, _, token = (headers.get("authorization") or "").partition(" ")
+    if scheme.lower() == "bearer":
+        given = given or token.strip()
+    return api_key is not None and hmac.compare_digest(given.encode("latin-1", "replace"), api_key.encode("utf-8"))
 
 
 def is_write(method: str, path: str) -> bool:

@@ -9,12 +9,13 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from indexer.ingest.entries import HTTP_TEXT_CHARS, MAX_KEY_CHARS
+
 MAX_QUESTION_CHARS = 2_000
 MAX_QUESTIONS = 32
 MAX_K = 100
 MAX_DOCUMENTS = 100
-MAX_TEXT_CHARS = 20_000
-MAX_KEY_CHARS = 256
+MAX_TEXT_CHARS = HTTP_TEXT_CHARS  # checked again after NFKC (app.entries_from): normalization can expand a text
 MAX_FIELDS = 32
 
 Question = Annotated[str, StringConstraints(min_length=1, max_length=MAX_QUESTION_CHARS)]

@@ -7,7 +7,6 @@ module does not route requests (search.server.app) nor parse bodies (search.serv
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 import socket
 import sqlite3
@@ -105,11 +104,9 @@ class Service:
         return "off" if not self.takes_feedback else ("key" if self.api_key is not None else "open")
 
     def authorized(self, headers) -> bool:
-        given = headers.get("x-api-key") or ""
-        scheme, _, token = (headers.get("authorization") or "").partition(" ")
-        if scheme.lower() == "bearer":
-            given = given or token.strip()
-        return self.api_key is not None and hmac.compare_digest(given.encode(), self.api_key.encode())
+        from search.server.guard import authorized
+
+        return authorized(headers, self.api_key)
 
     def refusal(self, path: str, headers) -> tuple[int, str] | None:
         """(status, message) when a write to `path` must be refused, else None."""
@@ -130,8 +127,8 @@ class Service:
                 result = change(writer)
                 manifest = writer.commit() if result is not False else None
             return result, manifest
-        except BertdexError as error:
-            raise HTTPException(409 if "locked by pid" in str(error) else 422, str(error)) from None
+        except BertdexError as error:  # locked 409, read-only or damaged 503, else 422: by type
+            raise HTTPException(error.http_status, str(error)) from None
         finally:
             self.write_lock.release()
 

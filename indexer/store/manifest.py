@@ -1,0 +1,195 @@
+"""The index's description and how to open its files: the SQLite schema, the Manifest, read-only
+connections, and the FAISS file of the committed generation (checked by indexer.store.integrity).
+
+What changes the folder (the writer, the lock, the commit) lives in indexer.store.folder, which
+re-exports these names. This module does not write vectors or embed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import faiss
+import sqlite_utils
+
+from indexer.embed.recipe import Recipe
+from indexer.errors import BertdexError, IndexDamaged, IndexMissing, IndexReadOnly
+from indexer.store import integrity
+
+FORMAT_VERSION = 1
+DB_NAME = "bertdex.db"
+
+migrations = sqlite_utils.Migrations("bertdex")
+
+
+@migrations()
+def m001_create_tables(db: sqlite_utils.Database) -> None:
+    db["documents"].create(
+        {"id": int, "key": str, "text": str, "fields": str, "content_hash": str, "group_key": str},
+        pk="id", not_null={"key", "text"},
+    )
+    db["documents"].create_index(["key"], unique=True)
+    db["documents"].create_index(["group_key"])
+    db["passages"].create(
+        {"id": int, "document_id": int, "start": int, "end": int},
+        pk="id", foreign_keys=[("document_id", "documents", "id")],
+    )
+    db["passages"].create_index(["document_id"])
+    db["manifest"].create({"name": str, "value": str}, pk="name")
+    db.execute("CREATE VIRTUAL TABLE keywords USING fts5(terms, tokenize='porter unicode61')")
+
+
+@migrations()
+def m002_feedback_and_query_log(db: sqlite_utils.Database) -> None:
+    """Agents' verdicts on answers, and the log of asked questions (see indexer.store.feedback)."""
+    db["query_log"].create(
+        {"id": int, "asked": str, "question": str, "mode": str, "answered": int, "hits": str},
+        pk="id", not_null={"asked", "question"},
+    )
+    db["feedback"].create(
+        {"id": int, "given": str, "question": str, "key": str, "verdict": str, "rank": int, "score": float,
+         "query_id": int},
+        pk="id", not_null={"given", "question", "key", "verdict"},
+    )
+    db["feedback"].create_index(["key"])
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What an index is: its recipe, how its entries were read, and its current commit."""
+
+    recipe: Recipe
+    index_type: str = "flat"
+    index_params: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)  # text_fields, id_field, group_field, window, stride, tuned search
+    generation: int = 0
+    documents: int = 0
+    vectors: int = 0
+    created: str = ""
+    updated: str = ""
+    format_version: int = FORMAT_VERSION
+    faiss_file: dict = field(default_factory=dict)  # {"bytes", "blake2b", "ntotal"} of vectors.<generation>.faiss
+    encoded_with: tuple = ()  # the paths (backend, precision, device) that made the stored vectors
+
+    def to_rows(self) -> list[dict]:
+        values = {
+            "recipe": self.recipe.to_dict(), "index_type": self.index_type, "index_params": self.index_params,
+            "settings": self.settings, "generation": self.generation, "documents": self.documents,
+            "vectors": self.vectors, "created": self.created, "updated": self.updated,
+            "format_version": self.format_version, "faiss_file": self.faiss_file,
+            "encoded_with": list(self.encoded_with),
+        }
+        return [{"name": name, "value": json.dumps(value, ensure_ascii=False)} for name, value in values.items()]
+
+    @classmethod
+    def from_rows(cls, rows: dict[str, str]) -> "Manifest":
+        values = {name: json.loads(value) for name, value in rows.items()}
+        values["recipe"] = Recipe.from_dict(values["recipe"])
+        values["encoded_with"] = tuple(values.get("encoded_with") or ())
+        return cls(**{name: values[name] for name in cls.__dataclass_fields__ if name in values})
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def content_hash(text: str, fields: dict, group: str | None) -> str:
+    payload = json.dumps([text, fields, group], ensure_ascii=False, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:24]
+
+
+def connect(folder: Path, *, readonly: bool = False) -> sqlite_utils.Database:
+    """The index's SQLite file: read-only (also in a read-only folder) or for the one writer."""
+    path = Path(folder) / DB_NAME
+    if readonly:
+        return sqlite_utils.Database(integrity.connect_readonly(path))
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+    except sqlite3.OperationalError as error:
+        conn.close()
+        raise IndexReadOnly(f"index {folder} is read-only ({error})") from None
+    except sqlite3.DatabaseError as error:
+        conn.close()
+        raise IndexDamaged(f"{path} is damaged ({error}): rebuild the index from its source") from None
+    return sqlite_utils.Database(conn)
+
+
+def read_manifest(db: sqlite_utils.Database, folder: Path) -> Manifest:
+    try:
+        tables = db.table_names()
+        rows = {row["name"]: row["value"] for row in db["manifest"].rows} if "manifest" in tables else {}
+    except sqlite3.DatabaseError as error:
+        raise IndexDamaged(f"{Path(folder) / DB_NAME} is damaged ({error}): rebuild the index from its source") from None
+    if "manifest" not in tables:
+        raise IndexMissing(f"{folder} is not a bertdex index (no manifest; was its first build interrupted?)")
+    if "recipe" not in rows:
+        raise IndexMissing(f"{folder} is not a bertdex index (empty manifest; was its first build interrupted?)")
+    version = json.loads(rows.get("format_version", "0"))
+    if version != FORMAT_VERSION:
+        raise BertdexError(f"{folder} has index format {version}; this bertdex reads format {FORMAT_VERSION}: rebuild it")
+    return Manifest.from_rows(rows)
+
+
+def open_manifest(folder: str | Path) -> Manifest:
+    """The manifest of an index, read through a connection closed before returning."""
+    folder = check_index_folder(Path(folder))
+    db = connect(folder, readonly=True)
+    try:
+        return read_manifest(db, folder)
+    finally:
+        db.close()
+
+
+def vectors_path(folder: Path, generation: int) -> Path:
+    return folder / f"vectors.{generation}.faiss"
+
+
+def check_index_folder(folder: Path) -> Path:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise IndexMissing(f"{folder} does not exist" if not folder.exists() else f"{folder} is not a folder")
+    if not (folder / DB_NAME).is_file():
+        raise IndexMissing(f"{folder} is not a bertdex index (no {DB_NAME} in it)")
+    return folder
+
+
+def load_vectors(folder: Path, generation: int, dimension: int) -> faiss.Index:
+    """The FAISS index of `generation`, unchecked (benchmarks); readers use `open_vectors`."""
+    path = vectors_path(folder, generation)
+    if generation == 0 and not path.exists():
+        return new_vector_index("flat", dimension, {})
+    return faiss.read_index(str(path))
+
+
+def open_vectors(folder: Path, manifest: Manifest, *, checksum: bool = False) -> faiss.Index:
+    """The FAISS index the manifest names, after its checks (and its checksum's); IndexDamaged if one fails."""
+    if manifest.generation == 0:
+        return new_vector_index("flat", manifest.recipe.dimension, {})
+    return integrity.read_faiss(vectors_path(folder, manifest.generation), manifest.faiss_file,
+                                manifest.recipe.dimension, checksum=checksum)
+
+
+def check_counts(db: sqlite_utils.Database, folder: Path, manifest: Manifest) -> None:
+    """The manifest's counts against the tables; IndexDamaged if they differ."""
+    try:
+        documents, passages = db.execute(
+            "SELECT (SELECT count(*) FROM documents), (SELECT count(*) FROM passages)").fetchone()
+    except sqlite3.DatabaseError as error:
+        raise IndexDamaged(f"{Path(folder) / DB_NAME} is damaged ({error}): rebuild the index from its source") from None
+    if (documents, passages) != (manifest.documents, manifest.vectors):
+        raise IndexDamaged(f"{folder}: the manifest records {manifest.documents} entries and {manifest.vectors} "
+                           f"vectors, the tables hold {documents} and {passages} (run `bertdex verify {folder}`)")
+
+
+def new_vector_index(index_type: str, dimension: int, params: dict) -> faiss.Index:
+    """An empty FAISS index with our ids (IndexIDMap2) over inner product on unit vectors (see indexer.store.ann)."""
+    from indexer.store import ann
+
+    return ann.new_index(index_type, dimension, params)
