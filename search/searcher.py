@@ -26,7 +26,7 @@ from indexer.store import ann
 from indexer.store.folder import check_index_folder, connect, open_manifest, open_vectors, read_manifest  # noqa: F401 (open_manifest: re-exported)
 from indexer.store.keywords import normalize_text, scheme_of
 from search import keyword
-from search.filters import passes
+from search.filters import check_weight, passes
 
 MODES = ("dense", "keyword", "hybrid")
 MAX_K = 1000
@@ -107,7 +107,9 @@ class Searcher:
             made_for = self._encoder_recipe
             same_model = (made_for.model_checksum, made_for.max_length) == (recipe.model_checksum, recipe.max_length)
             kept = getattr(self.encoder, "keep_layers", None)
-            if not (same_model and (recipe.layer == made_for.layer or kept is None)):
+            # ONNX Runtime gives its kept layer only; PyTorch gives any layer up to the kept one
+            computes = kept is None or recipe.layer == kept or (self.encoder.model is not None and recipe.layer < kept)
+            if not (same_model and computes):
                 options = dict(self._encoder_options)
                 if options["model"] is not None and made_for.model_checksum != recipe.model_checksum:
                     options["model"] = None  # the index was rebuilt with another model: load the one it names
@@ -288,8 +290,7 @@ def check_search_options(questions: list[str], k: int, mode: str | None, weight:
         raise BertdexError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
     if not 1 <= k <= MAX_K:
         raise BertdexError(f"k must be between 1 and {MAX_K}, not {k}")
-    if weight is not None and not 0 <= weight <= 1:  # NaN fails both comparisons
-        raise BertdexError(f"weight must be between 0 and 1, not {weight}")
+    check_weight(weight)
     if min_score is not None and math.isnan(min_score):  # -inf is allowed: "no cut" (calibrate uses it)
         raise BertdexError("min score must be a number, not NaN")
     for number, question in enumerate(questions, start=1):

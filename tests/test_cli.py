@@ -117,12 +117,12 @@ def test_choices_are_the_librarys():
 
 def test_query_file_and_weight_errors_are_one_line(faq_index_master, tmp_path):
     missing = run_cli("query", faq_index_master, "--file", tmp_path / "questions.txt")
-    assert (missing.returncode, missing.stderr) == (1, f"error: {tmp_path / 'questions.txt'}: no such file\n")
+    assert (missing.returncode, missing.stderr) == (3, f"error: {tmp_path / 'questions.txt'}: no such file\n")
     for weight in ("3", "nan"):  # -1 and the rest: tests/test_manners.py
         refused = run_cli("query", faq_index_master, "refund", "--mode", "hybrid", "--weight", weight)
         assert refused.returncode == 1
         assert refused.stderr.strip().splitlines() == [
-            f"error: --weight {float(weight)}: the dense side's share must be between 0 and 1"]
+            f"error: --weight {float(weight)}: the hybrid weight must be between 0 and 1 (the dense side's share)"]
 
 
 def test_small_adds_print_no_rate(capsys):

@@ -126,7 +126,7 @@ def test_weight_is_checked_by_the_searcher_too(faq_index_master, encoder):
     from search import Searcher
 
     searcher = Searcher(faq_index_master, encoder=encoder)
-    with pytest.raises(BertdexError, match="--weight 3"):
+    with pytest.raises(BertdexError, match="--weight 3: the hybrid weight must be between 0 and 1"):
         searcher.search("refund", mode="hybrid", weight=3)
     assert searcher.search("refund", mode="hybrid", weight=1.0)[0].score <= 1.0
 
