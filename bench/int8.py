@@ -216,6 +216,8 @@ def main() -> None:
     parser.add_argument("--sensitivity-texts", type=int, default=500)
     parser.add_argument("--calibration", type=int, default=200)
     parser.add_argument("--rescore", type=int, default=30, help="documents re-embedded fp32 per question in (e)")
+    parser.add_argument("--retime", nargs="+", metavar="UNITS", help="speed only: fp32, (a), (c) and (b) int8 on "
+                        "each comma-separated list of fused-graph units ('L2 attn-out,L0 qkv'); no sensitivity, no MRR")
     parser.add_argument("--sets", nargs="+", default=list(QUALITY_SETS), help="labelled sets scored")
     args = parser.parse_args()
     logging.disable(logging.WARNING)  # onnxruntime.quantization's advice on pre-processing
@@ -239,15 +241,17 @@ def run(args, bench: Bench, started: float) -> None:
                                                           enc.input_names()))
     if fused is None:
         raise SystemExit("no cached ONNX export: run `python cli.py info` (or any embedding) once first")
-    plain = work / "plain.onnx"
-    onnx_model._export(bench.torch_fp32.model, plain, enc.input_names())
     texts = tatoeba_sentences(args.data, args.count)
     held = held_out(args.data, set(texts), args.sensitivity_texts + args.calibration)
     np.random.default_rng(2).shuffle(held)
     probe, calibration = held[: args.sensitivity_texts], held[args.sensitivity_texts:]
+    if args.retime:
+        return retime(args, bench, fused, texts, calibration)
     fp32 = bench.onnx(fused)
     reference = bench.embed(fp32, probe)
     counter = iter(range(10 ** 6))
+    plain = work / "plain.onnx"
+    onnx_model._export(bench.torch_fp32.model, plain, enc.input_names())
 
     def onnx_build(nodes):
         return bench.onnx(ort_dynamic(fused, work / f"b{next(counter)}.onnx", nodes))
@@ -279,13 +283,7 @@ def run(args, bench: Bench, started: float) -> None:
             if keep:
                 variants[f"{label} {name} {keep}/{len(order)}"] = (build(kept), "int8 only on: " + ", ".join(
                     units[u] for u in kept))
-    feeds = []
-    names = enc.input_names()
-    for start in range(0, len(calibration), 16):
-        encoded = enc.tokenizer(calibration[start:start + 16], padding=True, truncation=True,
-                                max_length=enc.max_length, return_tensors="np")
-        feeds.append({name: encoded[name].astype(np.int64) if name in encoded else
-                      np.zeros_like(encoded["input_ids"], dtype=np.int64) for name in names})
+    feeds = calibration_feeds(enc, calibration)
     for graph, source in (("fused", fused), ("plain", plain)):
         variants[f"(c) ort static int8 {graph}"] = (bench.onnx(ort_static(source, work / f"c-{graph}.onnx", feeds)),
                                                     f"quantize_static({graph}, {len(calibration)} held-out texts, "
@@ -296,6 +294,37 @@ def run(args, bench: Bench, started: float) -> None:
     print(f"# timed ({time.perf_counter() - started:.0f} s)")
     scores = quality(bench, variants, args.data, args.rescore, args.sets)
     report(variants, figures, scores, args, bench, texts)
+
+
+def calibration_feeds(enc, texts: list[str]) -> list[dict]:
+    """The encoder's inputs for `texts`, 16 to a padded batch, for quantize_static's calibration."""
+    feeds = []
+    for start in range(0, len(texts), 16):
+        encoded = enc.tokenizer(texts[start:start + 16], padding=True, truncation=True, max_length=enc.max_length,
+                                return_tensors="np")
+        feeds.append({name: encoded[name].astype(np.int64) if name in encoded else
+                      np.zeros_like(encoded["input_ids"], dtype=np.int64) for name in enc.input_names()})
+    return feeds
+
+
+def retime(args, bench: Bench, fused: Path, texts: list[str], calibration: list[str]) -> None:
+    """Speed only, for the fused-graph candidates: fp32, (a), (c), and (b) on each --retime unit list."""
+    units = {label: node for node, label in onnx_units(fused).items()}
+    variants = {"onnx fp32 (fused, bertdex's)": (bench.onnx(fused), ""),
+                "(a) ort dyn int8 fused": (bench.onnx(ort_dynamic(fused, bench.work / "a.onnx")), "")}
+    for number, labels in enumerate(args.retime):
+        chosen = [units[label.strip()] for label in labels.split(",")]
+        variants[f"(b) {len(chosen)}/{len(units)} units"] = (
+            bench.onnx(ort_dynamic(fused, bench.work / f"b{number}.onnx", chosen)), labels)
+    feeds = calibration_feeds(bench.encoder, calibration)
+    variants["(c) ort static int8 fused"] = (bench.onnx(ort_static(fused, bench.work / "c.onnx", feeds)), "")
+    figures = measure(bench, variants, texts, args.rounds)
+    base = figures[next(iter(variants))]
+    print(f"\n{len(texts)} tatoeba sentences, best of {args.rounds} interleaved rounds, {bench.threads} thread(s)")
+    print(f"{'texts/s':>8} {'x fp32':>6} {'/cpu-s':>6} {'x fp32':>6} {'1 q ms':>7} {'cos min':>8}  variant")
+    for name, f in figures.items():
+        print(f"{f['rate']:8.0f} {f['rate'] / base['rate']:5.2f}x {f['cpu_rate']:6.0f} {f['cpu_rate'] / base['cpu_rate']:5.2f}x "
+              f"{f['single']:7.2f} {f['cos_min']:8.5f}  {name} {variants[name][1]}")
 
 
 def measure(bench: Bench, variants: dict, texts: list[str], rounds: int) -> dict[str, dict]:
