@@ -16,6 +16,7 @@ import torch
 from indexer.embed import onnx_model
 from indexer.errors import BertdexError
 from indexer.embed.pooling import normalize, pool
+from indexer.embed.recipe import POOLINGS
 
 # Padded tokens and rows per forward pass: smaller batches keep the activations nearer the cache. On
 # PyTorch 4096/64 was the fastest or near it in each bench/throughput.py run here (1.1-1.4x over 8192/128);
@@ -274,8 +275,37 @@ class Encoder:
             vectors[batch] = pool(hidden, mask, pooling)
         return Embedded(normalize(vectors), owners, spans, truncated)
 
-    def _forward(self, ids: list[list[int]], types: list[list[int]] | None, layer: int):
-        """One padded batch through the model: hidden state `layer` as float32 numpy, and the mask."""
+    def embed_layers(self, texts: list[str], *, layers: list[int], poolings: tuple[str, ...] = POOLINGS,
+                     exclude_special: bool = False, windows: bool = False, stride: int = 0,
+                     window_length: int | None = None) -> tuple[dict[tuple[int, str], np.ndarray], np.ndarray, np.ndarray]:
+        """Several layers and poolings from one pass: {(layer, pooling): L2-normalized vectors}, owners, spans.
+
+        Windows, batching and masks are `embed`'s, so embed_layers(...)[0][(l, p)] equals
+        embed(..., layer=l, pooling=p).vectors. The encoder must compute those layers (keep_layers).
+        (Stand-in on this branch until the lead's encoder rewrite lands with the same signature.)
+        """
+        if self.keep_layers is not None and max(layers) > self.keep_layers:
+            raise BertdexError(f"layer {max(layers)} was not kept: this encoder computes layers 0..{self.keep_layers}")
+        for name in poolings:
+            if name not in POOLINGS:
+                raise BertdexError(f"unknown pooling {name!r}: choose one of {', '.join(POOLINGS)}")
+        ids, types, specials, owners, spans, _ = self.tokenize(
+            texts, windows=windows, stride=stride, special_mask=exclude_special, window_length=window_length
+        )
+        out = {(layer, name): np.zeros((len(ids), self.hidden_size * (2 if name == "mean-max" else 1)), np.float32)
+               for layer in layers for name in poolings}
+        for batch in _length_batches([len(x) for x in ids], self.batch_tokens, self.max_batch):
+            hidden, mask = self._forward([ids[i] for i in batch], [types[i] for i in batch] if types else None, None)
+            if exclude_special:
+                for row, i in enumerate(batch):
+                    mask[row, : len(specials[i])] *= 1 - np.asarray(specials[i], dtype=mask.dtype)
+            for layer in layers:
+                for name in poolings:
+                    out[(layer, name)][batch] = pool(hidden[layer], mask, name)
+        return {key: normalize(value) for key, value in out.items()}, owners, spans
+
+    def _forward(self, ids: list[list[int]], types: list[list[int]] | None, layer: int | None):
+        """One padded batch through the model: hidden state `layer` (all of them when None) as float32 numpy, and the mask."""
         lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
         fast = self.onnx is not None and layer == self.keep_layers
         width = int(lengths.max()) if fast else _padded_width(int(lengths.max()))
