@@ -21,7 +21,9 @@ from indexer.embed.recipe import absolute_layer, check_pooling
 from indexer.embed.resolve import encoder_for
 from indexer.store import ann
 from indexer.store.folder import Manifest, check_index_folder, connect, load_vectors, read_manifest
+from indexer.ingest.embedding import embed_questions
 from search import keyword
+from search.collapse import DENSE_PER_ENTRY, MAX_POOL, collapse, pool_size, without
 
 MODES = ("dense", "keyword", "hybrid")
 MAX_K = 1000
@@ -95,27 +97,34 @@ class Searcher:
 
     # -- searching ------------------------------------------------------------------------------
 
-    def embed(self, questions: list[str]) -> np.ndarray:
+    def embed(self, questions: list[str], *, long_questions: str | None = None) -> np.ndarray | list[np.ndarray]:
+        """One vector per question ([n, d]); with long_questions="windows" and a question over the model's
+        window, a list holding each question's [windows, d] vectors instead."""
         recipe = self.manifest.recipe
-        texts = [normalize_text(q) for q in questions]
-        return self.encoder.embed(texts, layer=recipe.layer, pooling=recipe.pooling,
-                                  exclude_special=recipe.exclude_special).vectors
+        embedded = embed_questions(self.encoder, recipe, self.manifest.settings, questions, long_questions=long_questions)
+        vectors = embedded.of(recipe.layer, recipe.pooling)
+        if len(embedded.owners) == len(questions):
+            return vectors
+        return [vectors[embedded.owners == i] for i in range(len(questions))]
 
     def search(self, question: str, k: int = 5, **options) -> list[Hit]:
         return self.search_many([question], k, **options)[0]
 
     def search_many(self, questions: list[str], k: int = 5, *, mode: str | None = None,
                     min_score: float | None = None, weight: float | None = None,
-                    filters: dict | None = None, vectors: np.ndarray | None = None) -> list[list[Hit]]:
+                    filters: dict | None = None, vectors: np.ndarray | list | None = None,
+                    exclude: list[frozenset] | None = None, long_questions: str | None = None) -> list[list[Hit]]:
         """Ranked hits per question; questions are embedded in one batch.
 
         `mode`: dense, keyword or hybrid (default: the index's tuned mode, else dense).
         `min_score`: hits below it are dropped (an empty list means "no good answer").
         `filters`: stored field -> required value.
         `vectors`: the questions' vectors from `embed`, when already computed (the server's micro-batcher).
+        `exclude`: per question, document ids never to return (evaluation: the question's own entries).
+        `long_questions`: tail or windows (default: the index's setting), see indexer.ingest.embedding.
         """
-        tuned = self.manifest.settings.get("search", {})
-        mode = mode or tuned.get("mode", "dense")
+        tuned = self.manifest.settings.search
+        mode = mode or tuned.mode
         if mode not in MODES:
             raise BertdexError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
         if not 1 <= k <= MAX_K:
@@ -123,65 +132,67 @@ class Searcher:
         for question in questions:
             if not normalize_text(question):
                 raise BertdexError("empty question")
-        weight = tuned.get("weight", 0.5) if weight is None else weight
+        weight = tuned.weight if weight is None else weight
         # a calibrated cut is on the score scale of the mode it was calibrated for
-        if min_score is None and mode == tuned.get("mode", "dense"):
-            min_score = tuned.get("min_score")
+        if min_score is None and mode == tuned.mode:
+            min_score = tuned.min_score
         if mode == "keyword":
             vectors = None
         elif vectors is None:
-            vectors = self.embed(questions)
+            vectors = self.embed(questions, long_questions=long_questions)
         results = []
         with self._snapshot():
             for i, question in enumerate(questions):
-                ranked = self._rank(question, None if vectors is None else vectors[i], k, mode, weight, filters)
+                ranked = self._rank(question, None if vectors is None else vectors[i], k, mode, weight, filters,
+                                    exclude[i] if exclude else frozenset())
                 results.append(self._hits(ranked, k, min_score))
         return results
 
-    def _rank(self, question, vector, k, mode, weight, filters) -> list[tuple[int, float, int | None]]:
+    def _rank(self, question, vector, k, mode, weight, filters, exclude=frozenset()) -> list[tuple[int, float, int | None]]:
         """(document id, score, passage id) best first, one per document or group, filtered."""
         want = k
         while True:
-            pool_size = min(max(4 * want + 10, 50), MAX_K * 10)
-            dense = self._dense(vector, pool_size) if mode != "keyword" else []
-            words = keyword.search(self.db, question, pool_size) if mode != "dense" else []
+            size = pool_size(want)
+            dense = without(self._dense(vector, size + DENSE_PER_ENTRY * len(exclude)), exclude)[:size] \
+                if mode != "keyword" else []
+            words = without(keyword.search(self.db, question, size + len(exclude)), exclude)[:size] \
+                if mode != "dense" else []
             if mode == "dense":
                 ranked = dense
             elif mode == "keyword":
                 ranked = words
             else:
-                ranked = keyword.fuse(dense, words, weight, self.manifest.settings.get("search", {}).get("fusion", "score"))
+                ranked = keyword.fuse(dense, words, weight, self.manifest.settings.search.fusion)
             kept = self._collapse(ranked, filters)
-            exhausted = len(dense) < pool_size and len(words) < pool_size
-            if len(kept) >= k or exhausted or pool_size >= MAX_K * 10:
+            exhausted = len(dense) < size and len(words) < size
+            if len(kept) >= k or exhausted or size >= MAX_POOL:
                 return kept[:k]
             want *= 4
 
     def _dense(self, vector: np.ndarray, n: int) -> list[tuple[int, float, int]]:
+        """Top `n` passages by cosine; a question given as several window vectors scores by its best window."""
         if self.vectors.ntotal == 0:
             return []
-        scores, ids = ann.search(self.vectors, vector[None, :], min(n, self.vectors.ntotal))
-        passages = [int(i) for i in ids[0] if i >= 0]
+        matrix = np.atleast_2d(vector)
+        scores, ids = ann.search(self.vectors, matrix, min(n, self.vectors.ntotal))
+        best: dict[int, float] = {}
+        for row_scores, row_ids in zip(scores, ids):
+            for score, passage in zip(row_scores, row_ids):
+                if passage >= 0 and float(score) > best.get(int(passage), -np.inf):
+                    best[int(passage)] = float(score)
+        passages = sorted(best, key=lambda p: (-best[p], p))[:n] if len(matrix) > 1 else list(best)
         owners = _passage_owners(self.db, passages)
-        return [(owners[p], float(s), p) for s, p in zip(scores[0], passages) if p in owners]
+        return [(owners[p], best[p], p) for p in passages if p in owners]
 
     def _collapse(self, ranked, filters) -> list[tuple[int, float, int | None]]:
-        """Best row per document, then per group; drop rows that fail the filters."""
-        seen_docs, seen_groups, kept = set(), set(), []
+        """Best row per document, then per group (search.collapse); drop rows that fail the filters."""
         rows = _document_groups(self.db, list(dict.fromkeys(doc for doc, _, _ in ranked)), bool(filters))
-        for doc, score, passage in ranked:
-            if doc in seen_docs or doc not in rows:
-                continue
-            seen_docs.add(doc)
-            group, fields = rows[doc]
-            if filters and any(str(fields.get(name)) != str(value) for name, value in filters.items()):
-                continue
-            if group is not None:
-                if group in seen_groups:
-                    continue
-                seen_groups.add(group)
-            kept.append((doc, score, passage))
-        return kept
+
+        def keep(doc: int) -> bool:
+            fields = rows[doc][1]
+            return all(str(fields.get(name)) == str(value) for name, value in filters.items())
+
+        return collapse(ranked, {doc: group for doc, (group, _) in rows.items()}, keep=keep if filters else None)
 
     def _hits(self, ranked, k: int, min_score: float | None) -> list[Hit]:
         ranked = [(doc, score, passage) for doc, score, passage in ranked[:k] if min_score is None or score >= min_score]

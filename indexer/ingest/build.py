@@ -12,13 +12,17 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from indexer.store.ann import check_index_type
 from indexer.embed.encoder import Encoder
 from indexer.errors import BertdexError
 from indexer.embed.models import DEFAULT_MODEL
+from indexer.ingest.embedding import embed_entries
 from indexer.ingest.readers import Entry, Fields, Problem, read_entries
 from indexer.embed.resolve import Resolved, encoder_for, resolve_recipe
 from indexer.store.folder import IndexWriter, Manifest, check_index_folder, connect, content_hash, read_manifest
+from indexer.store.settings import IndexSettings
 
 CHUNK = 2048
 ON_ERROR = ("fail", "skip")
@@ -41,6 +45,9 @@ class BuildReport:
     seconds: float
     recipe_reason: str = ""
     problems: list[Problem] = field(default_factory=list)
+    split_texts: int = 0     # texts over max_length tokens, cut into windows of window_length (split more vectors)
+    max_length: int = 0
+    window_length: int = 0
 
     @property
     def rate(self) -> float:
@@ -69,8 +76,8 @@ def build_index(data: Path, folder: Path, *, text_fields: Iterable[str] = (), id
                                           backend=backend)
     window_length = min(window_length, resolved.recipe.max_length)
     stride = window_length // 4 if stride is None else stride
-    settings = {"text_fields": list(fields.text), "id_field": id_field, "group_field": group_field,
-                "window": window, "window_length": window_length, "stride": stride, "format": fmt}
+    settings = IndexSettings(text_fields=fields.text, id_field=id_field, group_field=group_field, window=window,
+                             window_length=window_length, stride=stride, format=fmt)
     manifest = Manifest(recipe=resolved.recipe, settings=settings, index_type=check_index_type(index_type))
     with IndexWriter.open(Path(folder), new=manifest, replace=replace) as writer:
         if writer.manifest.documents and not replace:
@@ -90,12 +97,12 @@ def add_documents(folder: Path, data: Path, *, text_fields: Iterable[str] = (), 
     folder = check_index_folder(Path(folder))
     manifest = read_manifest(connect(folder, readonly=True), folder)
     settings = manifest.settings
-    fields = Fields(tuple(text_fields) or tuple(settings.get("text_fields") or ()),
-                    id_field or settings.get("id_field"), group_field or settings.get("group_field"))
-    entries_total, problems = _check_input(data, fields, fmt or settings.get("format"), on_error)
+    fields = Fields(tuple(text_fields) or settings.text_fields, id_field or settings.id_field,
+                    group_field or settings.group_field)
+    entries_total, problems = _check_input(data, fields, fmt or settings.format, on_error)
     encoder = encoder or encoder_for(manifest.recipe, precision=precision, threads=threads, backend=backend)
     with IndexWriter.open(folder) as writer:
-        counts = _ingest(writer, encoder, data, fields, fmt or settings.get("format"), entries_total, progress, chunk_size)
+        counts = _ingest(writer, encoder, data, fields, fmt or settings.format, entries_total, progress, chunk_size)
         final = writer.commit()
     return _report(folder, counts, final, started, problems)
 
@@ -106,16 +113,15 @@ def upsert_entries(writer: IndexWriter, encoder: Encoder, entries: list[Entry]) 
     old = writer.existing([e.key for e in entries])
     changed = [e for e in entries if e.key not in old or old[e.key][1] != content_hash(e.text, e.fields, e.group)]
     counts = {"added": sum(e.key not in old for e in changed), "updated": sum(e.key in old for e in changed),
-              "unchanged": len(entries) - len(changed), "truncated": 0, "split": 0}
+              "unchanged": len(entries) - len(changed), "truncated": 0, "split": 0, "split_texts": 0}
     if not changed:
         return counts
-    embedded = encoder.embed([e.text for e in changed], layer=recipe.layer, pooling=recipe.pooling,
-                             exclude_special=recipe.exclude_special, windows=settings.get("window", True),
-                             stride=settings.get("stride", 0), window_length=settings.get("window_length"))
+    embedded = embed_entries(encoder, recipe, settings, [e.text for e in changed])
     documents = [{"key": e.key, "text": e.text, "fields": e.fields, "group": e.group} for e in changed]
-    writer.write_documents(documents, embedded.vectors, embedded.owners, embedded.spans)
+    writer.write_documents(documents, embedded.of(recipe.layer, recipe.pooling), embedded.owners, embedded.spans)
     counts["truncated"] = embedded.truncated
     counts["split"] = len(embedded.owners) - len(set(embedded.owners.tolist()))
+    counts["split_texts"] = int((np.bincount(embedded.owners) > 1).sum()) if len(embedded.owners) else 0
     return counts
 
 
@@ -147,7 +153,7 @@ def _check_input(data: Path, fields: Fields, fmt: str | None, on_error: str) -> 
 
 def _ingest(writer: IndexWriter, encoder: Encoder, data: Path, fields: Fields, fmt: str | None,
             total: int, progress: Progress | None, chunk_size: int) -> dict:
-    totals = {"added": 0, "updated": 0, "unchanged": 0, "truncated": 0, "split": 0}
+    totals = {"added": 0, "updated": 0, "unchanged": 0, "truncated": 0, "split": 0, "split_texts": 0}
     chunk: list[Entry] = []
     done = 0
 
@@ -175,5 +181,7 @@ def _report(folder, counts: dict, manifest: Manifest, started: float, problems: 
         folder=str(folder), added=counts["added"], updated=counts["updated"], unchanged=counts["unchanged"],
         deleted=counts.get("deleted", 0), documents=manifest.documents, vectors=manifest.vectors,
         truncated=counts["truncated"], split=counts["split"], seconds=time.perf_counter() - started,
-        recipe_reason=reason, problems=problems,
+        recipe_reason=reason, problems=problems, split_texts=counts["split_texts"],
+        max_length=manifest.recipe.max_length,
+        window_length=manifest.settings.window_length or manifest.recipe.max_length,
     )

@@ -30,6 +30,7 @@ import sqlite_utils
 from indexer.errors import BertdexError
 from indexer.store.keywords import fts_document
 from indexer.embed.recipe import Recipe
+from indexer.store.settings import IndexSettings, as_index_settings
 
 FORMAT_VERSION = 1
 DB_NAME = "bertdex.db"
@@ -62,7 +63,7 @@ class Manifest:
     recipe: Recipe
     index_type: str = "flat"
     index_params: dict = field(default_factory=dict)
-    settings: dict = field(default_factory=dict)  # text_fields, id_field, group_field, window, stride, tuned search
+    settings: IndexSettings = field(default_factory=IndexSettings)  # a dict is read as IndexSettings
     generation: int = 0
     documents: int = 0
     vectors: int = 0
@@ -70,10 +71,13 @@ class Manifest:
     updated: str = ""
     format_version: int = FORMAT_VERSION
 
+    def __post_init__(self):
+        object.__setattr__(self, "settings", as_index_settings(self.settings))
+
     def to_rows(self) -> list[dict]:
         values = {
             "recipe": self.recipe.to_dict(), "index_type": self.index_type, "index_params": self.index_params,
-            "settings": self.settings, "generation": self.generation, "documents": self.documents,
+            "settings": self.settings.to_dict(), "generation": self.generation, "documents": self.documents,
             "vectors": self.vectors, "created": self.created, "updated": self.updated,
             "format_version": self.format_version,
         }

@@ -13,11 +13,12 @@ the highest of them. This module does not tune the ranking: see `search.quality.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from indexer.errors import BertdexError
 from indexer.ingest.reembed import store_search_settings
+from indexer.store.settings import SearchSettings
 from search.searcher import Searcher
 
 MARGIN = 1e-6
@@ -66,7 +67,7 @@ def calibrate_index(folder: str | Path, *, out_of_scope: list[str] = (), in_scop
         raise BertdexError(f"--target-precision {target_precision} must be in (0, 1]")
     searcher = Searcher(folder, encoder=encoder)
     try:
-        mode = searcher.manifest.settings.get("search", {}).get("mode", "dense")
+        mode = searcher.manifest.settings.search.mode
         generation = searcher.manifest.generation
         examples = _examples(searcher, list(out_of_scope), list(in_scope), queries, qrels)
     finally:
@@ -82,7 +83,7 @@ def calibrate_index(folder: str | Path, *, out_of_scope: list[str] = (), in_scop
                          **_counts(examples, cut))
     if store:
         summary = {name: value for name, value in result.to_dict().items() if name not in ("folder", "stored")}
-        store_search_settings(folder, {**_current_search(folder), "mode": mode, "min_score": cut, "calibration": summary},
+        store_search_settings(folder, replace(_current_search(folder), mode=mode, min_score=cut, calibration=summary),
                               expected_generation=generation)
         result = Calibration(**{**result.__dict__, "stored": True})
     return result
@@ -149,10 +150,10 @@ def _precision(counts: dict) -> float:
     return counts["answered_right"] / answered if answered else 1.0
 
 
-def _current_search(folder) -> dict:
+def _current_search(folder) -> SearchSettings:
     from search.searcher import open_manifest
 
-    return dict(open_manifest(folder).settings.get("search", {}))
+    return open_manifest(folder).settings.search
 
 
 def read_questions(path: str | Path) -> list[str]:

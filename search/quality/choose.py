@@ -1,0 +1,109 @@
+"""Choose a setting out of sample: cross-validation over folds of questions and a paired significance test.
+
+The in-sample winner of ~100 candidates is optimistic: some of its lead is luck on these questions.
+So the choosing rule (best mean MRR@10, then nDCG@10; ties keep the earlier candidate, the current
+setting first) is itself measured by k-fold cross-validation: each question is scored by the candidate
+chosen without its fold. The index changes only when that held-out score beats the current setting
+by a positive and significant margin over the questions (paired sign-flip randomization test, p < ALPHA),
+and then to the winner on all questions. The 95% interval of the gain is a paired bootstrap.
+Pure numpy over per-question scores; this module does not search or store. Random draws use fixed seeds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+FOLDS = 5
+ALPHA = 0.05
+ROUNDS = 10_000
+SEED = 15
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the choosing rule does on these questions, measured in and out of sample against the current setting."""
+
+    best: int                  # index of the in-sample winner
+    current: int               # index of the current setting
+    in_sample: float           # the winner's mean MRR@10 on all questions (optimistic)
+    cross_validated: float     # the rule's mean MRR@10, each question scored by the choice made without it
+    current_score: float       # the current setting's mean MRR@10
+    gain: float                # cross_validated - current_score
+    interval: tuple[float, float]  # 95% bootstrap interval of the gain
+    p_value: float             # paired randomization test of the gain
+    folds: int
+    change: bool               # the gain is positive and significant, and the winner is not the current setting
+
+    @property
+    def chosen(self) -> int:
+        return self.best if self.change else self.current
+
+    def to_dict(self) -> dict:
+        return {"in_sample": round(self.in_sample, 6), "cross_validated": round(self.cross_validated, 6),
+                "current": round(self.current_score, 6), "gain": round(self.gain, 6),
+                "interval": [round(x, 6) for x in self.interval], "p_value": round(self.p_value, 6),
+                "folds": self.folds, "changed": self.change}
+
+
+def fold_ids(keys: list[str], folds: int = FOLDS, seed: int = SEED) -> np.ndarray:
+    """A fold per question, equal keys in the same fold, keys shuffled with a fixed seed.
+
+    fold_ids(["a", "b", "a"], folds=2) -> e.g. array([1, 0, 1])
+    """
+    unique = list(dict.fromkeys(keys))
+    order = np.random.default_rng(seed).permutation(len(unique))
+    fold_of = {key: int(order[i]) % folds for i, key in enumerate(unique)}
+    return np.asarray([fold_of[key] for key in keys], dtype=np.int64)
+
+
+def pick(mrr: np.ndarray, ndcg: np.ndarray, rows: np.ndarray | None = None) -> int:
+    """Index of the candidate (row of mrr/ndcg [candidates, questions]) with the best mean over `rows`; first on ties."""
+    a = mrr if rows is None else mrr[:, rows]
+    b = ndcg if rows is None else ndcg[:, rows]
+    means = np.round(a.mean(axis=1), 9), np.round(b.mean(axis=1), 9)
+    return int(np.lexsort((-means[1], -means[0]))[0])  # lexsort is stable: the earliest of equals first
+
+
+def cross_validate(mrr: np.ndarray, ndcg: np.ndarray, folds: np.ndarray) -> np.ndarray:
+    """Per question: the MRR@10 of the candidate the rule picks on the other folds."""
+    scores = np.zeros(mrr.shape[1])
+    for fold in np.unique(folds):
+        held = folds == fold
+        if held.all():  # a single fold: nothing to choose on
+            return mrr[0].copy()
+        scores[held] = mrr[pick(mrr, ndcg, np.flatnonzero(~held)), held]
+    return scores
+
+
+def paired_test(diff: np.ndarray, rounds: int = ROUNDS, seed: int = SEED) -> tuple[float, tuple[float, float]]:
+    """Two-sided p-value that the mean of `diff` is 0 (sign flips), and its 95% bootstrap interval."""
+    diff = np.asarray(diff, dtype=np.float64)
+    n = len(diff)
+    if n == 0 or not diff.any():
+        return 1.0, (0.0, 0.0)
+    rng = np.random.default_rng(seed)
+    observed, beyond, means = abs(diff.mean()), 0, []
+    for start in range(0, rounds, 1000):
+        size = min(1000, rounds - start)
+        signs = rng.integers(0, 2, size=(size, n), dtype=np.int8) * 2 - 1
+        beyond += int((np.abs(signs @ diff) / n >= observed - 1e-12).sum())
+        means.append(diff[rng.integers(0, n, size=(size, n))].mean(axis=1))
+    means = np.concatenate(means)
+    return (beyond + 1) / (rounds + 1), (float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5)))
+
+
+def decide(mrr: np.ndarray, ndcg: np.ndarray, current: int, folds: np.ndarray, alpha: float = ALPHA) -> Decision:
+    """The rule's in-sample and cross-validated figures, and whether the gain over `current` is significant.
+
+    Candidates must be ordered with `current` first, so ties keep it.
+    """
+    best = pick(mrr, ndcg)
+    held = cross_validate(mrr, ndcg, folds)
+    diff = held - mrr[current]
+    p_value, interval = paired_test(diff)
+    gain = float(diff.mean()) if len(diff) else 0.0
+    change = best != current and gain > 0 and p_value < alpha
+    return Decision(best, current, float(mrr[best].mean()), float(held.mean()), float(mrr[current].mean()), gain,
+                    interval, p_value, int(len(np.unique(folds))), change)
