@@ -24,6 +24,7 @@ Pooling = Annotated[Optional[str], typer.Option("--pooling", help="mean, max, cl
 Json = Annotated[bool, typer.Option("--json", help="One JSON object per line.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
 Backend = Annotated[str, typer.Option("--backend", help="auto, onnx or torch: auto runs fp32 on ONNX Runtime (same vectors, faster), else PyTorch.")]
+LongQuestions = Annotated[Optional[str], typer.Option("--long-questions", help="A question over the model's window: tail (keep its last tokens) or windows (embed its windows, score by the best); default: the index's setting (tail).")]
 
 
 def fails_cleanly(command):
@@ -174,6 +175,7 @@ def query(
     model: Model = None,
     layer: Layer = None,
     pooling: Pooling = None,
+    long_questions: LongQuestions = None,
     as_json: Json = False,
 ):
     """Answer questions with the closest entries, ranked by cosine similarity."""
@@ -188,7 +190,8 @@ def query(
         raise typer.BadParameter("give a question, '-' for stdin, or --file")
     filters = dict(parse_where(item) for item in where)
     searcher = Searcher(index_dir, model=model, layer=layer, pooling=pooling)
-    results = searcher.search_many(asked, k, mode=mode, min_score=min_score, weight=weight, filters=filters)
+    results = searcher.search_many(asked, k, mode=mode, min_score=min_score, weight=weight, filters=filters,
+                                   long_questions=long_questions)
     for question, hits in zip(asked, results):
         if as_json:
             echo_json({"question": question, "answered": bool(hits), "hits": [hit.to_dict() for hit in hits]})
@@ -436,7 +439,6 @@ Queries = Annotated[Optional[Path], typer.Option("--queries", help="BEIR queries
 Qrels = Annotated[Optional[Path], typer.Option("--qrels", help="BEIR qrels.tsv (query-id, corpus-id, score).")]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Measure and print, but store nothing in the index.")]
 IgnoreIdentical = Annotated[bool, typer.Option("--ignore-identical-ids", help="Drop from a query's ranking the entry whose key is the query's id or whose text is the query's text (BEIR's ignore_identical_ids; always on when tuning without labels).")]
-LongQuestions = Annotated[Optional[str], typer.Option("--long-questions", help="A question over the model's window: tail (keep its last tokens) or windows (embed its windows, score by the best); default: the index's setting (tail).")]
 
 
 def labelled(queries: Optional[Path], qrels: Optional[Path], required: bool):
@@ -523,9 +525,11 @@ def print_decision(measured, chose: bool) -> None:
     typer.echo(f"  gain over current {d.gain:+.4f}, 95% interval [{d.interval[0]:+.4f}, {d.interval[1]:+.4f}], p = {d.p_value:.3f}")
     if d.change:
         typer.echo(f"  -> {measured.chosen.candidate.label()} (a significant gain)")
+    elif d.picked == d.current:
+        typer.echo(f"  -> keep {measured.current.candidate.label()}: no candidate beats it significantly")
     else:
-        why = "the current setting is the best" if d.best == d.current else "the gain is not significant (p >= 0.05) or not positive"
-        typer.echo(f"  -> keep {measured.current.candidate.label()}: {why}")
+        typer.echo(f"  -> keep {measured.current.candidate.label()}: the held-out gain of {measured.picked.candidate.label()} "
+                   "is not significant (p >= 0.05) or not positive")
 
 
 @app.command()

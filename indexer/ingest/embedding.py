@@ -35,6 +35,9 @@ class Vectors:
 def embed_entries(encoder, recipe: Recipe, settings: IndexSettings, texts: list[str], *,
                   layers: list[int] | None = None) -> Vectors:
     """Entries' vectors, windowed as `settings` say: the recipe's layer and pooling, or every pooling of `layers`."""
+    if encoder.max_length != recipe.max_length:
+        raise BertdexError(f"this encoder reads {encoder.max_length} tokens, the index's recipe {recipe.max_length}: "
+                           "make it with max_length=recipe.max_length")
     options = dict(exclude_special=recipe.exclude_special, windows=settings.window, stride=settings.stride,
                    window_length=settings.window_length)
     if layers is None:

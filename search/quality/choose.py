@@ -1,12 +1,15 @@
-"""Choose a setting out of sample: cross-validation over folds of questions and a paired significance test.
+"""Choose a setting out of sample: cross-validation over folds of questions and paired significance tests.
 
 The in-sample winner of ~100 candidates is optimistic: some of its lead is luck on these questions.
-So the choosing rule (best mean MRR@10, then nDCG@10; ties keep the earlier candidate, the current
-setting first) is itself measured by k-fold cross-validation: each question is scored by the candidate
-chosen without its fold. The index changes only when that held-out score beats the current setting
-by a positive and significant margin over the questions (paired sign-flip randomization test, p < ALPHA),
-and then to the winner on all questions. The 95% interval of the gain is a paired bootstrap.
-Pure numpy over per-question scores; this module does not search or store. Random draws use fixed seeds.
+The choosing rule: the best of a few plain settings (the current one, dense, keyword, hybrid score 0.5
+with the index's recipe), unless the best of all candidates beats that one significantly on the same
+questions; best means mean MRR@10, then nDCG@10, and ties keep the earlier candidate (the current
+setting first). The rule itself is measured by k-fold cross-validation: each question is scored by
+the candidate the rule picks without its fold. The index changes only when that held-out score beats
+the current setting by a positive and significant margin (paired sign-flip randomization test,
+p < ALPHA), and then to what the rule picks on all questions. The 95% interval of the gain is a
+paired bootstrap. Pure numpy over per-question scores; this module does not search or store.
+Random draws use fixed seeds.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import numpy as np
 FOLDS = 5
 ALPHA = 0.05
 ROUNDS = 10_000
+RULE_ROUNDS = 2_000  # the rule's own test, run once per fold
 SEED = 15
 
 
@@ -25,20 +29,21 @@ SEED = 15
 class Decision:
     """What the choosing rule does on these questions, measured in and out of sample against the current setting."""
 
-    best: int                  # index of the in-sample winner
+    best: int                  # index of the in-sample winner of all candidates
+    picked: int                # what the rule picks on all questions (the best, or the best plain setting)
     current: int               # index of the current setting
-    in_sample: float           # the winner's mean MRR@10 on all questions (optimistic)
+    in_sample: float           # the in-sample winner's mean MRR@10 on all questions (optimistic)
     cross_validated: float     # the rule's mean MRR@10, each question scored by the choice made without it
     current_score: float       # the current setting's mean MRR@10
     gain: float                # cross_validated - current_score
     interval: tuple[float, float]  # 95% bootstrap interval of the gain
     p_value: float             # paired randomization test of the gain
     folds: int
-    change: bool               # the gain is positive and significant, and the winner is not the current setting
+    change: bool               # the gain is positive and significant, and the rule's pick is not the current setting
 
     @property
     def chosen(self) -> int:
-        return self.best if self.change else self.current
+        return self.picked if self.change else self.current
 
     def to_dict(self) -> dict:
         return {"in_sample": round(self.in_sample, 6), "cross_validated": round(self.cross_validated, 6),
@@ -66,18 +71,30 @@ def pick(mrr: np.ndarray, ndcg: np.ndarray, rows: np.ndarray | None = None) -> i
     return int(np.lexsort((-means[1], -means[0]))[0])  # lexsort is stable: the earliest of equals first
 
 
-def cross_validate(mrr: np.ndarray, ndcg: np.ndarray, folds: np.ndarray) -> np.ndarray:
+def rule(mrr: np.ndarray, ndcg: np.ndarray, plain: list[int], rows: np.ndarray | None = None) -> int:
+    """The best plain setting on `rows`, or the best of all where it beats that one significantly there."""
+    best = pick(mrr, ndcg, rows)
+    base = plain[pick(mrr[plain], ndcg[plain], rows)]
+    if best == base:
+        return base
+    diff = (mrr[best] - mrr[base]) if rows is None else (mrr[best, rows] - mrr[base, rows])
+    p_value, _ = paired_test(diff, rounds=RULE_ROUNDS, interval=False)
+    return best if diff.mean() > 0 and p_value < ALPHA else base
+
+
+def cross_validate(mrr: np.ndarray, ndcg: np.ndarray, folds: np.ndarray, plain: list[int]) -> np.ndarray:
     """Per question: the MRR@10 of the candidate the rule picks on the other folds."""
     scores = np.zeros(mrr.shape[1])
     for fold in np.unique(folds):
         held = folds == fold
         if held.all():  # a single fold: nothing to choose on
             return mrr[0].copy()
-        scores[held] = mrr[pick(mrr, ndcg, np.flatnonzero(~held)), held]
+        scores[held] = mrr[rule(mrr, ndcg, plain, np.flatnonzero(~held)), held]
     return scores
 
 
-def paired_test(diff: np.ndarray, rounds: int = ROUNDS, seed: int = SEED) -> tuple[float, tuple[float, float]]:
+def paired_test(diff: np.ndarray, rounds: int = ROUNDS, seed: int = SEED,
+                interval: bool = True) -> tuple[float, tuple[float, float]]:
     """Two-sided p-value that the mean of `diff` is 0 (sign flips), and its 95% bootstrap interval."""
     diff = np.asarray(diff, dtype=np.float64)
     n = len(diff)
@@ -89,21 +106,27 @@ def paired_test(diff: np.ndarray, rounds: int = ROUNDS, seed: int = SEED) -> tup
         size = min(1000, rounds - start)
         signs = rng.integers(0, 2, size=(size, n), dtype=np.int8) * 2 - 1
         beyond += int((np.abs(signs @ diff) / n >= observed - 1e-12).sum())
-        means.append(diff[rng.integers(0, n, size=(size, n))].mean(axis=1))
+        if interval:
+            means.append(diff[rng.integers(0, n, size=(size, n))].mean(axis=1))
+    if not interval:
+        return (beyond + 1) / (rounds + 1), (0.0, 0.0)
     means = np.concatenate(means)
     return (beyond + 1) / (rounds + 1), (float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5)))
 
 
-def decide(mrr: np.ndarray, ndcg: np.ndarray, current: int, folds: np.ndarray, alpha: float = ALPHA) -> Decision:
+def decide(mrr: np.ndarray, ndcg: np.ndarray, current: int, folds: np.ndarray, plain: list[int] | None = None,
+           alpha: float = ALPHA) -> Decision:
     """The rule's in-sample and cross-validated figures, and whether the gain over `current` is significant.
 
-    Candidates must be ordered with `current` first, so ties keep it.
+    mrr, ndcg: [candidates, questions]. Candidates must be ordered with `current` first, so ties keep it.
+    `plain`: the plain settings' indices (default: the current one alone).
     """
-    best = pick(mrr, ndcg)
-    held = cross_validate(mrr, ndcg, folds)
+    plain = sorted({current, *(plain or [])})
+    best, picked = pick(mrr, ndcg), rule(mrr, ndcg, plain)
+    held = cross_validate(mrr, ndcg, folds, plain)
     diff = held - mrr[current]
     p_value, interval = paired_test(diff)
     gain = float(diff.mean()) if len(diff) else 0.0
-    change = best != current and gain > 0 and p_value < alpha
-    return Decision(best, current, float(mrr[best].mean()), float(held.mean()), float(mrr[current].mean()), gain,
-                    interval, p_value, int(len(np.unique(folds))), change)
+    change = picked != current and gain > 0 and p_value < alpha
+    return Decision(best, picked, current, float(mrr[best].mean()), float(held.mean()), float(mrr[current].mean()),
+                    gain, interval, p_value, int(len(np.unique(folds))), change)

@@ -81,6 +81,13 @@ def measure_all(encoder, manifest, documents: list[dict], heldout: list[HeldOut]
     return trials
 
 
+def plain(candidate: Candidate, recipe) -> bool:
+    """A plain setting of the index's recipe: dense, keyword, or hybrid with score fusion at 0.5."""
+    if (candidate.layer, candidate.pooling) != (recipe.layer, recipe.pooling):
+        return False
+    return candidate.mode != "hybrid" or (candidate.fusion == "score" and abs(candidate.weight - 0.5) < 1e-9)
+
+
 def tuned_layers(encoder, recipe, layers: list[int] | None) -> list[int]:
     return sorted({*(layers or range((encoder.num_layers + 1) // 2, encoder.num_layers + 1)), recipe.layer})
 

@@ -21,7 +21,7 @@ from indexer.store.folder import check_index_folder, connect, read_manifest
 from search.quality.choose import FOLDS, Decision, decide, fold_ids
 from search.quality.heldout import Questions, group_questions, labelled_questions, read_documents
 from search.quality.trials import (WEIGHTS, Candidate, Trial, entry_vectors, keyword_lists, measure_all, order,
-                                   tuned_layers)
+                                   plain, tuned_layers)
 
 MAX_QUERIES = 2000
 
@@ -40,6 +40,10 @@ class Measured:
         return self.trials[self.decision.best]
 
     @property
+    def picked(self) -> Trial:
+        return self.trials[self.decision.picked]
+
+    @property
     def current(self) -> Trial:
         return self.trials[self.decision.current]
 
@@ -49,7 +53,7 @@ class Measured:
 
     def to_dict(self) -> dict:
         return {"source": self.source, "queries": self.queries, "best": _row(self.best), "current": _row(self.current),
-                "chosen": _row(self.chosen), **self.decision.to_dict()}
+                "picked": _row(self.picked), "chosen": _row(self.chosen), **self.decision.to_dict()}
 
 
 @dataclass(frozen=True)
@@ -144,7 +148,8 @@ def _measure(encoder, manifest, documents, questions: Questions, words, layers, 
         raise AssertionError(f"the current setting {current} was not among the candidates")
     mrr = np.vstack([t.per_query for t in trials])
     ndcg = np.vstack([t.per_query_ndcg for t in trials])
-    decision = decide(mrr, ndcg, 0, fold_ids([q.fold_key for q in questions.items], folds))
+    simple = [i for i, t in enumerate(trials) if plain(t.candidate, manifest.recipe)]
+    decision = decide(mrr, ndcg, 0, fold_ids([q.fold_key for q in questions.items], folds), simple)
     return Measured(questions.source, len(questions.items), trials, decision)
 
 
@@ -159,7 +164,8 @@ def current_candidate(manifest) -> Candidate:
 
 def _full_encoder(encoder, recipe):
     """An encoder that computes every hidden state (the given one if it does)."""
-    if encoder is not None and (encoder.keep_layers is None or encoder.keep_layers >= encoder.num_layers):
+    if encoder is not None and (encoder.keep_layers is None or encoder.keep_layers >= encoder.num_layers) \
+            and encoder.max_length == recipe.max_length:
         return encoder
     from indexer.embed.encoder import Encoder
     from indexer.embed.models import resolve_model_folder
