@@ -102,6 +102,8 @@ def measure(name: str, beir: Path, folder: Path, encoder) -> dict:
     searcher.close()
     row = {"set": name, "documents": documents, "queries": mrr.shape[1], "dense via Searcher": checked,
            **{label: float(mrr[i].mean()) for label, i in single.items()}}
+    np.savez_compressed(folder.parent / f"{name}.per-query.npz", mrr=mrr, ndcg=ndcg, plain=labelled["plain"],
+                        labels=[t.candidate.label() for t in trials], keys=labelled["keys"])  # to study other rules
     row.update(split_halves(mrr, ndcg, labelled["keys"], single, trials, labelled["plain"]))
     if unlabelled is not None:
         chosen = unlabelled["trials"][unlabelled["decision"].chosen].candidate

@@ -91,11 +91,11 @@ def test_the_gate_refuses_a_change_on_noise_and_takes_a_real_gain():
     assert p_value > 0.9 and low < 0 < high
 
 
-def test_the_rule_prefers_a_plain_setting_unless_beaten_significantly():
+def test_the_rule_prefers_a_plain_setting_unless_the_wide_search_wins_out_of_sample():
     rng = np.random.default_rng(1)
     keyword = rng.random(200)
     current = np.clip(keyword - 0.3, 0, 1)            # dense, far worse
-    lucky = keyword + np.where(np.arange(200) == 7, 0.5, 0.0)  # one question's luck: higher, not significantly
+    lucky = keyword + np.where(np.arange(200) == 7, 0.5, 0.0)  # one question's luck: wins in sample only
     mrr = np.vstack([current, keyword, lucky])
     decision = decide(mrr, mrr, 0, fold_ids([str(i) for i in range(200)]), plain=[0, 1])
     assert decision.best == 2 and decision.picked == 1 and decision.change and decision.chosen == 1
