@@ -24,7 +24,7 @@ Pooling = Annotated[Optional[str], typer.Option("--pooling", help="mean, max, cl
 Json = Annotated[bool, typer.Option("--json", help="One JSON object per line.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
 Backend = Annotated[str, typer.Option("--backend", help="auto, onnx or torch: auto runs fp32 on ONNX Runtime (same vectors, faster), else PyTorch.")]
-LongQuestions = Annotated[Optional[str], typer.Option("--long-questions", help="A question over the model's window: tail (keep its last tokens) or windows (embed its windows, score by the best); default: the index's setting (tail).")]
+LongQuestions = Annotated[Optional[str], typer.Option("--long-questions", help="A question over the model's window: tail (keep its last tokens) or windows (embed its windows, score by the best); default: the index's setting (windows).")]
 
 
 def fails_cleanly(command):

@@ -152,4 +152,5 @@ def test_a_long_question_keeps_its_last_tokens_or_its_windows(faq_index_master, 
     assert (windows.owners == 0).sum() == 1 and (windows.owners == 1).sum() > 1
     # the question's own window finds its entry; the tail (240 tokens of filler, then the question) may not
     assert searcher.search_many([chat], 3, mode="dense", long_questions="windows")[0][0].key == "en-001"
+    assert searcher.search_many([chat], 3, mode="dense")[0][0].key == "en-001"  # windows: the default
     assert searcher.search_many([question], 3, mode="dense", long_questions="windows")[0][0].key == "en-001"

@@ -2,9 +2,9 @@
 
 Building, adding, re-embedding and tuning all call `embed_entries`, so an entry is cut into the same
 windows (window on/off, window_length, stride) whichever of them embeds it; the searcher and the
-tuner both call `embed_questions`. A question longer than the model's window keeps its last tokens
-("tail": in a pasted conversation or a long email the question comes last), or is embedded by
-windows like an entry ("windows"), scored later by its best window. This module does not store or search.
+tuner both call `embed_questions`. A question longer than the model's window is embedded by windows
+like an entry ("windows", scored later by its best window), or keeps its last tokens ("tail": in a
+pasted conversation or a long email the question comes last). This module does not store or search.
 """
 
 from __future__ import annotations

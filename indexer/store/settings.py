@@ -19,8 +19,8 @@ class SearchSettings:
     """How the index answers: mode, hybrid weight and fusion, the calibrated cut, and how they were chosen.
 
     `tuned` and `calibration` are the reports of `bertdex tune` / `bertdex calibrate` (plain dicts), or None.
-    `long_questions`: a question over the model's window keeps its last tokens ("tail"), or is embedded
-    by windows and scored by its best window ("windows").
+    `long_questions`: a question over the model's window is embedded by windows and scores each entry
+    by its best window ("windows", the default: bench/long_questions.py), or keeps its last tokens ("tail").
     """
 
     mode: str = "dense"
@@ -29,7 +29,7 @@ class SearchSettings:
     min_score: float | None = None
     calibration: dict | None = None
     tuned: dict | None = None
-    long_questions: str = "tail"
+    long_questions: str = "windows"
 
     def to_dict(self) -> dict:
         return asdict(self)
