@@ -48,7 +48,14 @@ def main() -> None:
     parser.add_argument("--sets", default=",".join(SETS), help="comma-separated set names")
     parser.add_argument("--work", type=Path, default=None, help="folder for the indexes (default: a temporary one)")
     parser.add_argument("--json", action="store_true", help="also print one JSON object per set")
+    parser.add_argument("--saved", action="store_true",
+                        help="score the choosing rule again on the per-query figures a run saved in --work (no indexing)")
     args = parser.parse_args()
+    if args.saved:
+        rows = [from_saved(name, args.work, args.data / name / "beir") for name in args.sets.split(",")]
+        print(f"command: python {shlex.join(sys.argv)}")
+        print(table(rows))
+        return
 
     from indexer.embed.encoder import Encoder
     from indexer.embed.models import DEFAULT_MODEL, resolve_model_folder, trained_pooling
@@ -113,6 +120,22 @@ def measure(name: str, beir: Path, folder: Path, encoder) -> dict:
     row["seconds"] = time.perf_counter() - started
     print(f"{name}: {json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})}",
           file=sys.stderr, flush=True)
+    return row
+
+
+def from_saved(name: str, work: Path, beir: Path) -> dict:
+    """A row from the per-query figures `measure` saved (the rule re-scored; no "no labels" column)."""
+    saved = np.load(work / f"{name}.per-query.npz")
+    labels = [str(label) for label in saved["labels"]]
+    mrr, ndcg, simple = saved["mrr"], saved["ndcg"], [int(i) for i in saved["plain"]]
+    names = {"dense": "mean of layer 6", "keyword": "keyword (BM25)", "hybrid score 0.5": "hybrid score w=0.5, mean of layer 6",
+             "hybrid rank 0.5": "hybrid rank w=0.5, mean of layer 6"}
+    single = {label: labels.index(names[label]) for label in SINGLE}
+    trials = [type("Saved", (), {"candidate": type("C", (), {"label": (lambda self, text=text: text)})()})() for text in labels]
+    documents = sum(1 for _ in (beir / "corpus.jsonl").open(encoding="utf-8"))
+    row = {"set": name, "documents": documents, "queries": mrr.shape[1],
+           **{label: float(mrr[i].mean()) for label, i in single.items()}, "seconds": 0.0}
+    row.update(split_halves(mrr, ndcg, [str(k) for k in saved["keys"]], single, trials, simple))
     return row
 
 
