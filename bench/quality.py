@@ -11,7 +11,9 @@ cross-validation and the significance gate of search.quality.choose) chooses on 
 scored on the other, and the other way round. "best single" is the best of dense / keyword / hybrid
 score 0.5 / hybrid rank 0.5 over all the set's queries (each scored once, as the tuned figure is);
 "per half (oracle)" picks the best of them on each scoring half itself. The gain's interval is a
-paired bootstrap over all queries. "no labels" (banking77): the rule run on entries sharing an intent label, scored on all labelled queries. Figures are MRR@10.
+paired bootstrap over all queries. "no labels" (banking77): the rule run on entries sharing an intent
+label, scored on all labelled queries. Figures are MRR@10. `--saved` re-scores the rule on the
+per-query figures a run saved in --work, without indexing or measuring again.
 """
 
 from __future__ import annotations

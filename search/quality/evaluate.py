@@ -129,7 +129,8 @@ def keys_for_metrics(hits: Sequence[tuple[str, Sequence[str]]], relevance: Mappi
     return keys
 
 
-def identical_entries(documents: Iterable[tuple[int, str, str]], asked: Sequence[tuple[str | None, str]]) -> list[frozenset]:
+def identical_entries(documents: Iterable[tuple[int, str, str]],
+                      asked: Sequence[tuple[str | None, str]]) -> list[frozenset]:
     """Per (query id, text): the ids of documents (id, key, text) whose key is that id or whose text is that text.
 
     Texts compare after normalization (NFKC, whitespace collapsed, case kept).
