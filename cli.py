@@ -122,6 +122,7 @@ GroupField = Annotated[Optional[str], typer.Option("--group-field", help="Field 
 OnErrorOption = Annotated[OnError, typer.Option("--on-error", help="fail: refuse the whole file at the first bad row; skip: leave bad rows out.")]
 FormatOption = Annotated[Optional[Format], typer.Option("--format", help="Input format (default: from the extension; sniffed for stdin).")]
 Delimiter = Annotated[Optional[str], typer.Option("--delimiter", "-d", help="CSV delimiter, e.g. ';' or '\\t' (default: sniffed from the first lines).")]
+LongQuestions = Annotated[Optional[str], typer.Option("--long-questions", help="A question over the model's window: tail (keep its last tokens) or windows (embed its windows, score by the best); default: the index's setting (windows).")]
 
 
 def fails_cleanly(command):
@@ -392,6 +393,7 @@ def query(
     model: Model = None,
     layer: Layer = None,
     pooling: PoolingOption = None,
+    long_questions: LongQuestions = None,
     as_json: Json = False,
     as_nl: AsJsonLines = False,
     as_csv: AsCsv = False,
@@ -409,7 +411,7 @@ def query(
     check_search_options(asked, k, chosen(mode), weight, min_score)  # before torch is imported and the model loads
     searcher = Searcher(index_dir, model=model, layer=layer, pooling=chosen(pooling))
     results = searcher.search_many(asked, k, mode=chosen(mode), min_score=min_score, weight=weight,
-                                   filters=filters or None)
+                                   filters=filters or None, long_questions=long_questions)
     why = (filter_problem(searcher.db, filters) if filters and not all(results) else None) \
         or "no good answer (nothing passed the score cut)"
     columns = column_names(fields, results)
@@ -774,6 +776,7 @@ def serve(
 Queries = Annotated[Optional[Path], typer.Option("--queries", help="BEIR queries.jsonl ({\"_id\", \"text\"} per line).")]
 Qrels = Annotated[Optional[Path], typer.Option("--qrels", help="BEIR qrels.tsv (query-id, corpus-id, score).")]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Measure and print, but store nothing in the index.")]
+IgnoreIdentical = Annotated[bool, typer.Option("--ignore-identical-ids", help="Drop from a query's ranking the entry whose key is the query's id or whose text is the query's text (BEIR's ignore_identical_ids; always on when tuning without labels).")]
 
 
 def labelled(queries: Optional[Path], qrels: Optional[Path], required: bool):
@@ -793,6 +796,8 @@ def eval_command(
     mode: Annotated[Optional[Mode], typer.Option(help="Default: the index's tuned mode.")] = None,
     weight: Annotated[Optional[float], typer.Option(help="Hybrid: the dense side's share, 0..1.")] = None,
     per_query: Annotated[bool, typer.Option("--per-query", help="Also show each query's result.")] = False,
+    ignore_identical_ids: IgnoreIdentical = False,
+    long_questions: LongQuestions = None,
     as_json: Json = False,
 ):
     """Measure an index on labelled queries: MRR@10, nDCG@10, Recall@1/5/10, hit@1."""
@@ -802,7 +807,8 @@ def eval_command(
 
     check_weight(weight)
     asked, judged = labelled(queries, qrels, required=True)
-    result = evaluate_index(index_dir, asked, judged, mode=chosen(mode), weight=weight)
+    result = evaluate_index(index_dir, asked, judged, mode=chosen(mode), weight=weight,
+                            ignore_identical_ids=ignore_identical_ids, long_questions=long_questions)
     if as_json:
         echo_json(result.to_dict(per_query))
         return
@@ -810,7 +816,8 @@ def eval_command(
         print_rows(["query", "mrr@10", "hit@1", "top answers", "relevant"],
                    [[r.query_id, f"{r.metrics['mrr@10']:.3f}", f"{r.metrics['hit@1']:.0f}", " ".join(r.ranked[:3]),
                      " ".join(r.relevant[:3])] for r in result.per_query])
-    typer.echo(f"{result.queries} queries, mode {result.mode}" + (f" (weight {result.weight})" if result.weight is not None else "")
+    typer.echo(f"{result.queries} queries, {result.describe()}"
+               + (f"; {result.ignored} entries identical to their query ignored" if ignore_identical_ids else "")
                + (f"; {result.missing} qrels queries had no text" if result.missing else ""))
     typer.echo("  ".join(f"{name} {value:.4f}" for name, value in result.metrics.items()))
 
@@ -823,11 +830,12 @@ def tune(
     qrels: Qrels = None,
     group_field: Annotated[Optional[str], typer.Option(help="Without labels: a stored field whose shared values mark phrasings of one question (default: the index's groups).")] = None,
     max_queries: Annotated[int, typer.Option(help="Held-out questions to use at most (evenly spread).")] = 2000,
+    ignore_identical_ids: IgnoreIdentical = False,
     dry_run: DryRun = False,
     from_feedback: Annotated[bool, typer.Option("--feedback", help="Tune on the answers agents marked right (thumbs up, or 'this one was right'), as labelled queries.")] = False,
     as_json: Json = False,
 ):
-    """Try layer x pooling x keyword/hybrid fusion on held-out questions; store the best in the index."""
+    """Try layer x pooling x keyword/hybrid fusion on held-out questions; keep the best only on a significant gain."""
     from search.quality.tune import tune_index
 
     if from_feedback and (queries or qrels):
@@ -838,7 +846,7 @@ def tune(
 
         asked, judged = labelled_from_feedback(index_dir)
     report = tune_index(index_dir, queries=asked, qrels=judged, group_field=group_field, store=not dry_run,
-                        max_queries=max_queries)
+                        max_queries=max_queries, ignore_identical_ids=ignore_identical_ids)
     if as_json:
         echo_json(report.to_dict())
         return
@@ -848,14 +856,28 @@ def tune(
         m = trial.metrics
         rows.append([mark, trial.candidate.label(), f"{m['mrr@10']:.4f}", f"{m['ndcg@10']:.4f}", f"{m['recall@10']:.3f}", f"{m['hit@1']:.3f}"])
     print_rows(["", "tried", "mrr@10", "ndcg@10", "recall@10", "hit@1"], rows)
-    typer.echo(f"held-out questions: {report.source}, {report.queries} used")
-    typer.echo(f"best: {report.best.candidate.label()} (MRR@10 {report.best.metrics['mrr@10']:.4f}; before: "
-               f"{report.current.metrics['mrr@10']:.4f}); 2-fold held-out estimate {report.heldout_mrr:.4f}")
+    for measured in filter(None, (report.measured, report.other)):
+        print_decision(measured, chose=measured is report.measured and report.other is not None)
     if report.stored:
         typer.echo("stored in the index" + (" (entries re-embedded with the new layer/pooling)" if report.recipe_changed else "")
                    + f"; {report.seconds:.0f}s")
     else:
         typer.echo(f"dry run: nothing stored; {report.seconds:.0f}s")
+
+
+def print_decision(measured, chose: bool) -> None:
+    d = measured.decision
+    typer.echo(f"held-out questions: {measured.source}, {measured.queries} used" + (" (these chose)" if chose else ""))
+    typer.echo(f"  MRR@10   current {d.current_score:.4f}   best in-sample {d.in_sample:.4f} ({measured.best.candidate.label()})"
+               f"   cross-validated ({d.folds} folds) {d.cross_validated:.4f}")
+    typer.echo(f"  gain over current {d.gain:+.4f}, 95% interval [{d.interval[0]:+.4f}, {d.interval[1]:+.4f}], p = {d.p_value:.3f}")
+    if d.change:
+        typer.echo(f"  -> {measured.chosen.candidate.label()} (a significant gain)")
+    elif d.picked == d.current:
+        typer.echo(f"  -> keep {measured.current.candidate.label()}: no candidate beats it significantly")
+    else:
+        typer.echo(f"  -> keep {measured.current.candidate.label()}: the held-out gain of {measured.picked.candidate.label()} "
+                   "is not significant (p >= 0.05) or not positive")
 
 
 @app.command()
@@ -1048,7 +1070,8 @@ def print_report(report, as_json: bool, rename=lambda message: message) -> None:
     if report.truncated:
         typer.echo(f"warning: {report.truncated} texts were longer than the model's window and were cut (--window splits them)", err=True)
     if report.split:
-        typer.echo(f"{report.split} extra windows for texts longer than the model's window", err=True)
+        typer.echo(f"{report.split_texts} texts longer than the model's window ({report.max_length} tokens) were split "
+                   f"into windows of {report.window_length} tokens ({report.split} vectors more)", err=True)
     for problem in report.problems:
         typer.echo(f"skipped {rename(str(problem))}", err=True)
     for warning in report.warnings:

@@ -1,25 +1,33 @@
-"""Answer quality on every retrieval set of ../shared/data: dense, keyword, hybrid and tuned, in one table.
+"""Answer quality on the retrieval sets of ../shared/data: does tuning beat the best single mode on new questions?
 
-    python bench/quality.py [--data ../shared/data] [--sets banking77,...] [--work DIR]
+    python bench/quality.py [--data ../shared/data] [--sets banking77,...] [--work DIR] [--json]
 
 Each set's corpus is indexed with the default recipe (bundled all-MiniLM-L6-v2): bertfaq-covidfaq
 embeds title + text, banking77 embeds text only (its title is the intent label: kept as a stored field,
-never embedded), the others text. Then its BEIR queries are run in each mode through the real
-Searcher. "tuned" is `bertdex tune` with the set's labelled queries, then measured the same way;
-"2-fold" is the tuner's honest estimate (choose on half the queries, measure on the other half);
-"tuned, no labels" tunes from the collection's own structure where it has one (banking77: entries
-sharing an intent label). Figures are MRR@10 unless named.
+never embedded), the others text. Every tuning candidate is measured once on all the set's labelled
+queries (in memory, ranking as the Searcher does; the dense figure is checked against the real
+Searcher). Then the queries are split in two halves (fixed seed): `bertdex tune`'s rule (5-fold
+cross-validation and the significance gate of search.quality.choose) chooses on one half and is
+scored on the other, and the other way round. "best single" is the best of dense / keyword / hybrid
+score 0.5 / hybrid rank 0.5 over all the set's queries (each scored once, as the tuned figure is);
+"per half (oracle)" picks the best of them on each scoring half itself. The gain's interval is a
+paired bootstrap over all queries. "no labels" (banking77): the rule run on entries sharing an intent
+label, scored on all labelled queries. Figures are MRR@10. `--saved` re-scores the rule on the
+per-query figures a run saved in --work, without indexing or measuring again.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import platform
 import shlex
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -30,6 +38,9 @@ SETS = {  # name -> (fields to embed, group field for tuning without labels)
     "banking77": (["text"], "title"),
     "ko-question-pair": (["text"], None),
 }
+SINGLE = {"dense": ("dense", None, None), "keyword": ("keyword", None, None),
+          "hybrid score 0.5": ("hybrid", 0.5, "score"), "hybrid rank 0.5": ("hybrid", 0.5, "rank")}
+SPLIT_SEED = 11
 
 
 def main() -> None:
@@ -38,94 +49,178 @@ def main() -> None:
                         help="folder holding the data sets (default: ../shared/data from the repository)")
     parser.add_argument("--sets", default=",".join(SETS), help="comma-separated set names")
     parser.add_argument("--work", type=Path, default=None, help="folder for the indexes (default: a temporary one)")
-    parser.add_argument("--no-unlabelled", action="store_true", help="skip tuning without labels")
     parser.add_argument("--json", action="store_true", help="also print one JSON object per set")
+    parser.add_argument("--saved", action="store_true",
+                        help="score the choosing rule again on the per-query figures a run saved in --work (no indexing)")
     args = parser.parse_args()
+    if args.saved:
+        rows = [from_saved(name, args.work, args.data / name / "beir") for name in args.sets.split(",")]
+        print(f"command: python {shlex.join(sys.argv)}")
+        print(table(rows))
+        return
 
     from indexer.embed.encoder import Encoder
-    from indexer.embed.models import DEFAULT_MODEL, resolve_model_folder
+    from indexer.embed.models import DEFAULT_MODEL, resolve_model_folder, trained_pooling
 
-    encoder = Encoder(resolve_model_folder(DEFAULT_MODEL), keep_layers=None)
+    started = time.perf_counter()
+    folder = resolve_model_folder(DEFAULT_MODEL)
+    encoder = Encoder(folder, max_length=trained_pooling(folder).max_length, keep_layers=None)  # the recipe's 256
     work = args.work or Path(tempfile.mkdtemp(prefix="bertdex-quality-"))
     rows = []
     for name in args.sets.split(","):
         if name not in SETS:
             raise SystemExit(f"unknown set {name!r}: choose from {', '.join(SETS)}")
-        rows.append(measure(name, args.data / name / "beir", work / name, encoder, not args.no_unlabelled))
+        rows.append(measure(name, args.data / name / "beir", work / name, encoder))
         if args.json:
             print(json.dumps(rows[-1]), flush=True)
     print()
-    print(f"command: python {shlex.join(sys.argv)}")
+    print(f"command: python {shlex.join(sys.argv)}  ({time.perf_counter() - started:.0f} s, {platform.processor() or 'cpu'})")
     print(table(rows))
 
 
-def measure(name: str, beir: Path, folder: Path, encoder, unlabelled: bool) -> dict:
+def build(name: str, beir: Path, folder: Path) -> int:
     from indexer import build_index
-    from search.quality.evaluate import evaluate, load_qrels, load_queries
-    from indexer.ingest.reembed import store_search_settings
-    from search.searcher import Searcher
-    from search.quality.tune import tune_index
 
-    text_fields, group_field = SETS[name]
-    started = time.perf_counter()
-    queries, qrels = load_queries(beir / "queries.jsonl"), load_qrels(beir / "qrels.tsv")
     corpus = folder.parent / f"{name}.corpus.jsonl"
     folder.parent.mkdir(parents=True, exist_ok=True)
+    count = 0
     with corpus.open("w", encoding="utf-8") as handle:
         for line in (beir / "corpus.jsonl").open(encoding="utf-8"):
             record = json.loads(line)
             handle.write(json.dumps({"id": record["_id"], "title": record.get("title", ""), "text": record["text"]},
                                     ensure_ascii=False) + "\n")
-    build_index(corpus, folder, text_fields=text_fields, id_field="id", replace=folder.exists())
-    row = {"set": name, "documents": sum(1 for _ in corpus.open()), "queries": 0}
+            count += 1
+    build_index(corpus, folder, text_fields=SETS[name][0], id_field="id", replace=folder.exists())
+    return count
 
-    def run(label, mode=None, weight=None):
-        searcher = Searcher(folder, encoder=encoder)
-        try:
-            result = evaluate(searcher, queries, qrels, mode=mode, weight=weight)
-        finally:
-            searcher.close()
-        row["queries"] = result.queries
-        row[label] = result.metrics
-        print(f"{name:20s} {label:18s} MRR@10 {result.metrics['mrr@10']:.3f}  nDCG@10 {result.metrics['ndcg@10']:.3f}  "
-              f"hit@1 {result.metrics['hit@1']:.3f}", file=sys.stderr, flush=True)
 
-    run("dense", "dense")
-    run("keyword", "keyword")
-    run("hybrid score 0.5", "hybrid", 0.5)
-    store_search_settings(folder, {"mode": "hybrid", "weight": 0.5, "fusion": "rank"})
-    run("hybrid rank 0.5", "hybrid", 0.5)
-    store_search_settings(folder, {})
-    report = tune_index(folder, queries=queries, qrels=qrels, encoder=encoder)
-    row["tuned_choice"] = report.best.candidate.label()
-    row["tuned_heldout"] = report.heldout_mrr
-    row["tune_seconds"] = report.seconds
-    run("tuned")
-    if unlabelled and group_field:
-        store_search_settings(folder, {})
-        blind = tune_index(folder, group_field=group_field, encoder=encoder, store=True)
-        row["blind_choice"] = blind.best.candidate.label()
-        run("tuned, no labels")
+def measure(name: str, beir: Path, folder: Path, encoder) -> dict:
+    from search.quality.evaluate import evaluate, load_qrels, load_queries
+    from search.searcher import Searcher
+
+    started = time.perf_counter()
+    documents = build(name, beir, folder)
+    queries, qrels = load_queries(beir / "queries.jsonl"), load_qrels(beir / "qrels.tsv")
+    labelled, unlabelled = candidates(folder, encoder, queries, qrels, SETS[name][1])
+    trials = labelled["trials"]
+    mrr = np.vstack([t.per_query for t in trials])
+    ndcg = np.vstack([t.per_query_ndcg for t in trials])
+    single = {label: index_of(trials, *spec) for label, spec in SINGLE.items()}
+    searcher = Searcher(folder, encoder=encoder)
+    checked = evaluate(searcher, queries, qrels, mode="dense").metrics["mrr@10"]
+    searcher.close()
+    row = {"set": name, "documents": documents, "queries": mrr.shape[1], "dense via Searcher": checked,
+           **{label: float(mrr[i].mean()) for label, i in single.items()}}
+    np.savez_compressed(folder.parent / f"{name}.per-query.npz", mrr=mrr, ndcg=ndcg, plain=labelled["plain"],
+                        labels=[t.candidate.label() for t in trials], keys=labelled["keys"])  # to study other rules
+    row.update(split_halves(mrr, ndcg, labelled["keys"], single, trials, labelled["plain"]))
+    if unlabelled is not None:
+        chosen = unlabelled["trials"][unlabelled["decision"].chosen].candidate
+        found = [i for i, t in enumerate(trials) if t.candidate == chosen]
+        row["no labels"] = float(mrr[found[0]].mean()) if found else None
+        row["no labels choice"] = chosen.label()
     row["seconds"] = time.perf_counter() - started
+    print(f"{name}: {json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})}",
+          file=sys.stderr, flush=True)
     return row
 
 
+def from_saved(name: str, work: Path, beir: Path) -> dict:
+    """A row from the per-query figures `measure` saved (the rule re-scored; no "no labels" column)."""
+    saved = np.load(work / f"{name}.per-query.npz")
+    labels = [str(label) for label in saved["labels"]]
+    mrr, ndcg, simple = saved["mrr"], saved["ndcg"], [int(i) for i in saved["plain"]]
+    names = {"dense": "mean of layer 6", "keyword": "keyword (BM25)", "hybrid score 0.5": "hybrid score w=0.5, mean of layer 6",
+             "hybrid rank 0.5": "hybrid rank w=0.5, mean of layer 6"}
+    single = {label: labels.index(names[label]) for label in SINGLE}
+    trials = [type("Saved", (), {"candidate": type("C", (), {"label": (lambda self, text=text: text)})()})() for text in labels]
+    documents = sum(1 for _ in (beir / "corpus.jsonl").open(encoding="utf-8"))
+    row = {"set": name, "documents": documents, "queries": mrr.shape[1],
+           **{label: float(mrr[i].mean()) for label, i in single.items()}, "seconds": 0.0}
+    row.update(split_halves(mrr, ndcg, [str(k) for k in saved["keys"]], single, trials, simple))
+    return row
+
+
+def candidates(folder: Path, encoder, queries, qrels, group_field):
+    """Every candidate measured on all labelled queries (and on the groups of `group_field`, decided there)."""
+    from indexer.store.folder import connect, read_manifest
+    from search.quality.choose import decide, fold_ids
+    from search.quality.heldout import group_questions, labelled_questions, read_documents
+    from search.quality.trials import entry_vectors, keyword_lists, measure_all, plain, tuned_layers
+
+    db = connect(folder, readonly=True)
+    manifest, documents = read_manifest(db, folder), read_documents(db)
+    asked = labelled_questions(documents, queries, qrels, 10**9, False)
+    groups = group_questions(documents, group_field, 2000) if group_field else None
+    words = keyword_lists(db, asked.items)
+    group_words = keyword_lists(db, groups.items) if groups else None
+    db.close()
+    layers = tuned_layers(encoder, manifest.recipe, None)
+    passages = entry_vectors(encoder, manifest, documents, layers)
+    trials = measure_all(encoder, manifest, documents, asked.items, words, layers, passages)
+    current = index_of(trials, "dense", None, None)
+    trials = [trials[current]] + [t for i, t in enumerate(trials) if i != current]  # current first, as tune does
+    labelled = {"trials": trials, "keys": [q.fold_key for q in asked.items],
+                "plain": [i for i, t in enumerate(trials) if plain(t.candidate, manifest.recipe)]}
+    if groups is None:
+        return labelled, None
+    group_trials = measure_all(encoder, manifest, documents, groups.items, group_words, layers, passages)
+    group_trials.sort(key=lambda t: t.candidate != trials[0].candidate)
+    decision = decide(np.vstack([t.per_query for t in group_trials]), np.vstack([t.per_query_ndcg for t in group_trials]),
+                      0, fold_ids([q.fold_key for q in groups.items]),
+                      [i for i, t in enumerate(group_trials) if plain(t.candidate, manifest.recipe)])
+    return labelled, {"trials": group_trials, "decision": decision}
+
+
+def index_of(trials, mode: str, weight, fusion) -> int:
+    """The trial of the index's recipe (layer 6, mean) in this mode."""
+    for i, trial in enumerate(trials):
+        c = trial.candidate
+        if (c.layer, c.pooling, c.mode, c.weight, c.fusion) == (6, "mean", mode, weight, fusion):
+            return i
+    raise KeyError((mode, weight, fusion))
+
+
+def split_halves(mrr, ndcg, keys: list[str], single: dict, trials, simple: list[int]) -> dict:
+    """Choose on one half, score on the other, both ways: tuned vs the best single mode of each scoring half."""
+    from search.quality.choose import decide, fold_ids, paired_test
+
+    n = mrr.shape[1]
+    order = np.random.default_rng(SPLIT_SEED).permutation(n)
+    halves = [np.sort(order[: n // 2]), np.sort(order[n // 2 :])]
+    tuned, ungated, oracle = np.zeros(n), np.zeros(n), np.zeros(n)
+    choices = []
+    for choose, score in (halves, halves[::-1]):
+        decision = decide(mrr[:, choose], ndcg[:, choose], 0, fold_ids([keys[i] for i in choose]), simple)
+        tuned[score] = mrr[decision.chosen, score]
+        ungated[score] = mrr[decision.best, score]
+        oracle[score] = mrr[max(single.values(), key=lambda i: mrr[i, score].mean()), score]
+        choices.append(trials[decision.chosen].candidate.label() + ("" if decision.change else " (kept)"))
+    label, index = max(single.items(), key=lambda item: mrr[item[1]].mean())  # each query scored once, held out
+    best_single = mrr[index]
+    p_value, interval = paired_test(tuned - best_single)
+    return {"tuned": float(tuned.mean()), "tuned, no gate": float(ungated.mean()), "best single": float(best_single.mean()),
+            "best single mode": label, "best single per half": float(oracle.mean()),
+            "gain": float((tuned - best_single).mean()), "interval": interval, "p": p_value,
+            "choices": " / ".join(choices)}
+
+
 def table(rows: list[dict]) -> str:
-    head = ["set", "docs", "queries", "dense", "keyword", "hybrid score 0.5", "hybrid rank 0.5", "tuned",
-            "tuned 2-fold", "tuned, no labels", "tuned choice", "seconds"]
+    head = ["set", "docs", "queries", "dense", "keyword", "hybrid score 0.5", "hybrid rank 0.5", "best single",
+            "tuned (held-out halves)", "tuned - best single [95%]", "tuned, no gate", "best single per half (oracle)",
+            "no labels", "choices (half 1 / half 2)", "seconds"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
-        def mrr(label):
-            return f"{row[label]['mrr@10']:.3f}" if label in row else "-"
-
-        best_single = max(row[label]["mrr@10"] for label in ("dense", "keyword", "hybrid score 0.5", "hybrid rank 0.5"))
-        tuned = mrr("tuned") + (" (>= best)" if row["tuned"]["mrr@10"] >= best_single else f" (< {best_single:.3f})")
-        blind = mrr("tuned, no labels") + (f" ({row['blind_choice']})" if "blind_choice" in row else "")
+        low, high = row["interval"]
         lines.append("| " + " | ".join([
-            row["set"], str(row["documents"]), str(row["queries"]), mrr("dense"), mrr("keyword"),
-            mrr("hybrid score 0.5"), mrr("hybrid rank 0.5"), tuned, f"{row['tuned_heldout']:.3f}", blind,
-            row["tuned_choice"], f"{row['seconds']:.0f}",
+            row["set"], str(row["documents"]), str(row["queries"]), *(f"{row[k]:.3f}" for k in SINGLE),
+            f"{row['best single']:.3f} ({row['best single mode']})", f"**{row['tuned']:.3f}**",
+            f"{row['gain']:+.3f} [{low:+.3f}, {high:+.3f}]", f"{row['tuned, no gate']:.3f}", f"{row['best single per half']:.3f}",
+            f"{row['no labels']:.3f} ({row['no labels choice']})" if row.get("no labels") else "-",
+            row["choices"], f"{row['seconds']:.0f}",
         ]) + " |")
+    gains = [row["gain"] for row in rows]
+    lines.append(f"\nmean gain over the best single mode: {np.mean(gains):+.4f}; worst set: {min(gains):+.4f}")
     return "\n".join(lines)
 
 

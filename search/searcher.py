@@ -24,8 +24,9 @@ from indexer.errors import BertdexError, IndexDamaged
 from indexer.ingest.entries import check_question
 from indexer.store import ann
 from indexer.store.folder import check_index_folder, connect, open_manifest, open_vectors, read_manifest  # noqa: F401 (open_manifest: re-exported)
-from indexer.store.keywords import normalize_text, scheme_of
+from indexer.ingest.embedding import embed_questions as question_vectors
 from search import keyword
+from search.collapse import DENSE_PER_ENTRY, MAX_POOL, collapse, pool_size, without
 from search.filters import check_weight, passes
 
 MODES = ("dense", "keyword", "hybrid")
@@ -119,28 +120,33 @@ class Searcher:
 
     # -- searching ------------------------------------------------------------------------------
 
-    def embed_questions(self, questions: list[str]) -> tuple[Recipe, np.ndarray]:
+    def embed_questions(self, questions: list[str], *, long_questions: str | None = None) -> tuple[Recipe, np.ndarray | list]:
         """(the recipe, the questions' vectors by it): the recipe of the committed generation."""
         with self._snapshot():
-            recipe = self.manifest.recipe
-        return recipe, self._embed_by(recipe, questions)
+            recipe, settings = self.manifest.recipe, self.manifest.settings
+        return recipe, self._embed_by(recipe, settings, questions, long_questions)
 
-    def embed(self, questions: list[str]) -> np.ndarray:
-        return self.embed_questions(questions)[1]
+    def embed(self, questions: list[str], *, long_questions: str | None = None) -> np.ndarray | list[np.ndarray]:
+        """One vector per question ([n, d]); with long_questions="windows" and a question over the model's
+        window, a list holding each question's [windows, d] vectors instead."""
+        return self.embed_questions(questions, long_questions=long_questions)[1]
 
-    def _embed_by(self, recipe: Recipe, questions: list[str]) -> np.ndarray:
-        texts = [normalize_text(q) for q in questions]
-        return self.encoder_for_recipe(recipe).embed(texts, layer=recipe.layer, pooling=recipe.pooling,
-                                                     exclude_special=recipe.exclude_special,
-                                                     prefix=recipe.query_prefix).vectors
+    def _embed_by(self, recipe: Recipe, settings, questions: list[str], long_questions: str | None = None):
+        embedded = question_vectors(self.encoder_for_recipe(recipe), recipe, settings, questions,
+                                    long_questions=long_questions)
+        vectors = embedded.of(recipe.layer, recipe.pooling)
+        if len(embedded.owners) == len(questions):
+            return vectors
+        return [vectors[embedded.owners == i] for i in range(len(questions))]
 
     def search(self, question: str, k: int = 5, **options) -> list[Hit]:
         return self.search_many([question], k, **options)[0]
 
     def search_many(self, questions: list[str], k: int = 5, *, mode: str | None = None,
                     min_score: float | None = None, weight: float | None = None,
-                    filters: dict | None = None, vectors: np.ndarray | None = None,
-                    recipe: Recipe | None = None) -> list[list[Hit]]:
+                    filters: dict | None = None, vectors: np.ndarray | list | None = None,
+                    recipe: Recipe | None = None, exclude: list[frozenset] | None = None,
+                    long_questions: str | None = None) -> list[list[Hit]]:
         """Ranked hits per question; questions are embedded in one batch.
 
         `mode`: dense, keyword or hybrid (default: the index's tuned mode, else dense).
@@ -150,78 +156,83 @@ class Searcher:
         `vectors`, `recipe`: the questions' vectors and the recipe they were made by (`embed_questions`),
         when already computed (the server's micro-batcher); made again if the index's recipe changed since
         (vectors without a recipe are taken to be by the committed one).
+        `exclude`: per question, document ids never to return (evaluation: the question's own entries).
+        `long_questions`: tail or windows (default: the index's setting), see indexer.ingest.embedding.
         """
         check_search_options(questions, k, mode, weight, min_score)
-        if (mode or self.manifest.settings.get("search", {}).get("mode", "dense")) != "keyword" and vectors is None:
-            recipe, vectors = self.embed_questions(questions)
+        if (mode or self.manifest.settings.search.mode) != "keyword" and vectors is None:
+            recipe, vectors = self.embed_questions(questions, long_questions=long_questions)
         results = []
         with self._snapshot():
-            tuned = self.manifest.settings.get("search", {})
-            mode = mode or tuned.get("mode", "dense")
-            weight = tuned.get("weight", 0.5) if weight is None else weight
+            tuned = self.manifest.settings.search
+            mode = mode or tuned.mode
+            weight = tuned.weight if weight is None else weight
             min_score = self.cut_for(mode, min_score)
             if mode == "keyword":
                 vectors = None
-            elif vectors is None or (recipe or self.manifest.recipe) != self.manifest.recipe:
-                vectors = self._embed_by(self.manifest.recipe, questions)  # one generation per answer
+            elif vectors is None or (recipe or self.manifest.recipe) != self.manifest.recipe:  # one generation per answer
+                vectors = self._embed_by(self.manifest.recipe, self.manifest.settings, questions, long_questions)
             for i, question in enumerate(questions):
-                ranked = self._rank(question, None if vectors is None else vectors[i], k, mode, weight, filters)
+                ranked = self._rank(question, None if vectors is None else vectors[i], k, mode, weight, filters,
+                                    exclude[i] if exclude else frozenset())
                 results.append(self._hits(ranked, k, min_score))
         return results
 
     def cut_for(self, mode: str | None, min_score: float | None) -> float | None:
         """The cut a search applies: `min_score`, else the calibrated one if `mode` is the mode it was calibrated for."""
-        tuned = self.manifest.settings.get("search", {})
+        tuned = self.manifest.settings.search
         # a calibrated cut is on the score scale of the mode it was calibrated for
-        if min_score is None and (mode or tuned.get("mode", "dense")) == tuned.get("mode", "dense"):
-            return tuned.get("min_score")
+        if min_score is None and (mode or tuned.mode) == tuned.mode:
+            return tuned.min_score
         return min_score
 
-    def _rank(self, question, vector, k, mode, weight, filters) -> list[tuple[int, float, int | None]]:
+    def _rank(self, question, vector, k, mode, weight, filters, exclude=frozenset()) -> list[tuple[int, float, int | None]]:
         """(document id, score, passage id) best first, one per document or group, filtered."""
         want = k
         while True:
-            pool_size = min(max(4 * want + 10, 50), MAX_K * 10)
-            dense = self._dense(vector, pool_size) if mode != "keyword" else []
-            terms = scheme_of(self.manifest.settings)
-            words = keyword.search(self.db, question, pool_size, terms) if mode != "dense" else []
+            size = pool_size(want)
+            dense = without(self._dense(vector, size + DENSE_PER_ENTRY * len(exclude)), exclude)[:size] \
+                if mode != "keyword" else []
+            words = without(keyword.search(self.db, question, size + len(exclude)), exclude)[:size] \
+                if mode != "dense" else []
             if mode == "dense":
                 ranked = dense
             elif mode == "keyword":
                 ranked = words
             else:
-                ranked = keyword.fuse(dense, words, weight, self.manifest.settings.get("search", {}).get("fusion", "score"))
+                ranked = keyword.fuse(dense, words, weight, self.manifest.settings.search.fusion)
             kept = self._collapse(ranked, filters)
-            exhausted = len(dense) < pool_size and len(words) < pool_size
-            if len(kept) >= k or exhausted or pool_size >= MAX_K * 10:
+            exhausted = len(dense) < size and len(words) < size
+            if len(kept) >= k or exhausted or size >= MAX_POOL:
                 return kept[:k]
             want *= 4
 
     def _dense(self, vector: np.ndarray, n: int) -> list[tuple[int, float, int]]:
+        """Top `n` passages by cosine; a question given as several window vectors scores by its best window.
+
+        Each score stays paired with its own id (FAISS returns -1 for missing ids: never shift the pairs).
+        """
         if self.vectors.ntotal == 0:
             return []
-        scores, ids = ann.search(self.vectors, vector[None, :], min(n, self.vectors.ntotal))
-        found = [(int(p), float(s)) for s, p in zip(scores[0], ids[0]) if p >= 0]  # score and id stay paired
-        owners = _passage_owners(self.db, [p for p, _ in found])
-        return [(owners[p], s, p) for p, s in found if p in owners]
+        matrix = np.atleast_2d(vector)
+        scores, ids = ann.search(self.vectors, matrix, min(n, self.vectors.ntotal))
+        best: dict[int, float] = {}
+        for row_scores, row_ids in zip(scores, ids):
+            for score, passage in zip(row_scores, row_ids):
+                if passage >= 0 and float(score) > best.get(int(passage), -np.inf):
+                    best[int(passage)] = float(score)
+        passages = sorted(best, key=lambda p: (-best[p], p))[:n] if len(matrix) > 1 else list(best)
+        owners = _passage_owners(self.db, passages)
+        return [(owners[p], best[p], p) for p in passages if p in owners]
 
     def _collapse(self, ranked, filters) -> list[tuple[int, float, int | None]]:
-        """Best row per document, then per group; drop rows that fail the filters."""
-        seen_docs, seen_groups, kept = set(), set(), []
+        """Best row per document, then per group (search.collapse); drop rows that fail the filters."""
         rows = _document_groups(self.db, list(dict.fromkeys(doc for doc, _, _ in ranked)), bool(filters))
-        for doc, score, passage in ranked:
-            if doc in seen_docs or doc not in rows:
-                continue
-            seen_docs.add(doc)
-            group, fields = rows[doc]
-            if filters and not passes(fields, filters):
-                continue
-            if group is not None:
-                if group in seen_groups:
-                    continue
-                seen_groups.add(group)
-            kept.append((doc, score, passage))
-        return kept
+
+        def keep(doc: int) -> bool:
+            return passes(rows[doc][1], filters)
+
+        return collapse(ranked, {doc: group for doc, (group, _) in rows.items()}, keep=keep if filters else None)
 
     def _hits(self, ranked, k: int, min_score: float | None) -> list[Hit]:
         ranked = [(doc, score, passage) for doc, score, passage in ranked[:k] if min_score is None or score >= min_score]

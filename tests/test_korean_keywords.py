@@ -129,7 +129,7 @@ def stored_terms(folder, key):
 
 
 def test_new_index_stores_bigrams_and_morphemes_and_says_so(ko_built):
-    assert open_manifest(ko_built).settings["keyword_terms"] == "kiwi-1"
+    assert open_manifest(ko_built).settings.keyword_terms == "kiwi-1"
     assert stored_terms(ko_built, "ko-001") == fts_document("비밀번호를 잊어버렸어요", "kiwi-1")
     assert "잊어버리" in stored_terms(ko_built, "ko-001").split()
 

@@ -12,15 +12,19 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from indexer.store.ann import check_index_type
 from indexer.embed.encoder import Encoder
 from indexer.errors import BertdexError
 from indexer.embed.models import LANGUAGE_SAMPLE, model_choice
+from indexer.ingest.embedding import embed_entries
 from indexer.ingest.entries import check_keys
 from indexer.ingest.readers import Entry, Fields, Problem, chosen_fields, read_entries
 from indexer.embed.resolve import Resolved, encoder_for, resolve_recipe
 from indexer.store.keywords import NEW_INDEX_SCHEME
 from indexer.store.folder import IndexWriter, Manifest, check_index_folder, content_hash, open_manifest
+from indexer.store.settings import IndexSettings
 
 CHUNK = 2048
 EMBED_BATCH = 128  # entries per encoder call inside a chunk: the progress bar moves this often
@@ -45,6 +49,9 @@ class BuildReport:
     recipe_reason: str = ""
     problems: list[Problem] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # what the writer left undone, e.g. stale files it could not prove stale
+    split_texts: int = 0     # texts over max_length tokens, cut into windows of window_length (split more vectors)
+    max_length: int = 0
+    window_length: int = 0
 
     @property
     def rate(self) -> float:
@@ -78,17 +85,17 @@ def build_index(data: Path, folder: Path, *, text_fields: Iterable[str] = (), id
     window_length = min(window_length, resolved.recipe.max_length)
     stride = window_length // 4 if stride is None else stride
     # the text fields as chosen (named or found), so `info` and `add` see what was embedded
-    settings = {"text_fields": list(fields.text), "id_field": id_field, "group_field": group_field,
-                "window": window, "window_length": window_length, "stride": stride, "format": fmt,
-                "delimiter": delimiter, "keyword_terms": NEW_INDEX_SCHEME,
-                "model_reason": model_reason if resolved.recipe.model == model else "given by the caller"}
+    settings = IndexSettings(text_fields=fields.text, id_field=id_field, group_field=group_field, window=window,
+                             window_length=window_length, stride=stride, format=fmt, delimiter=delimiter,
+                             keyword_terms=NEW_INDEX_SCHEME,
+                             model_reason=model_reason if resolved.recipe.model == model else "given by the caller")
     manifest = Manifest(recipe=resolved.recipe, settings=settings, index_type=check_index_type(index_type))
     with IndexWriter.open(Path(folder), new=manifest, replace=replace) as writer:
         if writer.manifest.documents and not replace:
             raise BertdexError(f"{folder} already holds an index: use `bertdex add` to update it, or --replace to rebuild it")
         counts = _ingest(writer, resolved.encoder, source, fields, entries_total, progress, chunk_size)
         final = writer.commit()
-    return _report(folder, counts, final, started, problems, f"model {resolved.recipe.model}: {settings['model_reason']}; "
+    return _report(folder, counts, final, started, problems, f"model {resolved.recipe.model}: {settings.model_reason}; "
                    + resolved.reason, writer.warnings)
 
 
@@ -102,9 +109,9 @@ def add_documents(folder: Path, data: Path, *, text_fields: Iterable[str] = (), 
     folder = check_index_folder(Path(folder))
     manifest = open_manifest(folder)  # its connection closed before the writer opens one
     settings = manifest.settings
-    fields = Fields(tuple(text_fields) or tuple(settings.get("text_fields") or ()),
-                    id_field or settings.get("id_field"), group_field or settings.get("group_field"))
-    source = _Source(Path(data), fmt or settings.get("format"), delimiter or settings.get("delimiter"))
+    fields = Fields(tuple(text_fields) or settings.text_fields, id_field or settings.id_field,
+                    group_field or settings.group_field)
+    source = _Source(Path(data), fmt or settings.format, delimiter or settings.delimiter)
     entries_total, problems = _check_input(source, fields, on_error, progress)
     with IndexWriter.open(folder) as writer:  # first: a locked, read-only or damaged index refuses before the model loads
         encoder = encoder or encoder_for(writer.manifest.recipe, precision=precision, threads=threads, backend=backend)
@@ -123,21 +130,19 @@ def upsert_entries(writer: IndexWriter, encoder: Encoder, entries: list[Entry],
     old = writer.existing([e.key for e in entries])
     changed = [e for e in entries if e.key not in old or old[e.key][1] != content_hash(e.text, e.fields, e.group)]
     counts = {"added": sum(e.key not in old for e in changed), "updated": sum(e.key in old for e in changed),
-              "unchanged": len(entries) - len(changed), "truncated": 0, "split": 0}
+              "unchanged": len(entries) - len(changed), "truncated": 0, "split": 0, "split_texts": 0}
     done = counts["unchanged"]
     if progress and done:
         progress(done)
     for start in range(0, len(changed), EMBED_BATCH):
         batch = changed[start:start + EMBED_BATCH]
-        embedded = encoder.embed([e.text for e in batch], layer=recipe.layer, pooling=recipe.pooling,
-                                 exclude_special=recipe.exclude_special, windows=settings.get("window", True),
-                                 stride=settings.get("stride", 0), window_length=settings.get("window_length"),
-                                 prefix=recipe.passage_prefix)
+        embedded = embed_entries(encoder, recipe, settings, [e.text for e in batch])
         documents = [{"key": e.key, "text": e.text, "fields": e.fields, "group": e.group} for e in batch]
         writer.note_encoder(encoder.path.label())
-        writer.write_documents(documents, embedded.vectors, embedded.owners, embedded.spans)
+        writer.write_documents(documents, embedded.of(recipe.layer, recipe.pooling), embedded.owners, embedded.spans)
         counts["truncated"] += embedded.truncated
         counts["split"] += len(embedded.owners) - len(set(embedded.owners.tolist()))
+        counts["split_texts"] += int((np.bincount(embedded.owners) > 1).sum()) if len(embedded.owners) else 0
         done += len(batch)
         if progress:
             progress(done)
@@ -191,7 +196,7 @@ def _check_input(source: _Source, fields: Fields, on_error: str, progress: Progr
 
 def _ingest(writer: IndexWriter, encoder: Encoder, source: _Source, fields: Fields,
             total: int, progress: Progress | None, chunk_size: int) -> dict:
-    totals = {"added": 0, "updated": 0, "unchanged": 0, "truncated": 0, "split": 0}
+    totals = {"added": 0, "updated": 0, "unchanged": 0, "truncated": 0, "split": 0, "split_texts": 0}
     chunk: list[Entry] = []
     done = 0
 
@@ -219,5 +224,7 @@ def _report(folder, counts: dict, manifest: Manifest, started: float, problems: 
         folder=str(folder), added=counts["added"], updated=counts["updated"], unchanged=counts["unchanged"],
         deleted=counts.get("deleted", 0), documents=manifest.documents, vectors=manifest.vectors,
         truncated=counts["truncated"], split=counts["split"], seconds=time.perf_counter() - started,
-        recipe_reason=reason, problems=problems, warnings=list(warnings),
+        recipe_reason=reason, problems=problems, warnings=list(warnings), split_texts=counts.get("split_texts", 0),
+        max_length=manifest.recipe.max_length,
+        window_length=manifest.settings.window_length or manifest.recipe.max_length,
     )

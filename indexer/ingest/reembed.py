@@ -9,28 +9,32 @@ old index or the new one, never a mix.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from indexer.errors import BertdexError
 from indexer.embed.resolve import resolve_recipe
+from indexer.ingest.embedding import embed_entries
 from indexer.store.folder import IndexWriter, Manifest, check_index_folder, connect, read_manifest
+from indexer.store.settings import SearchSettings
 
 CHUNK = 2048
 
 
-def store_search_settings(folder: str | Path, search: dict, *, expected_generation: int | None = None) -> Manifest:
-    """Replace manifest.settings["search"] (mode, weight, fusion, min_score, ...) in a new commit."""
+def store_search_settings(folder: str | Path, search: SearchSettings, *,
+                          expected_generation: int | None = None) -> Manifest:
+    """Replace manifest.settings.search (mode, weight, fusion, min_score, ...) in a new commit."""
     folder = check_index_folder(Path(folder))
     with IndexWriter.open(folder) as writer:
         _check_generation(writer.manifest.generation, expected_generation, folder)
         manifest = writer.manifest
-        writer.set_manifest(Manifest(**{**manifest.__dict__, "settings": {**manifest.settings, "search": search}}))
+        writer.set_manifest(replace(manifest, settings=replace(manifest.settings, search=search)))
         return writer.commit()
 
 
-def reembed_index(folder: str | Path, *, layer: int, pooling: str, search: dict | None = None,
+def reembed_index(folder: str | Path, *, layer: int, pooling: str, search: SearchSettings | None = None,
                   expected_generation: int | None = None, threads: int | None = None) -> Manifest:
-    """Embed every entry again with hidden state `layer` and `pooling` (same model, length, windows)."""
+    """Embed every entry again with hidden state `layer` and `pooling` (same model, length, windows: `embed_entries`)."""
     folder = check_index_folder(Path(folder))
     db = connect(folder, readonly=True)
     try:
@@ -47,10 +51,8 @@ def reembed_index(folder: str | Path, *, layer: int, pooling: str, search: dict 
                               prefixes=(recipe.query_prefix, recipe.passage_prefix))
     if resolved.recipe.model_checksum != recipe.model_checksum:
         raise BertdexError(f"model {recipe.model!r} is no longer the one this index was built with: rebuild it with `bertdex index --replace`")
-    settings = dict(old.settings)
-    if search is not None:
-        settings["search"] = search
-    new = Manifest(**{**old.__dict__, "recipe": resolved.recipe, "settings": settings})
+    settings = old.settings if search is None else replace(old.settings, search=search)
+    new = replace(old, recipe=resolved.recipe, settings=settings)
     with IndexWriter.open(folder, new=new, replace=True) as writer:
         _check_generation(read_manifest(writer.db, folder).generation, old.generation, folder)
         rewrite_documents(writer, resolved.encoder, documents)
@@ -62,12 +64,9 @@ def rewrite_documents(writer: IndexWriter, encoder, documents: list[dict]) -> No
     recipe, settings = writer.manifest.recipe, writer.manifest.settings
     for start in range(0, len(documents), CHUNK):
         part = documents[start : start + CHUNK]
-        embedded = encoder.embed([d["text"] for d in part], layer=recipe.layer, pooling=recipe.pooling,
-                                 exclude_special=recipe.exclude_special, windows=settings.get("window", True),
-                                 stride=settings.get("stride", 0), window_length=settings.get("window_length"),
-                                 prefix=recipe.passage_prefix)
+        embedded = embed_entries(encoder, recipe, settings, [d["text"] for d in part])
         writer.note_encoder(encoder.path.label())
-        writer.write_documents(part, embedded.vectors, embedded.owners, embedded.spans)
+        writer.write_documents(part, embedded.of(recipe.layer, recipe.pooling), embedded.owners, embedded.spans)
 
 
 def stored_documents(db) -> list[dict]:

@@ -28,7 +28,7 @@ def index_info(folder: str | Path) -> dict:
         "vectors_note": vectors_note(manifest.encoded_with),
         "index_type": manifest.index_type,
         "index_params": manifest.index_params,
-        "settings": manifest.settings,
+        "settings": manifest.settings.to_dict(),
         "generation": manifest.generation,
         "format_version": manifest.format_version,
         "created": manifest.created,

@@ -47,7 +47,8 @@ def normalize_text(text: str) -> str:
 
 def scheme_of(settings: dict) -> str:
     """The term scheme of an index, from its manifest settings."""
-    return settings.get("keyword_terms", LEGACY_SCHEME)
+    found = settings.get("keyword_terms") if isinstance(settings, dict) else getattr(settings, "keyword_terms", None)
+    return found or LEGACY_SCHEME
 
 
 def hangul_syllable(text: str) -> str | None:

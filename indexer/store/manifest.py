@@ -18,6 +18,7 @@ import faiss
 import sqlite_utils
 
 from indexer.embed.recipe import Recipe
+from indexer.store.settings import IndexSettings, as_index_settings
 from indexer.errors import BertdexError, IndexDamaged, IndexMissing, IndexReadOnly
 from indexer.store import integrity
 
@@ -66,7 +67,7 @@ class Manifest:
     recipe: Recipe
     index_type: str = "flat"
     index_params: dict = field(default_factory=dict)
-    settings: dict = field(default_factory=dict)  # text_fields, id_field, group_field, window, stride, tuned search
+    settings: IndexSettings = field(default_factory=IndexSettings)  # a dict is read as IndexSettings
     generation: int = 0
     documents: int = 0
     vectors: int = 0
@@ -76,10 +77,13 @@ class Manifest:
     faiss_file: dict = field(default_factory=dict)  # {"bytes", "blake2b", "ntotal"} of vectors.<generation>.faiss
     encoded_with: tuple = ()  # the paths (backend, precision, device) that made the stored vectors
 
+    def __post_init__(self):
+        object.__setattr__(self, "settings", as_index_settings(self.settings))
+
     def to_rows(self) -> list[dict]:
         values = {
             "recipe": self.recipe.to_dict(), "index_type": self.index_type, "index_params": self.index_params,
-            "settings": self.settings, "generation": self.generation, "documents": self.documents,
+            "settings": self.settings.to_dict(), "generation": self.generation, "documents": self.documents,
             "vectors": self.vectors, "created": self.created, "updated": self.updated,
             "format_version": self.format_version, "faiss_file": self.faiss_file,
             "encoded_with": list(self.encoded_with),

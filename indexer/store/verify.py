@@ -130,10 +130,10 @@ def _text_problems(db, vectors, manifest: Manifest, encoder, sample: int) -> lis
     recipe, settings = manifest.recipe, manifest.settings
     rows = db.execute("SELECT id, key, text FROM documents ORDER BY id").fetchall()
     rows = [rows[i] for i in np.unique(np.linspace(0, len(rows) - 1, min(sample, len(rows))).astype(int))]
-    embedded = encoder.embed([text for _, _, text in rows], layer=recipe.layer, pooling=recipe.pooling,
-                             exclude_special=recipe.exclude_special, windows=settings.get("window", True),
-                             stride=settings.get("stride", 0), window_length=settings.get("window_length"))
-    scores, found = ann.search(vectors, embedded.vectors, min(10, vectors.ntotal))
+    from indexer.ingest.embedding import embed_entries  # the windows and prefix every writer uses
+
+    embedded = embed_entries(encoder, recipe, settings, [text for _, _, text in rows])
+    scores, found = ann.search(vectors, embedded.of(recipe.layer, recipe.pooling), min(10, vectors.ntotal))
     owners = dict(db.execute("SELECT id, document_id FROM passages").fetchall())
     missed = set(range(len(rows)))
     for owner, row_ids, row in zip(embedded.owners, found, scores):

@@ -13,12 +13,13 @@ the highest of them. This module does not tune the ranking: see `search.quality.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from indexer.errors import BertdexError
 from indexer.ingest.readers import read_questions  # noqa: F401 (kept importable from here)
 from indexer.ingest.reembed import store_search_settings
+from indexer.store.settings import SearchSettings
 from search.searcher import Searcher
 
 MARGIN = 1e-6
@@ -69,7 +70,7 @@ def calibrate_index(folder: str | Path, *, out_of_scope: list[str] = (), in_scop
         raise BertdexError(f"--target-precision {target_precision} must be in (0, 1]")
     searcher = Searcher(folder, encoder=encoder)
     try:
-        mode = searcher.manifest.settings.get("search", {}).get("mode", "dense")
+        mode = searcher.manifest.settings.search.mode
         generation = searcher.manifest.generation
         examples = _examples(searcher, list(out_of_scope), list(in_scope), queries, qrels)
     finally:
@@ -85,7 +86,7 @@ def calibrate_index(folder: str | Path, *, out_of_scope: list[str] = (), in_scop
                          examples=tuple(examples), **_counts(examples, cut))
     if store:
         summary = {name: value for name, value in result.to_dict().items() if name not in ("folder", "stored")}
-        store_search_settings(folder, {**_current_search(folder), "mode": mode, "min_score": cut, "calibration": summary},
+        store_search_settings(folder, replace(_current_search(folder), mode=mode, min_score=cut, calibration=summary),
                               expected_generation=generation)
         result = Calibration(**{**result.__dict__, "stored": True})
     return result
@@ -152,7 +153,8 @@ def _precision(counts: dict) -> float:
     return counts["answered_right"] / answered if answered else 1.0
 
 
-def _current_search(folder) -> dict:
+def _current_search(folder) -> SearchSettings:
     from search.searcher import open_manifest
 
-    return dict(open_manifest(folder).settings.get("search", {}))
+    return open_manifest(folder).settings.search
+

@@ -123,7 +123,7 @@ def create_app(folder: str | Path, *, api_key: str | None = None, writable: bool
     @app.post("/search", summary="Answer one question or a list")
     async def search(body: SearchRequest) -> dict:
         questions = [body.question] if isinstance(body.question, str) else list(body.question)
-        mode = body.mode or service.searcher.manifest.settings.get("search", {}).get("mode", "dense")
+        mode = body.mode or service.searcher.manifest.settings.search.mode
         no_cut = "min_score" in body.model_fields_set and body.min_score is None
         cut = None if no_cut else service.searcher.cut_for(mode, body.min_score)
         future = service.batcher.submit(questions, body.k, mode=mode, min_score=float("-inf"), weight=body.weight,

@@ -1,0 +1,153 @@
+"""Measure every tuning candidate on held-out questions, ranking exactly as `Searcher` does but in memory.
+
+Candidates: hidden layer (upper half of the model) x pooling for the dense side, keyword alone, and
+hybrid fusion x dense weight for the current and the best dense recipes. Entries and questions are
+embedded by the index's own paths (`indexer.ingest.embedding`: same windows, same long-question
+handling), every layer and pooling from one pass; the candidate pools, exclusions and group collapse
+are `search.collapse`'s. Each trial keeps its per-question MRR@10 and nDCG@10 for choosing out of
+sample (`search.quality.choose`). This module does not choose or store anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from indexer.ingest.embedding import embed_entries, embed_questions
+from search import keyword
+from search.collapse import DENSE_PER_ENTRY, POOL, collapse, without
+from search.quality.evaluate import keys_for_metrics
+from search.quality.heldout import HeldOut
+from search.quality.metrics import mean_metrics, query_metrics
+
+POOLINGS = ("mean", "max", "cls", "mean-max")
+WEIGHTS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+HYBRID_RECIPES = 2  # best dense recipes also tried in hybrid (plus the current one)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    layer: int
+    pooling: str
+    mode: str
+    weight: float | None = None
+    fusion: str | None = None
+
+    def label(self) -> str:
+        if self.mode == "keyword":
+            return "keyword (BM25)"
+        dense = f"{self.pooling} of layer {self.layer}"
+        return dense if self.mode == "dense" else f"hybrid {self.fusion} w={self.weight:.1f}, {dense}"
+
+
+@dataclass(frozen=True)
+class Trial:
+    candidate: Candidate
+    metrics: dict
+    per_query: np.ndarray = field(repr=False, compare=False, default=None)  # MRR@10 per held-out question
+    per_query_ndcg: np.ndarray = field(repr=False, compare=False, default=None)
+
+
+def keyword_lists(db, heldout: list[HeldOut]) -> list[list]:
+    """Per question: the keyword side's candidate pool, its own entries removed (as Searcher._rank)."""
+    return [without(keyword.search(db, q.text, POOL + len(q.exclude)), q.exclude)[:POOL] for q in heldout]
+
+
+def measure_all(encoder, manifest, documents: list[dict], heldout: list[HeldOut], words: list[list],
+                layers: list[int] | None, passages=None) -> list[Trial]:
+    """Dense for every layer x pooling, keyword, then hybrid fusions for the current and best dense recipes.
+
+    `passages`: the entries' vectors from an earlier call (same layers), to measure another question set.
+    """
+    recipe, settings = manifest.recipe, manifest.settings
+    layers = tuned_layers(encoder, recipe, layers)
+    passages = passages or entry_vectors(encoder, manifest, documents, layers)
+    asked = embed_questions(encoder, recipe, settings, [q.text for q in heldout], layers=layers)
+    judge = _Judge(documents, heldout)
+    dense_lists, trials = {}, []
+    for layer in layers:
+        for pooling in POOLINGS:
+            dense_lists[(layer, pooling)] = _dense_lists(passages, asked, layer, pooling, heldout)
+            trials.append(judge.trial(Candidate(layer, pooling, "dense"), dense_lists[(layer, pooling)]))
+    trials.append(judge.trial(Candidate(recipe.layer, recipe.pooling, "keyword"), words))
+    by_dense = sorted((t for t in trials if t.candidate.mode == "dense"), key=order, reverse=True)
+    recipes = [(recipe.layer, recipe.pooling)] + [(t.candidate.layer, t.candidate.pooling) for t in by_dense]
+    for layer, pooling in list(dict.fromkeys(recipes))[: HYBRID_RECIPES + 1]:
+        for fusion in keyword.FUSIONS:
+            for weight in WEIGHTS:
+                fused = [keyword.fuse(d, w, weight, fusion) for d, w in zip(dense_lists[(layer, pooling)], words)]
+                trials.append(judge.trial(Candidate(layer, pooling, "hybrid", weight, fusion), fused))
+    return trials
+
+
+def plain(candidate: Candidate, recipe) -> bool:
+    """A plain setting of the index's recipe: dense, keyword, or hybrid with score fusion at 0.5."""
+    if (candidate.layer, candidate.pooling) != (recipe.layer, recipe.pooling):
+        return False
+    return candidate.mode != "hybrid" or (candidate.fusion == "score" and abs(candidate.weight - 0.5) < 1e-9)
+
+
+def tuned_layers(encoder, recipe, layers: list[int] | None) -> list[int]:
+    return sorted({*(layers or range((encoder.num_layers + 1) // 2, encoder.num_layers + 1)), recipe.layer})
+
+
+def entry_vectors(encoder, manifest, documents: list[dict], layers: list[int]):
+    """Every entry's window vectors for each layer and pooling; owners are document ids."""
+    embedded = embed_entries(encoder, manifest.recipe, manifest.settings, [d["text"] for d in documents], layers=layers)
+    ids = np.asarray([d["id"] for d in documents], dtype=np.int64)
+    return type(embedded)(embedded.by_recipe, ids[embedded.owners], embedded.spans, embedded.truncated)
+
+
+def order(trial: Trial) -> tuple[float, float]:
+    return (round(trial.metrics["mrr@10"], 9), round(trial.metrics["ndcg@10"], 9))
+
+
+def _dense_lists(passages, asked, layer: int, pooling: str, heldout: list[HeldOut]) -> list[list]:
+    """Per question: (document id, cosine, passage) for the top passages, best first, as Searcher._dense.
+
+    A question embedded as several windows scores each passage by its best window.
+    """
+    matrix, rows = passages.of(layer, pooling), asked.of(layer, pooling)
+    order_rows = np.argsort(asked.owners, kind="stable")
+    starts = np.searchsorted(asked.owners[order_rows], np.arange(len(heldout) + 1))
+    lists = []
+    for first in range(0, len(heldout), 512):
+        last = min(first + 512, len(heldout))
+        block = order_rows[starts[first] : starts[last]]
+        scores = rows[block] @ matrix.T
+        if len(block) != last - first:  # windowed questions: best window per passage
+            scores = np.maximum.reduceat(scores, starts[first:last] - starts[first], axis=0)
+        for row, question in zip(scores, heldout[first:last]):
+            n = min(POOL + len(question.exclude) * DENSE_PER_ENTRY, len(row))
+            top = np.argpartition(-row, n - 1)[:n] if n < len(row) else np.arange(len(row))
+            top = top[np.lexsort((top, -row[top]))]
+            ranked = [(int(passages.owners[p]), float(row[p]), int(p)) for p in top]
+            lists.append(without(ranked, question.exclude)[:POOL])
+    return lists
+
+
+class _Judge:
+    """Turns ranked (document id, score, passage) lists into metrics, collapsing groups as Searcher does."""
+
+    def __init__(self, documents: list[dict], heldout: list[HeldOut]):
+        self.heldout = heldout
+        self.documents = {d["id"]: d for d in documents}
+        self.groups = {d["id"]: d["group"] for d in documents}
+        self.members: dict[str, tuple[str, ...]] = {}
+        for doc in documents:
+            if doc["group"] is not None:
+                self.members[doc["group"]] = self.members.get(doc["group"], ()) + (doc["key"],)
+
+    def trial(self, candidate: Candidate, lists: list[list]) -> Trial:
+        per_query = [query_metrics(self._keys(ranked, q), q.relevance) for ranked, q in zip(lists, self.heldout)]
+        return Trial(candidate, mean_metrics(per_query), np.asarray([m["mrr@10"] for m in per_query]),
+                     np.asarray([m["ndcg@10"] for m in per_query]))
+
+    def _keys(self, ranked: list, question: HeldOut) -> list[str]:
+        hits = []
+        for doc_id, _, _ in collapse(ranked, self.groups, limit=10):
+            doc = self.documents[doc_id]
+            # a hit stands for its group; the held-out entry itself is never in its relevance
+            hits.append((doc["key"], self.members[doc["group"]] if doc["group"] is not None else ()))
+        return keys_for_metrics(hits, question.relevance)
