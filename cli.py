@@ -14,8 +14,29 @@ from typing import Annotated, Optional
 
 import typer
 
-app = typer.Typer(help="bertdex: semantic search over BERT sentence embeddings (FAISS + SQLite).",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+
+class _Typer(typer.Typer):
+    """Typer that lets `--ray` go without a value (then: a local Ray), which click options cannot."""
+
+    def __call__(self, *args, **kwargs):
+        sys.argv[1:] = with_ray_default(sys.argv[1:])
+        return super().__call__(*args, **kwargs)
+
+
+def with_ray_default(argv: list[str]) -> list[str]:
+    """with_ray_default(["index", "a.csv", "--ray", "-q"]) -> ["index", "a.csv", "--ray", "local", "-q"]"""
+    out = []
+    for position, arg in enumerate(argv):
+        out.append(arg)
+        following = argv[position + 1] if position + 1 < len(argv) else None
+        if arg == "--ray" and (following is None or following.startswith("-")):
+            out.append("local")
+    return out
+
+
+app = _Typer(help="bertdex: semantic search over BERT sentence embeddings (FAISS + SQLite).",
+             no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 IndexDir = Annotated[Path, typer.Argument(help="Index folder.")]
 Model = Annotated[Optional[str], typer.Option("--model", help="Local model folder or hub name (default: bundled all-MiniLM-L6-v2).")]
@@ -24,6 +45,10 @@ Pooling = Annotated[Optional[str], typer.Option("--pooling", help="mean, max, cl
 Json = Annotated[bool, typer.Option("--json", help="One JSON object per line.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
 Backend = Annotated[str, typer.Option("--backend", help="auto, onnx or torch: auto runs fp32 on ONNX Runtime (same vectors, faster), else PyTorch.")]
+Ray = Annotated[Optional[str], typer.Option("--ray", metavar="[ADDRESS]", help="Embed on Ray: alone, a local Ray with this machine's cores; `auto` or ray://HOST:10001, an existing cluster.")]
+RayWorkers = Annotated[Optional[int], typer.Option("--ray-workers", min=1, help="Encoder actors on Ray (default: one per CPU of the cluster).")]
+RayGpus = Annotated[float, typer.Option("--ray-gpus", min=0, help="GPUs each Ray actor reserves (default 0).")]
+Checkpoint = Annotated[int, typer.Option("--checkpoint", min=1, help="A load of more entries commits every this many; killed, the same command run again resumes.")]
 
 
 def fails_cleanly(command):
@@ -74,7 +99,11 @@ def index(
     precision: Annotated[str, typer.Option(help="auto, fp32 or bf16 (auto: bf16 where the CPU has it natively).")] = "auto",
     threads: Annotated[Optional[int], typer.Option(help="Threads (default: all cores).")] = None,
     backend: Backend = "auto",
-    index_type: Annotated[str, typer.Option("--index-type", help="flat (exact), hnsw, ivf, or auto: flat up to 20,000 vectors, HNSW above; ANN search depth is tuned at each commit to recall@10 >= 0.98 vs exact.")] = "auto",
+    index_type: Annotated[str, typer.Option("--index-type", help="flat (exact), hnsw, ivf, sq8 (8-bit), ivfpq (compressed, re-scored), or auto: flat up to 20,000 vectors, HNSW above, compressed when float32 would not fit in memory; ANN search depth is tuned at each commit to recall@10 >= 0.98 vs exact.")] = "auto",
+    ray: Ray = None,
+    ray_workers: RayWorkers = None,
+    ray_gpus: RayGpus = 0,
+    checkpoint: Checkpoint = 50_000,
     quiet: Quiet = False,
     as_json: Json = False,
 ):
@@ -88,6 +117,7 @@ def index(
             max_length=max_length, window=window, window_length=window_length, stride=stride, replace=replace,
             on_error=on_error,
             fmt=fmt, precision=precision, threads=threads, backend=backend, progress=progress, index_type=index_type,
+            checkpoint=checkpoint, ray=ray, ray_workers=ray_workers, ray_gpus=ray_gpus,
         )
     print_report(report, as_json)
     from indexer.store.coverage import index_warnings
@@ -109,6 +139,10 @@ def add(
     precision: Annotated[str, typer.Option(help="auto, fp32 or bf16.")] = "auto",
     threads: Annotated[Optional[int], typer.Option(help="Threads (default: all cores).")] = None,
     backend: Backend = "auto",
+    ray: Ray = None,
+    ray_workers: RayWorkers = None,
+    ray_gpus: RayGpus = 0,
+    checkpoint: Checkpoint = 50_000,
     quiet: Quiet = False,
     as_json: Json = False,
 ):
@@ -118,7 +152,8 @@ def add(
     with progress_reporter(quiet, "adding") as progress:
         report = add_documents(index_dir, data, text_fields=text_field, id_field=id_field, group_field=group_field,
                                on_error=on_error, fmt=fmt, precision=precision, threads=threads, backend=backend,
-                               progress=progress)
+                               progress=progress, checkpoint=checkpoint, ray=ray, ray_workers=ray_workers,
+                               ray_gpus=ray_gpus)
     print_report(report, as_json)
 
 

@@ -1,9 +1,11 @@
 """A fork server for the fault-injection tests: loads the real model once, then runs each write
 (build, rebuild, add) in a forked child that the test SIGKILLs at a random moment.
 
-Protocol, one JSON object per line: stdin {"op": "build"|"add", "folder", "data", "replace"};
-stdout {"event": "start", "pid"}, then {"event": "committed", "generation"} from the child when
-its commit returned, then {"event": "exit", "status"} once the child is gone.
+Protocol, one JSON object per line: stdin {"op": "build"|"add", "folder", "data", "replace"}, and
+optionally "checkpoint", "chunk" (entries per chunk, default 256) and "ray" (a Ray address);
+stdout {"event": "start", "pid"}, then {"event": "progress", "done"} after each chunk the child wrote,
+{"event": "committed", "generation"} from the child when its commit returned, then
+{"event": "exit", "status"} once the child is gone.
 """
 
 from __future__ import annotations
@@ -24,16 +26,21 @@ def say(**event) -> None:
 
 
 def child(request: dict, resolved) -> None:
+    options = {"chunk_size": request.get("chunk", 256), "ray": request.get("ray"),
+               "progress": (lambda done, total: say(event="progress", done=done)) if request.get("progress") else None}
+    if "checkpoint" in request:
+        options["checkpoint"] = request["checkpoint"]
     if request["op"] == "build":
         report = build_index(request["data"], request["folder"], replace=request.get("replace", False),
-                             chunk_size=256, resolved=resolved)
+                             resolved=resolved, **options)
     else:
-        report = add_documents(request["folder"], request["data"], chunk_size=256, encoder=resolved.encoder)
-    say(event="committed", documents=report.documents)
+        report = add_documents(request["folder"], request["data"], encoder=resolved.encoder, **options)
+    say(event="committed", documents=report.documents, unchanged=report.unchanged)
 
 
 def main() -> None:
-    resolved = resolve_recipe(threads=1)  # loads the model once, before any fork
+    precision = sys.argv[sys.argv.index("--precision") + 1] if "--precision" in sys.argv else "auto"
+    resolved = resolve_recipe(threads=1, precision=precision)  # loads the model once, before any fork
     say(event="ready")
     for line in sys.stdin:
         request = json.loads(line)

@@ -2,13 +2,16 @@
 
 The input is read twice: a first pass checks every row (so `--on-error fail` refuses before
 anything is embedded or written) and counts them; the second streams chunks through the encoder
-into the writer. Memory holds one chunk of texts, plus the vectors themselves.
+(in this process, or on Ray with `ray=`) into the writer (indexer.ingest.bulk). Memory holds a few
+chunks of texts, plus the vectors themselves. A load of more than `checkpoint` entries commits every
+`checkpoint` entries and resumes where it stopped when run again (see indexer.ingest.bulk).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,9 +19,11 @@ from indexer.store.ann import check_index_type
 from indexer.embed.encoder import Encoder
 from indexer.errors import BertdexError
 from indexer.embed.models import DEFAULT_MODEL
+from indexer.ingest.bulk import CHECKPOINT, InProcess, check_resume, embed_options, ingest, run_marker
 from indexer.ingest.readers import Entry, Fields, Problem, read_entries
 from indexer.embed.resolve import Resolved, encoder_for, resolve_recipe
-from indexer.store.folder import IndexWriter, Manifest, check_index_folder, connect, content_hash, read_manifest
+from indexer.store.folder import (DB_NAME, IndexWriter, Manifest, check_index_folder, connect, content_hash, now,
+                                  read_manifest)
 
 CHUNK = 2048
 ON_ERROR = ("fail", "skip")
@@ -54,11 +59,16 @@ def build_index(data: Path, folder: Path, *, text_fields: Iterable[str] = (), id
                 replace: bool = False, on_error: str = "fail",
                 fmt: str | None = None, precision: str = "auto", threads: int | None = None,
                 backend: str = "auto", progress: Progress | None = None, chunk_size: int = CHUNK,
-                resolved: Resolved | None = None, index_type: str = "auto") -> BuildReport:
+                resolved: Resolved | None = None, index_type: str = "auto", checkpoint: int = CHECKPOINT,
+                ray: str | None = None, ray_workers: int | None = None, ray_gpus: float = 0) -> BuildReport:
     """Index the entries of `data` into a new folder (or rebuild one with `replace`).
 
     `resolved`: a recipe and encoder already loaded (then the model options are not used).
-    `index_type`: auto, flat, hnsw or ivf (see indexer.store.ann); auto picks by collection size at each commit.
+    `index_type`: auto, flat, hnsw, ivf, sq8 or ivfpq (see indexer.store.ann); auto picks by collection size
+    at each commit. `checkpoint`: a load of more entries commits every `checkpoint` entries and, run again
+    after a crash, resumes (even with `replace`: an interrupted load of the same file and options continues).
+    `ray`: embed on Ray ("local": a Ray started for this run; "auto" or "ray://host:port": a cluster) with
+    `ray_workers` actors (default: one per CPU of the cluster) of `ray_gpus` GPUs each.
     """
     started = time.perf_counter()
     check_index_type(index_type)  # before the input is read or a model loaded
@@ -72,10 +82,19 @@ def build_index(data: Path, folder: Path, *, text_fields: Iterable[str] = (), id
     settings = {"text_fields": list(fields.text), "id_field": id_field, "group_field": group_field,
                 "window": window, "window_length": window_length, "stride": stride, "format": fmt}
     manifest = Manifest(recipe=resolved.recipe, settings=settings, index_type=check_index_type(index_type))
-    with IndexWriter.open(Path(folder), new=manifest, replace=replace) as writer:
-        if writer.manifest.documents and not replace:
+    marker, resume = None, False
+    if entries_total > checkpoint:
+        options = {"settings": settings, "index_type": index_type, "recipe": resolved.recipe.to_dict()}
+        marker = run_marker("index", data, options)
+        existing = _existing_manifest(Path(folder))
+        resume = check_resume(existing, marker, replace, folder, "add --replace to start over")
+        marker = existing.settings["loading"] if resume else {**marker, "started": now()}
+    with IndexWriter.open(Path(folder), new=manifest, replace=replace and not resume) as writer:
+        if writer.manifest.documents and not replace and not resume:
             raise BertdexError(f"{folder} already holds an index: use `bertdex add` to update it, or --replace to rebuild it")
-        counts = _ingest(writer, resolved.encoder, data, fields, fmt, entries_total, progress, chunk_size)
+        with _embedder(resolved.encoder, writer.manifest, ray, ray_workers, ray_gpus) as embedder:
+            counts = ingest(writer, embedder, _entries(data, fields, fmt), entries_total, progress=progress,
+                            chunk_size=chunk_size, checkpoint=checkpoint, marker=marker)
         final = writer.commit()
     return _report(folder, counts, final, started, problems, resolved.reason)
 
@@ -84,8 +103,11 @@ def add_documents(folder: Path, data: Path, *, text_fields: Iterable[str] = (), 
                   group_field: str | None = None, on_error: str = "fail", fmt: str | None = None,
                   precision: str = "auto", threads: int | None = None, backend: str = "auto",
                   progress: Progress | None = None, chunk_size: int = CHUNK,
-                  encoder: Encoder | None = None) -> BuildReport:
-    """Add or update entries by key: unchanged ones cost nothing, changed ones are re-embedded."""
+                  encoder: Encoder | None = None, checkpoint: int = CHECKPOINT, ray: str | None = None,
+                  ray_workers: int | None = None, ray_gpus: float = 0) -> BuildReport:
+    """Add or update entries by key: unchanged ones cost nothing, changed ones are re-embedded.
+
+    `checkpoint`, `ray*`: as for build_index (an add is resumable by nature: committed entries are unchanged)."""
     started = time.perf_counter()
     folder = check_index_folder(Path(folder))
     manifest = read_manifest(connect(folder, readonly=True), folder)
@@ -93,25 +115,30 @@ def add_documents(folder: Path, data: Path, *, text_fields: Iterable[str] = (), 
     fields = Fields(tuple(text_fields) or tuple(settings.get("text_fields") or ()),
                     id_field or settings.get("id_field"), group_field or settings.get("group_field"))
     entries_total, problems = _check_input(data, fields, fmt or settings.get("format"), on_error)
+    marker = None
+    if entries_total > checkpoint:
+        marker = run_marker("add", data, {"fields": list(fields.text), "id": fields.key, "group": fields.group,
+                                          "format": fmt or settings.get("format")})
+        resume = check_resume(manifest, marker, False, folder, "or `bertdex index --replace` to start over")
+        marker = manifest.settings["loading"] if resume else {**marker, "started": now()}
     encoder = encoder or encoder_for(manifest.recipe, precision=precision, threads=threads, backend=backend)
     with IndexWriter.open(folder) as writer:
-        counts = _ingest(writer, encoder, data, fields, fmt or settings.get("format"), entries_total, progress, chunk_size)
+        with _embedder(encoder, writer.manifest, ray, ray_workers, ray_gpus) as embedder:
+            counts = ingest(writer, embedder, _entries(data, fields, fmt or settings.get("format")), entries_total,
+                            progress=progress, chunk_size=chunk_size, checkpoint=checkpoint, marker=marker)
         final = writer.commit()
     return _report(folder, counts, final, started, problems)
 
 
 def upsert_entries(writer: IndexWriter, encoder: Encoder, entries: list[Entry]) -> dict:
     """Write `entries` through `writer`: skip unchanged, embed new and changed. Returns counts."""
-    recipe, settings = writer.manifest.recipe, writer.manifest.settings
     old = writer.existing([e.key for e in entries])
     changed = [e for e in entries if e.key not in old or old[e.key][1] != content_hash(e.text, e.fields, e.group)]
     counts = {"added": sum(e.key not in old for e in changed), "updated": sum(e.key in old for e in changed),
               "unchanged": len(entries) - len(changed), "truncated": 0, "split": 0}
     if not changed:
         return counts
-    embedded = encoder.embed([e.text for e in changed], layer=recipe.layer, pooling=recipe.pooling,
-                             exclude_special=recipe.exclude_special, windows=settings.get("window", True),
-                             stride=settings.get("stride", 0), window_length=settings.get("window_length"))
+    embedded = encoder.embed([e.text for e in changed], **embed_options(writer.manifest))
     documents = [{"key": e.key, "text": e.text, "fields": e.fields, "group": e.group} for e in changed]
     writer.write_documents(documents, embedded.vectors, embedded.owners, embedded.spans)
     counts["truncated"] = embedded.truncated
@@ -145,29 +172,37 @@ def _check_input(data: Path, fields: Fields, fmt: str | None, on_error: str) -> 
     return count, problems
 
 
-def _ingest(writer: IndexWriter, encoder: Encoder, data: Path, fields: Fields, fmt: str | None,
-            total: int, progress: Progress | None, chunk_size: int) -> dict:
-    totals = {"added": 0, "updated": 0, "unchanged": 0, "truncated": 0, "split": 0}
-    chunk: list[Entry] = []
-    done = 0
+def _entries(data: Path, fields: Fields, fmt: str | None):
+    return (item for item in read_entries(Path(data), fields, fmt) if isinstance(item, Entry))
 
-    def flush():
-        nonlocal done
-        for name, value in upsert_entries(writer, encoder, chunk).items():
-            totals[name] += value
-        done += len(chunk)
-        chunk.clear()
-        if progress:
-            progress(done, total)
 
-    for item in read_entries(Path(data), fields, fmt):
-        if isinstance(item, Entry):
-            chunk.append(item)
-            if len(chunk) >= chunk_size:
-                flush()
-    if chunk:
-        flush()
-    return totals
+def _existing_manifest(folder: Path) -> Manifest | None:
+    """The manifest of the index in `folder`, or None when there is none (yet)."""
+    if not (folder / DB_NAME).is_file():
+        return None
+    db = connect(folder, readonly=True)
+    try:
+        return read_manifest(db, folder)
+    except BertdexError:
+        return None
+    finally:
+        db.close()
+
+
+@contextmanager
+def _embedder(encoder: Encoder, manifest: Manifest, ray: str | None, workers: int | None, gpus: float):
+    """This process's encoder, or a pool of Ray actors holding the same one (indexer.ingest.distributed)."""
+    if ray is None:
+        embedder = InProcess(encoder, embed_options(manifest))
+    else:
+        from indexer.ingest.distributed import RayEmbedder
+
+        embedder = RayEmbedder(encoder, manifest.recipe, embed_options(manifest), address=ray, workers=workers,
+                               gpus=gpus)
+    try:
+        yield embedder
+    finally:
+        embedder.close()
 
 
 def _report(folder, counts: dict, manifest: Manifest, started: float, problems: list[Problem], reason: str = "") -> BuildReport:

@@ -1,0 +1,156 @@
+"""Past one machine: resumable bulk loads (killed and run again), embedding on a local Ray, compressed indexes."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+
+import pytest
+
+from conftest import ROOT
+from indexer import BertdexError, add_documents, build_index
+from indexer.store.verify import verify_index
+from scale_helpers import assert_same_index
+from test_lifecycle import ForkServer, entries, state, write_jsonl
+
+COUNT = 300
+LONG = " ".join(["the parcel was sent to the wrong address and nobody answered the phone"] * 20)
+
+
+def bulk_rows(count: int, version: int = 0) -> list[dict]:
+    """Short questions, and every 50th a text long enough to be split into windows."""
+    rows = entries(0, count, version)
+    for row in rows[::50]:
+        row["text"] = f"{row['text']} {LONG}"
+    return rows
+
+
+@pytest.fixture(scope="module")
+def fp32():
+    """The default recipe at fp32: equal vectors are asked of fp32 (bf16 moves them ~1e-5 with the batch)."""
+    from indexer.embed.resolve import resolve_recipe
+
+    return resolve_recipe(precision="fp32")
+
+
+@pytest.fixture(scope="module")
+def bulk(tmp_path_factory, fp32):
+    """300 entries (v0 and v1 texts) and the index an uninterrupted in-process build makes of each."""
+    folder = tmp_path_factory.mktemp("bulk")
+    made = {}
+    for version in (0, 1):
+        data = write_jsonl(folder / f"v{version}.jsonl", bulk_rows(COUNT, version))
+        build_index(data, folder / f"reference{version}", resolved=fp32)
+        made[version] = (data, folder / f"reference{version}")
+    return made
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray of 2 CPUs for this module; its address lets forked writers join it."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+class ResumeServer(ForkServer):
+    def run_until(self, request: dict, kill_at: int | None) -> dict:
+        """Run one write; SIGKILL it once it reports its `kill_at`-th chunk. -> its last events."""
+        self.process.stdin.write(json.dumps({**request, "progress": True}) + "\n")
+        self.process.stdin.flush()
+        events = [self.next_event()]
+        while events[-1]["event"] not in ("exit",):
+            event = events[-1]
+            if event["event"] == "progress" and kill_at is not None and sum(e["event"] == "progress" for e in events) == kill_at:
+                os.kill(next(e["pid"] for e in events if e["event"] == "start"), signal.SIGKILL)
+            events.append(self.next_event())
+        assert not [e for e in events if e["event"] == "error"], events
+        return next((e for e in events if e["event"] == "committed"), {})
+
+
+def committed_prefix(folder, rows: list[dict], checkpoint: int) -> int:
+    """How many entries a killed load left: a whole number of checkpoints, in input order."""
+    found = state(folder) if (folder / "bertdex.db").exists() else {}
+    count = len(found)
+    assert found == {row["id"]: row["text"] for row in rows[:count]}
+    assert count % checkpoint == 0 or count == len(rows)
+    return count
+
+
+@pytest.mark.slow
+def test_a_killed_bulk_load_resumes_and_ends_equal_to_an_uninterrupted_one(tmp_path, bulk):
+    """kill -9 a build at random chunks; each run of the same command continues from the last checkpoint,
+    skipping (not re-embedding) what is committed. Then the same for `index --replace` over an old index."""
+    rng = random.Random(17)
+    server = ResumeServer("--precision", "fp32")
+    try:
+        for version, replace in ((0, False), (1, True)):
+            data, reference = bulk[version]
+            rows = bulk_rows(COUNT, version)
+            request = {"op": "build", "folder": str(tmp_path / "index"), "data": str(data), "checkpoint": 60,
+                       "chunk": 30, "replace": replace}
+            resumed = []
+            for kill_at in (rng.randrange(1, 5), rng.randrange(3, 10)):
+                report = server.run_until(request, kill_at=kill_at)
+                if report:
+                    break
+                resumed.append(committed_prefix(tmp_path / "index", rows, 60))
+            assert any(resumed), "no kill came after a checkpoint"
+            if not report:
+                committed = committed_prefix(tmp_path / "index", rows, 60)
+                report = server.run_until(request, kill_at=None)
+            assert report["unchanged"] == committed and report["documents"] == COUNT
+            assert verify_index(tmp_path / "index").ok
+            assert_same_index(tmp_path / "index", reference)
+            if version == 0:  # an interrupted load is finished by its own command, not another
+                server.run_until(request | {"replace": True, "data": str(bulk[1][0])}, kill_at=3)
+                with pytest.raises(BertdexError, match="holds an interrupted `bertdex index` of .*v1.jsonl"):
+                    add_documents(tmp_path / "index", data, checkpoint=60)
+    finally:
+        server.close()
+
+
+@pytest.mark.slow
+def test_ray_build_equals_in_process_and_a_killed_worker_is_retried(tmp_path, bulk, fp32, local_ray):
+    import ray
+
+    from indexer.ingest.distributed import NAME
+
+    data, reference = bulk[0]
+    pids = []
+
+    def kill_one_worker(done, total):
+        actor = ray.get_actor(sorted(n for n in ray.util.list_named_actors() if n.startswith(NAME))[0])
+        pids.append(ray.get(actor.pid.remote()))
+        if len(pids) == 1:  # other pieces are queued on it: they must be run again, once
+            os.kill(pids[0], signal.SIGKILL)
+
+    report = build_index(data, tmp_path / "index", resolved=fp32, ray="local", chunk_size=32,
+                         progress=kill_one_worker)
+    assert report.documents == COUNT and report.added == COUNT
+    assert pids[-1] != pids[0], "the killed worker was not restarted"
+    assert verify_index(tmp_path / "index").ok
+    assert_same_index(tmp_path / "index", reference)
+    assert not [n for n in ray.util.list_named_actors() if n.startswith(NAME)], "actors left behind"
+
+
+@pytest.mark.slow
+def test_a_killed_ray_load_resumes_and_ends_equal(tmp_path, bulk, local_ray):
+    data, reference = bulk[0]
+    rows = bulk_rows(COUNT)
+    request = {"op": "build", "folder": str(tmp_path / "index"), "data": str(data), "checkpoint": 100, "chunk": 32,
+               "ray": local_ray}
+    server = ResumeServer("--precision", "fp32")
+    try:
+        assert not server.run_until(request, kill_at=5)  # 160 written: one checkpoint (128) committed
+        committed = committed_prefix(tmp_path / "index", rows, 32)
+        assert committed == 128
+        report = server.run_until(request, kill_at=None)
+    finally:
+        server.close()
+    assert report["unchanged"] == 128 and report["documents"] == COUNT
+    assert_same_index(tmp_path / "index", reference)
