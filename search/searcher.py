@@ -20,6 +20,7 @@ from indexer.store.keywords import normalize_text
 from indexer.embed.recipe import absolute_layer, check_pooling
 from indexer.embed.resolve import encoder_for
 from indexer.store import ann
+from indexer.store.ann_compressed import load_flag
 from indexer.store.folder import Manifest, check_index_folder, connect, load_vectors, read_manifest
 from search import keyword
 
@@ -90,7 +91,8 @@ class Searcher:
             return  # every change commits a new generation: nothing to reload, no per-question parsing
         self.manifest = read_manifest(self.db, self.folder)
         if self.manifest.generation != self._generation:
-            self.vectors = load_vectors(self.folder, self.manifest.generation, self.manifest.recipe.dimension)
+            self.vectors = load_vectors(self.folder, self.manifest.generation, self.manifest.recipe.dimension,
+                                        load_flag(self.manifest.index_type))
             self._generation = self.manifest.generation
 
     # -- searching ------------------------------------------------------------------------------

@@ -37,3 +37,26 @@ def assert_same_index(a, b, cosine: float = 0.99999) -> None:
     agreement = np.sum(left["vectors"] * right["vectors"], axis=1)
     assert agreement.min() >= cosine, agreement.min()
     assert "loading" not in left["manifest"].settings and "loading" not in right["manifest"].settings
+
+
+def clustered(count: int, dimension: int = 48, seed: int = 0) -> np.ndarray:
+    """Unit vectors around 40 centres (as tests/test_speed.py makes them)."""
+    import faiss
+
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(40, dimension)).astype(np.float32)
+    points = centres[rng.integers(0, 40, count)] + 0.6 * rng.normal(size=(count, dimension)).astype(np.float32)
+    faiss.normalize_L2(points)
+    return points
+
+
+def numpy_top(vectors: np.ndarray, ids: np.ndarray, query: np.ndarray, k: int) -> list[int]:
+    return [int(ids[i]) for i in np.argsort(-(vectors @ query), kind="stable")[:k]]
+
+
+def built(index_type: str, vectors: np.ndarray, ids: np.ndarray):
+    from indexer.store import ann
+
+    index = ann.new_index(index_type, vectors.shape[1], {})
+    index.add_with_ids(vectors, ids)
+    return ann.finish(index, index_type, {}, np.zeros(0, dtype=np.int64))

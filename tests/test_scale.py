@@ -7,6 +7,7 @@ import os
 import random
 import signal
 
+import numpy as np
 import pytest
 
 from conftest import ROOT
@@ -154,3 +155,63 @@ def test_a_killed_ray_load_resumes_and_ends_equal(tmp_path, bulk, local_ray):
         server.close()
     assert report["unchanged"] == 128 and report["documents"] == COUNT
     assert_same_index(tmp_path / "index", reference)
+
+
+# -- compressed index types ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("index_type", ["sq8", pytest.param("ivfpq", marks=pytest.mark.slow)])  # PQ training: ~5 s
+def test_compressed_types_reach_the_recall_target_and_delete(index_type):
+    from scale_helpers import built, clustered, numpy_top
+
+    from indexer.store import ann
+
+    points = clustered(6_300, dimension=64)
+    vectors, queries = points[:6_000], points[6_000:]
+    ids = np.arange(6_000, dtype=np.int64) * 3 + 7
+    index, kind, params = built(index_type, vectors, ids)
+    assert kind == index_type == ann.kind(index)
+    depth = "k_factor" if index_type == "sq8" else "nprobe"
+    assert params["recall_at_10"] >= ann.RECALL_TARGET and params[depth] >= 1
+    _, found = ann.search(index, queries, 10)
+    recall = np.mean([len(set(found[i]) & set(numpy_top(vectors, ids, q, 10))) / 10 for i, q in enumerate(queries)])
+    assert recall >= 0.97
+    scores, _ = ann.search(index, queries[:5], 1)  # re-scored exactly: the float32 inner product
+    assert np.allclose(scores[:, 0], [vectors[(found[i][0] - 7) // 3] @ queries[i] for i in range(5)], atol=1e-5)
+
+    removed = ids[::4]
+    index, kind, params = ann.finish(index, kind, params, removed)
+    left, left_vectors = ann.stored(index)
+    assert kind == index_type and index.ntotal == 4500 and not np.isin(removed, left).any()
+    assert np.allclose(left_vectors[np.argsort(left)], vectors[~np.isin(ids, removed)])
+    _, found = ann.search(index, vectors[::4][:50], 5)
+    assert not np.isin(found, removed).any() and params["recall_at_10"] >= ann.RECALL_TARGET
+
+
+def test_auto_compresses_only_large_collections_that_do_not_fit_in_memory():
+    from indexer.store import ann
+
+    gigabyte = 2**30
+    assert ann.choose("auto", 10_000_000, "hnsw", 384, 24 * gigabyte) == "ivfpq"  # 15 GB + graph > half of 24
+    assert ann.choose("auto", 10_000_000, "hnsw", 384, 128 * gigabyte) == "hnsw"
+    assert ann.choose("auto", 900_000, "flat", 384, gigabyte) == "hnsw"  # small: never compressed
+    assert ann.choose("auto", 5_000, "flat", 384, gigabyte // 100) == "flat"
+    assert ann.choose("auto", 4_000_000, "ivfpq", 384, 24 * gigabyte) == "ivfpq"  # no flipping near the line
+
+
+@pytest.mark.slow
+def test_an_sq8_index_serves_from_a_mapped_file_and_takes_updates(tmp_path, resolved):
+    from indexer.store import ann
+    from search import Searcher
+
+    rows = entries(0, 300)
+    build_index(write_jsonl(tmp_path / "a.jsonl", rows), tmp_path / "index", resolved=resolved, index_type="sq8")
+    searcher = Searcher(tmp_path / "index", encoder=resolved.encoder)
+    assert ann.kind(searcher.vectors) == "sq8" and searcher.manifest.index_params["recall_at_10"] >= 0.98
+    assert searcher.search(rows[42]["text"], k=1)[0].key == "k42"
+    changed = [{"id": "k42", "text": "how do I cancel my subscription"}]
+    report = add_documents(tmp_path / "index", write_jsonl(tmp_path / "b.jsonl", changed), encoder=resolved.encoder)
+    assert (report.updated, report.documents) == (1, 300)
+    hit = Searcher(tmp_path / "index", encoder=resolved.encoder).search("how do I cancel my subscription", k=1)[0]
+    assert hit.key == "k42" and hit.score > 0.99
+    assert verify_index(tmp_path / "index").ok

@@ -127,11 +127,12 @@ def check_index_folder(folder: Path) -> Path:
     return folder
 
 
-def load_vectors(folder: Path, generation: int, dimension: int) -> faiss.Index:
+def load_vectors(folder: Path, generation: int, dimension: int, flags: int = 0) -> faiss.Index:
+    """The FAISS index of a generation; `flags` for faiss.read_index (a searcher maps compressed types)."""
     path = vectors_path(folder, generation)
     if generation == 0 and not path.exists():
         return new_vector_index("flat", dimension, {})
-    return faiss.read_index(str(path))
+    return faiss.read_index(str(path), flags)
 
 
 def new_vector_index(index_type: str, dimension: int, params: dict) -> faiss.Index:
