@@ -446,6 +446,7 @@ def serve(
     batch_window_ms: Annotated[float, typer.Option(help="How long a question waits for others to share its forward pass.")] = 2.0,
     max_batch: Annotated[int, typer.Option(min=1, help="Most questions in one forward pass (1: no micro-batching).")] = 64,
     threads: Annotated[Optional[int], typer.Option(help="Torch threads (default: all cores; 1 is faster on a busy machine).")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Server processes on one port over the same folder; more than 1 serves read-only.")] = 1,
 ):
     """Serve the index over HTTP: POST /search, /documents, /health, /info, a search page at /."""
     import os
@@ -458,11 +459,11 @@ def serve(
             api_key = api_key_file.read_text(encoding="utf-8").strip()
         except OSError as error:
             raise typer.BadParameter(f"--api-key-file {api_key_file}: {error.strerror}") from None
-    writable = check_bind(host, api_key, read_only)
-    access = "writes need the API key" if writable else "read-only (no API key, or --read-only)"
+    writable = check_bind(host, api_key, read_only or workers > 1)
+    access = "writes need the API key" if writable else "read-only (no API key, --read-only, or --workers > 1)"
     typer.echo(f"starting: {index_dir} on http://{host}:{port}/ ({access}; API docs at /docs)", err=True)
     run_server(index_dir, host=host, port=port, api_key=api_key, read_only=read_only,
-               batch_window=batch_window_ms / 1000, max_batch=max_batch, threads=threads)
+               batch_window=batch_window_ms / 1000, max_batch=max_batch, threads=threads, workers=workers)
 
 
 # -- answer quality ---------------------------------------------------------------------------------

@@ -215,3 +215,46 @@ def test_an_sq8_index_serves_from_a_mapped_file_and_takes_updates(tmp_path, reso
     hit = Searcher(tmp_path / "index", encoder=resolved.encoder).search("how do I cancel my subscription", k=1)[0]
     assert hit.key == "k42" and hit.score > 0.99
     assert verify_index(tmp_path / "index").ok
+
+
+# -- serving with several processes -------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_serve_workers_answers_from_several_processes_read_only(faq_index):
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "serve", str(faq_index), "--port", str(port),
+                               "--workers", "2"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "BERTDEX_API_KEY": "k" * 24})
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            assert server.poll() is None, server.stderr.read()
+            try:
+                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.3)
+        pids = set()
+        for _ in range(16):  # fresh connections land on either worker
+            with httpx.Client(base_url=base, timeout=60) as http:
+                answer = http.post("/search", json={"question": "I forgot my password", "k": 3})
+                assert answer.status_code == 200 and answer.json()["results"][0]["hits"]
+                pids.add(http.get("/info").json()["server"].get("pid"))
+        refused = httpx.post(f"{base}/documents", json={"documents": [{"key": "x", "text": "y"}]},
+                             headers={"X-API-Key": "k" * 24})
+        assert refused.status_code == 403
+        assert len(pids) == 2, pids
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
