@@ -97,8 +97,8 @@ class RayEmbedder:
             count = workers or max(1, cpus)
             if gpus and ray.cluster_resources().get("GPU", 0) < gpus:
                 raise BertdexError(f"--ray-gpus {gpus}: the Ray cluster has no GPU")
-            onnx = None
-            if encoder.onnx is not None and getattr(encoder.onnx, "path", None) and Path(encoder.onnx.path).is_file():
+            onnx = None  # a local Ray's actors find the export in this machine's cache
+            if address != "local" and encoder.onnx is not None and Path(getattr(encoder.onnx, "path", "")).is_file():
                 onnx = (Path(encoder.onnx.path).name, [ray.put(Path(encoder.onnx.path).read_bytes())])
             worker = ray.remote(num_cpus=1, num_gpus=gpus, max_restarts=MAX_RESTARTS,
                                 max_task_retries=MAX_RESTARTS)(EmbedWorker)

@@ -258,6 +258,9 @@ def _tune(index: faiss.Index, target: str, params: dict) -> tuple[faiss.Index, s
         chosen = step
         if recall >= TUNE_TARGET:
             break
+    if target == "ivfpq" and recall < TUNE_TARGET:  # PQ ranks too coarsely: re-score more candidates
+        measure = lambda: recall_at(index, queries, truth, 10, exclude=exclude, kth=kth)  # noqa: E731
+        params = {**params, "k_factor": compressed.raise_k_factor(inner, measure, TUNE_TARGET)}
     sampled = chosen
     chosen = min(steps[-1], DEPTH_MARGIN[target] * sampled)
     if chosen != sampled:

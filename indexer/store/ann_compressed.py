@@ -55,7 +55,8 @@ def build(target: str, old: faiss.Index, vectors: np.ndarray, params: dict, retr
     if not retrain and compressed_kind(faiss.downcast_index(old.index)) == target:
         inner = faiss.clone_index(faiss.downcast_index(old.index))
         inner.reset()
-        kept = ("nlist", "trained_on", "pq_bytes", "pq_bits", "k_factor", "nprobe")
+        inner.k_factor = float(K_FACTOR if target == "ivfpq" else inner.k_factor)  # tuning starts again
+        kept = ("nlist", "trained_on", "pq_bytes", "pq_bits", "nprobe")
         return faiss.IndexIDMap2(inner), {name: params[name] for name in kept if name in params}
     dimension, count = old.d, len(vectors)
     if target == "sq8":
@@ -106,6 +107,15 @@ def set_depth(inner: faiss.Index, target: str, step: int) -> None:
         inner.k_factor = float(step)
     else:
         faiss.downcast_index(inner.base_index).nprobe = int(step)
+
+
+def raise_k_factor(inner: faiss.Index, measure, target: float) -> float:
+    """ivfpq: the smallest k_factor past K_FACTOR whose recall (`measure()`) reaches `target` (at most the last)."""
+    for k_factor in (24, 32, 48, 64, 96, 128):
+        inner.k_factor = float(k_factor)
+        if measure() >= target:
+            break
+    return float(inner.k_factor)
 
 
 def depth_name(target: str) -> str:
