@@ -9,7 +9,7 @@ thread each (rate after the actors are up; their start-up is printed apart). Per
 N machines x cores be projected. The reviews' vectors are kept (bench/out/scale/real.npy).
 
 vectors: COUNT unit vectors, SYNTHETIC beyond the real ones: each is a mix of two real review vectors
-(weights 1 and 0..0.5) plus Gaussian noise, normalized. They are written in chunks to a float32 FAISS
+(weights 1 and 0..1) plus Gaussian noise (0.03 a coordinate), normalized. They are written in chunks to a float32 FAISS
 flat file that is memory-mapped, never held in RAM; the compressed index (codes and lists in RAM) is
 built on it by streaming chunks, and written as the same FAISS file `bertdex` writes for that type
 (IDMap2 over IndexRefineFlat). The search side is the product's: faiss.read_index with
@@ -38,6 +38,7 @@ DATA = ROOT.parent / "shared" / "data"
 OUT = ROOT / "bench" / "out" / "scale"
 CHUNK = 2048
 BUILD_CHUNK = 250_000
+NOISE = 0.03  # per coordinate: |noise| ~0.6 on 384 dimensions
 
 
 def reviews(data: Path, count: int) -> tuple[list[str], list[str]]:
@@ -116,8 +117,8 @@ def write_flat(path: Path, count: int, real: np.ndarray, seed: int = 0) -> None:
 
 def mix(rng, real: np.ndarray, n: int) -> np.ndarray:
     a, b = rng.integers(0, len(real), n), rng.integers(0, len(real), n)
-    block = real[a] + rng.uniform(0, 0.5, (n, 1)).astype(np.float32) * real[b]
-    block += rng.standard_normal(block.shape, dtype=np.float32) * np.float32(0.024)
+    block = real[a] + rng.uniform(0, 1, (n, 1)).astype(np.float32) * real[b]
+    block += rng.standard_normal(block.shape, dtype=np.float32) * np.float32(NOISE)
     block /= np.linalg.norm(block, axis=1, keepdims=True)
     return block
 
@@ -133,8 +134,7 @@ def build(index_type: str, flat_path: Path, target: Path, count: int) -> float:
     rng = np.random.default_rng(1)
     sample = flat.reconstruct_batch(np.sort(rng.choice(count, min(count, 40 * int(np.sqrt(count)) + 10_240), replace=False)))
     empty = faiss.IndexIDMap2(faiss.IndexFlatIP(flat.d))
-    index, params = ann_compressed.build(index_type, empty, sample, {}, True)
-    params["trained_on"] = count
+    index, params = ann_compressed.build(index_type, empty, sample, {}, True, count=count)
     refine = faiss.downcast_index(index.index)
     base = faiss.downcast_index(refine.base_index)
     for start in range(0, count, BUILD_CHUNK):
@@ -206,8 +206,8 @@ def measure(args) -> None:
             asked.append(vector[0])
         right = 0
         for i, row in enumerate(found):  # a returned id scoring at least the 10th exact one counts (ties)
-            right += sum(1 for x in row.tolist() if x in set(truth[i].tolist())
-                         or float(index.reconstruct(int(x)) @ asked[i]) >= kth[i] - ann.TIE)
+            right += sum(1 for x in row.tolist() if x >= 0 and (x in set(truth[i].tolist())
+                         or float(index.reconstruct(int(x)) @ asked[i]) >= kth[i] - ann.TIE))
         recall = right / (10 * len(found))
         times.sort()
         print(json.dumps({"type": index_type, "nprobe": getattr(faiss.downcast_index(inner.base_index), "nprobe", None),
@@ -227,6 +227,10 @@ def rss_mb() -> int:
 
 
 def peak_mb() -> int:
+    """This process's peak RSS (VmHWM: unlike ru_maxrss, not inherited from the parent across exec)."""
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) // 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
 
 
