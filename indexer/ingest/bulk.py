@@ -74,6 +74,7 @@ def ingest(writer: IndexWriter, embedder, entries: Iterable[Entry], total: int, 
     totals = {"added": 0, "updated": 0, "unchanged": 0, "truncated": 0, "split": 0}
     if marker is not None:
         _set_loading(writer, marker)
+        chunk_size = min(chunk_size, checkpoint)  # a checkpoint falls on a chunk's end
     done = since = 0
     for (seen, changed, news), embedded in embedder.stream(_plans(writer, entries, chunk_size, totals)):
         if changed:
