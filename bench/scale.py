@@ -214,7 +214,7 @@ def measure(args) -> None:
                           "k_factor": inner.k_factor, "recall10": round(recall, 4),
                           "p50_ms": round(1000 * times[len(times) // 2], 1),
                           "p99_ms": round(1000 * times[min(len(times) - 1, int(len(times) * 0.99))], 1),
-                          "rss_loaded_mb": loaded_rss, "rss_peak_mb": peak_mb()}), flush=True)
+                          "rss_loaded_mb": loaded_rss, "rss_peak_mb": peak_mb(), **rss_kinds()}), flush=True)
         if recall >= 0.98:
             break
         if name == "nprobe" and recall - last < 0.002:  # more lists no longer help: re-score more candidates
@@ -224,6 +224,16 @@ def measure(args) -> None:
 
 def rss_mb() -> int:
     return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 2**20
+
+
+def rss_kinds() -> dict:
+    """Anonymous RSS (the process's own memory) and file RSS (mapped pages: page cache, shared, reclaimable)."""
+    found = {}
+    for line in open("/proc/self/status"):
+        name = line.split(":")[0]
+        if name in ("RssAnon", "RssFile"):
+            found[f"{name[3:].lower()}_mb"] = int(line.split()[1]) // 1024
+    return found
 
 
 def peak_mb() -> int:
