@@ -27,6 +27,7 @@ from indexer.errors import BertdexError
 PIECE = 256  # texts per actor call: small enough to spread one chunk over several actors
 IN_FLIGHT = 3  # pieces queued per actor, so none waits for the driver
 MAX_RESTARTS = 3  # per actor; each restart reloads the encoder and re-runs its unfinished pieces
+THREADS = 1  # CPUs (and encoder threads) per actor: one actor per core scales best for small models
 NAME = "bertdex-embed"  # actors are named NAME-<run>-<i>, so `ray list actors` and tests can find them
 
 
@@ -59,13 +60,12 @@ def connect(address: str, root: Path) -> bool:
 class EmbedWorker:
     """One actor: one encoder, loaded once (`ray.remote` is applied in RayEmbedder)."""
 
-    def __init__(self, recipe: dict, precision: str, backend: str, onnx: tuple[str, list] | None):
+    def __init__(self, recipe: dict, precision: str, backend: str, onnx: tuple[str, list] | None, threads: int):
         import torch
 
         from indexer.embed import onnx_model
         from indexer.embed.resolve import encoder_for
 
-        threads = max(1, int(os.environ.get("OMP_NUM_THREADS", "1")))  # Ray sets it to the actor's num_cpus
         torch.set_num_threads(threads)
         if onnx is not None:  # the driver's export: write it to this machine's cache unless it is there
             name, holder = onnx
@@ -94,18 +94,18 @@ class RayEmbedder:
         self.started = connect(address, Path(__file__).resolve().parents[2])
         try:
             cpus = int(ray.cluster_resources().get("CPU", 1))
-            count = workers or max(1, cpus)
+            count = workers or max(1, cpus // THREADS)
             if gpus and ray.cluster_resources().get("GPU", 0) < gpus:
                 raise BertdexError(f"--ray-gpus {gpus}: the Ray cluster has no GPU")
             onnx = None  # a local Ray's actors find the export in this machine's cache
             if address != "local" and encoder.onnx is not None and Path(getattr(encoder.onnx, "path", "")).is_file():
                 onnx = (Path(encoder.onnx.path).name, [ray.put(Path(encoder.onnx.path).read_bytes())])
-            worker = ray.remote(num_cpus=1, num_gpus=gpus, max_restarts=MAX_RESTARTS,
+            worker = ray.remote(num_cpus=THREADS, num_gpus=gpus, max_restarts=MAX_RESTARTS,
                                 max_task_retries=MAX_RESTARTS)(EmbedWorker)
             backend = "onnx" if encoder.backend == "onnx" else "torch"
             run = uuid.uuid4().hex[:8]
-            self.actors = [worker.options(name=f"{NAME}-{run}-{i}").remote(recipe.to_dict(), encoder.precision, backend, onnx)
-                           for i in range(count)]
+            made = (recipe.to_dict(), encoder.precision, backend, onnx, THREADS)
+            self.actors = [worker.options(name=f"{NAME}-{run}-{i}").remote(*made) for i in range(count)]
             self.load = [0] * count
         except BaseException:
             self.close()
