@@ -23,8 +23,27 @@ import typer.core
 _shown_type = typer.core.TyperOption.display_type_rich
 typer.core.TyperOption.display_type_rich = lambda self, ctx: None if self.is_flag else _shown_type(self, ctx)
 
-app = typer.Typer(help="bertdex: semantic search over BERT sentence embeddings (FAISS + SQLite).",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+class _Typer(typer.Typer):
+    """Typer that lets `--ray` go without a value (then: a local Ray), which click options cannot."""
+
+    def __call__(self, *args, **kwargs):
+        sys.argv[1:] = with_ray_default(sys.argv[1:])
+        return super().__call__(*args, **kwargs)
+
+
+def with_ray_default(argv: list[str]) -> list[str]:
+    """with_ray_default(["index", "a.csv", "--ray", "-q"]) -> ["index", "a.csv", "--ray", "local", "-q"]"""
+    out = []
+    for position, arg in enumerate(argv):
+        out.append(arg)
+        following = argv[position + 1] if position + 1 < len(argv) else None
+        if arg == "--ray" and (following is None or following.startswith("-")):
+            out.append("local")
+    return out
+
+
+app = _Typer(help="bertdex: semantic search over BERT sentence embeddings (FAISS + SQLite).",
+             no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 tutorial = typer.Typer(help="The BERT embedding tutorial, one command per step: tokens, layers, words, "
                             "similar-word, embed.", no_args_is_help=True)
 app.add_typer(tutorial, name="tutorial")
@@ -63,6 +82,8 @@ class IndexType(str, Enum):
     flat = "flat"
     hnsw = "hnsw"
     ivf = "ivf"
+    sq8 = "sq8"
+    ivfpq = "ivfpq"
 
 
 class OnError(str, Enum):
@@ -122,6 +143,10 @@ GroupField = Annotated[Optional[str], typer.Option("--group-field", help="Field 
 OnErrorOption = Annotated[OnError, typer.Option("--on-error", help="fail: refuse the whole file at the first bad row; skip: leave bad rows out.")]
 FormatOption = Annotated[Optional[Format], typer.Option("--format", help="Input format (default: from the extension; sniffed for stdin).")]
 Delimiter = Annotated[Optional[str], typer.Option("--delimiter", "-d", help="CSV delimiter, e.g. ';' or '\\t' (default: sniffed from the first lines).")]
+Ray = Annotated[Optional[str], typer.Option("--ray", metavar="[ADDRESS]", help="Embed on Ray: alone, a local Ray with this machine's cores; `auto` or ray://HOST:10001, an existing cluster.")]
+RayWorkers = Annotated[Optional[int], typer.Option("--ray-workers", min=1, help="Encoder actors on Ray (default: one per CPU of the cluster).")]
+RayGpus = Annotated[float, typer.Option("--ray-gpus", min=0, help="GPUs each Ray actor reserves (default 0).")]
+Checkpoint = Annotated[int, typer.Option("--checkpoint", min=1, help="A load of more entries commits every this many; killed, the same command run again resumes.")]
 LongQuestions = Annotated[Optional[str], typer.Option("--long-questions", help="A question over the model's window: tail (keep its last tokens) or windows (embed its windows, score by the best); default: the index's setting (windows).")]
 
 
@@ -236,7 +261,11 @@ def index(
     precision: PrecisionOption = Precision.auto,
     threads: Threads = None,
     backend: BackendOption = Backend.auto,
-    index_type: Annotated[IndexType, typer.Option("--index-type", help="flat (exact), hnsw, ivf, or auto: flat up to 20,000 vectors, HNSW above; ANN search depth is tuned at each commit to recall@10 >= 0.98 vs exact.")] = IndexType.auto,
+    index_type: Annotated[IndexType, typer.Option("--index-type", help="flat (exact), hnsw, ivf, sq8 (8-bit), ivfpq (compressed, re-scored), or auto: flat up to 20,000 vectors, HNSW above, compressed when float32 would not fit in memory; ANN search depth is tuned at each commit to recall@10 >= 0.98 vs exact.")] = IndexType.auto,
+    ray: Ray = None,
+    ray_workers: RayWorkers = None,
+    ray_gpus: RayGpus = 0,
+    checkpoint: Checkpoint = 50_000,
     quiet: Quiet = False,
     as_json: Json = False,
 ):
@@ -252,6 +281,7 @@ def index(
             max_length=max_length, window=window, window_length=window_length, stride=stride, replace=replace,
             on_error=chosen(on_error), fmt=source.fmt, delimiter=delimiter, precision=chosen(precision),
             threads=threads, backend=chosen(backend), progress=progress, index_type=chosen(index_type),
+            checkpoint=checkpoint, ray=ray, ray_workers=ray_workers, ray_gpus=ray_gpus,
         )
     print_report(report, as_json, source.rename)
     for warning in index_warnings(index_dir):
@@ -272,6 +302,10 @@ def add(
     precision: PrecisionOption = Precision.auto,
     threads: Threads = None,
     backend: BackendOption = Backend.auto,
+    ray: Ray = None,
+    ray_workers: RayWorkers = None,
+    ray_gpus: RayGpus = 0,
+    checkpoint: Checkpoint = 50_000,
     quiet: Quiet = False,
     as_json: Json = False,
 ):
@@ -282,7 +316,8 @@ def add(
         report = add_documents(index_dir, source.path, text_fields=text_field, id_field=id_field, group_field=group_field,
                                on_error=chosen(on_error), fmt=source.fmt, delimiter=delimiter,
                                precision=chosen(precision), threads=threads, backend=chosen(backend),
-                               progress=progress)
+                               progress=progress, checkpoint=checkpoint, ray=ray, ray_workers=ray_workers,
+                               ray_gpus=ray_gpus)
     print_report(report, as_json, source.rename)
 
 
@@ -737,6 +772,7 @@ def serve(
     query_log: Annotated[bool, typer.Option("--query-log/--no-query-log", help="Log each asked question in the index (the newest 10,000), for `bertdex feedback`.")] = True,
     access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="One line per request on stderr: method, path, status, ms.")] = True,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors (no start line, no access log).")] = False,
+    workers: Annotated[int, typer.Option(min=1, help="Server processes on one port over the same folder; more than 1 serves read-only.")] = 1,
 ):
     """Serve the index over HTTP: POST /search, /feedback, /documents; GET /fields, /health, /info; a search page at /."""
     import logging
@@ -750,11 +786,11 @@ def serve(
             api_key = api_key_file.read_text(encoding="utf-8").strip()
         except OSError as error:
             raise typer.BadParameter(f"--api-key-file {api_key_file}: {error.strerror}") from None
-    writable = check_bind(host, api_key, read_only)
+    writable = check_bind(host, api_key, read_only or workers > 1)
     from search.searcher import open_manifest
 
     open_manifest(index_dir)  # not an index: one line, before anything starts
-    sock = bind_socket(host, port)  # a busy port fails here, before the start line
+    sock = bind_socket(host, port) if workers == 1 else None  # a busy port fails here, before the start line
     if access_log and not quiet:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
@@ -768,7 +804,7 @@ def serve(
         typer.echo(f"starting: {index_dir} on http://{host}:{port}/ ({access}; API docs at /docs)", err=True)
     run_server(index_dir, host=host, port=port, api_key=api_key, read_only=read_only,
                batch_window=batch_window_ms / 1000, max_batch=max_batch, threads=threads,
-               query_log=query_log, access_log=access_log and not quiet, sock=sock)
+               query_log=query_log, access_log=access_log and not quiet, sock=sock, workers=workers)
 
 
 # -- answer quality ---------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ index holds exactly the original entries plus the writes that were acknowledged.
 
     python bench/load.py --clients 8 --seconds 20            # micro-batching on (the default)
     python bench/load.py --clients 8 --seconds 20 --compare  # and again with --max-batch 1, same run
+    python bench/load.py --clients 8 --seconds 20 --workers 1 2  # searches only, `serve --workers N` for each N
 """
 
 from __future__ import annotations
@@ -46,7 +47,11 @@ def main() -> int:
     parser.add_argument("--batch-window-ms", type=float, default=2.0)
     parser.add_argument("--compare", action="store_true", help="run again with --max-batch 1 (no micro-batching)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads for the server (default: all)")
+    parser.add_argument("--workers", type=int, nargs="+", default=None,
+                        help="server processes (`serve --workers N`) to compare, one run each; searches only (read-only)")
     args = parser.parse_args()
+    if args.workers:
+        args.write_share = 0.0
     if not 1 <= args.clients <= MAX_CLIENTS or not 0 < args.seconds <= MAX_SECONDS or not 0 <= args.write_share <= 0.5:
         parser.error(f"--clients 1..{MAX_CLIENTS}, --seconds up to {MAX_SECONDS}, --write-share 0..0.5")
     beir = args.data / args.dataset / "beir"
@@ -61,16 +66,17 @@ def main() -> int:
              "--text-field", "title", "--id-field", "_id", "--quiet"])
         failed = 0
         for max_batch in ([64, 1] if args.compare else [64]):
-            fresh = Path(work) / f"run-{max_batch}"  # each run starts from the same untouched index
-            shutil.copytree(folder, fresh, ignore=shutil.ignore_patterns("write.lock"))
-            failed += one_run(args, fresh, questions, max_batch)
+            for workers in args.workers or [1]:
+                fresh = Path(work) / f"run-{max_batch}-{workers}"  # each run starts from the same untouched index
+                shutil.copytree(folder, fresh, ignore=shutil.ignore_patterns("write.lock"))
+                failed += one_run(args, fresh, questions, max_batch, workers)
     return 1 if failed else 0
 
 
-def one_run(args, folder: Path, questions: list[str], max_batch: int) -> int:
+def one_run(args, folder: Path, questions: list[str], max_batch: int, workers: int = 1) -> int:
     key, port = secrets.token_urlsafe(24), free_port()
     command = [sys.executable, str(ROOT / "cli.py"), "serve", str(folder), "--port", str(port),
-               "--batch-window-ms", str(args.batch_window_ms), "--max-batch", str(max_batch),
+               "--batch-window-ms", str(args.batch_window_ms), "--max-batch", str(max_batch), "--workers", str(workers),
                *(["--threads", str(args.threads)] if args.threads else [])]
     server = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "BERTDEX_API_KEY": key, "HF_HUB_OFFLINE": "1"},
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -87,7 +93,7 @@ def one_run(args, folder: Path, questions: list[str], max_batch: int) -> int:
         server.terminate()
         server.wait(timeout=60)
     file_problems = check_files(folder, load.expected, load.gone)
-    report(args, max_batch, lone, load, info, api_problems + file_problems)
+    report(args, max_batch, lone, load, info, api_problems + file_problems, workers)
     return load.errors + len(api_problems) + len(file_problems)
 
 
@@ -192,9 +198,10 @@ def lone_latencies(base: str, questions: list[str]) -> list[float]:
     return times[5:]  # the first few warm up
 
 
-def report(args, max_batch: int, lone: list[float], load: Load, info: dict, problems: list[str]) -> None:
+def report(args, max_batch: int, lone: list[float], load: Load, info: dict, problems: list[str], workers: int = 1) -> None:
     total = sum(len(v) for v in load.latencies.values())
     label = "micro-batching on" if max_batch > 1 else "micro-batching off (--max-batch 1)"
+    label += f", {workers} server process{'es' if workers > 1 else ''}"
     threads = args.threads or "all"
     print(f"\n== {label}: {args.clients} clients, {load.seconds:.1f} s, window {args.batch_window_ms} ms, "
           f"server torch threads {threads} ==")
@@ -204,7 +211,7 @@ def report(args, max_batch: int, lone: list[float], load: Load, info: dict, prob
         if times:
             print(f"  {kind:<7} {len(times):>6}  p50 {ms(times, 50):>7} ms  p99 {ms(times, 99):>7} ms")
     average = info["questions"] / info["batches"] if info["batches"] else 0
-    print(f"forward passes: {info['batches']} for {info['requests']} search requests "
+    print(f"forward passes{' (one worker)' if workers > 1 else ''}: {info['batches']} for {info['requests']} search requests "
           f"({average:.2f} questions a pass, largest {info['largest']} requests)")
     print(f"written and kept: {len(load.expected)} entries, deleted: {len(load.gone)}; "
           f"index check: {'exactly the written entries' if not problems else 'FAILED'}")

@@ -25,6 +25,7 @@ from indexer.ingest.entries import check_question
 from indexer.store import ann
 from indexer.store.folder import check_index_folder, connect, open_manifest, open_vectors, read_manifest  # noqa: F401 (open_manifest: re-exported)
 from indexer.ingest.embedding import embed_questions as question_vectors
+from indexer.store.ann_compressed import load_flag
 from search import keyword
 from search.collapse import DENSE_PER_ENTRY, MAX_POOL, collapse, pool_size, without
 from search.filters import check_weight, passes
@@ -98,7 +99,7 @@ class Searcher:
         manifest = read_manifest(self.db, self.folder)
         if manifest.generation != self._generation:
             self._generation_tried = manifest.generation
-            self.vectors = open_vectors(self.folder, manifest)
+            self.vectors = open_vectors(self.folder, manifest, flags=load_flag(manifest.index_type))
             self._generation = manifest.generation
         self.manifest = manifest
 

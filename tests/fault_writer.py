@@ -8,6 +8,8 @@ its commit returned, then {"event": "exit", "status"} once the child is gone.
 `die_at` makes the child SIGKILL itself at one exact step of the commit (see `die_at`): "partial"
 (the .partial FAISS file written), "renamed" (renamed to vectors.<G>.faiss), "before-commit" and
 "after-commit" (around SQLite's COMMIT). The hooks wrap functions inside the child only.
+Optionally "checkpoint", "chunk" (entries per chunk, default 256) and "ray" (a Ray address);
+then {"event": "progress", "done"} after each chunk the child wrote.
 """
 
 from __future__ import annotations
@@ -70,16 +72,21 @@ def die_at(step: str) -> None:
 def child(request: dict, resolved) -> None:
     if request.get("die_at"):
         die_at(request["die_at"])
+    options = {"chunk_size": request.get("chunk", 256), "ray": request.get("ray"),
+               "progress": (lambda done, total: say(event="progress", done=done)) if request.get("progress") else None}
+    if "checkpoint" in request:
+        options["checkpoint"] = request["checkpoint"]
     if request["op"] == "build":
         report = build_index(request["data"], request["folder"], replace=request.get("replace", False),
-                             chunk_size=256, resolved=resolved)
+                             resolved=resolved, **options)
     else:
-        report = add_documents(request["folder"], request["data"], chunk_size=256, encoder=resolved.encoder)
-    say(event="committed", documents=report.documents)
+        report = add_documents(request["folder"], request["data"], encoder=resolved.encoder, **options)
+    say(event="committed", documents=report.documents, unchanged=report.unchanged)
 
 
 def main() -> None:
-    resolved = resolve_recipe(threads=1)  # loads the model once, before any fork
+    precision = sys.argv[sys.argv.index("--precision") + 1] if "--precision" in sys.argv else "auto"
+    resolved = resolve_recipe(threads=1, precision=precision)  # loads the model once, before any fork
     say(event="ready")
     for line in sys.stdin:
         request = json.loads(line)

@@ -156,8 +156,8 @@ def test_on_error_skip_indexes_the_good_rows_and_lists_the_bad(tmp_path, resolve
 class ForkServer:
     """tests/fault_writer.py: the model loaded once; each write runs in a child we can SIGKILL."""
 
-    def __init__(self):
-        self.process = subprocess.Popen([sys.executable, str(ROOT / "tests" / "fault_writer.py")],
+    def __init__(self, *options: str):
+        self.process = subprocess.Popen([sys.executable, str(ROOT / "tests" / "fault_writer.py"), *options],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
         assert self.next_event()["event"] == "ready"
 

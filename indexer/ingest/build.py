@@ -8,6 +8,7 @@ into the writer. Memory holds one chunk of texts, plus the vectors themselves.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,16 +19,18 @@ from indexer.store.ann import check_index_type
 from indexer.embed.encoder import Encoder
 from indexer.errors import BertdexError
 from indexer.embed.models import LANGUAGE_SAMPLE, model_choice
+from indexer.ingest.bulk import CHECKPOINT, InProcess, check_resume, embed_options, ingest, run_marker
 from indexer.ingest.embedding import embed_entries
 from indexer.ingest.entries import check_keys
 from indexer.ingest.readers import Entry, Fields, Problem, chosen_fields, read_entries
 from indexer.embed.resolve import Resolved, encoder_for, resolve_recipe
 from indexer.store.keywords import NEW_INDEX_SCHEME
-from indexer.store.folder import IndexWriter, Manifest, check_index_folder, content_hash, open_manifest
+from indexer.store.folder import (DB_NAME, IndexWriter, Manifest, check_index_folder, connect, content_hash, now,
+                                  open_manifest, read_manifest)
 from indexer.store.settings import IndexSettings
 
-CHUNK = 2048
 EMBED_BATCH = 128  # entries per encoder call inside a chunk: the progress bar moves this often
+CHUNK = EMBED_BATCH  # entries planned, embedded and written at once (a Ray job); progress moves per chunk
 ON_ERROR = ("fail", "skip")
 Progress = Callable[[int, int], None]
 
@@ -65,11 +68,17 @@ def build_index(data: Path, folder: Path, *, text_fields: Iterable[str] = (), id
                 replace: bool = False, on_error: str = "fail",
                 fmt: str | None = None, precision: str = "auto", threads: int | None = None,
                 backend: str = "auto", progress: Progress | None = None, chunk_size: int = CHUNK,
-                resolved: Resolved | None = None, index_type: str = "auto", delimiter: str | None = None) -> BuildReport:
+                resolved: Resolved | None = None, index_type: str = "auto", delimiter: str | None = None,
+                checkpoint: int = CHECKPOINT, ray: str | None = None, ray_workers: int | None = None,
+                ray_gpus: float = 0) -> BuildReport:
     """Index the entries of `data` into a new folder (or rebuild one with `replace`).
 
     `resolved`: a recipe and encoder already loaded (then the model options are not used).
-    `index_type`: auto, flat, hnsw or ivf (see indexer.store.ann); auto picks by collection size at each commit.
+    `index_type`: auto, flat, hnsw, ivf, sq8 or ivfpq (see indexer.store.ann); auto picks by collection size
+    at each commit. `checkpoint`: a load of more entries commits every `checkpoint` entries and, run again
+    after a crash, resumes (even with `replace`: an interrupted load of the same file and options continues).
+    `ray`: embed on Ray ("local": a Ray started for this run; "auto" or "ray://host:port": a cluster) with
+    `ray_workers` actors (default: one per CPU of the cluster) of `ray_gpus` GPUs each.
     `progress(done, total)`: called once the input is checked (0 done, before the model loads), then per batch.
     """
     started = time.perf_counter()
@@ -90,10 +99,19 @@ def build_index(data: Path, folder: Path, *, text_fields: Iterable[str] = (), id
                              keyword_terms=NEW_INDEX_SCHEME,
                              model_reason=model_reason if resolved.recipe.model == model else "given by the caller")
     manifest = Manifest(recipe=resolved.recipe, settings=settings, index_type=check_index_type(index_type))
-    with IndexWriter.open(Path(folder), new=manifest, replace=replace) as writer:
-        if writer.manifest.documents and not replace:
+    marker, resume = None, False
+    if entries_total > checkpoint:
+        options = {"settings": settings.to_dict(), "index_type": index_type, "recipe": resolved.recipe.to_dict()}
+        marker = run_marker("index", source.path, options)
+        existing = _existing_manifest(Path(folder))
+        resume = check_resume(existing, marker, replace, folder, "add --replace to start over")
+        marker = existing.settings.loading if resume else {**marker, "started": now()}
+    with IndexWriter.open(Path(folder), new=manifest, replace=replace and not resume) as writer:
+        if writer.manifest.documents and not replace and not resume:
             raise BertdexError(f"{folder} already holds an index: use `bertdex add` to update it, or --replace to rebuild it")
-        counts = _ingest(writer, resolved.encoder, source, fields, entries_total, progress, chunk_size)
+        with _embedder(resolved.encoder, writer.manifest, ray, ray_workers, ray_gpus) as embedder:
+            counts = ingest(writer, embedder, _entries(source, fields), entries_total, progress=progress,
+                            chunk_size=chunk_size, checkpoint=checkpoint, marker=marker)
         final = writer.commit()
     return _report(folder, counts, final, started, problems, f"model {resolved.recipe.model}: {settings.model_reason}; "
                    + resolved.reason, writer.warnings)
@@ -103,8 +121,11 @@ def add_documents(folder: Path, data: Path, *, text_fields: Iterable[str] = (), 
                   group_field: str | None = None, on_error: str = "fail", fmt: str | None = None,
                   precision: str = "auto", threads: int | None = None, backend: str = "auto",
                   progress: Progress | None = None, chunk_size: int = CHUNK,
-                  encoder: Encoder | None = None, delimiter: str | None = None) -> BuildReport:
-    """Add or update entries by key: unchanged ones cost nothing, changed ones are re-embedded."""
+                  encoder: Encoder | None = None, delimiter: str | None = None, checkpoint: int = CHECKPOINT,
+                  ray: str | None = None, ray_workers: int | None = None, ray_gpus: float = 0) -> BuildReport:
+    """Add or update entries by key: unchanged ones cost nothing, changed ones are re-embedded.
+
+    `checkpoint`, `ray*`: as for build_index (an add is resumable by nature: committed entries are unchanged)."""
     started = time.perf_counter()
     folder = check_index_folder(Path(folder))
     manifest = open_manifest(folder)  # its connection closed before the writer opens one
@@ -113,9 +134,17 @@ def add_documents(folder: Path, data: Path, *, text_fields: Iterable[str] = (), 
                     group_field or settings.group_field)
     source = _Source(Path(data), fmt or settings.format, delimiter or settings.delimiter)
     entries_total, problems = _check_input(source, fields, on_error, progress)
+    marker = None
+    if entries_total > checkpoint:
+        marker = run_marker("add", source.path, {"fields": list(fields.text), "id": fields.key, "group": fields.group,
+                                                 "format": source.fmt})
+        resume = check_resume(manifest, marker, False, folder, "or `bertdex index --replace` to start over")
+        marker = manifest.settings.loading if resume else {**marker, "started": now()}
     with IndexWriter.open(folder) as writer:  # first: a locked, read-only or damaged index refuses before the model loads
         encoder = encoder or encoder_for(writer.manifest.recipe, precision=precision, threads=threads, backend=backend)
-        counts = _ingest(writer, encoder, source, fields, entries_total, progress, chunk_size)
+        with _embedder(encoder, writer.manifest, ray, ray_workers, ray_gpus) as embedder:
+            counts = ingest(writer, embedder, _entries(source, fields), entries_total, progress=progress,
+                            chunk_size=chunk_size, checkpoint=checkpoint, marker=marker)
         final = writer.commit()
     return _report(folder, counts, final, started, problems, warnings=writer.warnings)
 
@@ -194,28 +223,37 @@ def _check_input(source: _Source, fields: Fields, on_error: str, progress: Progr
     return count, problems
 
 
-def _ingest(writer: IndexWriter, encoder: Encoder, source: _Source, fields: Fields,
-            total: int, progress: Progress | None, chunk_size: int) -> dict:
-    totals = {"added": 0, "updated": 0, "unchanged": 0, "truncated": 0, "split": 0, "split_texts": 0}
-    chunk: list[Entry] = []
-    done = 0
+def _entries(source: _Source, fields: Fields):
+    return (item for item in source.entries(fields) if isinstance(item, Entry))
 
-    def flush():
-        nonlocal done
-        report = (lambda n: progress(done + n, total)) if progress else None
-        for name, value in upsert_entries(writer, encoder, chunk, report).items():
-            totals[name] += value
-        done += len(chunk)
-        chunk.clear()
 
-    for item in source.entries(fields):
-        if isinstance(item, Entry):
-            chunk.append(item)
-            if len(chunk) >= chunk_size:
-                flush()
-    if chunk:
-        flush()
-    return totals
+def _existing_manifest(folder: Path) -> Manifest | None:
+    """The manifest of the index in `folder`, or None when there is none (yet)."""
+    if not (folder / DB_NAME).is_file():
+        return None
+    db = connect(folder, readonly=True)
+    try:
+        return read_manifest(db, folder)
+    except BertdexError:
+        return None
+    finally:
+        db.close()
+
+
+@contextmanager
+def _embedder(encoder: Encoder, manifest: Manifest, ray: str | None, workers: int | None, gpus: float):
+    """This process's encoder, or a pool of Ray actors holding the same one (indexer.ingest.distributed)."""
+    if ray is None:
+        embedder = InProcess(encoder, embed_options(manifest))
+    else:
+        from indexer.ingest.distributed import RayEmbedder
+
+        embedder = RayEmbedder(encoder, manifest.recipe, embed_options(manifest), address=ray, workers=workers,
+                               gpus=gpus)
+    try:
+        yield embedder
+    finally:
+        embedder.close()
 
 
 def _report(folder, counts: dict, manifest: Manifest, started: float, problems: list[Problem], reason: str = "",

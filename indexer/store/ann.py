@@ -1,4 +1,5 @@
-"""Vector index types: exact search (flat), a graph (HNSW) or inverted lists (IVF), over unit vectors.
+"""Vector index types: exact search (flat), a graph (HNSW), inverted lists (IVF), or compressed codes
+re-scored exactly (sq8, ivfpq: indexer.store.ann_compressed), over unit vectors.
 
 Every index is an IndexIDMap2 (FAISS ids = passage ids) over an inner-product index. The writer
 adds vectors as it goes and hands deletions to `finish` at commit, which then: removes them (flat
@@ -17,8 +18,10 @@ import faiss
 import numpy as np
 
 from indexer.errors import BertdexError
+from indexer.store import ann_compressed as compressed
+from indexer.store.ann_compressed import COMPRESSED
 
-INDEX_TYPES = ("auto", "flat", "hnsw", "ivf")
+INDEX_TYPES = ("auto", "flat", "hnsw", "ivf", *COMPRESSED)
 AUTO_FLAT_MAX = 20_000  # auto: exact search up to here (about 1.5 ms a question on 2 cores), HNSW above
 RECALL_TARGET = 0.98  # what an ANN index must keep
 TUNE_TARGET = 0.99  # what tuning asks of its sample
@@ -26,7 +29,7 @@ TUNE_TARGET = 0.99  # what tuning asks of its sample
 # indexes of bench/latency.py it reached 0.99 at efSearch 24 and 32, where real questions needed 96 and
 # 128 for 0.99 (tie-aware); on the 1M IVF index it asked for nprobe 24, where real questions needed 128
 # for 0.98. So the depth found on the sample is multiplied by this margin.
-DEPTH_MARGIN = {"hnsw": 4, "ivf": 6}
+DEPTH_MARGIN = {"hnsw": 4, "ivf": 6, "sq8": 2, "ivfpq": 6}
 RECALL_SAMPLE = 198  # three kinds of 66 (`recall_sample`)
 HNSW_M = 32
 # efConstruction 200 rather than 80: at 100k real entries, English questions' recall@10 plateaued at
@@ -91,8 +94,10 @@ def new_index(index_type: str, dimension: int, params: dict) -> faiss.Index:
 
 
 def kind(index: faiss.Index) -> str:
-    """flat, hnsw or ivf: the structure under the id map."""
+    """flat, hnsw, ivf, sq8 or ivfpq: the structure under the id map."""
     inner = faiss.downcast_index(index.index) if hasattr(index, "id_map") else faiss.downcast_index(index)
+    if compressed.compressed_kind(inner):
+        return compressed.compressed_kind(inner)
     if isinstance(inner, faiss.IndexHNSW):
         return "hnsw"
     if isinstance(inner, faiss.IndexIVF):
@@ -133,14 +138,18 @@ def _bury(index: faiss.Index, removed: np.ndarray) -> None:
     index.construct_rev_map()
 
 
-def choose(requested: str, count: int, current: str) -> str:
+def choose(requested: str, count: int, current: str, dimension: int = 0, memory: int = 0) -> str:
     """The type to build for `count` vectors. auto: flat up to AUTO_FLAT_MAX, HNSW above; an HNSW index
     goes back to flat only below half of that, so a collection near the line does not flip every commit.
+    Past COMPRESS_MIN vectors whose float32 and graph would take over half of `memory`: ivfpq.
 
     choose("auto", 5_000, "flat") -> "flat"; choose("auto", 15_000, "hnsw") -> "hnsw"
     """
     if requested != "auto":
         return requested
+    if memory and (compressed.too_big(count, dimension, memory)
+                   or (current == "ivfpq" and compressed.too_big(2 * count, dimension, memory))):
+        return "ivfpq"
     line = AUTO_FLAT_MAX // 2 if current == "hnsw" else AUTO_FLAT_MAX
     return "flat" if count <= line else "hnsw"
 
@@ -153,7 +162,7 @@ def finish(index: faiss.Index, index_type: str, params: dict, removed: np.ndarra
     buried = tombstones(index)
     leaving = int(np.isin(faiss.vector_to_array(index.id_map), removed).sum()) if removed.size else 0
     count = index.ntotal - buried - leaving
-    target = choose(requested, count, current)
+    target = choose(requested, count, current, index.d, compressed.machine_memory())
     if current == target == "flat":
         if removed.size:
             index.remove_ids(removed)
@@ -163,6 +172,8 @@ def finish(index: faiss.Index, index_type: str, params: dict, removed: np.ndarra
         removed = np.zeros(0, dtype=np.int64)
     retrain = target == "ivf" and (current != "ivf" or count > IVF_RETRAIN_GROWTH * params.get("trained_on", 0)
                                    or count < params.get("trained_on", 0) // IVF_RETRAIN_GROWTH)
+    if target in COMPRESSED:
+        retrain = current != target or not compressed.fits_training(count, params, IVF_RETRAIN_GROWTH)
     if current != target or removed.size or retrain:
         ids, vectors = stored(index)
         if removed.size:
@@ -176,7 +187,9 @@ def finish(index: faiss.Index, index_type: str, params: dict, removed: np.ndarra
 
 def _build(target: str, old: faiss.Index, ids: np.ndarray, vectors: np.ndarray, params: dict, retrain: bool):
     dimension = old.d
-    if target == "flat":
+    if target in COMPRESSED:
+        index, params = compressed.build(target, old, vectors, params, retrain)
+    elif target == "flat":
         index = faiss.IndexIDMap2(faiss.IndexFlatIP(dimension))
         params = {}
     elif target == "hnsw":
@@ -229,7 +242,10 @@ def _tune(index: faiss.Index, target: str, params: dict) -> tuple[faiss.Index, s
     inner = faiss.downcast_index(index.index)
     if target == "hnsw":
         params = {**params, "M": int(inner.hnsw.nb_neighbors(1)), "ef_construction": int(inner.hnsw.efConstruction)}
-    steps = EF_SEARCH_STEPS if target == "hnsw" else [p for p in NPROBE_STEPS if p <= params["nlist"]] + [params["nlist"]]
+    if target in COMPRESSED:
+        steps = compressed.steps(target, params)
+    else:
+        steps = EF_SEARCH_STEPS if target == "hnsw" else [p for p in NPROBE_STEPS if p <= params["nlist"]] + [params["nlist"]]
     ids, vectors = stored(index)
     if len(ids) == 0:
         return index, target, {**params, "recall_at_10": 1.0, "recall_sample": 0}
@@ -242,12 +258,15 @@ def _tune(index: faiss.Index, target: str, params: dict) -> tuple[faiss.Index, s
         chosen = step
         if recall >= TUNE_TARGET:
             break
+    if target == "ivfpq" and recall < TUNE_TARGET:  # PQ ranks too coarsely: re-score more candidates
+        measure = lambda: recall_at(index, queries, truth, 10, exclude=exclude, kth=kth)  # noqa: E731
+        params = {**params, "k_factor": compressed.raise_k_factor(inner, measure, TUNE_TARGET)}
     sampled = chosen
     chosen = min(steps[-1], DEPTH_MARGIN[target] * sampled)
     if chosen != sampled:
         _set_depth(inner, target, chosen)
         recall = recall_at(index, queries, truth, 10, exclude=exclude, kth=kth)
-    name = "ef_search" if target == "hnsw" else "nprobe"
+    name = "ef_search" if target == "hnsw" else compressed.depth_name(target) if target in COMPRESSED else "nprobe"
     return index, target, {**params, name: chosen, f"sample_{name}": sampled, "recall_at_10": round(recall, 4),
                            "recall_sample": len(queries)}
 
@@ -274,7 +293,9 @@ def recall_sample(ids: np.ndarray, vectors: np.ndarray) -> tuple[np.ndarray, np.
 
 
 def _set_depth(inner: faiss.Index, target: str, step: int) -> None:
-    if target == "hnsw":
+    if target in COMPRESSED:
+        compressed.set_depth(inner, target, step)
+    elif target == "hnsw":
         inner.hnsw.efSearch = int(step)
     else:
         inner.nprobe = int(step)

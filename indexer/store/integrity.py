@@ -56,13 +56,16 @@ def check_faiss_file(path: Path, record: dict, *, checksum: bool = False) -> Non
                            f"(the file changed on disk; run `bertdex repair {path.parent}`)")
 
 
-def read_faiss(path: Path, record: dict, dimension: int, *, checksum: bool = False):
-    """The FAISS index at `path` after `check_faiss_file`, checked against the dimension and count."""
+def read_faiss(path: Path, record: dict, dimension: int, *, checksum: bool = False, flags: int = 0):
+    """The FAISS index at `path` after `check_faiss_file`, checked against the dimension and count.
+
+    `flags`: for faiss.read_index (a searcher memory-maps the compressed types, indexer.store.ann_compressed).
+    """
     import faiss
 
     check_faiss_file(path, record, checksum=checksum)
     try:
-        index = faiss.read_index(str(path))
+        index = faiss.read_index(str(path), flags)
     except (RuntimeError, MemoryError) as error:
         reason = str(error).strip().splitlines()[-1][:160] if str(error).strip() else type(error).__name__
         raise IndexDamaged(f"{path} cannot be read by FAISS ({reason}); run `bertdex repair {path.parent}`") from None

@@ -164,20 +164,23 @@ def check_index_folder(folder: Path) -> Path:
     return folder
 
 
-def load_vectors(folder: Path, generation: int, dimension: int) -> faiss.Index:
+def load_vectors(folder: Path, generation: int, dimension: int, flags: int = 0) -> faiss.Index:
     """The FAISS index of `generation`, unchecked (benchmarks); readers use `open_vectors`."""
     path = vectors_path(folder, generation)
     if generation == 0 and not path.exists():
         return new_vector_index("flat", dimension, {})
-    return faiss.read_index(str(path))
+    return faiss.read_index(str(path), flags)
 
 
-def open_vectors(folder: Path, manifest: Manifest, *, checksum: bool = False) -> faiss.Index:
-    """The FAISS index the manifest names, after its checks (and its checksum's); IndexDamaged if one fails."""
+def open_vectors(folder: Path, manifest: Manifest, *, checksum: bool = False, flags: int = 0) -> faiss.Index:
+    """The FAISS index the manifest names, after its checks (and its checksum's); IndexDamaged if one fails.
+
+    `flags`: faiss.read_index flags (a searcher maps compressed types: indexer.store.ann_compressed.load_flag).
+    """
     if manifest.generation == 0:
         return new_vector_index("flat", manifest.recipe.dimension, {})
     return integrity.read_faiss(vectors_path(folder, manifest.generation), manifest.faiss_file,
-                                manifest.recipe.dimension, checksum=checksum)
+                                manifest.recipe.dimension, checksum=checksum, flags=flags)
 
 
 def check_counts(db: sqlite_utils.Database, folder: Path, manifest: Manifest) -> None:

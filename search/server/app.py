@@ -11,6 +11,7 @@ assets are read into memory at start.
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -179,7 +180,7 @@ def create_app(folder: str | Path, *, api_key: str | None = None, writable: bool
         details = {name: value for name, value in index_info(service.folder).items() if name != "folder"}
         details["server"] = {
             "writable": service.writable, "feedback": service.feedback_access, "query_log": service.query_log,
-            "batching": service.batcher.stats(),
+            "batching": service.batcher.stats(), "pid": os.getpid(),
             "limits": {"question_chars": MAX_QUESTION_CHARS, "questions": MAX_QUESTIONS, "k": MAX_K,
                        "documents": MAX_DOCUMENTS, "text_chars": MAX_TEXT_CHARS, "key_chars": MAX_KEY_CHARS,
                        "body_bytes": max_body_bytes},
@@ -212,11 +213,27 @@ def _static(content: bytes, media_type: str, policy: str | None = None):
 
 def serve(folder: str | Path, *, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           read_only: bool = False, batch_window: float = 0.002, max_batch: int = 64, threads: int | None = None,
-          query_log: bool = True, access_log: bool = True, sock=None, log_level: str = "warning") -> None:
-    """Run the service with uvicorn until interrupted, on `sock` (from bind_socket) or a fresh one."""
+          query_log: bool = True, access_log: bool = True, sock=None, log_level: str = "warning",
+          workers: int = 1) -> None:
+    """Run the service with uvicorn until interrupted, on `sock` (from bind_socket) or a fresh one.
+
+    `workers` > 1: that many processes on one port, each with its own searcher over the same folder (a
+    compressed index's mapped vectors are shared through the page cache), read-only (one writer per
+    folder), `threads` each (default: cores / workers)."""
     import uvicorn
 
-    writable = check_bind(host, api_key, read_only)
+    writable = check_bind(host, api_key, read_only or workers > 1)
+    if workers > 1:
+        import json
+
+        threads = threads or max(1, (os.cpu_count() or 1) // workers)
+        os.environ[WORKER_OPTIONS] = json.dumps({"folder": str(folder), "batch_window": batch_window,
+                                                 "max_batch": max_batch, "threads": threads,
+                                                 "access_log": access_log})
+        uvicorn.run(f"{__name__}:worker_app", factory=True, workers=workers, host=host, port=port,
+                    log_level=log_level, server_header=False, limit_concurrency=512, timeout_keep_alive=5,
+                    access_log=False)
+        return
     sock = sock or bind_socket(host, port)
     app = create_app(folder, api_key=api_key, writable=writable, batch_window=batch_window, max_batch=max_batch,
                      threads=threads, feedback=not read_only, query_log=query_log and not read_only,
@@ -224,3 +241,16 @@ def serve(folder: str | Path, *, host: str = "127.0.0.1", port: int = 8000, api_
     config = uvicorn.Config(app, log_level=log_level, server_header=False, limit_concurrency=512,
                             timeout_keep_alive=5, access_log=False)
     uvicorn.Server(config).run(sockets=[sock])
+
+
+# serve(workers=N) -> its uvicorn worker processes. They are spawned (not forked) and uvicorn hands
+# them only an import string, so the environment is the one channel; serve() writes it, no user does.
+WORKER_OPTIONS = "BERTDEX_SERVE_WORKER_OPTIONS"
+
+
+def worker_app() -> FastAPI:
+    """The app of one worker process of `serve(workers=N)`: read-only, no feedback, options from serve()."""
+    import json
+
+    options = json.loads(os.environ[WORKER_OPTIONS])
+    return create_app(options.pop("folder"), api_key=None, writable=False, feedback=False, query_log=False, **options)

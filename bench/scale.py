@@ -1,0 +1,300 @@
+"""Past one machine: embedding rate in-process vs on Ray, and compressed indexes at 10M vectors.
+
+    python bench/scale.py embed --count 20000        # nsmc reviews: in-process (1 and all threads), Ray 1 and 2 workers
+    python bench/scale.py vectors --count 10000000 --types ivfpq sq8 --queries 200
+
+embed: the first COUNT reviews of nsmc-raw, embedded by the default recipe in chunks of 2048 (as
+`bertdex index` does) on this process's encoder, then on a local Ray with 1 and 2 actors of one
+thread each (rate after the actors are up; their start-up is printed apart). Per-worker rates let
+N machines x cores be projected. The reviews' vectors are kept (bench/out/scale/real.npy).
+
+vectors: COUNT unit vectors, SYNTHETIC beyond the real ones: each is a mix of two real review vectors
+(weights 1 and 0..1) plus Gaussian noise (0.03 a coordinate), normalized. They are written in chunks to a float32 FAISS
+flat file that is memory-mapped, never held in RAM; the compressed index (codes and lists in RAM) is
+built on it by streaming chunks, and written as the same FAISS file `bertdex` writes for that type
+(IDMap2 over IndexRefineFlat). The search side is the product's: faiss.read_index with
+ann_compressed.load_flag (the float32 vectors mapped), ann.search. Questions: 100 bertfaq-covidfaq
+user questions and 100 held-out nsmc reviews, embedded for real one at a time (its time is part of
+the p50/p99). recall@10 against exact search over all COUNT vectors; the depth (nprobe for ivfpq,
+k_factor for sq8) is the smallest that reaches 0.98 on these questions, as tuning does on its sample.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+DATA = ROOT.parent / "shared" / "data"
+OUT = ROOT / "bench" / "out" / "scale"
+CHUNK = 2048
+BUILD_CHUNK = 250_000
+NOISE = 0.03  # per coordinate: |noise| ~0.6 on 384 dimensions
+
+
+def reviews(data: Path, count: int) -> tuple[list[str], list[str]]:
+    texts = []
+    with gzip.open(data / "nsmc-raw" / "nsmc_raw_reviews.tsv.gz", "rt", encoding="utf-8") as rows:
+        next(rows)
+        for line in rows:
+            text = line.rstrip("\n").split("\t")[-1].strip()
+            if text:
+                texts.append(text)
+    faq = [json.loads(line)["text"] for line in (data / "bertfaq-covidfaq" / "beir" / "queries.jsonl")
+           .read_text(encoding="utf-8").splitlines() if line.strip()]
+    return texts[:count], faq[:100] + texts[-100:]
+
+
+def embed_bench(args) -> None:
+    from indexer.embed.resolve import resolve_recipe
+    from indexer.ingest.distributed import RayEmbedder
+
+    texts, questions = reviews(args.data, args.count)
+    options = {"layer": None, "pooling": None}
+    chunks = [texts[i:i + CHUNK] for i in range(0, len(texts), CHUNK)]
+    print(f"{len(texts)} nsmc reviews, chunks of {CHUNK}; {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
+    vectors = None
+    for threads in (1, None):
+        resolved = resolve_recipe(threads=threads, precision="fp32")
+        recipe = resolved.recipe
+        options = {"layer": recipe.layer, "pooling": recipe.pooling, "exclude_special": recipe.exclude_special,
+                   "windows": True, "stride": 32, "window_length": 128}
+        started = time.perf_counter()
+        parts = [resolved.encoder.embed(chunk, **options).vectors for chunk in chunks]
+        seconds = time.perf_counter() - started
+        vectors = np.concatenate(parts)
+        label = f"in-process, {threads or os.cpu_count()} thread(s)"
+        print(f"{label:<28} {len(texts) / seconds:7.1f} texts/s  ({seconds:.1f} s, backend {resolved.encoder.backend})",
+              flush=True)
+    for workers in args.workers:
+        started = time.perf_counter()
+        embedder = RayEmbedder(resolved.encoder, recipe, options, address="local", workers=workers)
+        try:
+            import ray
+
+            ray.get([actor.pid.remote() for actor in embedder.actors])
+            up = time.perf_counter() - started
+            started = time.perf_counter()
+            rows = sum(len(e.vectors) for _, e in embedder.stream(enumerate(chunks)))
+            seconds = time.perf_counter() - started
+        finally:
+            embedder.close()
+        rate = len(texts) / seconds
+        print(f"{f'Ray, {workers} worker(s)':<28} {rate:7.1f} texts/s  ({seconds:.1f} s; {rate / workers:.1f} per worker; "
+              f"start-up {up:.1f} s; {rows} vectors)", flush=True)
+    OUT.mkdir(parents=True, exist_ok=True)
+    np.save(OUT / "real.npy", vectors)
+    asked = np.concatenate([resolved.encoder.embed([q], **options).vectors for q in questions])
+    np.save(OUT / "questions.npy", asked)
+    (OUT / "questions.json").write_text(json.dumps(questions, ensure_ascii=False), encoding="utf-8")
+
+
+def write_flat(path: Path, count: int, real: np.ndarray, seed: int = 0) -> None:
+    """A FAISS IndexFlatIP file of `count` synthetic unit vectors, written a chunk at a time (header by hand:
+    "IxFI", d, ntotal, two dummies, is_trained, metric, then the float vector with its length)."""
+    d = real.shape[1]
+    rng = np.random.default_rng(seed)
+    with open(path, "wb") as out:
+        out.write(b"IxFI" + np.int32(d).tobytes() + np.int64(count).tobytes() + np.int64(1 << 20).tobytes() * 2
+                  + np.uint8(1).tobytes() + np.int32(0).tobytes() + np.uint64(count * d).tobytes())
+        for start in range(0, count, BUILD_CHUNK):
+            n = min(BUILD_CHUNK, count - start)
+            if start == 0:
+                block = np.concatenate([real, mix(rng, real, n - len(real))])[:n]
+            else:
+                block = mix(rng, real, n)
+            out.write(np.ascontiguousarray(block, dtype=np.float32).tobytes())
+
+
+def mix(rng, real: np.ndarray, n: int) -> np.ndarray:
+    a, b = rng.integers(0, len(real), n), rng.integers(0, len(real), n)
+    block = real[a] + rng.uniform(0, 1, (n, 1)).astype(np.float32) * real[b]
+    block += rng.standard_normal(block.shape, dtype=np.float32) * np.float32(NOISE)
+    block /= np.linalg.norm(block, axis=1, keepdims=True)
+    return block
+
+
+def build(index_type: str, flat_path: Path, target: Path, count: int) -> float:
+    """The compressed index over the mapped flat file, streamed; returns seconds."""
+    import faiss
+
+    from indexer.store import ann_compressed
+
+    started = time.perf_counter()
+    flat = faiss.read_index(str(flat_path), faiss.IO_FLAG_MMAP_IFC)
+    rng = np.random.default_rng(1)
+    sample = flat.reconstruct_batch(np.sort(rng.choice(count, min(count, 40 * int(np.sqrt(count)) + 10_240), replace=False)))
+    empty = faiss.IndexIDMap2(faiss.IndexFlatIP(flat.d))
+    index, params = ann_compressed.build(index_type, empty, sample, {}, True, count=count)
+    refine = faiss.downcast_index(index.index)
+    base = faiss.downcast_index(refine.base_index)
+    for start in range(0, count, BUILD_CHUNK):
+        base.add(flat.reconstruct_n(start, min(BUILD_CHUNK, count - start)))
+    ready = faiss.IndexRefine(base, flat)  # read back as an IndexRefineFlat, as bertdex writes it
+    ready.k_factor = refine.k_factor
+    ready.ntotal = 0  # IndexIDMap2 wraps only an empty index: the ids are set below, all at once
+    mapped = faiss.IndexIDMap2(ready)
+    ready.ntotal = count
+    faiss.copy_array_to_vector(np.arange(1, count + 1, dtype=np.int64), mapped.id_map)
+    mapped.ntotal = count
+    faiss.write_index(mapped, str(target))
+    (target.with_suffix(".json")).write_text(json.dumps(params))
+    return time.perf_counter() - started
+
+
+def exact(flat_path: Path, questions: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-10 ids (1-based, as the index's) and scores over the mapped flat file, a chunk at a time."""
+    import faiss
+
+    flat = faiss.read_index(str(flat_path), faiss.IO_FLAG_MMAP_IFC)
+    best_scores = np.full((len(questions), 10), -np.inf, dtype=np.float32)
+    best_ids = np.zeros((len(questions), 10), dtype=np.int64)
+    for start in range(0, count, BUILD_CHUNK):
+        block = flat.reconstruct_n(start, min(BUILD_CHUNK, count - start))
+        scores, positions = faiss.knn(questions, block, 10, faiss.METRIC_INNER_PRODUCT)
+        scores = np.concatenate([best_scores, scores], axis=1)
+        ids = np.concatenate([best_ids, positions + start + 1], axis=1)
+        order = np.argsort(-scores, axis=1)[:, :10]
+        best_scores, best_ids = np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+    return best_ids, best_scores
+
+
+def measure(args) -> None:
+    """In a fresh process: load the index as a searcher does, embed + search each question; sweep the depth."""
+    import faiss
+
+    from indexer.embed.resolve import resolve_recipe
+    from indexer.store import ann, ann_compressed
+
+    index_type = args.type
+    index = faiss.read_index(str(args.index), ann_compressed.load_flag(index_type))
+    loaded_rss = rss_mb()
+    truth = np.load(args.truth)
+    kth = np.load(args.truth.with_name(args.truth.stem + "-scores.npy"))[:, -1]
+    questions = json.loads((OUT / "questions.json").read_text(encoding="utf-8"))[: args.queries]
+    resolved = resolve_recipe(threads=1, precision="fp32")
+    recipe = resolved.recipe
+    embed = lambda q: resolved.encoder.embed([q], layer=recipe.layer, pooling=recipe.pooling).vectors  # noqa: E731
+    inner = faiss.downcast_index(index.index)
+    if index_type == "sq8":
+        ladder = [("k_factor", k) for k in ann_compressed.K_FACTOR_STEPS]
+    else:
+        ladder = [("nprobe", p) for p in ann.NPROBE_STEPS if p <= 256]
+    last = 0.0
+    while ladder:
+        name, step = ladder.pop(0)
+        if name == "nprobe":
+            ann_compressed.set_depth(inner, index_type, step)
+        else:
+            inner.k_factor = float(step)
+        found, times, asked = [], [], []
+        for question in questions:
+            began = time.perf_counter()
+            vector = embed(question)
+            _, ids = ann.search(index, vector, 10)
+            times.append(time.perf_counter() - began)
+            found.append(ids[0])
+            asked.append(vector[0])
+        right = 0
+        for i, row in enumerate(found):  # a returned id scoring at least the 10th exact one counts (ties)
+            right += sum(1 for x in row.tolist() if x >= 0 and (x in set(truth[i].tolist())
+                         or float(index.reconstruct(int(x)) @ asked[i]) >= kth[i] - ann.TIE))
+        recall = right / (10 * len(found))
+        times.sort()
+        print(json.dumps({"type": index_type, "nprobe": getattr(faiss.downcast_index(inner.base_index), "nprobe", None),
+                          "k_factor": inner.k_factor, "recall10": round(recall, 4),
+                          "p50_ms": round(1000 * times[len(times) // 2], 1),
+                          "p99_ms": round(1000 * times[min(len(times) - 1, int(len(times) * 0.99))], 1),
+                          "rss_loaded_mb": loaded_rss, "rss_peak_mb": peak_mb(), **rss_kinds()}), flush=True)
+        if recall >= 0.98:
+            break
+        if name == "nprobe" and recall - last < 0.002:  # more lists no longer help: re-score more candidates
+            ladder = [("k_factor", k) for k in (32, 64, 128, 256)]
+        last = recall
+
+
+def rss_mb() -> int:
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 2**20
+
+
+def rss_kinds() -> dict:
+    """Anonymous RSS (the process's own memory) and file RSS (mapped pages: page cache, shared, reclaimable)."""
+    found = {}
+    for line in open("/proc/self/status"):
+        name = line.split(":")[0]
+        if name in ("RssAnon", "RssFile"):
+            found[f"{name[3:].lower()}_mb"] = int(line.split()[1]) // 1024
+    return found
+
+
+def peak_mb() -> int:
+    """This process's peak RSS (VmHWM: unlike ru_maxrss, not inherited from the parent across exec)."""
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) // 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+
+
+def vectors_bench(args) -> None:
+    import subprocess
+
+    real, questions = np.load(OUT / "real.npy"), np.load(OUT / "questions.npy")[: args.queries]
+    for count in args.count:
+        flat_path = OUT / f"flat-{count}.faiss"
+        if not flat_path.exists():
+            started = time.perf_counter()
+            write_flat(flat_path.with_suffix(".partial"), count, real)
+            flat_path.with_suffix(".partial").rename(flat_path)
+            print(f"{count:,} synthetic vectors written: {time.perf_counter() - started:.0f} s, "
+                  f"{flat_path.stat().st_size / 2**30:.1f} GiB", flush=True)
+        truth = OUT / f"truth-{count}.npy"
+        if not truth.exists():
+            started = time.perf_counter()
+            ids, scores = exact(flat_path, questions, count)
+            np.save(truth.with_name(truth.stem + "-scores.npy"), scores)
+            np.save(truth, ids)
+            print(f"exact top-10 of {len(questions)} questions: {time.perf_counter() - started:.0f} s", flush=True)
+        for index_type in args.types:
+            target = OUT / f"{index_type}-{count}.faiss"
+            if not target.exists():
+                seconds = build(index_type, flat_path, target, count)
+                print(f"{index_type} at {count:,}: built in {seconds:.0f} s (peak RSS {peak_mb()} MiB), "
+                      f"file {target.stat().st_size / 2**30:.2f} GiB, {target.with_suffix('.json').read_text()}", flush=True)
+            subprocess.run([sys.executable, __file__, "measure", "--index", str(target), "--type", index_type,
+                            "--truth", str(truth), "--queries", str(args.queries)], check=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("part", choices=["embed", "vectors", "measure"])
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--count", type=int, nargs="+", default=[20_000])
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--types", nargs="+", default=["ivfpq", "sq8"])
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--index", type=Path)
+    parser.add_argument("--type")
+    parser.add_argument("--truth", type=Path)
+    args = parser.parse_args()
+    if args.part != "measure":
+        print(f"$ python bench/scale.py {' '.join(sys.argv[1:])}", flush=True)
+    if args.part == "embed":
+        args.count = args.count[0]
+        embed_bench(args)
+    elif args.part == "vectors":
+        vectors_bench(args)
+    else:
+        measure(args)
+
+
+if __name__ == "__main__":
+    main()
