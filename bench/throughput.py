@@ -90,7 +90,7 @@ def main() -> None:
     resolved = resolve_recipe(args.model, precision="fp32")
     encoder, recipe = resolved.encoder, resolved.recipe
     tokens = [len(x) for x in encoder.tokenize(texts)[0]]
-    print(f"# {len(texts)} tatoeba sentences, {np.mean(tokens):.1f} tokens on average (max {max(tokens)})")
+    print(f"# {len(texts)} {args.texts} sentences, {np.mean(tokens):.1f} tokens on average (max {max(tokens)})")
 
     def bertdex(enc: Encoder):
         return lambda batch: enc.embed(batch, layer=recipe.layer, pooling=recipe.pooling).vectors
