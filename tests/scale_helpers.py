@@ -36,7 +36,7 @@ def assert_same_index(a, b, cosine: float = 0.99999) -> None:
     assert left["vectors"].shape == right["vectors"].shape
     agreement = np.sum(left["vectors"] * right["vectors"], axis=1)
     assert agreement.min() >= cosine, agreement.min()
-    assert "loading" not in left["manifest"].settings and "loading" not in right["manifest"].settings
+    assert left["manifest"].settings.loading is None and right["manifest"].settings.loading is None
 
 
 def clustered(count: int, dimension: int = 48, seed: int = 0) -> np.ndarray:

@@ -95,11 +95,12 @@ def test_progress_moves_per_batch_and_says_when_the_model_loads(tmp_path, resolv
     from indexer import build_index
     from indexer.ingest import build
 
-    monkeypatch.setattr(build, "EMBED_BATCH", 4)  # the batch size itself, made small: 10 entries, 3 batches
+    assert build.CHUNK <= 128  # the bar moves at least every 128 entries (it moved every 2,048 before)
     data = tmp_path / "many.txt"
     data.write_text("".join(f"question number {i} about parcels\n" for i in range(10)), encoding="utf-8")
     calls = []
-    build_index(data, tmp_path / "index", resolved=resolved, progress=lambda done, total: calls.append((done, total)))
+    build_index(data, tmp_path / "index", resolved=resolved, chunk_size=4,  # small chunks: 10 entries, 3 of them
+                progress=lambda done, total: calls.append((done, total)))
     assert calls == [(0, 10), (4, 10), (8, 10), (10, 10)]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import sqlite3
+import os
 import threading
 from importlib import resources
 from pathlib import Path
@@ -87,6 +88,8 @@ class Service:
         self.api_key = api_key
         self.writable = writable and api_key is not None
         self.write_lock = threading.Lock()
+        if not (os.access(self.folder, os.W_OK) and os.access(self.folder / "bertdex.db", os.W_OK)):
+            feedback = query_log = False  # a read-only folder: answers only (writes get 503 from the writer)
         self.store = FeedbackStore(self.folder) if feedback or query_log else None
         self.takes_feedback, self.query_log = feedback, query_log
         self.logger = QueryLog(self.store) if query_log else None
