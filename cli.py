@@ -52,63 +52,20 @@ app.add_typer(tutorial, name="tutorial")
 # -- choices (the library's own lists; tests/test_cli.py checks they agree) -------------------------
 
 
-class Pooling(str, Enum):
-    mean = "mean"
-    max = "max"
-    cls = "cls"
-    mean_max = "mean-max"
+def choices(name: str, *values: str) -> type[Enum]:
+    """A str Enum of `values` for typer (members named with '_' for '-'): choices("Merge", "mean", "first")."""
+    return Enum(name, {value.replace("-", "_"): value for value in values}, type=str)
 
 
-class Precision(str, Enum):
-    auto = "auto"
-    fp32 = "fp32"
-    bf16 = "bf16"
-
-
-class Backend(str, Enum):
-    auto = "auto"
-    onnx = "onnx"
-    torch = "torch"
-
-
-class Mode(str, Enum):
-    dense = "dense"
-    keyword = "keyword"
-    hybrid = "hybrid"
-
-
-class IndexType(str, Enum):
-    auto = "auto"
-    flat = "flat"
-    hnsw = "hnsw"
-    ivf = "ivf"
-    sq8 = "sq8"
-    ivfpq = "ivfpq"
-
-
-class OnError(str, Enum):
-    fail = "fail"
-    skip = "skip"
-
-
-class Format(str, Enum):
-    csv = "csv"
-    tsv = "tsv"
-    jsonl = "jsonl"
-    text = "text"
-
-
-class Strategy(str, Enum):
-    concat_last4 = "concat-last4"
-    sum_last4 = "sum-last4"
-    last = "last"
-    second_last = "second-last"
-
-
-class Merge(str, Enum):
-    mean = "mean"
-    first = "first"
-    last = "last"
+Pooling = choices("Pooling", "mean", "max", "cls", "mean-max")
+Precision = choices("Precision", "auto", "fp32", "bf16")
+Backend = choices("Backend", "auto", "onnx", "torch")
+Mode = choices("Mode", "dense", "keyword", "hybrid")
+IndexType = choices("IndexType", "auto", "flat", "hnsw", "ivf", "sq8", "ivfpq")
+OnError = choices("OnError", "fail", "skip")
+Format = choices("Format", "csv", "tsv", "jsonl", "text")
+Strategy = choices("Strategy", "concat-last4", "sum-last4", "last", "second-last")
+Merge = choices("Merge", "mean", "first", "last")
 
 
 def default_model(texts: list[str]) -> str:
