@@ -42,6 +42,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.beir import read_beir  # noqa: E402
 from bench.throughput import DATA, QUALITY_SETS, median_ms, tatoeba_sentences  # noqa: E402
 from indexer.embed import onnx_model  # noqa: E402
 from indexer.embed.encoder import BATCH_TOKENS, ONNX_BATCH_TOKENS  # noqa: E402
@@ -184,16 +185,8 @@ def held_out(data: Path, exclude: set[str], count: int) -> list[str]:
 
 
 def load_set(beir: Path):
-    corpus = [json.loads(line) for line in (beir / "corpus.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
-    queries = {row["_id"]: row["text"] for row in map(json.loads, (beir / "queries.jsonl").read_text(encoding="utf-8").splitlines()) if row}
-    qrels: dict[str, dict[str, float]] = {}
-    for line in (beir / "qrels.tsv").read_text(encoding="utf-8").splitlines()[1:]:
-        query, doc, score = line.split("\t")[:3]
-        if float(score) > 0:
-            qrels.setdefault(query, {})[doc] = float(score)
-    asked = [q for q in queries if q in qrels]
-    docs = [" ".join(x for x in (row.get("title"), row.get("text")) if x) for row in corpus]
-    return [queries[q] for q in asked], [qrels[q] for q in asked], docs, [row["_id"] for row in corpus]
+    ids, docs, queries, qrels = read_beir(beir, ("title", "text"))
+    return list(queries.values()), [qrels[q] for q in queries], docs, ids
 
 
 def mrr(questions: np.ndarray, docs: np.ndarray, rels, ids) -> float:

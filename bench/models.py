@@ -25,20 +25,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.beir import read_beir  # noqa: E402
 SETS = {"bertfaq-covidfaq": ("title", "text"), "deepset-covid-qsim": ("text",), "banking77": ("text",),
         "ko-question-pair": ("text",)}
-
-
-def read_beir(folder: Path, fields: tuple[str, ...]):
-    corpus = [json.loads(line) for line in (folder / "corpus.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
-    queries = {row["_id"]: row["text"] for row in map(json.loads, (folder / "queries.jsonl").read_text(encoding="utf-8").splitlines()) if row}
-    qrels: dict[str, dict[str, float]] = {}
-    for line in (folder / "qrels.tsv").read_text(encoding="utf-8").splitlines()[1:]:
-        query, doc, score = line.split("\t")[:3]
-        if float(score) > 0:
-            qrels.setdefault(query, {})[doc] = float(score)
-    texts = [" ".join(str(row.get(f)) for f in fields if row.get(f)) for row in corpus]
-    return [row["_id"] for row in corpus], texts, {q: queries[q] for q in queries if q in qrels}, qrels
 
 
 def embedder(resolved, side: str):

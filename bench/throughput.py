@@ -31,6 +31,7 @@ DATA = ROOT.parent / "shared" / "data"
 QUALITY_SETS = ("bertfaq-covidfaq", "deepset-covid-qsim", "ko-question-pair")
 
 from indexer.embed.encoder import Encoder  # noqa: E402
+from bench.beir import read_beir  # noqa: E402
 from indexer.embed.choose import native_bf16  # noqa: E402
 from indexer.embed.resolve import resolve_recipe  # noqa: E402
 
@@ -253,17 +254,8 @@ def quality(data: Path, recipe, folder: Path) -> None:
     encoders = {p: make_encoder(folder, recipe, p) for p in ("fp32", "onnx", "int8")}
     print(f"\n{'set':22} {'fp32 torch':>11} {'fp32 onnx':>11} {'onnx - torch':>12} {'int8 torch':>11} {'int8 - fp32':>11}  (MRR@10)")
     for name in QUALITY_SETS:
-        beir = data / name / "beir"
-        corpus = [json.loads(line) for line in (beir / "corpus.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
-        queries = {row["_id"]: row["text"] for row in map(json.loads, (beir / "queries.jsonl").read_text(encoding="utf-8").splitlines()) if row}
-        qrels: dict[str, dict[str, float]] = {}
-        for line in (beir / "qrels.tsv").read_text(encoding="utf-8").splitlines()[1:]:
-            query, doc, score = line.split("\t")[:3]
-            if float(score) > 0:
-                qrels.setdefault(query, {})[doc] = float(score)
-        asked = [q for q in queries if q in qrels]
-        docs = [" ".join(x for x in (row.get("title"), row.get("text")) if x) for row in corpus]
-        ids = [row["_id"] for row in corpus]
+        ids, docs, queries, qrels = read_beir(data / name / "beir", ("title", "text"))
+        asked = list(queries)
         scores = {}
         for precision, encoder in encoders.items():
             embed = lambda batch: encoder.embed(batch, layer=recipe.layer, pooling=recipe.pooling).vectors  # noqa: E731

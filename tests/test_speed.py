@@ -17,19 +17,7 @@ from indexer.ingest.build import add_documents
 from indexer.store.folder import connect, load_vectors, read_manifest
 from indexer.store.verify import verify_index
 from search import Searcher
-
-
-def clustered(count: int, dimension: int = 48, seed: int = 0) -> np.ndarray:
-    """Unit vectors around 40 centres: structure like sentence embeddings have, unlike uniform noise."""
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(40, dimension)).astype(np.float32)
-    points = centres[rng.integers(0, 40, count)] + 0.6 * rng.normal(size=(count, dimension)).astype(np.float32)
-    faiss.normalize_L2(points)
-    return points
-
-
-def numpy_top(vectors: np.ndarray, ids: np.ndarray, query: np.ndarray, k: int) -> list[int]:
-    return [int(ids[i]) for i in np.argsort(-(vectors @ query), kind="stable")[:k]]
+from scale_helpers import clustered, numpy_top  # tests/ is on the path, as for conftest
 
 
 def built(index_type: str, vectors: np.ndarray, ids: np.ndarray, params: dict | None = None):
