@@ -826,9 +826,10 @@ def tune(
     ignore_identical_ids: IgnoreIdentical = False,
     dry_run: DryRun = False,
     from_feedback: Annotated[bool, typer.Option("--feedback", help="Tune on the answers agents marked right (thumbs up, or 'this one was right'), as labelled queries.")] = False,
+    other_models: Annotated[bool, typer.Option("--other-models/--same-model", help="Also try the other bundled models (entries embedded once more by each; a choice of one re-embeds the index).")] = True,
     as_json: Json = False,
 ):
-    """Try layer x pooling x keyword/hybrid fusion on held-out questions; keep the best only on a significant gain."""
+    """Try layer x pooling x keyword/hybrid fusion (and the other bundled models) on held-out questions; keep the best only on a significant gain."""
     from search.quality.tune import tune_index
 
     if from_feedback and (queries or qrels):
@@ -839,7 +840,7 @@ def tune(
 
         asked, judged = labelled_from_feedback(index_dir)
     report = tune_index(index_dir, queries=asked, qrels=judged, group_field=group_field, store=not dry_run,
-                        max_queries=max_queries, ignore_identical_ids=ignore_identical_ids)
+                        max_queries=max_queries, ignore_identical_ids=ignore_identical_ids, other_models=other_models)
     if as_json:
         echo_json(report.to_dict())
         return
@@ -852,7 +853,8 @@ def tune(
     for measured in filter(None, (report.measured, report.other)):
         print_decision(measured, chose=measured is report.measured and report.other is not None)
     if report.stored:
-        typer.echo("stored in the index" + (" (entries re-embedded with the new layer/pooling)" if report.recipe_changed else "")
+        new = report.chosen.candidate
+        typer.echo("stored in the index" + (f" (entries re-embedded: {new.label()})" if report.recipe_changed else "")
                    + f"; {report.seconds:.0f}s")
     else:
         typer.echo(f"dry run: nothing stored; {report.seconds:.0f}s")

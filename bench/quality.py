@@ -2,14 +2,15 @@
 
     python bench/quality.py [--data ../shared/data] [--sets banking77,...] [--work DIR] [--json]
 
-Each set's corpus is indexed with the default recipe (bundled all-MiniLM-L6-v2): bertfaq-covidfaq
-embeds title + text, banking77 embeds text only (its title is the intent label: kept as a stored field,
-never embedded), the others text. Every tuning candidate is measured once on all the set's labelled
-queries (in memory, ranking as the Searcher does; the dense figure is checked against the real
-Searcher). Then the queries are split in two halves (fixed seed): `bertdex tune`'s rule (5-fold
+Each set's corpus is indexed as `bertdex index` does by default (the model chosen by the entries'
+language: all-MiniLM-L6-v2 for the English sets, multilingual-e5-small for ko-question-pair):
+bertfaq-covidfaq embeds title + text, banking77 embeds text only (its title is the intent label: kept
+as a stored field, never embedded), the others text. Every tuning candidate `bertdex tune` tries (the
+index's model and the other bundled one) is measured once on all the set's labelled queries (in
+memory, ranking as the Searcher does; the dense figure is checked against the real Searcher). Then the queries are split in two halves (fixed seed): `bertdex tune`'s rule (5-fold
 cross-validation and the significance gate of search.quality.choose) chooses on one half and is
 scored on the other, and the other way round. "best single" is the best of dense / keyword / hybrid
-score 0.5 / hybrid rank 0.5 over all the set's queries (each scored once, as the tuned figure is);
+score 0.5 / hybrid rank 0.5 of the index's model over all the set's queries (each scored once, as the tuned figure is);
 "per half (oracle)" picks the best of them on each scoring half itself. The gain's interval is a
 paired bootstrap over all queries. "no labels" (banking77): the rule run on entries sharing an intent
 label, scored on all labelled queries. Figures are MRR@10. `--saved` re-scores the rule on the
@@ -59,18 +60,13 @@ def main() -> None:
         print(table(rows))
         return
 
-    from indexer.embed.encoder import Encoder
-    from indexer.embed.models import DEFAULT_MODEL, resolve_model_folder, trained_pooling
-
     started = time.perf_counter()
-    folder = resolve_model_folder(DEFAULT_MODEL)
-    encoder = Encoder(folder, max_length=trained_pooling(folder).max_length, keep_layers=None)  # the recipe's 256
     work = args.work or Path(tempfile.mkdtemp(prefix="bertdex-quality-"))
     rows = []
     for name in args.sets.split(","):
         if name not in SETS:
             raise SystemExit(f"unknown set {name!r}: choose from {', '.join(SETS)}")
-        rows.append(measure(name, args.data / name / "beir", work / name, encoder))
+        rows.append(measure(name, args.data / name / "beir", work / name))
         if args.json:
             print(json.dumps(rows[-1]), flush=True)
     print()
@@ -94,25 +90,26 @@ def build(name: str, beir: Path, folder: Path) -> int:
     return count
 
 
-def measure(name: str, beir: Path, folder: Path, encoder) -> dict:
+def measure(name: str, beir: Path, folder: Path) -> dict:
     from search.quality.evaluate import evaluate, load_qrels, load_queries
     from search.searcher import Searcher
 
     started = time.perf_counter()
     documents = build(name, beir, folder)
     queries, qrels = load_queries(beir / "queries.jsonl"), load_qrels(beir / "qrels.tsv")
-    labelled, unlabelled = candidates(folder, encoder, queries, qrels, SETS[name][1])
-    trials = labelled["trials"]
+    labelled, unlabelled = candidates(folder, queries, qrels, SETS[name][1])
+    trials, recipe = labelled["trials"], labelled["recipe"]
     mrr = np.vstack([t.per_query for t in trials])
     ndcg = np.vstack([t.per_query_ndcg for t in trials])
-    single = {label: index_of(trials, *spec) for label, spec in SINGLE.items()}
-    searcher = Searcher(folder, encoder=encoder)
+    single = {label: index_of(trials, recipe, *spec) for label, spec in SINGLE.items()}
+    searcher = Searcher(folder)
     checked = evaluate(searcher, queries, qrels, mode="dense").metrics["mrr@10"]
     searcher.close()
-    row = {"set": name, "documents": documents, "queries": mrr.shape[1], "dense via Searcher": checked,
-           **{label: float(mrr[i].mean()) for label, i in single.items()}}
+    row = {"set": name, "model": recipe.model, "documents": documents, "queries": mrr.shape[1],
+           "dense via Searcher": checked, **{label: float(mrr[i].mean()) for label, i in single.items()}}
     np.savez_compressed(folder.parent / f"{name}.per-query.npz", mrr=mrr, ndcg=ndcg, plain=labelled["plain"],
-                        labels=[t.candidate.label() for t in trials], keys=labelled["keys"])  # to study other rules
+                        labels=[t.candidate.label() for t in trials], keys=labelled["keys"],
+                        single=[single[label] for label in SINGLE])  # to study other rules
     row.update(split_halves(mrr, ndcg, labelled["keys"], single, trials, labelled["plain"]))
     if unlabelled is not None:
         chosen = unlabelled["trials"][unlabelled["decision"].chosen].candidate
@@ -130,9 +127,7 @@ def from_saved(name: str, work: Path, beir: Path) -> dict:
     saved = np.load(work / f"{name}.per-query.npz")
     labels = [str(label) for label in saved["labels"]]
     mrr, ndcg, simple = saved["mrr"], saved["ndcg"], [int(i) for i in saved["plain"]]
-    names = {"dense": "mean of layer 6", "keyword": "keyword (BM25)", "hybrid score 0.5": "hybrid score w=0.5, mean of layer 6",
-             "hybrid rank 0.5": "hybrid rank w=0.5, mean of layer 6"}
-    single = {label: labels.index(names[label]) for label in SINGLE}
+    single = dict(zip(SINGLE, (int(i) for i in saved["single"])))
     trials = [type("Saved", (), {"candidate": type("C", (), {"label": (lambda self, text=text: text)})()})() for text in labels]
     documents = sum(1 for _ in (beir / "corpus.jsonl").open(encoding="utf-8"))
     row = {"set": name, "documents": documents, "queries": mrr.shape[1],
@@ -141,12 +136,13 @@ def from_saved(name: str, work: Path, beir: Path) -> dict:
     return row
 
 
-def candidates(folder: Path, encoder, queries, qrels, group_field):
+def candidates(folder: Path, queries, qrels, group_field):
     """Every candidate measured on all labelled queries (and on the groups of `group_field`, decided there)."""
     from indexer.store.folder import connect, read_manifest
     from search.quality.choose import decide, fold_ids
     from search.quality.heldout import group_questions, labelled_questions, read_documents
-    from search.quality.trials import entry_vectors, keyword_lists, measure_all, plain, tuned_layers
+    from search.quality.trials import entry_vectors, keyword_lists, tuned_layers
+    from search.quality.tune import full_encoder, measure_trials, prepare_other_models
 
     db = connect(folder, readonly=True)
     manifest, documents = read_manifest(db, folder), read_documents(db)
@@ -155,28 +151,26 @@ def candidates(folder: Path, encoder, queries, qrels, group_field):
     words = keyword_lists(db, asked.items)
     group_words = keyword_lists(db, groups.items) if groups else None
     db.close()
+    encoder = full_encoder(None, manifest.recipe)
     layers = tuned_layers(encoder, manifest.recipe, None)
     passages = entry_vectors(encoder, manifest, documents, layers)
-    trials = measure_all(encoder, manifest, documents, asked.items, words, layers, passages)
-    current = index_of(trials, "dense", None, None)
-    trials = [trials[current]] + [t for i, t in enumerate(trials) if i != current]  # current first, as tune does
-    labelled = {"trials": trials, "keys": [q.fold_key for q in asked.items],
-                "plain": [i for i, t in enumerate(trials) if plain(t.candidate, manifest.recipe)]}
+    others = prepare_other_models(manifest, documents)
+    trials, simple = measure_trials(encoder, manifest, documents, asked.items, words, layers, passages, others)
+    labelled = {"trials": trials, "keys": [q.fold_key for q in asked.items], "plain": simple, "recipe": manifest.recipe}
     if groups is None:
         return labelled, None
-    group_trials = measure_all(encoder, manifest, documents, groups.items, group_words, layers, passages)
-    group_trials.sort(key=lambda t: t.candidate != trials[0].candidate)
+    group_trials, group_plain = measure_trials(encoder, manifest, documents, groups.items, group_words, layers,
+                                               passages, others)
     decision = decide(np.vstack([t.per_query for t in group_trials]), np.vstack([t.per_query_ndcg for t in group_trials]),
-                      0, fold_ids([q.fold_key for q in groups.items]),
-                      [i for i, t in enumerate(group_trials) if plain(t.candidate, manifest.recipe)])
+                      0, fold_ids([q.fold_key for q in groups.items]), group_plain)
     return labelled, {"trials": group_trials, "decision": decision}
 
 
-def index_of(trials, mode: str, weight, fusion) -> int:
-    """The trial of the index's recipe (layer 6, mean) in this mode."""
+def index_of(trials, recipe, mode: str, weight, fusion) -> int:
+    """The trial of the index's own recipe in this mode."""
     for i, trial in enumerate(trials):
         c = trial.candidate
-        if (c.layer, c.pooling, c.mode, c.weight, c.fusion) == (6, "mean", mode, weight, fusion):
+        if (c.model, c.layer, c.pooling, c.mode, c.weight, c.fusion) == (None, recipe.layer, recipe.pooling, mode, weight, fusion):
             return i
     raise KeyError((mode, weight, fusion))
 
@@ -206,14 +200,14 @@ def split_halves(mrr, ndcg, keys: list[str], single: dict, trials, simple: list[
 
 
 def table(rows: list[dict]) -> str:
-    head = ["set", "docs", "queries", "dense", "keyword", "hybrid score 0.5", "hybrid rank 0.5", "best single",
+    head = ["set", "model", "docs", "queries", "dense", "keyword", "hybrid score 0.5", "hybrid rank 0.5", "best single",
             "tuned (held-out halves)", "tuned - best single [95%]", "tuned, no gate", "best single per half (oracle)",
             "no labels", "choices (half 1 / half 2)", "seconds"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         low, high = row["interval"]
         lines.append("| " + " | ".join([
-            row["set"], str(row["documents"]), str(row["queries"]), *(f"{row[k]:.3f}" for k in SINGLE),
+            row["set"], row.get("model", "-").split("/")[-1], str(row["documents"]), str(row["queries"]), *(f"{row[k]:.3f}" for k in SINGLE),
             f"{row['best single']:.3f} ({row['best single mode']})", f"**{row['tuned']:.3f}**",
             f"{row['gain']:+.3f} [{low:+.3f}, {high:+.3f}]", f"{row['tuned, no gate']:.3f}", f"{row['best single per half']:.3f}",
             f"{row['no labels']:.3f} ({row['no labels choice']})" if row.get("no labels") else "-",

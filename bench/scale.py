@@ -55,24 +55,27 @@ def reviews(data: Path, count: int) -> tuple[list[str], list[str]]:
 
 
 def embed_bench(args) -> None:
+    from indexer.embed.models import default_model
     from indexer.embed.resolve import resolve_recipe
     from indexer.ingest.distributed import RayEmbedder
 
     texts, questions = reviews(args.data, args.count)
-    options = {"layer": None, "pooling": None}
+    model = args.model or default_model(texts)  # what `bertdex index` picks for these reviews
     chunks = [texts[i:i + CHUNK] for i in range(0, len(texts), CHUNK)]
-    print(f"{len(texts)} nsmc reviews, chunks of {CHUNK}; {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
+    print(f"{len(texts)} nsmc reviews, model {model}, chunks of {CHUNK}; {os.cpu_count()} CPUs, "
+          f"load {os.getloadavg()[0]:.1f}")
     vectors = None
-    for threads in (1, None):
-        resolved = resolve_recipe(threads=threads, precision="fp32")
+    for threads in (1, os.cpu_count()):  # named: set_num_threads(1) of the first would stay
+        resolved = resolve_recipe(model, threads=threads, precision="fp32")
         recipe = resolved.recipe
         options = {"layer": recipe.layer, "pooling": recipe.pooling, "exclude_special": recipe.exclude_special,
-                   "windows": True, "stride": 32, "window_length": 128}
+                   "windows": True, "stride": 32, "window_length": 128,
+                   "prefix": recipe.passage_prefix}
         started = time.perf_counter()
         parts = [resolved.encoder.embed(chunk, **options).vectors for chunk in chunks]
         seconds = time.perf_counter() - started
         vectors = np.concatenate(parts)
-        label = f"in-process, {threads or os.cpu_count()} thread(s)"
+        label = f"in-process, {threads} thread(s)"
         print(f"{label:<28} {len(texts) / seconds:7.1f} texts/s  ({seconds:.1f} s, backend {resolved.encoder.backend})",
               flush=True)
     for workers in args.workers:
@@ -93,9 +96,11 @@ def embed_bench(args) -> None:
               f"start-up {up:.1f} s; {rows} vectors)", flush=True)
     OUT.mkdir(parents=True, exist_ok=True)
     np.save(OUT / "real.npy", vectors)
-    asked = np.concatenate([resolved.encoder.embed([q], **options).vectors for q in questions])
+    asked = np.concatenate([resolved.encoder.embed([q], **{**options, "prefix": recipe.query_prefix}).vectors
+                            for q in questions])
     np.save(OUT / "questions.npy", asked)
     (OUT / "questions.json").write_text(json.dumps(questions, ensure_ascii=False), encoding="utf-8")
+    (OUT / "model.txt").write_text(model, encoding="utf-8")
 
 
 def write_flat(path: Path, count: int, real: np.ndarray, seed: int = 0) -> None:
@@ -181,9 +186,10 @@ def measure(args) -> None:
     truth = np.load(args.truth)
     kth = np.load(args.truth.with_name(args.truth.stem + "-scores.npy"))[:, -1]
     questions = json.loads((OUT / "questions.json").read_text(encoding="utf-8"))[: args.queries]
-    resolved = resolve_recipe(threads=1, precision="fp32")
+    resolved = resolve_recipe((OUT / "model.txt").read_text(encoding="utf-8"), threads=1, precision="fp32")
     recipe = resolved.recipe
-    embed = lambda q: resolved.encoder.embed([q], layer=recipe.layer, pooling=recipe.pooling).vectors  # noqa: E731
+    embed = lambda q: resolved.encoder.embed([q], layer=recipe.layer,  # noqa: E731
+                                             pooling=recipe.pooling, prefix=recipe.query_prefix).vectors
     inner = faiss.downcast_index(index.index)
     if index_type == "sq8":
         ladder = [("k_factor", k) for k in ann_compressed.K_FACTOR_STEPS]
@@ -279,6 +285,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--count", type=int, nargs="+", default=[20_000])
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--model", default=None, help="embed: the model (default: what `bertdex index` picks for the reviews)")
     parser.add_argument("--types", nargs="+", default=["ivfpq", "sq8"])
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--index", type=Path)

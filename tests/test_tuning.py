@@ -154,3 +154,32 @@ def test_a_long_question_keeps_its_last_tokens_or_its_windows(faq_index_master, 
     assert searcher.search_many([chat], 3, mode="dense", long_questions="windows")[0][0].key == "en-001"
     assert searcher.search_many([chat], 3, mode="dense")[0][0].key == "en-001"  # windows: the default
     assert searcher.search_many([question], 3, mode="dense", long_questions="windows")[0][0].key == "en-001"
+
+
+@pytest.mark.slow
+def test_tune_moves_a_korean_faq_indexed_with_the_english_model_to_the_multilingual_one(tmp_path):
+    """MiniLM splits Hangul into jamo; tune measures the other bundled model too, finds it significantly
+    better, re-embeds the index with it, and the index then answers as tune measured."""
+    from indexer.embed.models import E5
+
+    folder = tmp_path / "ko"
+    build_index(EXAMPLES / "faq_ko.csv", folder, text_fields=["question"], group_field="group",
+                model="all-MiniLM-L6-v2")
+    queries, qrels = load_queries(EXAMPLES / "eval_ko" / "queries.jsonl"), load_qrels(EXAMPLES / "eval_ko" / "qrels.tsv")
+    report = tune_index(folder, queries=queries, qrels=qrels)
+    chosen = report.chosen.candidate
+    assert chosen.model == E5 and report.decision.change and report.recipe_changed, report.to_dict()
+    assert report.decision.p_value < 0.05 and report.decision.gain > 0.2
+    manifest = open_manifest(folder)
+    assert manifest.recipe.model == E5 and manifest.recipe.passage_prefix == "passage: "
+    assert manifest.settings.model_reason.startswith("tune: multilingual-e5-small")
+    searcher = Searcher(folder)  # a fresh one, as the server would open it
+    after = evaluate(searcher, queries, qrels).metrics["mrr@10"]
+    assert after == pytest.approx(report.chosen.metrics["mrr@10"], abs=1e-4)
+    assert searcher.search("비밀번호가 생각이 안 나요", k=1)[0].key == "ko-001"
+    searcher.close()
+
+
+def test_tune_same_model_tries_only_the_index_model(faq_index):
+    shown = run_cli("tune", str(faq_index), "--dry-run", "--same-model", check=True).stdout
+    assert "dry run: nothing stored" in shown and "multilingual-e5-small" not in shown

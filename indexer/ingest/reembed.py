@@ -33,8 +33,12 @@ def store_search_settings(folder: str | Path, search: SearchSettings, *,
 
 
 def reembed_index(folder: str | Path, *, layer: int, pooling: str, search: SearchSettings | None = None,
-                  expected_generation: int | None = None, threads: int | None = None) -> Manifest:
-    """Embed every entry again with hidden state `layer` and `pooling` (same model, length, windows: `embed_entries`)."""
+                  expected_generation: int | None = None, threads: int | None = None,
+                  model: str | None = None) -> Manifest:
+    """Embed every entry again with hidden state `layer` and `pooling` (same model, length, windows: `embed_entries`).
+
+    `model`: another model (tune chose it): its own length and prefixes, the index's windows.
+    """
     folder = check_index_folder(Path(folder))
     db = connect(folder, readonly=True)
     try:
@@ -46,12 +50,15 @@ def reembed_index(folder: str | Path, *, layer: int, pooling: str, search: Searc
         db.close()
     _check_generation(old.generation, expected_generation, folder)
     recipe = old.recipe
-    resolved = resolve_recipe(recipe.model, layer=layer, pooling=pooling, exclude_special=recipe.exclude_special,
-                              max_length=recipe.max_length, threads=threads,
-                              prefixes=(recipe.query_prefix, recipe.passage_prefix))
-    if resolved.recipe.model_checksum != recipe.model_checksum:
+    same = model is None or model == recipe.model
+    resolved = resolve_recipe(recipe.model if same else model, layer=layer, pooling=pooling,
+                              exclude_special=recipe.exclude_special, max_length=recipe.max_length if same else None,
+                              threads=threads, prefixes=(recipe.query_prefix, recipe.passage_prefix) if same else None)
+    if same and resolved.recipe.model_checksum != recipe.model_checksum:
         raise BertdexError(f"model {recipe.model!r} is no longer the one this index was built with: rebuild it with `bertdex index --replace`")
     settings = old.settings if search is None else replace(old.settings, search=search)
+    if not same:
+        settings = replace(settings, model_reason=f"tune: {model} answered the held-out questions better than {recipe.model}")
     new = replace(old, recipe=resolved.recipe, settings=settings)
     with IndexWriter.open(folder, new=new, replace=True) as writer:
         _check_generation(read_manifest(writer.db, folder).generation, old.generation, folder)

@@ -1,7 +1,9 @@
 """Measure every tuning candidate on held-out questions, ranking exactly as `Searcher` does but in memory.
 
 Candidates: hidden layer (upper half of the model) x pooling for the dense side, keyword alone, and
-hybrid fusion x dense weight for the current and the best dense recipes. Entries and questions are
+hybrid fusion x dense weight for the current and the best dense recipes; then the same for each other
+bundled model (its own trained layer, every pooling: `measure_all(..., model=name)`), whose
+candidates carry the model's name. Entries and questions are
 embedded by the index's own paths (`indexer.ingest.embedding`: same windows, same long-question
 handling), every layer and pooling from one pass; the candidate pools, exclusions and group collapse
 are `search.collapse`'s. Each trial keeps its per-question MRR@10 and nDCG@10 for choosing out of
@@ -33,11 +35,12 @@ class Candidate:
     mode: str
     weight: float | None = None
     fusion: str | None = None
+    model: str | None = None  # another bundled model than the index's (entries re-embedded with it)
 
     def label(self) -> str:
         if self.mode == "keyword":
             return "keyword (BM25)"
-        dense = f"{self.pooling} of layer {self.layer}"
+        dense = f"{self.pooling} of layer {self.layer}" + (f" of {self.model}" if self.model else "")
         return dense if self.mode == "dense" else f"hybrid {self.fusion} w={self.weight:.1f}, {dense}"
 
 
@@ -55,10 +58,12 @@ def keyword_lists(db, heldout: list[HeldOut]) -> list[list]:
 
 
 def measure_all(encoder, manifest, documents: list[dict], heldout: list[HeldOut], words: list[list],
-                layers: list[int] | None, passages=None) -> list[Trial]:
+                layers: list[int] | None, passages=None, model: str | None = None) -> list[Trial]:
     """Dense for every layer x pooling, keyword, then hybrid fusions for the current and best dense recipes.
 
     `passages`: the entries' vectors from an earlier call (same layers), to measure another question set.
+    `model`: measuring another model (manifest.recipe is then its recipe): its candidates are named by
+    it and keyword, the same for every model, is left to the index's own.
     """
     recipe, settings = manifest.recipe, manifest.settings
     layers = tuned_layers(encoder, recipe, layers)
@@ -69,20 +74,22 @@ def measure_all(encoder, manifest, documents: list[dict], heldout: list[HeldOut]
     for layer in layers:
         for pooling in POOLINGS:
             dense_lists[(layer, pooling)] = _dense_lists(passages, asked, layer, pooling, heldout)
-            trials.append(judge.trial(Candidate(layer, pooling, "dense"), dense_lists[(layer, pooling)]))
-    trials.append(judge.trial(Candidate(recipe.layer, recipe.pooling, "keyword"), words))
+            trials.append(judge.trial(Candidate(layer, pooling, "dense", model=model), dense_lists[(layer, pooling)]))
+    if model is None:
+        trials.append(judge.trial(Candidate(recipe.layer, recipe.pooling, "keyword"), words))
     by_dense = sorted((t for t in trials if t.candidate.mode == "dense"), key=order, reverse=True)
     recipes = [(recipe.layer, recipe.pooling)] + [(t.candidate.layer, t.candidate.pooling) for t in by_dense]
     for layer, pooling in list(dict.fromkeys(recipes))[: HYBRID_RECIPES + 1]:
         for fusion in keyword.FUSIONS:
             for weight in WEIGHTS:
                 fused = [keyword.fuse(d, w, weight, fusion) for d, w in zip(dense_lists[(layer, pooling)], words)]
-                trials.append(judge.trial(Candidate(layer, pooling, "hybrid", weight, fusion), fused))
+                trials.append(judge.trial(Candidate(layer, pooling, "hybrid", weight, fusion, model), fused))
     return trials
 
 
 def plain(candidate: Candidate, recipe) -> bool:
-    """A plain setting of the index's recipe: dense, keyword, or hybrid with score fusion at 0.5."""
+    """A plain setting of `recipe` (the index's, or another model's as it comes): dense, keyword, or
+    hybrid with score fusion at 0.5."""
     if (candidate.layer, candidate.pooling) != (recipe.layer, recipe.pooling):
         return False
     return candidate.mode != "hybrid" or (candidate.fusion == "score" and abs(candidate.weight - 0.5) < 1e-9)

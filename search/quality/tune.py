@@ -1,7 +1,8 @@
 """Pick, per collection, the recipe and search mode that answer its questions best, and store them in the index.
 
-Every candidate (layer x pooling, keyword, hybrid fusion x weight: `search.quality.trials`) is measured
-on held-out questions (`search.quality.heldout`): labelled queries, or without labels the collection's
+Every candidate (layer x pooling, keyword, hybrid fusion x weight: `search.quality.trials`; and the
+same with each other bundled model: a collection may be answered better by the multilingual model
+than the English one, or the other way round) is measured on held-out questions (`search.quality.heldout`): labelled queries, or without labels the collection's
 groups of phrasings. The choice is made out of sample (`search.quality.choose`): the index changes only
 when the cross-validated score of the choosing rule beats the current setting by a significant margin;
 otherwise the current setting stays, and the report says why. When labels are given and the index
@@ -24,6 +25,16 @@ from search.quality.trials import (WEIGHTS, Candidate, Trial, entry_vectors, key
                                    plain, tuned_layers)
 
 MAX_QUERIES = 2000
+
+
+@dataclass(frozen=True)
+class OtherModel:
+    """Another bundled model, ready to be measured: its recipe as it comes, its encoder, the entries' vectors."""
+
+    name: str
+    manifest: object  # the index's manifest with this model's recipe
+    encoder: object
+    passages: object
 
 
 @dataclass(frozen=True)
@@ -97,24 +108,26 @@ class TuneReport:
 def tune_index(folder: str | Path, *, queries: dict | None = None, qrels: dict | None = None,
                group_field: str | None = None, store: bool = True, encoder=None,
                max_queries: int = MAX_QUERIES, layers: list[int] | None = None,
-               ignore_identical_ids: bool = False, folds: int = FOLDS) -> TuneReport:
+               ignore_identical_ids: bool = False, folds: int = FOLDS, other_models: bool = True) -> TuneReport:
     """Measure the search space on `folder`'s held-out questions; store the choice unless `store` is False.
 
     `ignore_identical_ids`: with labels, drop entries whose key is a query's id or whose text is its text
     (without labels an entry and its copies are always dropped from their own ranking).
+    `other_models`: also try the other bundled models (the entries are embedded once more by each).
     """
     started = time.perf_counter()
     folder = check_index_folder(Path(folder))
     manifest, documents, sources = _read_index(folder, queries, qrels, group_field, max_queries, ignore_identical_ids)
-    encoder = _full_encoder(encoder, manifest.recipe)
+    encoder = full_encoder(encoder, manifest.recipe)
     layers = tuned_layers(encoder, manifest.recipe, layers)
     passages = entry_vectors(encoder, manifest, documents, layers)
-    measured = [_measure(encoder, manifest, documents, questions, words, layers, passages, folds)
+    others = prepare_other_models(manifest, documents) if other_models else []
+    measured = [_measure(encoder, manifest, documents, questions, words, layers, passages, folds, others)
                 for questions, words in sources]
     chosen = measured[0].chosen.candidate
     recipe = manifest.recipe
     changed = measured[0].decision.change and chosen.mode != "keyword" \
-        and (chosen.layer, chosen.pooling) != (recipe.layer, recipe.pooling)
+        and (chosen.model is not None or (chosen.layer, chosen.pooling) != (recipe.layer, recipe.pooling))
     if store:
         _store(folder, manifest, measured[0], changed)
     return TuneReport(str(folder), measured[0], measured[1] if len(measured) > 1 else None, changed, store,
@@ -140,15 +153,48 @@ def _read_index(folder: Path, queries, qrels, group_field, max_queries, ignore_i
     return manifest, documents, sources
 
 
-def _measure(encoder, manifest, documents, questions: Questions, words, layers, passages, folds: int) -> Measured:
-    trials = measure_all(encoder, manifest, documents, questions.items, words, layers, passages)
+def prepare_other_models(manifest, documents) -> list[OtherModel]:
+    """Each bundled model other than the index's, with its recipe as it comes and the entries embedded by it."""
+    from indexer.embed.models import KNOWN_MODELS, known_model
+    from indexer.embed.resolve import resolve_recipe
+
+    own = known_model(manifest.recipe.model)
+    found = []
+    for model in KNOWN_MODELS:
+        if own is not None and model.name == own.name:
+            continue
+        # PyTorch fp32: the reference path, and it computes every hidden state up to the recipe's (the last)
+        resolved = resolve_recipe(model.name, exclude_special=manifest.recipe.exclude_special, backend="torch",
+                                  precision="fp32")
+        if resolved.recipe.model_checksum == manifest.recipe.model_checksum:
+            continue
+        other = replace(manifest, recipe=resolved.recipe)
+        found.append(OtherModel(model.name, other, resolved.encoder,
+                                entry_vectors(resolved.encoder, other, documents, [resolved.recipe.layer])))
+    return found
+
+
+def measure_trials(encoder, manifest, documents, heldout, words, layers, passages,
+                   others: list[OtherModel]) -> tuple[list[Trial], list[int]]:
+    """Every candidate's trial, the current setting first (it wins ties), and the plain settings' indices."""
+    trials = measure_all(encoder, manifest, documents, heldout, words, layers, passages)
+    recipes = {None: manifest.recipe}
+    for other in others:
+        recipes[other.name] = other.manifest.recipe
+        trials += measure_all(other.encoder, other.manifest, documents, heldout, words, [other.manifest.recipe.layer],
+                              other.passages, model=other.name)
     current = current_candidate(manifest)
-    trials = sorted(trials, key=lambda t: t.candidate != current)  # the current setting first: it wins ties
+    trials = sorted(trials, key=lambda t: t.candidate != current)
     if trials[0].candidate != current:
         raise AssertionError(f"the current setting {current} was not among the candidates")
+    return trials, [i for i, t in enumerate(trials) if plain(t.candidate, recipes[t.candidate.model])]
+
+
+def _measure(encoder, manifest, documents, questions: Questions, words, layers, passages, folds: int,
+             others: list[OtherModel]) -> Measured:
+    trials, simple = measure_trials(encoder, manifest, documents, questions.items, words, layers, passages, others)
     mrr = np.vstack([t.per_query for t in trials])
     ndcg = np.vstack([t.per_query_ndcg for t in trials])
-    simple = [i for i, t in enumerate(trials) if plain(t.candidate, manifest.recipe)]
     decision = decide(mrr, ndcg, 0, fold_ids([q.fold_key for q in questions.items], folds), simple)
     return Measured(questions.source, len(questions.items), trials, decision)
 
@@ -162,7 +208,7 @@ def current_candidate(manifest) -> Candidate:
     return Candidate(recipe.layer, recipe.pooling, search.mode)
 
 
-def _full_encoder(encoder, recipe):
+def full_encoder(encoder, recipe):
     """An encoder that computes every hidden state (the given one if it does)."""
     if encoder is not None and encoder.model is not None and encoder.max_length == recipe.max_length \
             and (encoder.keep_layers is None or encoder.keep_layers >= encoder.num_layers):  # PyTorch: all layers
@@ -175,7 +221,7 @@ def _full_encoder(encoder, recipe):
 
 def _row(trial: Trial) -> dict:
     c = trial.candidate
-    return {"mode": c.mode, "layer": c.layer, "pooling": c.pooling, "weight": c.weight, "fusion": c.fusion,
+    return {"mode": c.mode, "model": c.model, "layer": c.layer, "pooling": c.pooling, "weight": c.weight, "fusion": c.fusion,
             "label": c.label(), **{name: round(value, 6) for name, value in trial.metrics.items()}}
 
 
@@ -189,7 +235,8 @@ def _store(folder: Path, manifest, measured: Measured, recipe_changed: bool) -> 
                      min_score=old.min_score if not decision.change else None,
                      calibration=old.calibration if not decision.change else None)
     if recipe_changed:
-        reembed_index(folder, layer=c.layer, pooling=c.pooling, search=search, expected_generation=manifest.generation)
+        reembed_index(folder, layer=c.layer, pooling=c.pooling, search=search, expected_generation=manifest.generation,
+                      model=c.model)
     else:
         store_search_settings(folder, search, expected_generation=manifest.generation)
 
