@@ -13,7 +13,8 @@ import pytest
 from conftest import EXAMPLES, run_cli
 from indexer import build_index
 from indexer.ingest.embedding import embed_questions, tail_texts
-from indexer.ingest.reembed import reembed_index
+from indexer.ingest.reembed import reembed_index, store_search_settings
+from indexer.store.settings import SearchSettings
 from search import Searcher
 from search.collapse import collapse
 from search.quality.choose import decide, fold_ids, paired_test
@@ -89,6 +90,12 @@ def test_the_gate_refuses_a_change_on_noise_and_takes_a_real_gain():
     assert decision.change and decision.best == 1 and decision.p_value < 0.001 and decision.interval[0] > 0.05
     p_value, (low, high) = paired_test(np.asarray([0.5, -0.5] * 50))
     assert p_value > 0.9 and low < 0 < high
+    # the gate asks one thing: is the gain above 0? A loss is never significant; a gain's p is half the two-sided one
+    assert paired_test(rng.normal(-0.02, 0.1, 400), greater=True)[0] > 0.9
+    noise = np.random.default_rng(7).normal(0, 0.1, 400)
+    gain = noise - noise.mean() + 0.008  # a mean gain of 0.008, about 1.6 standard errors
+    two_sided, one_sided = paired_test(gain)[0], paired_test(gain, greater=True)[0]
+    assert 0.05 < two_sided < 0.5 and one_sided == pytest.approx(two_sided / 2, rel=0.15)
 
 
 def test_the_rule_prefers_a_plain_setting_unless_the_wide_search_wins_out_of_sample():
@@ -165,6 +172,8 @@ def test_tune_moves_a_korean_faq_indexed_with_the_english_model_to_the_multiling
     folder = tmp_path / "ko"
     build_index(EXAMPLES / "faq_ko.csv", folder, text_fields=["question"], group_field="group",
                 model="all-MiniLM-L6-v2")
+    assert open_manifest(folder).settings.search.mode == "hybrid"  # a Korean collection starts hybrid
+    store_search_settings(folder, SearchSettings(mode="dense"))  # as an owner who set dense has it
     queries, qrels = load_queries(EXAMPLES / "eval_ko" / "queries.jsonl"), load_qrels(EXAMPLES / "eval_ko" / "qrels.tsv")
     report = tune_index(folder, queries=queries, qrels=qrels)
     chosen = report.chosen.candidate

@@ -27,7 +27,7 @@ from indexer.embed.resolve import Resolved, encoder_for, resolve_recipe
 from indexer.store.keywords import NEW_INDEX_SCHEME
 from indexer.store.folder import (DB_NAME, IndexWriter, Manifest, check_index_folder, connect, content_hash, now,
                                   open_manifest, read_manifest)
-from indexer.store.settings import IndexSettings
+from indexer.store.settings import IndexSettings, SearchSettings
 
 EMBED_BATCH = 128  # entries per encoder call inside a chunk: the progress bar moves this often
 CHUNK = EMBED_BATCH  # entries planned, embedded and written at once (a Ray job); progress moves per chunk
@@ -97,7 +97,8 @@ def build_index(data: Path, folder: Path, *, text_fields: Iterable[str] = (), id
     settings = IndexSettings(text_fields=fields.text, id_field=id_field, group_field=group_field, window=window,
                              window_length=window_length, stride=stride, format=fmt, delimiter=delimiter,
                              keyword_terms=NEW_INDEX_SCHEME,
-                             model_reason=model_reason if resolved.recipe.model == model else "given by the caller")
+                             model_reason=model_reason if resolved.recipe.model == model else "given by the caller",
+                             search=SearchSettings.for_texts(sample))
     manifest = Manifest(recipe=resolved.recipe, settings=settings, index_type=check_index_type(index_type))
     marker, resume = None, False
     if entries_total > checkpoint:

@@ -8,7 +8,7 @@ without its fold); best means mean MRR@10, then nDCG@10, and ties keep the earli
 current setting first). The rule is measured the same way, one level up: each question is scored
 by what the rule picks without its fold. The index changes only when that held-out score beats the
 current setting by a positive and significant margin (paired sign-flip randomization test over the
-questions, p < ALPHA), and then to what the rule picks on all questions. The 95% interval of the
+questions, one-sided: the chance of a mean gain this large when the candidate is no better, p < ALPHA), and then to what the rule picks on all questions. The 95% interval of the
 gain is a paired bootstrap. Pure numpy over per-question scores; this module does not search or
 store. Random draws use fixed seeds.
 """
@@ -37,7 +37,7 @@ class Decision:
     current_score: float       # the current setting's mean MRR@10
     gain: float                # cross_validated - current_score
     interval: tuple[float, float]  # 95% bootstrap interval of the gain
-    p_value: float             # paired randomization test of the gain
+    p_value: float             # paired randomization test of the gain (one-sided: is it above 0?)
     folds: int
     change: bool               # the gain is positive and significant, and the rule's pick is not the current setting
 
@@ -100,18 +100,22 @@ def cross_validate(mrr: np.ndarray, ndcg: np.ndarray, folds: np.ndarray, plain: 
     return scores
 
 
-def paired_test(diff: np.ndarray, rounds: int = ROUNDS, seed: int = SEED) -> tuple[float, tuple[float, float]]:
-    """Two-sided p-value that the mean of `diff` is 0 (sign flips), and its 95% bootstrap interval."""
+def paired_test(diff: np.ndarray, rounds: int = ROUNDS, seed: int = SEED,
+                greater: bool = False) -> tuple[float, tuple[float, float]]:
+    """p-value that the mean of `diff` is 0 (sign flips), and its 95% bootstrap interval.
+
+    Two-sided; `greater`: one-sided, against "the mean is above 0" (a change is made only for a gain)."""
     diff = np.asarray(diff, dtype=np.float64)
     n = len(diff)
     if n == 0 or not diff.any():
         return 1.0, (0.0, 0.0)
     rng = np.random.default_rng(seed)
-    observed, beyond, means = abs(diff.mean()), 0, []
+    observed, beyond, means = (diff.mean() if greater else abs(diff.mean())), 0, []
     for start in range(0, rounds, 1000):
         size = min(1000, rounds - start)
         signs = rng.integers(0, 2, size=(size, n), dtype=np.int8) * 2 - 1
-        beyond += int((np.abs(signs @ diff) / n >= observed - 1e-12).sum())
+        flipped = signs @ diff / n
+        beyond += int(((flipped if greater else np.abs(flipped)) >= observed - 1e-12).sum())
         means.append(diff[rng.integers(0, n, size=(size, n))].mean(axis=1))
     means = np.concatenate(means)
     return (beyond + 1) / (rounds + 1), (float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5)))
@@ -128,7 +132,7 @@ def decide(mrr: np.ndarray, ndcg: np.ndarray, current: int, folds: np.ndarray, p
     best, picked = pick(mrr, ndcg), rule(mrr, ndcg, plain, folds)
     held = cross_validate(mrr, ndcg, folds, plain)
     diff = held - mrr[current]
-    p_value, interval = paired_test(diff)
+    p_value, interval = paired_test(diff, greater=True)
     gain = float(diff.mean()) if len(diff) else 0.0
     change = picked != current and gain > 0 and p_value < alpha
     return Decision(best, picked, current, float(mrr[best].mean()), float(held.mean()), float(mrr[current].mean()),
