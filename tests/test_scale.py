@@ -173,13 +173,14 @@ def test_compressed_types_reach_the_recall_target_and_delete(index_type):
     ids = np.arange(6_000, dtype=np.int64) * 3 + 7
     index, kind, params = built(index_type, vectors, ids)
     assert kind == index_type == ann.kind(index)
+    assert index_type == "sq8" or params["fast_scan"] and params["pq_bits"] == 4  # 4-bit fast-scan codes
     depth = "k_factor" if index_type == "sq8" else "nprobe"
     assert params["recall_at_10"] >= ann.RECALL_TARGET and params[depth] >= 1
     _, found = ann.search(index, queries, 10)
     recall = np.mean([len(set(found[i]) & set(numpy_top(vectors, ids, q, 10))) / 10 for i, q in enumerate(queries)])
     assert recall >= 0.97
-    scores, _ = ann.search(index, queries[:5], 1)  # re-scored exactly: the float32 inner product
-    assert np.allclose(scores[:, 0], [vectors[(found[i][0] - 7) // 3] @ queries[i] for i in range(5)], atol=1e-5)
+    scores, top = ann.search(index, queries[:5], 1)  # re-scored exactly: the float32 inner product
+    assert np.allclose(scores[:, 0], [vectors[(top[i][0] - 7) // 3] @ queries[i] for i in range(5)], atol=1e-5)
 
     removed = ids[::4]
     index, kind, params = ann.finish(index, kind, params, removed)
@@ -188,6 +189,21 @@ def test_compressed_types_reach_the_recall_target_and_delete(index_type):
     assert np.allclose(left_vectors[np.argsort(left)], vectors[~np.isin(ids, removed)])
     _, found = ann.search(index, vectors[::4][:50], 5)
     assert not np.isin(found, removed).any() and params["recall_at_10"] >= ann.RECALL_TARGET
+
+
+def test_a_small_ivfpq_index_keeps_8_bit_codes_and_answers_exactly():
+    from scale_helpers import built, clustered, numpy_top
+
+    from indexer.store import ann
+
+    points = clustered(620, dimension=64)
+    vectors, queries = points[:600], points[600:]
+    ids = np.arange(600, dtype=np.int64) + 1
+    index, kind, params = built("ivfpq", vectors, ids)  # too few points to train 4-bit fast-scan codes well
+    assert kind == "ivfpq" and not params.get("fast_scan") and params["recall_at_10"] >= ann.RECALL_TARGET
+    scores, found = ann.search(index, queries, 10)
+    assert np.mean([len(set(found[i]) & set(numpy_top(vectors, ids, q, 10))) / 10 for i, q in enumerate(queries)]) >= 0.97
+    assert np.allclose(scores[:, 0], [vectors[found[i][0] - 1] @ queries[i] for i in range(len(queries))], atol=1e-5)
 
 
 def test_auto_compresses_only_large_collections_that_do_not_fit_in_memory():
