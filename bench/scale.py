@@ -188,7 +188,8 @@ def measure(args) -> None:
     truth = np.load(args.truth)
     kth = np.load(args.truth.with_name(args.truth.stem + "-scores.npy"))[:, -1]
     questions = json.loads((OUT / "questions.json").read_text(encoding="utf-8"))[: args.queries]
-    resolved = resolve_recipe((OUT / "model.txt").read_text(encoding="utf-8"), threads=1, precision="fp32")
+    # the encoder as a Searcher makes it (all cores, the measured path); the search itself runs on one thread
+    resolved = resolve_recipe((OUT / "model.txt").read_text(encoding="utf-8"))
     recipe = resolved.recipe
     embed = lambda q: resolved.encoder.embed([q], layer=recipe.layer,  # noqa: E731
                                              pooling=recipe.pooling, prefix=recipe.query_prefix).vectors
