@@ -3,7 +3,8 @@
 The driver (the process that runs `bertdex index/add`) keeps the only writer. It loads the encoder
 first, so an ONNX export is made once; the exported file goes to the actors through the object store
 (an actor on the same machine finds it in the shared cache and never fetches it). Each actor makes
-the same encoder as the driver (`encoder_for` with the driver's recipe, precision and backend) once,
+the same encoder as the driver (`encoder_for` with the driver's recipe, precision and backend) once
+(an actor given GPUs, `gpus`, chooses its own path by measurement instead: CUDA where it is faster),
 and embeds pieces of texts with `Encoder.embed`, which batches them under the usual token budget.
 Vectors come back in the order the pieces went out. An actor that dies is restarted by Ray and its
 pieces are run again (MAX_RESTARTS); past that the load stops with nothing after its last commit.
@@ -107,6 +108,8 @@ class RayEmbedder:
             backend = "onnx" if encoder.backend == "onnx" else "torch"
             run = uuid.uuid4().hex[:8]
             made = (recipe.to_dict(), encoder.precision, backend, onnx, THREADS)
+            if gpus:  # a GPU actor measures its own machine's paths (CUDA ones among them), same tolerance
+                made = (recipe.to_dict(), "auto", "auto", None, THREADS)
             self.actors = [worker.options(name=f"{NAME}-{run}-{i}").remote(*made) for i in range(count)]
             self.load = [0] * count
         except BaseException:
