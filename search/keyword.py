@@ -32,6 +32,21 @@ def search(db, question: str, n: int, scheme: str | None = None) -> Ranked:
     return [(int(doc), float(score), None) for doc, score in rows]
 
 
+def scored_by_cosine(fused: Ranked, dense: Ranked) -> Ranked:
+    """The fused order, each row scored by its document's cosine: a score that says how close the answer
+    is, which min-max and rank fusion do not (their top hit scores ~1 whatever the question), so the one
+    shown and the one a calibrated "no good answer" cut applies to. A document only the keyword side
+    found gets the lowest cosine of the dense pool (it ranked below all of it there).
+
+    scored_by_cosine([(2, 0.5, 8), (1, 0.5, 7)], [(1, .9, 7), (2, .5, 8)]) -> [(2, 0.5, 8), (1, 0.9, 7)]
+    """
+    best: dict = {}
+    for doc, score, _ in dense:
+        best[doc] = max(best.get(doc, score), score)
+    floor = min(best.values(), default=0.0)
+    return [(doc, best.get(doc, floor), passage) for doc, _, passage in fused]
+
+
 def fuse(dense: Ranked, words: Ranked, weight: float = 0.5, method: str = "score") -> Ranked:
     """One ranking from two: `weight` is the dense side's share (1.0 = dense only).
 

@@ -36,7 +36,11 @@ MAX_K = 1000
 
 @dataclass(frozen=True)
 class Hit:
-    """One answer: the entry's key, cosine score (or fused/BM25 score), texts and stored fields."""
+    """One answer: the entry's key, score (cosine; BM25 in keyword mode; cosine + BM25 with cosine fusion), texts, fields.
+
+    In hybrid mode with score or rank fusion the hits come in the fused order but carry their cosine
+    (search.keyword.scored_by_cosine), so a lower-ranked hit may show a higher score.
+    """
 
     rank: int
     key: str
@@ -201,7 +205,10 @@ class Searcher:
             elif mode == "keyword":
                 ranked = words
             else:
-                ranked = keyword.fuse(dense, words, weight, self.manifest.settings.search.fusion)
+                fusion = self.manifest.settings.search.fusion
+                ranked = keyword.fuse(dense, words, weight, fusion)
+                if fusion != "cosine":  # cosine fusion's score already says how close; the others: the cosine
+                    ranked = keyword.scored_by_cosine(ranked, dense)
             kept = self._collapse(ranked, filters)
             exhausted = len(dense) < size and len(words) < size
             if len(kept) >= k or exhausted or size >= MAX_POOL:

@@ -193,3 +193,28 @@ def test_index_from_a_newer_scheme_says_what_to_do(ko_built, encoder, tmp_path):
             searcher.search("비밀번호", k=1, mode="keyword")
     finally:
         searcher.close()
+
+
+def test_a_korean_faq_starts_hybrid_and_its_scores_are_cosines_a_cut_can_use(tmp_path):
+    """Hybrid ranks by score fusion (min-max: every top hit would score ~1) but shows each hit's cosine,
+    so an off-topic question still looks off-topic and `calibrate` has something to cut on."""
+    from search import Searcher
+    from search.keyword import scored_by_cosine
+    from search.searcher import open_manifest
+
+    assert scored_by_cosine([(2, 0.5, 8), (1, 0.5, 7), (3, 0.2, None)], [(1, .9, 7), (2, .5, 8)]) == \
+        [(2, 0.5, 8), (1, 0.9, 7), (3, 0.5, None)]
+    folder = tmp_path / "ko"
+    build_index(EXAMPLES / "faq_ko.csv", folder, text_fields=["question"], group_field="group",
+                model="multilingual-e5-small")
+    search = open_manifest(folder).settings.search
+    assert (search.mode, search.fusion, search.weight) == ("hybrid", "score", 0.5) and "Korean" in search.reason
+    searcher = Searcher(folder)
+    hybrid = searcher.search("비밀번호가 생각이 안 나요", k=3)
+    dense = {hit.key: hit.score for hit in searcher.search("비밀번호가 생각이 안 나요", k=10, mode="dense")}
+    assert hybrid[0].key == "ko-001" and hybrid[0].score == pytest.approx(dense["ko-001"], abs=1e-6)
+    assert hybrid[0].score < 0.999  # not the min-max 1.0
+    assert all(hit.score == pytest.approx(dense[hit.key], abs=1e-6) for hit in hybrid if hit.key in dense)
+    off_topic = searcher.search("오늘 저녁 메뉴로 김치찌개 어때요?", k=1)[0].score
+    assert off_topic < hybrid[0].score - 0.05
+    searcher.close()
