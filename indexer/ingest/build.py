@@ -115,7 +115,7 @@ def build_index(data: Path, folder: Path, *, text_fields: Iterable[str] = (), id
                             chunk_size=chunk_size, checkpoint=checkpoint, marker=marker)
         final = writer.commit()
     return _report(folder, counts, final, started, problems, f"model {resolved.recipe.model}: {settings.model_reason}; "
-                   + resolved.reason, writer.warnings)
+                   + resolved.reason + f"; search mode {settings.search.mode}: {settings.search.reason}", writer.warnings)
 
 
 def add_documents(folder: Path, data: Path, *, text_fields: Iterable[str] = (), id_field: str | None = None,
