@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -17,3 +18,21 @@ def read_beir(folder: Path, fields: tuple[str, ...]):
             qrels.setdefault(query, {})[doc] = float(score)
     texts = [" ".join(str(row.get(f)) for f in fields if row.get(f)) for row in corpus]
     return [row["_id"] for row in corpus], texts, {q: queries[q] for q in queries if q in qrels}, qrels
+
+
+def nsmc_reviews(data: Path) -> list[str]:
+    """Every non-empty review text of nsmc-raw, in file order."""
+    reviews = []
+    with gzip.open(data / "nsmc-raw" / "nsmc_raw_reviews.tsv.gz", "rt", encoding="utf-8") as rows:
+        next(rows)
+        for line in rows:
+            text = line.rstrip("\n").split("\t")[-1].strip()
+            if text:
+                reviews.append(text)
+    return reviews
+
+
+def covid_questions(data: Path) -> list[str]:
+    """The user questions of bertfaq-covidfaq, in file order."""
+    lines = (data / "bertfaq-covidfaq" / "beir" / "queries.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line)["text"] for line in lines if line.strip()]

@@ -21,7 +21,6 @@ score ties the 10th exact one counts: nsmc holds duplicate reviews, whose vector
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import shutil
@@ -34,6 +33,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.beir import covid_questions, nsmc_reviews  # noqa: E402
 DATA = ROOT.parent / "shared" / "data"
 OUT = ROOT / "bench" / "out" / "latency"
 BASE = 100_000
@@ -46,15 +46,9 @@ def source_entries(data: Path) -> tuple[list[str], list[str]]:
     folder = data / "tatoeba-laser" / "data" / "tatoeba" / "v1"
     tatoeba = sorted({line.strip() for path in sorted(folder.glob("*.eng"))
                       for line in path.read_text(encoding="utf-8").splitlines() if line.strip()})
-    reviews = []
-    with gzip.open(data / "nsmc-raw" / "nsmc_raw_reviews.tsv.gz", "rt", encoding="utf-8") as rows:
-        next(rows)
-        for line in rows:
-            text = line.rstrip("\n").split("\t")[-1].strip()
-            if text:
-                reviews.append(text)
+    reviews = nsmc_reviews(data)
     texts = (tatoeba + reviews)[:BASE]
-    faq = [json.loads(line)["text"] for line in (data / "bertfaq-covidfaq" / "beir" / "queries.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
+    faq = covid_questions(data)
     questions = faq[:100] + reviews[-100:]  # short English FAQ questions, then longer Korean reviews
     return texts, questions
 

@@ -24,7 +24,6 @@ on these questions, as tuning does on its sample.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import resource
@@ -36,6 +35,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.beir import covid_questions, nsmc_reviews  # noqa: E402
 DATA = ROOT.parent / "shared" / "data"
 OUT = ROOT / "bench" / "out" / "scale"
 CHUNK = 2048
@@ -44,16 +44,8 @@ NOISE = 0.03  # per coordinate: |noise| ~0.6 on 384 dimensions
 
 
 def reviews(data: Path, count: int) -> tuple[list[str], list[str]]:
-    texts = []
-    with gzip.open(data / "nsmc-raw" / "nsmc_raw_reviews.tsv.gz", "rt", encoding="utf-8") as rows:
-        next(rows)
-        for line in rows:
-            text = line.rstrip("\n").split("\t")[-1].strip()
-            if text:
-                texts.append(text)
-    faq = [json.loads(line)["text"] for line in (data / "bertfaq-covidfaq" / "beir" / "queries.jsonl")
-           .read_text(encoding="utf-8").splitlines() if line.strip()]
-    return texts[:count], faq[:100] + texts[-100:]
+    texts = nsmc_reviews(data)
+    return texts[:count], covid_questions(data)[:100] + texts[-100:]
 
 
 def embed_bench(args) -> None:

@@ -53,6 +53,14 @@ def default_model(texts=()) -> str:
     return model_choice(texts)[0]
 
 
+def share_of(texts, test) -> float | None:
+    """The share of the first LANGUAGE_SAMPLE texts with letters for which `test(text)` holds; None: no such text.
+
+    share_of(["abc", "가나", "123"], lambda t: "가" in t) -> 0.5"""
+    sample = [t for t in list(texts)[:LANGUAGE_SAMPLE] if any(ch.isalpha() for ch in t)]
+    return sum(map(bool, map(test, sample))) / len(sample) if sample else None
+
+
 def model_choice(texts) -> tuple[str, str]:
     """(model, why) for a collection whose first texts are `texts`, by their language.
 
@@ -61,10 +69,9 @@ def model_choice(texts) -> tuple[str, str]:
     """
     if DEFAULT_MODEL != AUTO:
         return DEFAULT_MODEL, "the default model"
-    sample = [t for t in list(texts)[:LANGUAGE_SAMPLE] if any(ch.isalpha() for ch in t)]
-    if not sample:
+    other = share_of(texts, lambda text: any(ch.isalpha() and ord(ch) > 127 for ch in text))
+    if other is None:
         return MINILM, "auto: no text to tell the language by; the English model"
-    other = sum(any(ch.isalpha() and ord(ch) > 127 for ch in text) for text in sample) / len(sample)
     if other >= NON_ENGLISH_SHARE:
         return E5, (f"auto: {other:.0%} of the entries have letters outside English (Hangul, accents, other "
                     "scripts): multilingual-e5-small reads about 100 languages (ko-question-pair MRR@10 0.710 "

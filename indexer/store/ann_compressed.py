@@ -7,8 +7,8 @@ best `k_factor` x k of them are re-scored exactly against the float32 vectors ke
     ivfpq  IVF lists (about sqrt(n)) of product-quantized codes (PQ_BYTES bytes a vector); the search
            depth is nprobe, with K_FACTOR candidates per result re-scored. From FAST_SCAN_MIN training
            points the codes are 4-bit "fast-scan" ones (two dimensions a code, scanned 32 at a time
-           in SIMD registers): at 10M synthetic vectors they reach recall@10 0.986 in 26 ms a search
-           where 8-bit codes of the same size need 125 ms for 0.983 (bench/scale.py, README).
+           in SIMD registers): at 10M synthetic vectors they reach recall@10 0.980 in 8.8 ms a search
+           where 8-bit codes of the same size needed ~125 ms for 0.983 (bench/scale.py, README).
 A searcher maps the FAISS file (IO_FLAG_MMAP_IFC: `load_flag`), so the float32 vectors (and the
 sq8 codes) stay on disk, in the page cache that every process on the machine shares; only the
 candidates' rows are read. The writer holds them in memory while it writes. Deletes rebuild from the
@@ -101,7 +101,7 @@ def _pq_bytes(dimension: int, per_code: int = 4) -> int:
     that divide `dimension` (8-bit codes: 4 dimensions each; 4-bit fast-scan codes: 2).
 
     _pq_bytes(384) -> 96, _pq_bytes(64) -> 16, _pq_bytes(384, per_code=2) -> 192"""
-    most = PQ_BYTES * (2 if per_code == 2 else 1)
+    most = PQ_BYTES * 4 // per_code
     return max(m for m in range(1, max(1, min(most, dimension // per_code)) + 1) if dimension % m == 0)
 
 

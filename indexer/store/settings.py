@@ -14,9 +14,6 @@ SEARCH_MODES = ("dense", "keyword", "hybrid")
 LONG_QUESTIONS = ("tail", "windows")
 
 
-KOREAN_SHARE = 0.2  # of a new index's first entries with Hangul, for a hybrid start
-
-
 @dataclass(frozen=True)
 class SearchSettings:
     """How the index answers: mode, hybrid weight and fusion, the calibrated cut, and how they were chosen.
@@ -33,24 +30,7 @@ class SearchSettings:
     calibration: dict | None = None
     tuned: dict | None = None
     long_questions: str = "windows"
-    reason: str | None = None  # why a new index starts with this mode (see for_texts)
-
-    @classmethod
-    def for_texts(cls, texts) -> "SearchSettings":
-        """The starting mode for a new index whose first entries are `texts`: hybrid (score fusion, 0.5)
-        when at least KOREAN_SHARE of them have Hangul, else dense.
-
-        Korean questions reuse the entries' morphemes (Kiwi keyword terms), and keywords add to the vectors
-        there: ko-question-pair MRR@10 dense 0.709, keyword 0.651, hybrid 0.737 on multilingual-e5-small
-        (with all-MiniLM-L6-v2: 0.246 / 0.608 / 0.534), while on the English sets hybrid at 0.5 ties or
-        loses to dense (bertfaq-covidfaq 0.723 against 0.788; bench/quality.py). `bertdex tune` moves either.
-        """
-        sample = [t for t in list(texts)[:2000] if any(ch.isalpha() for ch in t)]
-        korean = sum(any("\uac00" <= ch <= "\ud7a3" for ch in t) for t in sample) / len(sample) if sample else 0
-        if korean >= KOREAN_SHARE:
-            return cls(mode="hybrid", reason=f"{korean:.0%} of the entries are Korean: keywords (Kiwi morphemes) "
-                                             "add to the vectors there (ko-question-pair MRR@10 0.737 hybrid, 0.709 dense)")
-        return cls(reason="dense: the vectors alone answer English best (hybrid ties or loses on the English sets)")
+    reason: str | None = None  # why a new index starts with this mode (indexer.ingest.build.starting_search)
 
     def to_dict(self) -> dict:
         return asdict(self)
