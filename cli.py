@@ -223,6 +223,8 @@ def index(
     ray_workers: RayWorkers = None,
     ray_gpus: RayGpus = 0,
     checkpoint: Checkpoint = 50_000,
+    companion: Annotated[Optional[str], typer.Option("--companion", help="A second model (name as --model) that embeds the same windows; each score is a weighted sum of both models' cosines. `bertdex tune` tries this for you.")] = None,
+    companion_share: Annotated[float, typer.Option(min=0.05, max=0.95, help="The companion model's part of each score.")] = 0.5,
     quiet: Quiet = False,
     as_json: Json = False,
 ):
@@ -239,6 +241,7 @@ def index(
             on_error=chosen(on_error), fmt=source.fmt, delimiter=delimiter, precision=chosen(precision),
             threads=threads, backend=chosen(backend), progress=progress, index_type=chosen(index_type),
             checkpoint=checkpoint, ray=ray, ray_workers=ray_workers, ray_gpus=ray_gpus,
+            companion=companion, companion_share=companion_share,
         )
     print_report(report, as_json, source.rename)
     for warning in index_warnings(index_dir):
@@ -704,7 +707,7 @@ def tutorial_embed(
         for text, vector in zip(result.texts, result.vectors):
             echo_json({"text": text, "vector": vector.tolist()})
     elif not out:
-        typer.echo(f"recipe: {recipe.pooling} of hidden state {recipe.layer} of {recipe.model}, "
+        typer.echo(f"recipe: {recipe.pooling} of hidden state {recipe.layer} of {recipe.describe()}, "
                    f"{recipe.dimension} features ({result.reason})")
         print_rows(("#", "text", "first values"),
                    [(str(i), text, preview(vector)) for i, (text, vector) in enumerate(zip(result.texts, result.vectors))])

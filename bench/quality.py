@@ -142,7 +142,7 @@ def candidates(folder: Path, queries, qrels, group_field):
     from search.quality.choose import decide, fold_ids
     from search.quality.heldout import group_questions, labelled_questions, read_documents
     from search.quality.trials import entry_vectors, keyword_lists, tuned_layers
-    from search.quality.tune import full_encoder, measure_trials, prepare_other_models
+    from search.quality.tune import current_candidate, full_encoder, measure_trials, pair_of, prepare_other_models
 
     db = connect(folder, readonly=True)
     manifest, documents = read_manifest(db, folder), read_documents(db)
@@ -155,12 +155,13 @@ def candidates(folder: Path, queries, qrels, group_field):
     layers = tuned_layers(encoder, manifest.recipe, None)
     passages = entry_vectors(encoder, manifest, documents, layers)
     others = prepare_other_models(manifest, documents)
-    trials, simple = measure_trials(encoder, manifest, documents, asked.items, words, layers, passages, others)
+    pairs = [pair_of(encoder, manifest, other, current_candidate(manifest)) for other in others]
+    trials, simple = measure_trials(encoder, manifest, documents, asked.items, words, layers, passages, others, pairs)
     labelled = {"trials": trials, "keys": [q.fold_key for q in asked.items], "plain": simple, "recipe": manifest.recipe}
     if groups is None:
         return labelled, None
     group_trials, group_plain = measure_trials(encoder, manifest, documents, groups.items, group_words, layers,
-                                               passages, others)
+                                               passages, others, pairs)
     decision = decide(np.vstack([t.per_query for t in group_trials]), np.vstack([t.per_query_ndcg for t in group_trials]),
                       0, fold_ids([q.fold_key for q in groups.items]), group_plain)
     return labelled, {"trials": group_trials, "decision": decision}
@@ -170,7 +171,7 @@ def index_of(trials, recipe, mode: str, weight, fusion) -> int:
     """The trial of the index's own recipe in this mode."""
     for i, trial in enumerate(trials):
         c = trial.candidate
-        if (c.model, c.layer, c.pooling, c.mode, c.weight, c.fusion) == (None, recipe.layer, recipe.pooling, mode, weight, fusion):
+        if (c.model, c.companion, c.layer, c.pooling, c.mode, c.weight, c.fusion) == (None, None, recipe.layer, recipe.pooling, mode, weight, fusion):
             return i
     raise KeyError((mode, weight, fusion))
 

@@ -111,7 +111,8 @@ class Searcher:
         """An encoder that embeds by `recipe`: the current one when it can, else one loaded for it."""
         with self._lock:
             made_for = self._encoder_recipe
-            same_model = (made_for.model_checksum, made_for.max_length) == (recipe.model_checksum, recipe.max_length)
+            same_model = (made_for.model_checksum, made_for.max_length, made_for.companion, made_for.companion_share) \
+                == (recipe.model_checksum, recipe.max_length, recipe.companion, recipe.companion_share)
             kept = getattr(self.encoder, "keep_layers", None)
             # ONNX Runtime gives its kept layer only; PyTorch gives any layer up to the kept one
             computes = kept is None or recipe.layer == kept or (self.encoder.model is not None and recipe.layer < kept)

@@ -196,8 +196,12 @@ class Encoder:
     # -- vectors --------------------------------------------------------------------------------
 
     def embed(self, texts: list[str], *, layer: int, pooling: str, exclude_special: bool = False,
-              windows: bool = False, stride: int = 0, window_length: int | None = None, prefix: str = "") -> Embedded:
-        """Pooled, L2-normalized float32 vectors of hidden state `layer` (absolute index)."""
+              windows: bool = False, stride: int = 0, window_length: int | None = None, prefix: str = "",
+              role: str = "passage") -> Embedded:
+        """Pooled, L2-normalized float32 vectors of hidden state `layer` (absolute index).
+
+        `role` ("passage" or "query") is for a paired encoder's companion (indexer.embed.pair); one model's
+        role is in its `prefix`."""
         vectors, owners, spans, truncated = self._pooled(texts, [layer], (pooling,), exclude_special, windows,
                                                          stride, window_length, prefix)
         return Embedded(vectors[(layer, pooling)], owners, spans, truncated)

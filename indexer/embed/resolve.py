@@ -61,9 +61,33 @@ def resolve_recipe(model: str | None = None, *, layer: int | None = None, poolin
     return Resolved(recipe, encoder, reason)
 
 
+def with_companion(resolved: Resolved, companion: str, share: float, *, precision: str = "auto",
+                   threads: int | None = None, backend: str = "auto") -> Resolved:
+    """`resolved` answering together with `companion` (its auto recipe): `share` of the score is the companion's."""
+    from indexer.embed.pair import PairEncoder
+
+    other = resolve_recipe(companion, exclude_special=resolved.recipe.exclude_special, precision=precision,
+                           threads=threads, backend=backend)
+    if other.recipe.model_checksum == resolved.recipe.model_checksum:
+        raise BertdexError(f"--companion {companion} is the index's own model: name another one")
+    recipe = resolved.recipe.with_companion(other.recipe, share)
+    reason = (f"{resolved.reason}; scored with companion {other.recipe.model} ({share:.2g} of the score; "
+              f"{other.reason})")
+    return Resolved(recipe, PairEncoder(resolved.encoder, other.encoder, recipe), reason)
+
+
 def encoder_for(recipe: Recipe, *, model: str | None = None, precision: str = "auto",
                 threads: int | None = None, backend: str = "auto") -> Encoder:
-    """An encoder for an index's recipe; refuses a model whose weights are not the ones indexed."""
+    """An encoder for an index's recipe; refuses a model whose weights are not the ones indexed.
+
+    A recipe with a companion gets a paired encoder (indexer.embed.pair); `model` names the first model.
+    """
+    if recipe.companion is not None:
+        from indexer.embed.pair import PairEncoder
+
+        options = dict(precision=precision, threads=threads, backend=backend)
+        return PairEncoder(encoder_for(recipe.alone(), model=model, **options),
+                           encoder_for(recipe.companion, **options), recipe)
     name = model or recipe.model
     folder = resolve_model_folder(name)
     checksum = model_checksum(folder)

@@ -23,7 +23,7 @@ from indexer.ingest.bulk import CHECKPOINT, InProcess, check_resume, embed_optio
 from indexer.ingest.embedding import embed_entries
 from indexer.ingest.entries import check_keys
 from indexer.ingest.readers import Entry, Fields, Problem, chosen_fields, read_entries
-from indexer.embed.resolve import Resolved, encoder_for, resolve_recipe
+from indexer.embed.resolve import Resolved, encoder_for, resolve_recipe, with_companion
 from indexer.store.keywords import NEW_INDEX_SCHEME, hangul_syllable
 from indexer.store.folder import (DB_NAME, IndexWriter, Manifest, check_index_folder, connect, content_hash, now,
                                   open_manifest, read_manifest)
@@ -86,7 +86,7 @@ def build_index(data: Path, folder: Path, *, text_fields: Iterable[str] = (), id
                 backend: str = "auto", progress: Progress | None = None, chunk_size: int = CHUNK,
                 resolved: Resolved | None = None, index_type: str = "auto", delimiter: str | None = None,
                 checkpoint: int = CHECKPOINT, ray: str | None = None, ray_workers: int | None = None,
-                ray_gpus: float = 0) -> BuildReport:
+                ray_gpus: float = 0, companion: str | None = None, companion_share: float = 0.5) -> BuildReport:
     """Index the entries of `data` into a new folder (or rebuild one with `replace`).
 
     `resolved`: a recipe and encoder already loaded (then the model options are not used).
@@ -96,6 +96,7 @@ def build_index(data: Path, folder: Path, *, text_fields: Iterable[str] = (), id
     `ray`: embed on Ray ("local": a Ray started for this run; "auto" or "ray://host:port": a cluster) with
     `ray_workers` actors (default: one per CPU of the cluster) of `ray_gpus` GPUs each.
     `progress(done, total)`: called once the input is checked (0 done, before the model loads), then per batch.
+    `companion`: a second model scoring with the first (`companion_share` of each score; indexer.embed.pair).
     """
     started = time.perf_counter()
     check_index_type(index_type)  # before the input is read or a model loaded
@@ -107,6 +108,9 @@ def build_index(data: Path, folder: Path, *, text_fields: Iterable[str] = (), id
     resolved = resolved or resolve_recipe(model, layer=layer, pooling=pooling, exclude_special=exclude_special,
                                           max_length=max_length, precision=precision, threads=threads,
                                           backend=backend)
+    if companion is not None:
+        resolved = with_companion(resolved, companion, companion_share, precision=precision, threads=threads,
+                                  backend=backend)
     window_length = min(window_length, resolved.recipe.max_length)
     stride = window_length // 4 if stride is None else stride
     # the text fields as chosen (named or found), so `info` and `add` see what was embedded
@@ -130,7 +134,7 @@ def build_index(data: Path, folder: Path, *, text_fields: Iterable[str] = (), id
             counts = ingest(writer, embedder, _entries(source, fields), entries_total, progress=progress,
                             chunk_size=chunk_size, checkpoint=checkpoint, marker=marker)
         final = writer.commit()
-    return _report(folder, counts, final, started, problems, f"model {resolved.recipe.model}: {settings.model_reason}; "
+    return _report(folder, counts, final, started, problems, f"model {resolved.recipe.describe()}: {settings.model_reason}; "
                    + resolved.reason + f"; search mode {settings.search.mode}: {settings.search.reason}", writer.warnings)
 
 

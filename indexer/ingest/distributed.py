@@ -108,7 +108,9 @@ class RayEmbedder:
             backend = "onnx" if encoder.backend == "onnx" else "torch"
             run = uuid.uuid4().hex[:8]
             made = (recipe.to_dict(), encoder.precision, backend, onnx, THREADS)
-            if gpus:  # a GPU actor measures its own machine's paths (CUDA ones among them), same tolerance
+            # a GPU actor measures its own machine's paths (CUDA ones among them), same tolerance; so does
+            # each model of a pair (on this machine: the driver's saved choices, so the same paths)
+            if gpus or recipe.companion is not None:
                 made = (recipe.to_dict(), "auto", "auto", None, THREADS)
             self.actors = [worker.options(name=f"{NAME}-{run}-{i}").remote(*made) for i in range(count)]
             self.load = [0] * count

@@ -33,21 +33,28 @@ class Vectors:
 
 
 def embed_entries(encoder, recipe: Recipe, settings: IndexSettings, texts: list[str], *,
-                  layers: list[int] | None = None, prefix: str | None = None) -> Vectors:
+                  layers: list[int] | None = None, role: str = "passage") -> Vectors:
     """Entries' vectors, windowed as `settings` say: the recipe's layer and pooling, or every pooling of `layers`.
 
-    `prefix`: put before each text (default: the recipe's passage prefix; questions pass its query prefix).
+    `role`: "passage" (the recipe's passage prefix) or "query" (its query prefix; embed_questions).
+    A recipe with a companion model needs its paired encoder (`encoder_for`) and gives its own layer only.
     """
     if encoder.max_length != recipe.max_length:
         raise BertdexError(f"this encoder reads {encoder.max_length} tokens, the index's recipe {recipe.max_length}: "
                            "make it with max_length=recipe.max_length")
     options = dict(exclude_special=recipe.exclude_special, windows=settings.window, stride=settings.stride,
                    window_length=settings.window_length,
-                   prefix=recipe.passage_prefix if prefix is None else prefix)
+                   prefix=recipe.query_prefix if role == "query" else recipe.passage_prefix)
+    paired = getattr(encoder, "recipe", None)
+    if (recipe.companion is not None) != (paired is not None) or (paired is not None and paired != recipe):
+        raise BertdexError(f"this encoder embeds by {paired.describe() if paired else encoder.folder.name}, "
+                           f"the recipe by {recipe.describe()}: make it with encoder_for(recipe)")
     if layers is None:
-        embedded = encoder.embed(texts, layer=recipe.layer, pooling=recipe.pooling, **options)
+        embedded = encoder.embed(texts, layer=recipe.layer, pooling=recipe.pooling, role=role, **options)
         return Vectors({(recipe.layer, recipe.pooling): embedded.vectors}, embedded.owners, embedded.spans,
                        embedded.truncated)
+    if recipe.companion is not None:
+        raise BertdexError("a recipe with a companion model has one layer and pooling: embed it with layers=None")
     vectors, owners, spans = encoder.embed_layers(texts, layers=list(layers), poolings=POOLINGS, **options)
     return Vectors(vectors, owners, spans)
 
@@ -65,7 +72,7 @@ def embed_questions(encoder, recipe: Recipe, settings: IndexSettings, questions:
     if how == "tail":
         texts = tail_texts(encoder, texts)
     windowed = IndexSettings(window=how == "windows", window_length=settings.window_length, stride=settings.stride)
-    return embed_entries(encoder, recipe, windowed, texts, layers=layers, prefix=recipe.query_prefix)
+    return embed_entries(encoder, recipe, windowed, texts, layers=layers, role="query")
 
 
 def tail_texts(encoder, texts: list[str]) -> list[str]:

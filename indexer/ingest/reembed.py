@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from indexer.errors import BertdexError
-from indexer.embed.resolve import resolve_recipe
+from indexer.embed.resolve import resolve_recipe, with_companion
 from indexer.ingest.embedding import embed_entries
 from indexer.store.folder import IndexWriter, Manifest, check_index_folder, connect, read_manifest
 from indexer.store.settings import SearchSettings
@@ -34,10 +34,12 @@ def store_search_settings(folder: str | Path, search: SearchSettings, *,
 
 def reembed_index(folder: str | Path, *, layer: int, pooling: str, search: SearchSettings | None = None,
                   expected_generation: int | None = None, threads: int | None = None,
-                  model: str | None = None) -> Manifest:
+                  model: str | None = None, companion: str | None = None, share: float = 0.0) -> Manifest:
     """Embed every entry again with hidden state `layer` and `pooling` (same model, length, windows: `embed_entries`).
 
     `model`: another model (tune chose it): its own length and prefixes, the index's windows.
+    `companion`, `share`: the model answering with it and its part of the score (indexer.embed.pair);
+    without them the new recipe has no companion, whatever the old one had.
     """
     folder = check_index_folder(Path(folder))
     db = connect(folder, readonly=True)
@@ -57,8 +59,11 @@ def reembed_index(folder: str | Path, *, layer: int, pooling: str, search: Searc
     if same and resolved.recipe.model_checksum != recipe.model_checksum:
         raise BertdexError(f"model {recipe.model!r} is no longer the one this index was built with: rebuild it with `bertdex index --replace`")
     settings = old.settings if search is None else replace(old.settings, search=search)
-    if not same:
-        settings = replace(settings, model_reason=f"tune: {model} answered the held-out questions better than {recipe.model}")
+    if companion is not None:
+        resolved = with_companion(resolved, companion, share, threads=threads)
+    if resolved.recipe.describe() != recipe.describe():
+        settings = replace(settings, model_reason=f"tune: {resolved.recipe.describe()} answered the held-out questions "
+                                                  f"better than {recipe.describe()}")
     new = replace(old, recipe=resolved.recipe, settings=settings)
     with IndexWriter.open(folder, new=new, replace=True) as writer:
         _check_generation(read_manifest(writer.db, folder).generation, old.generation, folder)

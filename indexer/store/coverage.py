@@ -56,8 +56,12 @@ def index_warnings(folder: str | Path, sample: int = SAMPLE) -> list[str]:
     finally:
         db.close()
     transformers.logging.set_verbosity_error()
-    try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(str(resolve_model_folder(manifest.recipe.model)), use_fast=True)
-    except Exception:  # the model is not reachable here: nothing to say about its tokenizer
-        return []
-    return tokenizer_warnings(tokenizer, texts)
+    recipe, found = manifest.recipe, []
+    # with a companion model, a warning stands only when neither model reads the text
+    for model in [recipe.model] + ([recipe.companion.model] if recipe.companion else []):
+        try:
+            tokenizer = transformers.AutoTokenizer.from_pretrained(str(resolve_model_folder(model)), use_fast=True)
+        except Exception:  # the model is not reachable here: nothing to say about its tokenizer
+            return []
+        found.append(tokenizer_warnings(tokenizer, texts))
+    return found[0] if all(found) else []

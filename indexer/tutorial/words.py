@@ -226,7 +226,8 @@ def embed_texts(encoder: Encoder, recipe: Recipe, texts: list[str], reason: str 
     if not cleaned or not all(cleaned):
         raise BertdexError("empty text: give one or more non-empty texts")
     embedded = encoder.embed(cleaned, layer=recipe.layer, pooling=recipe.pooling,
-                             exclude_special=recipe.exclude_special, prefix=recipe.query_prefix)
+                             exclude_special=recipe.exclude_special, prefix=recipe.query_prefix,
+                             role="query")
     return SentenceVectors(tuple(cleaned), embedded.vectors, recipe, embedded.truncated, reason)
 
 

@@ -12,11 +12,12 @@ sample (`search.quality.choose`). This module does not choose or store anything.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from indexer.ingest.embedding import embed_entries, embed_questions
+from indexer.embed.recipe import joined
+from indexer.ingest.embedding import Vectors, embed_entries, embed_questions
 from search import keyword
 from search.collapse import DENSE_PER_ENTRY, POOL, collapse, without
 from search.quality.evaluate import keys_for_metrics
@@ -26,6 +27,7 @@ from search.quality.metrics import mean_metrics, query_metrics
 POOLINGS = ("mean", "max", "cls", "mean-max")
 WEIGHTS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 HYBRID_RECIPES = 2  # best dense recipes also tried in hybrid (plus the current one)
+SHARES = (0.3, 0.5, 0.7)  # a companion model's part of the score, tried by tune
 
 
 @dataclass(frozen=True)
@@ -36,11 +38,15 @@ class Candidate:
     weight: float | None = None
     fusion: str | None = None
     model: str | None = None  # another bundled model than the index's (entries re-embedded with it)
+    companion: str | None = None  # a model scoring with the index's (indexer.embed.pair), with `share` of the score
+    share: float | None = None
 
     def label(self) -> str:
         if self.mode == "keyword":
             return "keyword (BM25)"
         dense = f"{self.pooling} of layer {self.layer}" + (f" of {self.model}" if self.model else "")
+        if self.companion:
+            dense += f" + {self.share:.1f} x {self.companion}"
         return dense if self.mode == "dense" else f"hybrid {self.fusion} w={self.weight:.1f}, {dense}"
 
 
@@ -80,17 +86,52 @@ def measure_all(encoder, manifest, documents: list[dict], heldout: list[HeldOut]
     by_dense = sorted((t for t in trials if t.candidate.mode == "dense"), key=order, reverse=True)
     recipes = [(recipe.layer, recipe.pooling)] + [(t.candidate.layer, t.candidate.pooling) for t in by_dense]
     for layer, pooling in list(dict.fromkeys(recipes))[: HYBRID_RECIPES + 1]:
-        for fusion in keyword.FUSIONS:
-            for weight in WEIGHTS:
-                fused = [keyword.fuse(d, w, weight, fusion) for d, w in zip(dense_lists[(layer, pooling)], words)]
-                trials.append(judge.trial(Candidate(layer, pooling, "hybrid", weight, fusion, model), fused))
+        trials += _hybrids(judge, Candidate(layer, pooling, "dense", model=model), dense_lists[(layer, pooling)], words)
+    return trials
+
+
+def measure_pairs(encoder, manifest, documents: list[dict], heldout: list[HeldOut], words: list[list],
+                  shares: tuple[float, ...] = SHARES) -> list[Trial]:
+    """The index's recipe scored with its companion (manifest.recipe.companion) at each of `shares`:
+    dense and every hybrid fusion x weight. `encoder`: the paired encoder of that recipe.
+
+    Both models embed once (at the recipe's share); the joined vectors of another share are the same
+    two unit vectors weighted again (recipe.joined), as a re-embedding with that share would give.
+    """
+    recipe, settings = manifest.recipe, manifest.settings
+    entries = embed_entries(encoder, recipe, settings, [d["text"] for d in documents])
+    asked = embed_questions(encoder, recipe, settings, [q.text for q in heldout])
+    ids = np.asarray([d["id"] for d in documents], dtype=np.int64)
+    own = recipe.alone().dimension
+    judge, trials = _Judge(documents, heldout), []
+    for share in shares:
+        def rejoined(matrix):
+            first, second = matrix[:, :own] / np.sqrt(1 - recipe.companion_share), matrix[:, own:] / np.sqrt(recipe.companion_share)
+            return joined(first, second, share)
+
+        key = (recipe.layer, recipe.pooling)
+        passages = Vectors({key: rejoined(entries.of(*key))}, ids[entries.owners], entries.spans)
+        questions = Vectors({key: rejoined(asked.of(*key))}, asked.owners, asked.spans)
+        dense = _dense_lists(passages, questions, *key, heldout)
+        candidate = Candidate(recipe.layer, recipe.pooling, "dense", companion=recipe.companion.model, share=share)
+        trials += [judge.trial(candidate, dense)] + _hybrids(judge, candidate, dense, words)
+    return trials
+
+
+def _hybrids(judge, dense: Candidate, lists: list[list], words: list[list]) -> list[Trial]:
+    """Every fusion x weight of the dense candidate's lists with the keyword side."""
+    trials = []
+    for fusion in keyword.FUSIONS:
+        for weight in WEIGHTS:
+            fused = [keyword.fuse(d, w, weight, fusion) for d, w in zip(lists, words)]
+            trials.append(judge.trial(replace(dense, mode="hybrid", weight=weight, fusion=fusion), fused))
     return trials
 
 
 def plain(candidate: Candidate, recipe) -> bool:
     """A plain setting of `recipe` (the index's, or another model's as it comes): dense, keyword, or
-    hybrid with score fusion at 0.5."""
-    if (candidate.layer, candidate.pooling) != (recipe.layer, recipe.pooling):
+    hybrid with score fusion at 0.5 (a pair of models never is)."""
+    if (candidate.layer, candidate.pooling) != (recipe.layer, recipe.pooling) or candidate.companion:
         return False
     return candidate.mode != "hybrid" or (candidate.fusion == "score" and abs(candidate.weight - 0.5) < 1e-9)
 

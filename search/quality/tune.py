@@ -21,8 +21,8 @@ from indexer.ingest.reembed import reembed_index, store_search_settings
 from indexer.store.folder import check_index_folder, connect, read_manifest
 from search.quality.choose import FOLDS, Decision, decide, fold_ids
 from search.quality.heldout import Questions, group_questions, labelled_questions, read_documents
-from search.quality.trials import (WEIGHTS, Candidate, Trial, entry_vectors, keyword_lists, measure_all, order,
-                                   plain, tuned_layers)
+from search.quality.trials import (SHARES, WEIGHTS, Candidate, Trial, entry_vectors, keyword_lists, measure_all,
+                                   measure_pairs, order, plain, tuned_layers)
 
 MAX_QUERIES = 2000
 
@@ -118,16 +118,21 @@ def tune_index(folder: str | Path, *, queries: dict | None = None, qrels: dict |
     started = time.perf_counter()
     folder = check_index_folder(Path(folder))
     manifest, documents, sources = _read_index(folder, queries, qrels, group_field, max_queries, ignore_identical_ids)
-    encoder = full_encoder(encoder, manifest.recipe)
-    layers = tuned_layers(encoder, manifest.recipe, layers)
-    passages = entry_vectors(encoder, manifest, documents, layers)
-    others = prepare_other_models(manifest, documents) if other_models else []
-    measured = [_measure(encoder, manifest, documents, questions, words, layers, passages, folds, others)
+    current = current_candidate(manifest)
+    alone = replace(manifest, recipe=manifest.recipe.alone())  # the index's own model, measured by itself
+    encoder = full_encoder(encoder, alone.recipe)
+    layers = tuned_layers(encoder, alone.recipe, layers)
+    passages = entry_vectors(encoder, alone, documents, layers)
+    companion = manifest.recipe.companion
+    others = prepare_other_models(alone, documents, also=[companion.model] if companion else [],
+                                  bundled=other_models)
+    pairs = [pair_of(encoder, alone, other, current, other_models) for other in others]
+    if not other_models:  # the index's companion only as it is now (the current setting must be among the trials)
+        others = []
+    measured = [_measure(encoder, alone, documents, questions, words, layers, passages, folds, others, pairs, current)
                 for questions, words in sources]
     chosen = measured[0].chosen.candidate
-    recipe = manifest.recipe
-    changed = measured[0].decision.change and chosen.mode != "keyword" \
-        and (chosen.model is not None or (chosen.layer, chosen.pooling) != (recipe.layer, recipe.pooling))
+    changed = measured[0].decision.change and chosen.mode != "keyword" and _recipe_of(chosen) != _recipe_of(current)
     if store:
         _store(folder, manifest, measured[0], changed)
     return TuneReport(str(folder), measured[0], measured[1] if len(measured) > 1 else None, changed, store,
@@ -153,37 +158,54 @@ def _read_index(folder: Path, queries, qrels, group_field, max_queries, ignore_i
     return manifest, documents, sources
 
 
-def prepare_other_models(manifest, documents) -> list[OtherModel]:
-    """Each bundled model other than the index's, with its recipe as it comes and the entries embedded by it."""
+def prepare_other_models(manifest, documents, also: list[str] = (), bundled: bool = True) -> list[OtherModel]:
+    """Each bundled model other than the index's (unless not `bundled`) and those named in `also` (the
+    index's companion), with its recipe as it comes and the entries embedded by it."""
     from indexer.embed.models import KNOWN_MODELS, known_model
     from indexer.embed.resolve import resolve_recipe
 
     own = known_model(manifest.recipe.model)
-    found = []
-    for model in KNOWN_MODELS:
-        if own is not None and model.name == own.name:
-            continue
+    found, seen = [], {manifest.recipe.model_checksum}
+    for name in [m.name for m in KNOWN_MODELS if bundled and (own is None or m.name != own.name)] + list(also):
         # PyTorch fp32: the reference path, and it computes every hidden state up to the recipe's (the last)
-        resolved = resolve_recipe(model.name, exclude_special=manifest.recipe.exclude_special, backend="torch",
+        resolved = resolve_recipe(name, exclude_special=manifest.recipe.exclude_special, backend="torch",
                                   precision="fp32")
-        if resolved.recipe.model_checksum == manifest.recipe.model_checksum:
+        if resolved.recipe.model_checksum in seen:
             continue
+        seen.add(resolved.recipe.model_checksum)
         other = replace(manifest, recipe=resolved.recipe)
-        found.append(OtherModel(model.name, other, resolved.encoder,
+        found.append(OtherModel(resolved.recipe.model, other, resolved.encoder,
                                 entry_vectors(resolved.encoder, other, documents, [resolved.recipe.layer])))
     return found
 
 
-def measure_trials(encoder, manifest, documents, heldout, words, layers, passages,
-                   others: list[OtherModel]) -> tuple[list[Trial], list[int]]:
-    """Every candidate's trial, the current setting first (it wins ties), and the plain settings' indices."""
+def pair_of(encoder, manifest, other: OtherModel, current: Candidate, every_share: bool = True) -> tuple:
+    """(paired encoder, manifest, shares): the index's model (its recipe, `encoder`) scored with `other`,
+    at each of SHARES (unless not `every_share`) and the current share where `other` is the index's companion now."""
+    from indexer.embed.pair import PairEncoder
+
+    now = [current.share] if current.companion == other.name else []
+    shares = tuple(sorted({*(SHARES if every_share else ()), *now}))
+    recipe = manifest.recipe.with_companion(other.manifest.recipe, 0.5)
+    return PairEncoder(encoder, other.encoder, recipe), replace(manifest, recipe=recipe), shares
+
+
+def measure_trials(encoder, manifest, documents, heldout, words, layers, passages, others: list[OtherModel],
+                   pairs: list[tuple] = (), current: Candidate | None = None) -> tuple[list[Trial], list[int]]:
+    """Every candidate's trial, the current setting first (it wins ties), and the plain settings' indices.
+
+    `manifest`: the index's, its recipe without a companion; `pairs`: (paired encoder, manifest, shares)
+    from pair_of; `current`: the index's setting (current_candidate of its own manifest; default: `manifest`'s).
+    """
     trials = measure_all(encoder, manifest, documents, heldout, words, layers, passages)
     recipes = {None: manifest.recipe}
     for other in others:
         recipes[other.name] = other.manifest.recipe
         trials += measure_all(other.encoder, other.manifest, documents, heldout, words, [other.manifest.recipe.layer],
                               other.passages, model=other.name)
-    current = current_candidate(manifest)
+    for paired, pair_manifest, shares in pairs:
+        trials += measure_pairs(paired, pair_manifest, documents, heldout, words, shares)
+    current = current or current_candidate(manifest)
     trials = sorted(trials, key=lambda t: t.candidate != current)
     if trials[0].candidate != current:
         raise AssertionError(f"the current setting {current} was not among the candidates")
@@ -191,8 +213,9 @@ def measure_trials(encoder, manifest, documents, heldout, words, layers, passage
 
 
 def _measure(encoder, manifest, documents, questions: Questions, words, layers, passages, folds: int,
-             others: list[OtherModel]) -> Measured:
-    trials, simple = measure_trials(encoder, manifest, documents, questions.items, words, layers, passages, others)
+             others: list[OtherModel], pairs: list[tuple], current: Candidate) -> Measured:
+    trials, simple = measure_trials(encoder, manifest, documents, questions.items, words, layers, passages, others,
+                                    pairs, current)
     mrr = np.vstack([t.per_query for t in trials])
     ndcg = np.vstack([t.per_query_ndcg for t in trials])
     decision = decide(mrr, ndcg, 0, fold_ids([q.fold_key for q in questions.items], folds), simple)
@@ -202,10 +225,16 @@ def _measure(encoder, manifest, documents, questions: Questions, words, layers, 
 def current_candidate(manifest) -> Candidate:
     """The candidate the index's recipe and search settings stand for (a hybrid weight off the grid: the nearest)."""
     recipe, search = manifest.recipe, manifest.settings.search
+    pair = dict(companion=recipe.companion.model, share=recipe.companion_share) if recipe.companion else {}
     if search.mode == "hybrid":
         weight = min(WEIGHTS, key=lambda w: abs(w - search.weight))
-        return Candidate(recipe.layer, recipe.pooling, "hybrid", weight, search.fusion)
-    return Candidate(recipe.layer, recipe.pooling, search.mode)
+        return Candidate(recipe.layer, recipe.pooling, "hybrid", weight, search.fusion, **pair)
+    return Candidate(recipe.layer, recipe.pooling, search.mode, **({} if search.mode == "keyword" else pair))
+
+
+def _recipe_of(candidate: Candidate) -> tuple:
+    """What the vectors depend on: a change of it means re-embedding the entries."""
+    return candidate.model, candidate.layer, candidate.pooling, candidate.companion, candidate.share
 
 
 def full_encoder(encoder, recipe):
@@ -236,7 +265,7 @@ def _store(folder: Path, manifest, measured: Measured, recipe_changed: bool) -> 
                      calibration=old.calibration if not decision.change else None)
     if recipe_changed:
         reembed_index(folder, layer=c.layer, pooling=c.pooling, search=search, expected_generation=manifest.generation,
-                      model=c.model)
+                      model=c.model, companion=c.companion, share=c.share or 0.0)
     else:
         store_search_settings(folder, search, expected_generation=manifest.generation)
 

@@ -1,0 +1,155 @@
+"""Two models answering together (indexer.embed.pair): an index whose vectors join all-MiniLM-L6-v2's to
+multilingual-e5-small's scores each entry by the weighted sum of both cosines; every writer, verify and the
+searcher use the same joined vectors, and tune measures a pair exactly as eval then reports. Real models,
+FAISS and SQLite."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import EXAMPLES, run_cli
+from indexer import build_index
+from indexer.embed.models import E5
+from indexer.embed.recipe import Recipe, joined
+from indexer.ingest.embedding import embed_entries, embed_questions
+from indexer.ingest.reembed import reembed_index
+from indexer.store.verify import verify_index
+from search import Searcher
+from search.quality.evaluate import evaluate, load_qrels, load_queries
+from search.quality.tune import tune_index
+from search.searcher import open_manifest
+
+pytestmark = pytest.mark.slow  # the multilingual model runs beside the English one
+
+EN_QUERIES, EN_QRELS = EXAMPLES / "eval_en" / "queries.jsonl", EXAMPLES / "eval_en" / "qrels.tsv"
+SHARE = 0.3
+
+
+@pytest.fixture(scope="module")
+def e5():
+    from indexer.embed.resolve import resolve_recipe
+
+    return resolve_recipe(E5)
+
+
+@pytest.fixture(scope="module")
+def pair_master(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pair") / "index"
+    build_index(EXAMPLES / "faq_en.csv", folder, text_fields=["question"], group_field="group", companion=E5,
+                companion_share=SHARE)
+    return folder
+
+
+@pytest.fixture
+def pair_index(pair_master, tmp_path):
+    folder = tmp_path / "index"
+    shutil.copytree(pair_master, folder, ignore=shutil.ignore_patterns("write.lock"))
+    return folder
+
+
+def test_joined_vectors_score_the_weighted_sum_of_the_cosines():
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=(5, 8)), rng.normal(size=(5, 4))
+    a /= np.linalg.norm(a, axis=1, keepdims=True)
+    b /= np.linalg.norm(b, axis=1, keepdims=True)
+    both = joined(a, b, 0.3)
+    assert np.allclose(np.linalg.norm(both, axis=1), 1, atol=1e-6)
+    assert np.allclose(both @ both[0], 0.7 * (a @ a[0]) + 0.3 * (b @ b[0]), atol=1e-6)
+
+
+def test_a_recipe_with_a_companion_is_saved_whole_and_old_recipes_still_read(pair_master):
+    recipe = open_manifest(pair_master).recipe
+    assert recipe.companion.model == E5 and recipe.companion_share == SHARE
+    assert recipe.dimension == 768 and recipe.alone().dimension == 384 and recipe.alone().companion is None
+    assert recipe.companion.query_prefix == "query: " and recipe.companion.passage_prefix == "passage: "
+    assert Recipe.from_dict(recipe.to_dict()) == recipe
+    old = {name: value for name, value in recipe.alone().to_dict().items() if not name.startswith("companion")}
+    assert Recipe.from_dict(old) == recipe.alone()
+    assert recipe.describe() == f"0.7 x {recipe.model} + 0.3 x {E5}"
+
+
+def test_a_pair_index_scores_each_hit_by_both_models(pair_master, resolved, e5):
+    question = "I forgot my password, what now?"
+    searcher = Searcher(pair_master)
+    hits = searcher.search(question, k=5, mode="dense")
+    settings = searcher.manifest.settings
+    searcher.close()
+    assert hits[0].key == "en-001"
+    expected = []
+    for side in (resolved, e5):
+        asked = embed_questions(side.encoder, side.recipe, settings, [question]).of(side.recipe.layer, side.recipe.pooling)
+        stored = embed_entries(side.encoder, side.recipe, settings, [h.text for h in hits])
+        expected.append(stored.of(side.recipe.layer, side.recipe.pooling) @ asked[0])
+    want = (1 - SHARE) * expected[0] + SHARE * expected[1]
+    assert [h.score for h in hits] == pytest.approx(want.tolist(), abs=1e-4)
+    alone = expected[0]
+    assert not np.allclose(alone, want, atol=1e-3)  # the companion's part is really there
+
+
+def test_writers_and_verify_use_the_joined_vectors(pair_index, tmp_path):
+    data = tmp_path / "more.jsonl"
+    data.write_text('{"id": "new-1", "question": "Can I pay with a gift card?", "group": "new-1"}\n', encoding="utf-8")
+    run_cli("add", pair_index, data, "--text-field", "question", check=True)
+    shown = run_cli("verify", pair_index, "--texts", "60", check=True).stdout
+    assert shown.startswith("ok:"), shown
+    report = verify_index(pair_index, text_sample=60)
+    assert report.ok and report.documents == 51, report.lines()
+    searcher = Searcher(pair_index)
+    assert searcher.search("pay using a gift card", k=1, mode="dense")[0].key == "new-1"
+    searcher.close()
+
+
+def test_tune_measures_a_pair_as_eval_reports_at_every_share(pair_index):
+    queries, qrels = load_queries(EN_QUERIES), load_qrels(EN_QRELS)
+    report = tune_index(pair_index, queries=queries, qrels=qrels, store=False)
+    tried = {(t.candidate.mode, t.candidate.companion, t.candidate.share, t.candidate.weight, t.candidate.fusion):
+             t.metrics["mrr@10"] for t in report.trials}
+    assert report.current.candidate.companion == E5 and report.current.candidate.share == SHARE
+    assert {key[2] for key in tried if key[1] == E5} == {0.3, 0.5, 0.7}
+    searcher = Searcher(pair_index)
+    fusion = searcher.manifest.settings.search.fusion
+    assert tried[("dense", E5, SHARE, None, None)] == pytest.approx(
+        evaluate(searcher, queries, qrels, mode="dense").metrics["mrr@10"], abs=1e-4)
+    # another share: what tune measured by weighting the two vectors again is what an index re-embedded at it gives
+    manifest = reembed_index(pair_index, layer=searcher.manifest.recipe.layer, pooling="mean", companion=E5, share=0.7)
+    assert manifest.recipe.companion_share == 0.7 and manifest.recipe.companion.model == E5
+    dense = evaluate(searcher, queries, qrels, mode="dense").metrics["mrr@10"]
+    hybrid = evaluate(searcher, queries, qrels, mode="hybrid", weight=0.5).metrics["mrr@10"]
+    assert tried[("dense", E5, 0.7, None, None)] == pytest.approx(dense, abs=1e-4)
+    assert tried[("hybrid", E5, 0.7, 0.5, fusion)] == pytest.approx(hybrid, abs=1e-4)
+    searcher.close()
+
+
+def test_reembedding_without_a_companion_leaves_one_model_and_an_open_searcher_follows(pair_index, resolved):
+    searcher = Searcher(pair_index)
+    before = searcher.search("I forgot my password", k=1, mode="dense")[0]
+    recipe = open_manifest(pair_index).recipe
+    manifest = reembed_index(pair_index, layer=recipe.layer, pooling=recipe.pooling)
+    assert manifest.recipe == resolved.recipe.alone() and manifest.recipe.dimension == 384
+    after = searcher.search("I forgot my password", k=1, mode="dense")[0]  # the searcher reloads both vectors and encoder
+    assert after.key == before.key == "en-001" and after.score != pytest.approx(before.score, abs=1e-4)
+    assert verify_index(pair_index, text_sample=10).ok
+    searcher.close()
+
+
+def test_the_companion_is_refused_when_it_is_the_index_model(tmp_path):
+    result = run_cli("index", tmp_path / "x", EXAMPLES / "faq_en.csv", "--text-field", "question",
+                     "--companion", "all-MiniLM-L6-v2")
+    assert result.returncode != 0 and "is the index's own model" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
+
+
+def test_a_pair_index_built_on_ray_equals_the_one_built_here(pair_master, tmp_path):
+    pytest.importorskip("ray")
+    build_index(EXAMPLES / "faq_en.csv", tmp_path / "ray", text_fields=["question"], group_field="group",
+                companion=E5, companion_share=SHARE, ray="local", ray_workers=1)
+    questions = ["I forgot my password", "how do I get a refund", "비밀번호를 잊었어요"]
+    made_here, made_on_ray = Searcher(pair_master), Searcher(tmp_path / "ray")
+    for here, there in zip(made_here.search_many(questions, 5, mode="dense"), made_on_ray.search_many(questions, 5, mode="dense")):
+        assert [h.key for h in here] == [h.key for h in there]
+        assert [h.score for h in here] == pytest.approx([h.score for h in there], abs=1e-5)
+    assert open_manifest(tmp_path / "ray").recipe == made_here.manifest.recipe
+    made_here.close(), made_on_ray.close()
