@@ -6,8 +6,9 @@ Reads the indexes `python bench/quality.py --work DIR` built (each set with its 
 entries and labelled queries with both bundled models as `bertdex tune` does (first window of a long
 question), scores each entry by its best window, and prints MRR@10 (ranked and judged as tune ranks:
 group collapse, candidate pools) for w in 1 (the index's model), 0 (the other), 0.3, 0.5, 0.7, dense
-and hybrid (score fusion with the keyword side at dense weight 0.5, 0.7, 0.9). An experiment: bertdex
-has no ensemble recipe (README, answer quality).
+and hybrid (score fusion with the keyword side at dense weight 0.5, 0.7, 0.9). The experiment that
+led to pairs of models (indexer.embed.pair, `bertdex index --companion`), which `bertdex tune` now
+measures itself; here the second model scores each entry by its own windows, a pair by the first's.
 """
 import argparse
 import sys

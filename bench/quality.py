@@ -99,6 +99,8 @@ def measure(name: str, beir: Path, folder: Path) -> dict:
     queries, qrels = load_queries(beir / "queries.jsonl"), load_qrels(beir / "qrels.tsv")
     labelled, unlabelled = candidates(folder, queries, qrels, SETS[name][1])
     trials, recipe = labelled["trials"], labelled["recipe"]
+    rule_rows = len(trials)  # what tune chooses among; the plain modes it does not try come after
+    trials = trials + labelled["singles"]
     mrr = np.vstack([t.per_query for t in trials])
     ndcg = np.vstack([t.per_query_ndcg for t in trials])
     single = {label: index_of(trials, recipe, *spec) for label, spec in SINGLE.items()}
@@ -109,8 +111,8 @@ def measure(name: str, beir: Path, folder: Path) -> dict:
            "dense via Searcher": checked, **{label: float(mrr[i].mean()) for label, i in single.items()}}
     np.savez_compressed(folder.parent / f"{name}.per-query.npz", mrr=mrr, ndcg=ndcg, plain=labelled["plain"],
                         labels=[t.candidate.label() for t in trials], keys=labelled["keys"],
-                        single=[single[label] for label in SINGLE])  # to study other rules
-    row.update(split_halves(mrr, ndcg, labelled["keys"], single, trials, labelled["plain"]))
+                        single=[single[label] for label in SINGLE], rule_rows=rule_rows)  # to study other rules
+    row.update(split_halves(mrr, ndcg, labelled["keys"], single, trials, labelled["plain"], rule_rows))
     if unlabelled is not None:
         chosen = unlabelled["trials"][unlabelled["decision"].chosen].candidate
         found = [i for i, t in enumerate(trials) if t.candidate == chosen]
@@ -132,7 +134,8 @@ def from_saved(name: str, work: Path, beir: Path) -> dict:
     documents = sum(1 for _ in (beir / "corpus.jsonl").open(encoding="utf-8"))
     row = {"set": name, "documents": documents, "queries": mrr.shape[1],
            **{label: float(mrr[i].mean()) for label, i in single.items()}, "seconds": 0.0}
-    row.update(split_halves(mrr, ndcg, [str(k) for k in saved["keys"]], single, trials, simple))
+    rule_rows = int(saved["rule_rows"]) if "rule_rows" in saved else len(labels)
+    row.update(split_halves(mrr, ndcg, [str(k) for k in saved["keys"]], single, trials, simple, rule_rows))
     return row
 
 
@@ -141,7 +144,7 @@ def candidates(folder: Path, queries, qrels, group_field):
     from indexer.store.folder import connect, read_manifest
     from search.quality.choose import decide, fold_ids
     from search.quality.heldout import group_questions, labelled_questions, read_documents
-    from search.quality.trials import entry_vectors, keyword_lists, tuned_layers
+    from search.quality.trials import entry_vectors, keyword_lists, measure_all, tuned_layers
     from search.quality.tune import current_candidate, full_encoder, measure_trials, pair_of, prepare_other_models
 
     db = connect(folder, readonly=True)
@@ -157,7 +160,12 @@ def candidates(folder: Path, queries, qrels, group_field):
     others = prepare_other_models(manifest, documents)
     pairs = [pair_of(encoder, manifest, other, current_candidate(manifest)) for other in others]
     trials, simple = measure_trials(encoder, manifest, documents, asked.items, words, layers, passages, others, pairs)
-    labelled = {"trials": trials, "keys": [q.fold_key for q in asked.items], "plain": simple, "recipe": manifest.recipe}
+    # a plain mode tune does not try (rank fusion), measured for the "best single" column only
+    singles = [t for t in measure_all(encoder, manifest, documents, asked.items, words, [manifest.recipe.layer], passages,
+                                      fusions=("rank",))
+               if t.candidate.mode == "hybrid" and (t.candidate.layer, t.candidate.pooling) == (manifest.recipe.layer, manifest.recipe.pooling)]
+    labelled = {"trials": trials, "keys": [q.fold_key for q in asked.items], "plain": simple, "recipe": manifest.recipe,
+                "singles": singles}
     if groups is None:
         return labelled, None
     group_trials, group_plain = measure_trials(encoder, manifest, documents, groups.items, group_words, layers,
@@ -176,8 +184,10 @@ def index_of(trials, recipe, mode: str, weight, fusion) -> int:
     raise KeyError((mode, weight, fusion))
 
 
-def split_halves(mrr, ndcg, keys: list[str], single: dict, trials, simple: list[int]) -> dict:
-    """Choose on one half, score on the other, both ways: tuned vs the best single mode of each scoring half."""
+def split_halves(mrr, ndcg, keys: list[str], single: dict, trials, simple: list[int], rule_rows: int) -> dict:
+    """Choose on one half, score on the other, both ways: tuned vs the best single mode of each scoring half.
+
+    The rule chooses among the first `rule_rows` trials (what tune tries)."""
     from search.quality.choose import decide, fold_ids, paired_test
 
     n = mrr.shape[1]
@@ -186,7 +196,7 @@ def split_halves(mrr, ndcg, keys: list[str], single: dict, trials, simple: list[
     tuned, ungated, oracle = np.zeros(n), np.zeros(n), np.zeros(n)
     choices = []
     for choose, score in (halves, halves[::-1]):
-        decision = decide(mrr[:, choose], ndcg[:, choose], 0, fold_ids([keys[i] for i in choose]), simple)
+        decision = decide(mrr[:rule_rows, choose], ndcg[:rule_rows, choose], 0, fold_ids([keys[i] for i in choose]), simple)
         tuned[score] = mrr[decision.chosen, score]
         ungated[score] = mrr[decision.best, score]
         oracle[score] = mrr[max(single.values(), key=lambda i: mrr[i, score].mean()), score]

@@ -76,6 +76,8 @@ def test_a_pair_index_scores_each_hit_by_both_models(pair_master, resolved, e5):
     searcher = Searcher(pair_master)
     hits = searcher.search(question, k=5, mode="dense")
     settings = searcher.manifest.settings
+    for encoder in (searcher.encoder.own, searcher.encoder.companion):  # two ONNX sessions taking turns: no spinning
+        assert getattr(getattr(encoder.runner, "session", None), "spinning", False) is False
     searcher.close()
     assert hits[0].key == "en-001"
     expected = []

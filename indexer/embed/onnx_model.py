@@ -58,7 +58,7 @@ def find_cached(path: Path) -> Path | None:
 class OnnxModel:
     """An ONNX Runtime session for one exported model; `run` returns the pooled layer's hidden states."""
 
-    def __init__(self, path: Path, threads: int):
+    def __init__(self, path: Path, threads: int, spinning: bool | None = None):
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
@@ -66,13 +66,37 @@ class OnnxModel:
         options.inter_op_num_threads = 1
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
-        self.path = path
+        self.spinning = _SPINNING if spinning is None else spinning
+        if not self.spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.path, self.threads = path, threads
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.inputs = tuple(item.name for item in self.session.get_inputs())
 
     def run(self, input_ids: np.ndarray, attention: np.ndarray, token_types: np.ndarray) -> np.ndarray:
         given = {"input_ids": input_ids, "attention_mask": attention, "token_type_ids": token_types}
         return self.session.run(None, {name: given[name] for name in self.inputs})[0]
+
+    def without_spinning(self) -> "OnnxModel":
+        """This model in a session whose threads sleep between runs (itself if they already do)."""
+        return self if not self.spinning else OnnxModel(self.path, self.threads, spinning=False)
+
+
+# ONNX Runtime's threads spin for a while after each run, which makes the next run of the same session
+# faster (one question: MiniLM 2.6 ms against 3.4, e5 6.1 against 8.5 without). Two sessions taking turns
+# (a pair of models, indexer.embed.pair) fight each other's spinning threads: a pair's question took
+# 18.2 ms with spinning, 10.6 without (bench/pair.py). Sessions made inside `spinning(False)` sleep.
+_SPINNING = True
+
+
+@contextlib.contextmanager
+def spinning(enabled: bool):
+    global _SPINNING
+    before, _SPINNING = _SPINNING, enabled
+    try:
+        yield
+    finally:
+        _SPINNING = before
 
 
 def load_or_export(path: Path | None, source, *, inputs: tuple[str, ...], heads: int, hidden: int,

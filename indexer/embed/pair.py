@@ -39,9 +39,15 @@ class PairEncoder:
 
     def __init__(self, own, companion, recipe: Recipe):
         self.own, self.companion, self.recipe = own, companion, recipe
+        for encoder in (own, companion):  # two sessions taking turns: their threads must not spin (onnx_model)
+            runner = getattr(encoder, "runner", None)
+            if hasattr(getattr(runner, "session", None), "without_spinning"):
+                runner.session = runner.session.without_spinning()
 
-    def __getattr__(self, name):
-        return getattr(self.__dict__["own"], name) if "own" in self.__dict__ else super().__getattribute__(name)
+    def __getattr__(self, name):  # what this class does not define is the first model's
+        if name.startswith("__") or "own" not in self.__dict__:
+            raise AttributeError(name)
+        return getattr(self.own, name)
 
     @property
     def path(self) -> PairPath:

@@ -64,10 +64,12 @@ def resolve_recipe(model: str | None = None, *, layer: int | None = None, poolin
 def with_companion(resolved: Resolved, companion: str, share: float, *, precision: str = "auto",
                    threads: int | None = None, backend: str = "auto") -> Resolved:
     """`resolved` answering together with `companion` (its auto recipe): `share` of the score is the companion's."""
+    from indexer.embed.onnx_model import spinning
     from indexer.embed.pair import PairEncoder
 
-    other = resolve_recipe(companion, exclude_special=resolved.recipe.exclude_special, precision=precision,
-                           threads=threads, backend=backend)
+    with spinning(False):
+        other = resolve_recipe(companion, exclude_special=resolved.recipe.exclude_special, precision=precision,
+                               threads=threads, backend=backend)
     if other.recipe.model_checksum == resolved.recipe.model_checksum:
         raise BertdexError(f"--companion {companion} is the index's own model: name another one")
     recipe = resolved.recipe.with_companion(other.recipe, share)
@@ -83,11 +85,13 @@ def encoder_for(recipe: Recipe, *, model: str | None = None, precision: str = "a
     A recipe with a companion gets a paired encoder (indexer.embed.pair); `model` names the first model.
     """
     if recipe.companion is not None:
+        from indexer.embed.onnx_model import spinning
         from indexer.embed.pair import PairEncoder
 
         options = dict(precision=precision, threads=threads, backend=backend)
-        return PairEncoder(encoder_for(recipe.alone(), model=model, **options),
-                           encoder_for(recipe.companion, **options), recipe)
+        with spinning(False):
+            return PairEncoder(encoder_for(recipe.alone(), model=model, **options),
+                               encoder_for(recipe.companion, **options), recipe)
     name = model or recipe.model
     folder = resolve_model_folder(name)
     checksum = model_checksum(folder)

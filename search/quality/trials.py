@@ -3,7 +3,8 @@
 Candidates: hidden layer (upper half of the model) x pooling for the dense side, keyword alone, and
 hybrid fusion x dense weight for the current and the best dense recipes; then the same for each other
 bundled model (its own trained layer, every pooling: `measure_all(..., model=name)`), whose
-candidates carry the model's name. Entries and questions are
+candidates carry the model's name; and the index's recipe paired with a companion model at several
+shares (`measure_pairs`), dense and hybrid. Entries and questions are
 embedded by the index's own paths (`indexer.ingest.embedding`: same windows, same long-question
 handling), every layer and pooling from one pass; the candidate pools, exclusions and group collapse
 are `search.collapse`'s. Each trial keeps its per-question MRR@10 and nDCG@10 for choosing out of
@@ -63,9 +64,20 @@ def keyword_lists(db, heldout: list[HeldOut]) -> list[list]:
     return [without(keyword.search(db, q.text, POOL + len(q.exclude)), q.exclude)[:POOL] for q in heldout]
 
 
+def tried_fusions(search) -> tuple[str, ...]:
+    """The hybrid fusions tune tries: score (the default), and the index's own where it is hybrid with another.
+
+    Rank and cosine fusion never came first on the shared sets (bench/quality.py: every set's five best
+    candidates are dense or score fusion), and each candidate tried adds to the luck a choice can have on
+    few questions: with them, deepset-covid-qsim's move to e5 hybrid failed the gate on both halves.
+    """
+    return ("score",) + ((search.fusion,) if search.mode == "hybrid" and search.fusion != "score" else ())
+
+
 def measure_all(encoder, manifest, documents: list[dict], heldout: list[HeldOut], words: list[list],
-                layers: list[int] | None, passages=None, model: str | None = None) -> list[Trial]:
-    """Dense for every layer x pooling, keyword, then hybrid fusions for the current and best dense recipes.
+                layers: list[int] | None, passages=None, model: str | None = None,
+                fusions: tuple[str, ...] = keyword.FUSIONS) -> list[Trial]:
+    """Dense for every layer x pooling, keyword, then hybrid `fusions` for the current and best dense recipes.
 
     `passages`: the entries' vectors from an earlier call (same layers), to measure another question set.
     `model`: measuring another model (manifest.recipe is then its recipe): its candidates are named by
@@ -86,14 +98,15 @@ def measure_all(encoder, manifest, documents: list[dict], heldout: list[HeldOut]
     by_dense = sorted((t for t in trials if t.candidate.mode == "dense"), key=order, reverse=True)
     recipes = [(recipe.layer, recipe.pooling)] + [(t.candidate.layer, t.candidate.pooling) for t in by_dense]
     for layer, pooling in list(dict.fromkeys(recipes))[: HYBRID_RECIPES + 1]:
-        trials += _hybrids(judge, Candidate(layer, pooling, "dense", model=model), dense_lists[(layer, pooling)], words)
+        trials += _hybrids(judge, Candidate(layer, pooling, "dense", model=model), dense_lists[(layer, pooling)], words,
+                           fusions)
     return trials
 
 
 def measure_pairs(encoder, manifest, documents: list[dict], heldout: list[HeldOut], words: list[list],
-                  shares: tuple[float, ...] = SHARES) -> list[Trial]:
+                  shares: tuple[float, ...] = SHARES, fusions: tuple[str, ...] = keyword.FUSIONS) -> list[Trial]:
     """The index's recipe scored with its companion (manifest.recipe.companion) at each of `shares`:
-    dense and every hybrid fusion x weight. `encoder`: the paired encoder of that recipe.
+    dense and every hybrid fusion of `fusions` x weight. `encoder`: the paired encoder of that recipe.
 
     Both models embed once (at the recipe's share); the joined vectors of another share are the same
     two unit vectors weighted again (recipe.joined), as a re-embedding with that share would give.
@@ -114,14 +127,14 @@ def measure_pairs(encoder, manifest, documents: list[dict], heldout: list[HeldOu
         questions = Vectors({key: rejoined(asked.of(*key))}, asked.owners, asked.spans)
         dense = _dense_lists(passages, questions, *key, heldout)
         candidate = Candidate(recipe.layer, recipe.pooling, "dense", companion=recipe.companion.model, share=share)
-        trials += [judge.trial(candidate, dense)] + _hybrids(judge, candidate, dense, words)
+        trials += [judge.trial(candidate, dense)] + _hybrids(judge, candidate, dense, words, fusions)
     return trials
 
 
-def _hybrids(judge, dense: Candidate, lists: list[list], words: list[list]) -> list[Trial]:
+def _hybrids(judge, dense: Candidate, lists: list[list], words: list[list], fusions: tuple[str, ...]) -> list[Trial]:
     """Every fusion x weight of the dense candidate's lists with the keyword side."""
     trials = []
-    for fusion in keyword.FUSIONS:
+    for fusion in fusions:
         for weight in WEIGHTS:
             fused = [keyword.fuse(d, w, weight, fusion) for d, w in zip(lists, words)]
             trials.append(judge.trial(replace(dense, mode="hybrid", weight=weight, fusion=fusion), fused))

@@ -2,7 +2,8 @@
 
 Every candidate (layer x pooling, keyword, hybrid fusion x weight: `search.quality.trials`; and the
 same with each other bundled model: a collection may be answered better by the multilingual model
-than the English one, or the other way round) is measured on held-out questions (`search.quality.heldout`): labelled queries, or without labels the collection's
+than the English one, or the other way round; and the index's model paired with each of them,
+indexer.embed.pair) is measured on held-out questions (`search.quality.heldout`): labelled queries, or without labels the collection's
 groups of phrasings. The choice is made out of sample (`search.quality.choose`): the index changes only
 when the cross-validated score of the choosing rule beats the current setting by a significant margin;
 otherwise the current setting stays, and the report says why. When labels are given and the index
@@ -22,7 +23,7 @@ from indexer.store.folder import check_index_folder, connect, read_manifest
 from search.quality.choose import FOLDS, Decision, decide, fold_ids
 from search.quality.heldout import Questions, group_questions, labelled_questions, read_documents
 from search.quality.trials import (SHARES, WEIGHTS, Candidate, Trial, entry_vectors, keyword_lists, measure_all,
-                                   measure_pairs, order, plain, tuned_layers)
+                                   measure_pairs, order, plain, tried_fusions, tuned_layers)
 
 MAX_QUERIES = 2000
 
@@ -197,14 +198,15 @@ def measure_trials(encoder, manifest, documents, heldout, words, layers, passage
     `manifest`: the index's, its recipe without a companion; `pairs`: (paired encoder, manifest, shares)
     from pair_of; `current`: the index's setting (current_candidate of its own manifest; default: `manifest`'s).
     """
-    trials = measure_all(encoder, manifest, documents, heldout, words, layers, passages)
+    fusions = tried_fusions(manifest.settings.search)
+    trials = measure_all(encoder, manifest, documents, heldout, words, layers, passages, fusions=fusions)
     recipes = {None: manifest.recipe}
     for other in others:
         recipes[other.name] = other.manifest.recipe
         trials += measure_all(other.encoder, other.manifest, documents, heldout, words, [other.manifest.recipe.layer],
-                              other.passages, model=other.name)
+                              other.passages, model=other.name, fusions=fusions)
     for paired, pair_manifest, shares in pairs:
-        trials += measure_pairs(paired, pair_manifest, documents, heldout, words, shares)
+        trials += measure_pairs(paired, pair_manifest, documents, heldout, words, shares, fusions)
     current = current or current_candidate(manifest)
     trials = sorted(trials, key=lambda t: t.candidate != current)
     if trials[0].candidate != current:
