@@ -155,3 +155,27 @@ def test_a_pair_index_built_on_ray_equals_the_one_built_here(pair_master, tmp_pa
         assert [h.score for h in here] == pytest.approx([h.score for h in there], abs=1e-5)
     assert open_manifest(tmp_path / "ray").recipe == made_here.manifest.recipe
     made_here.close(), made_on_ray.close()
+
+
+def test_tune_moves_a_korean_pair_index_and_it_then_answers_as_measured(tmp_path):
+    """The Korean example FAQ on MiniLM with 0.3 x e5: MiniLM reads jamo, so more e5 (a larger share, or
+    e5 alone) wins significantly; tune re-embeds to its choice and a fresh searcher answers as it measured."""
+    from indexer.ingest.reembed import store_search_settings
+    from indexer.store.settings import SearchSettings
+
+    folder = tmp_path / "ko"
+    build_index(EXAMPLES / "faq_ko.csv", folder, text_fields=["question"], group_field="group",
+                model="all-MiniLM-L6-v2", companion=E5, companion_share=SHARE)
+    store_search_settings(folder, SearchSettings(mode="dense"))
+    queries, qrels = load_queries(EXAMPLES / "eval_ko" / "queries.jsonl"), load_qrels(EXAMPLES / "eval_ko" / "qrels.tsv")
+    report = tune_index(folder, queries=queries, qrels=qrels)
+    chosen = report.chosen.candidate
+    assert report.decision.change and report.recipe_changed and report.decision.p_value < 0.05, report.to_dict()
+    assert (chosen.model, chosen.companion) != (None, E5) or chosen.share > SHARE
+    recipe = open_manifest(folder).recipe
+    assert recipe.model == (chosen.model or "sentence-transformers/all-MiniLM-L6-v2")
+    assert (recipe.companion.model if recipe.companion else None, recipe.companion_share or None) == (chosen.companion, chosen.share)
+    searcher = Searcher(folder)
+    assert evaluate(searcher, queries, qrels).metrics["mrr@10"] == pytest.approx(report.chosen.metrics["mrr@10"], abs=1e-4)
+    searcher.close()
+    assert verify_index(folder, text_sample=10).ok
