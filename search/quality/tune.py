@@ -133,7 +133,8 @@ def tune_index(folder: str | Path, *, queries: dict | None = None, qrels: dict |
     measured = [_measure(encoder, alone, documents, questions, words, layers, passages, folds, others, pairs, current)
                 for questions, words in sources]
     chosen = measured[0].chosen.candidate
-    changed = measured[0].decision.change and chosen.mode != "keyword" and _recipe_of(chosen) != _recipe_of(current)
+    changed = measured[0].decision.change and chosen.mode != "keyword" \
+        and _recipe_of(chosen) != _recipe_of(current_candidate(manifest, dense=True))
     if store:
         _store(folder, manifest, measured[0], changed)
     return TuneReport(str(folder), measured[0], measured[1] if len(measured) > 1 else None, changed, store,
@@ -224,10 +225,13 @@ def _measure(encoder, manifest, documents, questions: Questions, words, layers, 
     return Measured(questions.source, len(questions.items), trials, decision)
 
 
-def current_candidate(manifest) -> Candidate:
-    """The candidate the index's recipe and search settings stand for (a hybrid weight off the grid: the nearest)."""
+def current_candidate(manifest, dense: bool = False) -> Candidate:
+    """The candidate the index's recipe and search settings stand for (a hybrid weight off the grid: the nearest);
+    `dense`: the dense candidate of its recipe, whatever the mode (what its vectors are)."""
     recipe, search = manifest.recipe, manifest.settings.search
     pair = dict(companion=recipe.companion.model, share=recipe.companion_share) if recipe.companion else {}
+    if dense:  # what the vectors are, whatever the mode
+        return Candidate(recipe.layer, recipe.pooling, "dense", **pair)
     if search.mode == "hybrid":
         weight = min(WEIGHTS, key=lambda w: abs(w - search.weight))
         return Candidate(recipe.layer, recipe.pooling, "hybrid", weight, search.fusion, **pair)
