@@ -158,7 +158,7 @@ def candidates(folder: Path, queries, qrels, group_field):
     layers = tuned_layers(encoder, manifest.recipe, None)
     passages = entry_vectors(encoder, manifest, documents, layers)
     others = prepare_other_models(manifest, documents)
-    pairs = [pair_of(encoder, manifest, other, current_candidate(manifest)) for other in others]
+    pairs = [pair_of(other, current_candidate(manifest)) for other in others]
     trials, simple = measure_trials(encoder, manifest, documents, asked.items, words, layers, passages, others, pairs)
     # a plain mode tune does not try (rank fusion), measured for the "best single" column only
     singles = [t for t in measure_all(encoder, manifest, documents, asked.items, words, [manifest.recipe.layer], passages,

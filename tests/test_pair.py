@@ -179,3 +179,29 @@ def test_tune_moves_a_korean_pair_index_and_it_then_answers_as_measured(tmp_path
     assert evaluate(searcher, queries, qrels).metrics["mrr@10"] == pytest.approx(report.chosen.metrics["mrr@10"], abs=1e-4)
     searcher.close()
     assert verify_index(folder, text_sample=10).ok
+
+
+def test_tune_measures_a_pair_on_long_texts_as_eval_reports(tmp_path):
+    """Entries cut into 64-token windows: the companion embeds each window's characters (nothing reused)."""
+    import csv
+    import json
+
+    filler = ("Our offices are closed on public holidays. The weather was mild for most of the spring. "
+              "Parcels are sorted at the regional hub before they reach the local depot. ")  # ~420 tokens an entry
+    data = tmp_path / "long.jsonl"
+    with open(EXAMPLES / "faq_en.csv", encoding="utf-8") as handle, data.open("w", encoding="utf-8") as out:
+        judged = {key for relevant in load_qrels(EN_QRELS).values() for key in relevant}
+        for i, row in enumerate([row for row in csv.DictReader(handle) if row["id"] in judged][:10]):
+            text = f"{filler * (2 + 2 * (i % 5))}{row['question']} {row['answer']} {filler * (10 - 2 * (i % 5))}"
+            out.write(json.dumps({"id": row["id"], "text": text}) + "\n")
+    folder = tmp_path / "index"
+    report = build_index(data, folder, window_length=64, companion=E5, companion_share=0.5)
+    assert report.split_texts == 10
+    queries, qrels = load_queries(EN_QUERIES), load_qrels(EN_QRELS)
+    tuned = tune_index(folder, queries=queries, qrels=qrels, store=False, layers=[6])
+    tried = {(t.candidate.mode, t.candidate.companion, t.candidate.share): t.metrics["mrr@10"] for t in tuned.trials
+             if t.candidate.mode == "dense"}
+    searcher = Searcher(folder)
+    figure = evaluate(searcher, queries, qrels, mode="dense").metrics["mrr@10"]
+    assert figure > 0.2 and tried[("dense", E5, 0.5)] == pytest.approx(figure, abs=1e-4)
+    searcher.close()

@@ -61,18 +61,17 @@ class PairEncoder:
 
         mine = self.own.embed(texts, layer=layer, pooling=pooling, exclude_special=exclude_special, windows=windows,
                               stride=stride, window_length=window_length, prefix=prefix)
-        theirs = companion_vectors(self.companion, self.recipe, texts, mine.owners, mine.spans, role)
+        theirs = companion_vectors(self.companion, self.recipe.companion, texts, mine.owners, mine.spans, role)
         return Embedded(joined(mine.vectors, theirs, self.recipe.companion_share), mine.owners, mine.spans,
                         mine.truncated)
 
 
-def companion_vectors(encoder, recipe: Recipe, texts: list[str], owners: np.ndarray, spans: np.ndarray,
-                      role: str) -> np.ndarray:
-    """recipe.companion's vector of each window's characters (texts[owner][start:end]), one row per window.
+def companion_vectors(encoder, other: Recipe, texts, owners: np.ndarray, spans: np.ndarray, role: str) -> np.ndarray:
+    """The companion's (recipe `other`, `encoder`) vector of each window's characters (texts[owner][start:end]),
+    one row per window. `texts`: a list, or a dict by owner.
 
     A window the companion cannot read whole (its own length limit) is cut at that limit.
     """
-    other = recipe.companion
     if role not in ROLES:
         raise ValueError(f"role {role!r}: one of {ROLES}")
     pieces = [texts[owner][start:end] for owner, (start, end) in zip(owners.tolist(), spans.tolist())]

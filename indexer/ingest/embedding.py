@@ -66,13 +66,19 @@ def embed_questions(encoder, recipe: Recipe, settings: IndexSettings, questions:
     `long_questions`: "tail" or "windows" (default: the index's search setting).
     """
     how = long_questions or settings.search.long_questions
+    texts = question_texts(encoder, settings, questions, how)
+    windowed = IndexSettings(window=how == "windows", window_length=settings.window_length, stride=settings.stride)
+    return embed_entries(encoder, recipe, windowed, texts, layers=layers, role="query")
+
+
+def question_texts(encoder, settings: IndexSettings, questions: list[str], long_questions: str | None = None) -> list[str]:
+    """The texts embed_questions embeds: normalized, and cut to their last tokens where long ones keep their "tail"
+    (the spans of its Vectors are in these texts' characters)."""
+    how = long_questions or settings.search.long_questions
     if how not in LONG_QUESTIONS:
         raise BertdexError(f"unknown --long-questions {how!r}: choose one of {', '.join(LONG_QUESTIONS)}")
     texts = [normalize_text(q) for q in questions]
-    if how == "tail":
-        texts = tail_texts(encoder, texts)
-    windowed = IndexSettings(window=how == "windows", window_length=settings.window_length, stride=settings.stride)
-    return embed_entries(encoder, recipe, windowed, texts, layers=layers, role="query")
+    return tail_texts(encoder, texts) if how == "tail" else texts
 
 
 def tail_texts(encoder, texts: list[str]) -> list[str]:

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from indexer.embed.recipe import joined
-from indexer.ingest.embedding import Vectors, embed_entries, embed_questions
+from indexer.embed.pair import companion_vectors
+from indexer.ingest.embedding import Vectors, embed_entries, embed_questions, question_texts
 from search import keyword
 from search.collapse import DENSE_PER_ENTRY, POOL, collapse, without
 from search.quality.evaluate import keys_for_metrics
@@ -103,32 +104,55 @@ def measure_all(encoder, manifest, documents: list[dict], heldout: list[HeldOut]
     return trials
 
 
-def measure_pairs(encoder, manifest, documents: list[dict], heldout: list[HeldOut], words: list[list],
-                  shares: tuple[float, ...] = SHARES, fusions: tuple[str, ...] = keyword.FUSIONS) -> list[Trial]:
-    """The index's recipe scored with its companion (manifest.recipe.companion) at each of `shares`:
-    dense and every hybrid fusion of `fusions` x weight. `encoder`: the paired encoder of that recipe.
+def measure_pairs(encoder, manifest, documents: list[dict], heldout: list[HeldOut], words: list[list], passages,
+                  companion, shares: tuple[float, ...] = SHARES,
+                  fusions: tuple[str, ...] = keyword.FUSIONS) -> list[Trial]:
+    """The index's recipe (manifest.recipe, one model; `encoder`, and `passages` its entry vectors from
+    entry_vectors) paired with `companion` (search.quality.tune.OtherModel: encoder, manifest, passages)
+    at each of `shares`: dense and every hybrid fusion of `fusions` x weight.
 
-    Both models embed once (at the recipe's share); the joined vectors of another share are the same
-    two unit vectors weighted again (recipe.joined), as a re-embedding with that share would give.
+    What a paired encoder (indexer.embed.pair) would store and ask: the companion's vector of each of the
+    first model's windows, joined per share. A window that is a whole entry the companion also read whole
+    reuses its vector of that entry (the same token ids), so tune embeds little more than for one model.
     """
-    recipe, settings = manifest.recipe, manifest.settings
-    entries = embed_entries(encoder, recipe, settings, [d["text"] for d in documents])
+    recipe, settings, other = manifest.recipe, manifest.settings, companion.manifest.recipe
+    key = (recipe.layer, recipe.pooling)
+    texts = {d["id"]: d["text"] for d in documents}
+    theirs = _companion_entries(companion, texts, passages.owners, passages.spans)
     asked = embed_questions(encoder, recipe, settings, [q.text for q in heldout])
-    ids = np.asarray([d["id"] for d in documents], dtype=np.int64)
-    own = recipe.alone().dimension
+    asked_texts = question_texts(encoder, settings, [q.text for q in heldout])
+    asked_theirs = companion_vectors(companion.encoder, other, asked_texts, asked.owners, asked.spans, "query")
     judge, trials = _Judge(documents, heldout), []
     for share in shares:
-        def rejoined(matrix):
-            first, second = matrix[:, :own] / np.sqrt(1 - recipe.companion_share), matrix[:, own:] / np.sqrt(recipe.companion_share)
-            return joined(first, second, share)
-
-        key = (recipe.layer, recipe.pooling)
-        passages = Vectors({key: rejoined(entries.of(*key))}, ids[entries.owners], entries.spans)
-        questions = Vectors({key: rejoined(asked.of(*key))}, asked.owners, asked.spans)
-        dense = _dense_lists(passages, questions, *key, heldout)
-        candidate = Candidate(recipe.layer, recipe.pooling, "dense", companion=recipe.companion.model, share=share)
+        stored = Vectors({key: joined(passages.of(*key), theirs, share)}, passages.owners, passages.spans)
+        questions = Vectors({key: joined(asked.of(*key), asked_theirs, share)}, asked.owners, asked.spans)
+        dense = _dense_lists(stored, questions, *key, heldout)
+        candidate = Candidate(recipe.layer, recipe.pooling, "dense", companion=other.model, share=share)
         trials += [judge.trial(candidate, dense)] + _hybrids(judge, candidate, dense, words, fusions)
     return trials
+
+
+def _companion_entries(companion, texts: dict, owners: np.ndarray, spans: np.ndarray) -> np.ndarray:
+    """The companion's vector of each window (owners: entry ids) of the first model, reusing its own
+    vectors of entries both read whole."""
+    other = companion.manifest.recipe
+    theirs_all = companion.passages.of(other.layer, other.pooling)
+    rows, counts = {}, {}
+    for row, (owner, (start, end)) in enumerate(zip(companion.passages.owners.tolist(), companion.passages.spans.tolist())):
+        counts[owner] = counts.get(owner, 0) + 1
+        if (start, end) == (0, len(texts[owner])):
+            rows[owner] = row
+    out = np.zeros((len(owners), theirs_all.shape[1]), dtype=np.float32)
+    rest = []
+    for i, (owner, (start, end)) in enumerate(zip(owners.tolist(), spans.tolist())):
+        if (start, end) == (0, len(texts[owner])) and counts.get(owner) == 1 and owner in rows:
+            out[i] = theirs_all[rows[owner]]
+        else:
+            rest.append(i)
+    if rest:
+        rest = np.asarray(rest)
+        out[rest] = companion_vectors(companion.encoder, other, texts, owners[rest], spans[rest], "passage")
+    return out
 
 
 def _hybrids(judge, dense: Candidate, lists: list[list], words: list[list], fusions: tuple[str, ...]) -> list[Trial]:

@@ -127,7 +127,7 @@ def tune_index(folder: str | Path, *, queries: dict | None = None, qrels: dict |
     companion = manifest.recipe.companion
     others = prepare_other_models(alone, documents, also=[companion.model] if companion else [],
                                   bundled=other_models)
-    pairs = [pair_of(encoder, alone, other, current, other_models) for other in others]
+    pairs = [pair_of(other, current, other_models) for other in others]
     if not other_models:  # the index's companion only as it is now (the current setting must be among the trials)
         others = []
     measured = [_measure(encoder, alone, documents, questions, words, layers, passages, folds, others, pairs, current)
@@ -181,23 +181,19 @@ def prepare_other_models(manifest, documents, also: list[str] = (), bundled: boo
     return found
 
 
-def pair_of(encoder, manifest, other: OtherModel, current: Candidate, every_share: bool = True) -> tuple:
-    """(paired encoder, manifest, shares): the index's model (its recipe, `encoder`) scored with `other`,
-    at each of SHARES (unless not `every_share`) and the current share where `other` is the index's companion now."""
-    from indexer.embed.pair import PairEncoder
-
+def pair_of(other: OtherModel, current: Candidate, every_share: bool = True) -> tuple:
+    """(other, shares): the index's model paired with `other` at each of SHARES (unless not `every_share`)
+    and at the current share where `other` is the index's companion now."""
     now = [current.share] if current.companion == other.name else []
-    shares = tuple(sorted({*(SHARES if every_share else ()), *now}))
-    recipe = manifest.recipe.with_companion(other.manifest.recipe, 0.5)
-    return PairEncoder(encoder, other.encoder, recipe), replace(manifest, recipe=recipe), shares
+    return other, tuple(sorted({*(SHARES if every_share else ()), *now}))
 
 
 def measure_trials(encoder, manifest, documents, heldout, words, layers, passages, others: list[OtherModel],
                    pairs: list[tuple] = (), current: Candidate | None = None) -> tuple[list[Trial], list[int]]:
     """Every candidate's trial, the current setting first (it wins ties), and the plain settings' indices.
 
-    `manifest`: the index's, its recipe without a companion; `pairs`: (paired encoder, manifest, shares)
-    from pair_of; `current`: the index's setting (current_candidate of its own manifest; default: `manifest`'s).
+    `manifest`: the index's, its recipe without a companion; `pairs`: (other model, shares) from pair_of;
+    `current`: the index's setting (current_candidate of its own manifest; default: `manifest`'s).
     """
     fusions = tried_fusions(manifest.settings.search)
     trials = measure_all(encoder, manifest, documents, heldout, words, layers, passages, fusions=fusions)
@@ -206,8 +202,8 @@ def measure_trials(encoder, manifest, documents, heldout, words, layers, passage
         recipes[other.name] = other.manifest.recipe
         trials += measure_all(other.encoder, other.manifest, documents, heldout, words, [other.manifest.recipe.layer],
                               other.passages, model=other.name, fusions=fusions)
-    for paired, pair_manifest, shares in pairs:
-        trials += measure_pairs(paired, pair_manifest, documents, heldout, words, shares, fusions)
+    for other, shares in pairs:
+        trials += measure_pairs(encoder, manifest, documents, heldout, words, passages, other, shares, fusions)
     current = current or current_candidate(manifest)
     trials = sorted(trials, key=lambda t: t.candidate != current)
     if trials[0].candidate != current:
