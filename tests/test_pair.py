@@ -106,7 +106,7 @@ def test_writers_and_verify_use_the_joined_vectors(pair_index, tmp_path):
 
 def test_tune_measures_a_pair_as_eval_reports_at_every_share(pair_index):
     queries, qrels = load_queries(EN_QUERIES), load_qrels(EN_QRELS)
-    report = tune_index(pair_index, queries=queries, qrels=qrels, store=False)
+    report = tune_index(pair_index, queries=queries, qrels=qrels, store=False, layers=[6])
     tried = {(t.candidate.mode, t.candidate.companion, t.candidate.share, t.candidate.weight, t.candidate.fusion):
              t.metrics["mrr@10"] for t in report.trials}
     assert report.current.candidate.companion == E5 and report.current.candidate.share == SHARE
@@ -168,7 +168,7 @@ def test_tune_moves_a_korean_pair_index_and_it_then_answers_as_measured(tmp_path
                 model="all-MiniLM-L6-v2", companion=E5, companion_share=SHARE)
     store_search_settings(folder, SearchSettings(mode="dense"))
     queries, qrels = load_queries(EXAMPLES / "eval_ko" / "queries.jsonl"), load_qrels(EXAMPLES / "eval_ko" / "qrels.tsv")
-    report = tune_index(folder, queries=queries, qrels=qrels)
+    report = tune_index(folder, queries=queries, qrels=qrels, layers=[6])
     chosen = report.chosen.candidate
     assert report.decision.change and report.recipe_changed and report.decision.p_value < 0.05, report.to_dict()
     assert (chosen.model, chosen.companion) != (None, E5) or chosen.share > SHARE
