@@ -279,3 +279,23 @@ def test_serve_workers_answers_from_several_processes_read_only(faq_index):
     finally:
         server.terminate()
         server.wait(timeout=60)
+
+
+@pytest.mark.slow
+def test_a_pair_index_built_on_ray_equals_the_one_built_here(tmp_path, local_ray):
+    """A recipe with a companion model (indexer.embed.pair): each actor embeds by both models."""
+    from conftest import EXAMPLES
+    from indexer.embed.models import E5
+    from search import Searcher
+    from search.searcher import open_manifest
+
+    options = dict(text_fields=["question"], group_field="group", companion=E5, companion_share=0.3)
+    build_index(EXAMPLES / "faq_en.csv", tmp_path / "here", **options)
+    build_index(EXAMPLES / "faq_en.csv", tmp_path / "ray", ray="local", ray_workers=1, **options)
+    questions = ["I forgot my password", "how do I get a refund", "비밀번호를 잊었어요"]
+    here, there = Searcher(tmp_path / "here"), Searcher(tmp_path / "ray")
+    for mine, theirs in zip(here.search_many(questions, 5, mode="dense"), there.search_many(questions, 5, mode="dense")):
+        assert [h.key for h in mine] == [h.key for h in theirs]
+        assert [h.score for h in mine] == pytest.approx([h.score for h in theirs], abs=1e-5)
+    assert open_manifest(tmp_path / "ray").recipe == here.manifest.recipe and here.manifest.recipe.companion is not None
+    here.close(), there.close()
