@@ -140,6 +140,10 @@ def test_the_companion_is_refused_when_it_is_the_index_model(tmp_path):
                      "--companion", "all-MiniLM-L6-v2")
     assert result.returncode != 0 and "is the index's own model" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
+    missing = run_cli("index", tmp_path / "x", EXAMPLES / "faq_en.csv", "--text-field", "question",
+                      "--companion", tmp_path / "no-model")
+    assert missing.returncode != 0 and missing.stderr.startswith(f"error: --companion {tmp_path / 'no-model'}: ")
+    assert len(missing.stderr.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
 
 
 def test_tune_moves_a_korean_pair_index_and_it_then_answers_as_measured(tmp_path):

@@ -83,9 +83,9 @@ class OnnxModel:
 
 
 # ONNX Runtime's threads spin for a while after each run, which makes the next run of the same session
-# faster (one question: MiniLM 2.6 ms against 3.4, e5 6.1 against 8.5 without). Two sessions taking turns
-# (a pair of models, indexer.embed.pair) fight each other's spinning threads: a pair's question took
-# 18.2 ms with spinning, 10.6 without (bench/pair.py). Sessions made inside `spinning(False)` sleep.
+# a little faster (one MiniLM question: 3.8 ms p50 against 4.1 without). Two sessions taking turns (a
+# pair of models, indexer.embed.pair) fight each other's spinning threads: a pair's question took 23.1 ms
+# with spinning, 12.1 without (`python bench/pair.py --spinning`). Sessions made inside `spinning(False)` sleep.
 _SPINNING = True
 
 

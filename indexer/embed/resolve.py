@@ -67,9 +67,12 @@ def with_companion(resolved: Resolved, companion: str, share: float, *, precisio
     from indexer.embed.onnx_model import spinning
     from indexer.embed.pair import PairEncoder
 
-    with spinning(False):
-        other = resolve_recipe(companion, exclude_special=resolved.recipe.exclude_special, precision=precision,
-                               threads=threads, backend=backend)
+    try:
+        with spinning(False):
+            other = resolve_recipe(companion, exclude_special=resolved.recipe.exclude_special, precision=precision,
+                                   threads=threads, backend=backend)
+    except BertdexError as error:
+        raise BertdexError(f"--companion {companion}: {error}") from None
     if other.recipe.model_checksum == resolved.recipe.model_checksum:
         raise BertdexError(f"--companion {companion} is the index's own model: name another one")
     recipe = resolved.recipe.with_companion(other.recipe, share)
