@@ -17,6 +17,7 @@ from pathlib import Path
 import faiss
 import sqlite_utils
 
+from indexer.embed.adapted import is_adapted, remember_index
 from indexer.embed.recipe import Recipe
 from indexer.store.settings import IndexSettings, as_index_settings
 from indexer.errors import BertdexError, IndexDamaged, IndexMissing, IndexReadOnly
@@ -58,6 +59,13 @@ def m002_feedback_and_query_log(db: sqlite_utils.Database) -> None:
         pk="id", not_null={"given", "question", "key", "verdict"},
     )
     db["feedback"].create_index(["key"])
+
+
+@migrations()
+def m003_feedback_client(db: sqlite_utils.Database) -> None:
+    """Who gave each verdict (the server's view of the client), so verdicts can be bounded and weighed per client."""
+    db["feedback"].add_column("client", str)
+    db["feedback"].create_index(["client"])
 
 
 @dataclass(frozen=True)
@@ -138,7 +146,10 @@ def read_manifest(db: sqlite_utils.Database, folder: Path) -> Manifest:
     version = json.loads(rows.get("format_version", "0"))
     if version != FORMAT_VERSION:
         raise BertdexError(f"{folder} has index format {version}; this bertdex reads format {FORMAT_VERSION}: rebuild it")
-    return Manifest.from_rows(rows)
+    manifest = Manifest.from_rows(rows)
+    if is_adapted(manifest.recipe.model):  # its model lives in the folder: let this process find it
+        remember_index(folder)
+    return manifest
 
 
 def open_manifest(folder: str | Path) -> Manifest:
