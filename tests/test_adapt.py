@@ -141,7 +141,7 @@ def test_an_adapted_index_is_portable_and_says_where_its_model_came_from(faq_ind
     copy = tmp_path / "elsewhere" / "copied"
     shutil.copytree(faq_index, copy)
     shutil.rmtree(faq_index)  # only the copy holds the model now
-    found = run_cli("search", copy, *QUESTIONS, "-k", "3", "--json", check=True)
+    found = run_cli("query", copy, *QUESTIONS, "-k", "3", "--json", check=True)
     there = [[(h["key"], round(h["score"], 4)) for h in json.loads(line)["hits"]] for line in found.stdout.splitlines()]
     assert there == here
     assert run_cli("verify", copy).returncode == 0
