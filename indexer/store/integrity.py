@@ -19,6 +19,14 @@ from indexer.errors import IndexDamaged, IndexReadOnly
 
 FAISS_HEADERS = (b"IxM2", b"IxMp")  # IndexIDMap2 / IndexIDMap: every bertdex vector file is one
 CHUNK_BYTES = 1 << 22
+# opening (search.checks) and `bertdex info` check the checksum of a file up to this size: BLAKE2b read
+# ~0.9 GB/s on the 2-core test machine, so at most ~75 ms; a larger file's checksum is `bertdex verify`'s
+CHECKSUM_AT_OPEN_BYTES = 64 << 20
+
+
+def checksum_affordable(record: dict) -> bool:
+    """Whether opening checks the checksum of the file `record` describes (it has one and is small)."""
+    return bool(record) and record.get("bytes", CHECKSUM_AT_OPEN_BYTES + 1) <= CHECKSUM_AT_OPEN_BYTES
 
 
 def file_digest(path: Path) -> str:

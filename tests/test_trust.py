@@ -1,0 +1,122 @@
+"""Trust, second pass: damage is never an answer, verify tells damage from duplicates (issue 25).
+
+A score is a cosine or it is not shown: every answer checks what FAISS returned (score range, the
+returned vectors' norms, no id twice); opening checks what it can afford; `info` says when the
+vectors file is missing or fails its checks.
+"""
+
+from __future__ import annotations
+
+import json
+
+import faiss
+import httpx
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from indexer.errors import IndexDamaged
+from search import Searcher
+from test_integrity import PRIVACY, faiss_file, flip, one_line_error
+from test_server import running
+
+
+def scale_in_memory(searcher, row: int, factor: float) -> None:
+    """Scale one stored vector of the searcher's loaded index (damage that opening did not see)."""
+    with searcher._snapshot():
+        inner = faiss.downcast_index(searcher.vectors.index)
+        stored = faiss.rev_swig_ptr(inner.get_xb(), searcher.vectors.ntotal * searcher.vectors.d)
+        stored.reshape(searcher.vectors.ntotal, searcher.vectors.d)[row] *= factor
+
+
+def test_an_impossible_score_is_damage_not_an_answer(faq_index, encoder):
+    searcher = Searcher(faq_index, encoder=encoder)
+    assert searcher.search(PRIVACY, k=3)[0].score == pytest.approx(1.0, abs=1e-3)
+    scale_in_memory(searcher, 0, 55.49)  # the issue's 64 flipped bytes gave scores of 55.49 and 32.00
+    with pytest.raises(IndexDamaged, match="bertdex repair"):
+        for question in ("How do I reset my password?", PRIVACY, "refund"):
+            searcher.search(question, k=5)
+
+
+def test_a_returned_vector_off_unit_length_is_damage_even_when_its_score_looks_fine(faq_index, encoder):
+    searcher = Searcher(faq_index, encoder=encoder)
+    hits = searcher.search(PRIVACY, k=5)
+    with searcher._snapshot():
+        row = searcher.db.execute("SELECT p.id FROM passages p JOIN documents d ON d.id = p.document_id "
+                                  "WHERE d.key = ?", [hits[-1].key]).fetchone()[0]
+        position = int(np.flatnonzero(faiss.vector_to_array(searcher.vectors.id_map) == row)[0])
+    scale_in_memory(searcher, position, 0.5)  # half length: its score halves, well inside [-1, 1]
+    with pytest.raises(IndexDamaged, match="not of unit length.*bertdex repair"):
+        searcher.search(PRIVACY, k=5)
+
+
+def test_an_id_returned_twice_is_damage(faq_index, encoder):
+    searcher = Searcher(faq_index, encoder=encoder)
+    with searcher._snapshot():
+        ids = faiss.vector_to_array(searcher.vectors.id_map)
+        ids[1] = ids[0]
+        faiss.copy_array_to_vector(ids, searcher.vectors.id_map)
+    with pytest.raises(IndexDamaged, match="twice"):
+        searcher.search(searcher.get(searcher.db.execute(
+            "SELECT d.key FROM passages p JOIN documents d ON d.id = p.document_id WHERE p.id = ?",
+            [int(ids[0])]).fetchone()[0]).text, k=10)
+
+
+def swap_vectors(path, a: int, b: int) -> None:
+    """Swap two stored vectors of a flat index in place; the file stays valid, only its checksum tells."""
+    index = faiss.read_index(str(path))
+    inner = faiss.downcast_index(index.index)
+    stored = faiss.rev_swig_ptr(inner.get_xb(), index.ntotal * index.d).reshape(index.ntotal, index.d)
+    stored[[a, b]] = stored[[b, a]]
+    faiss.write_index(index, str(path))
+
+
+@pytest.mark.parametrize("damage", ["flip", "swap vectors", "swap ids"])
+def test_opening_refuses_the_issues_three_damages(faq_index, encoder, damage):
+    path = faiss_file(faq_index)
+    if damage == "flip":
+        flip(path, path.stat().st_size // 2, 64)
+    elif damage == "swap vectors":
+        swap_vectors(path, 3, 17)
+    else:
+        index = faiss.read_index(str(path))
+        ids = faiss.vector_to_array(index.id_map)
+        ids[[3, 17]] = ids[[17, 3]]
+        faiss.copy_array_to_vector(ids, index.id_map)
+        faiss.write_index(index, str(path))
+    with pytest.raises(IndexDamaged, match="bertdex repair"):
+        Searcher(faq_index, encoder=encoder)
+
+
+@pytest.mark.slow
+def test_damage_is_exit_7_on_the_cli_503_over_http_and_info_says_so(faq_index, encoder):
+    from search.server.app import create_app
+
+    with running(create_app(faq_index, api_key="k" * 16, encoder=encoder)) as http:
+        assert http.post("/search", json={"question": PRIVACY}).status_code == 200
+        assert run_cli("delete", faq_index, "en-001").returncode == 0  # a new generation the server has not read
+        path = faiss_file(faq_index)
+        flip(path, path.stat().st_size // 2, 64)
+        answer = http.post("/search", json={"question": PRIVACY})
+        assert answer.status_code == 503 and "bertdex repair" in answer.json()["error"], answer.text
+        health = http.get("/info").json()
+        assert "checksum" in health["vectors_file"] and health["vectors_file"] != "ok"
+    line = one_line_error(run_cli("query", faq_index, PRIVACY), 7)
+    assert "bertdex repair" in line
+    shown = run_cli("info", faq_index, "--json")
+    assert shown.returncode == 0 and "checksum" in json.loads(shown.stdout)["vectors_file"]
+
+
+@pytest.mark.parametrize("damage, words", [("delete", "is missing"), ("truncate", "the manifest recorded")])
+def test_info_says_when_the_vectors_file_is_missing_or_cut(faq_index, damage, words):
+    from indexer.store.info import index_info
+
+    assert index_info(faq_index)["vectors_file"] == "ok"
+    path = faiss_file(faq_index)
+    if damage == "delete":
+        path.unlink()
+    else:
+        path.write_bytes(path.read_bytes()[:100])
+    details = index_info(faq_index)
+    assert words in details["vectors_file"]
+    assert any(words in warning for warning in details["warnings"])
