@@ -76,12 +76,8 @@ def check_opened(index: faiss.Index, db, folder: Path, path: Path, record: dict)
 
 
 def _vectors_of(index: faiss.Index, ids: np.ndarray) -> np.ndarray:
-    """The stored float32 vectors of these FAISS ids (IVF gets its direct map once, at the first call)."""
-    inner = faiss.downcast_index(index.index)
-    if isinstance(inner, faiss.IndexIVF) and inner.direct_map.type == faiss.DirectMap.NoMap:
-        inner.make_direct_map()
     try:
-        return np.stack([index.reconstruct(int(i)) for i in ids])
+        return ann.vectors_of(index, ids)
     except RuntimeError as error:  # an id the map cannot find: the id map and the vectors disagree
         raise IndexDamaged(f"a returned id has no stored vector ({str(error).strip().splitlines()[-1][:120]}); "
                            "run `bertdex repair`") from None

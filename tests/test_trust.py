@@ -120,3 +120,79 @@ def test_info_says_when_the_vectors_file_is_missing_or_cut(faq_index, damage, wo
     details = index_info(faq_index)
     assert words in details["vectors_file"]
     assert any(words in warning for warning in details["warnings"])
+
+
+# -- verify: damage, not duplicates -----------------------------------------------------------------
+
+BOILERPLATE = ("Thank you for contacting the support desk of Example Networks. Please keep your customer number "
+               "at hand, read our terms of service, and note that our offices are closed on public holidays. "
+               "Calls may be recorded for training and quality purposes. For urgent outages of fibre, cable or "
+               "mobile service, call the emergency line printed on your invoice, day or night. ")
+
+
+@pytest.fixture(scope="module")
+def boilerplate_master(tmp_path_factory):
+    """40 long entries that start with the same boilerplate: their first windows have identical vectors."""
+    from indexer import build_index
+
+    rows = [{"id": f"b-{i:02d}", "text": BOILERPLATE + f"Case {i}: the {word} in room {i} stopped working."}
+            for i, word in enumerate(["router", "modem", "phone", "printer", "screen"] * 8)]
+    data = tmp_path_factory.mktemp("boilerplate") / "entries.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    folder = data.parent / "index"
+    build_index(data, folder, max_length=64)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def short_encoder(boilerplate_master):
+    """The suite's model reading 64 tokens, as the boilerplate index's recipe says."""
+    from indexer.embed.resolve import encoder_for
+    from indexer.store.folder import open_manifest
+
+    return encoder_for(open_manifest(boilerplate_master).recipe)
+
+
+@pytest.fixture
+def boilerplate(boilerplate_master, tmp_path):
+    import shutil
+
+    folder = tmp_path / "index"
+    shutil.copytree(boilerplate_master, folder, ignore=shutil.ignore_patterns("write.lock"))
+    return folder
+
+
+@pytest.mark.slow
+def test_verify_is_clean_on_entries_that_share_boilerplate_and_repair_keeps_it_clean(boilerplate, short_encoder):
+    from indexer.store.repair import repair_index
+    from indexer.store.verify import verify_index
+
+    db_vectors = faiss.read_index(str(faiss_file(boilerplate)))
+    assert db_vectors.ntotal >= 2 * 40  # several windows each, the first ones the same text
+    report = verify_index(boilerplate, text_sample=20, encoder=short_encoder)
+    assert report.ok, report.problems
+    repair_index(boilerplate, encoder=short_encoder)
+    assert verify_index(boilerplate, text_sample=20, encoder=short_encoder).ok
+
+
+@pytest.mark.slow
+def test_verify_still_finds_swapped_vectors_among_duplicates_and_repair_ends_clean(boilerplate, short_encoder):
+    """Two entries' own (last) windows swapped, the checksum re-recorded: only the text check can tell."""
+    from indexer.store.folder import connect
+    from indexer.store.integrity import faiss_record
+    from indexer.store.repair import repair_index
+    from indexer.store.verify import verify_index
+
+    path = faiss_file(boilerplate)
+    index = faiss.read_index(str(path))
+    ids = faiss.vector_to_array(index.id_map)
+    db = connect(boilerplate)
+    last = [db.execute("SELECT max(p.id) FROM passages p JOIN documents d ON d.id = p.document_id WHERE d.key = ?",
+                       [key]).fetchone()[0] for key in ("b-00", "b-01")]
+    swap_vectors(path, *[int(np.flatnonzero(ids == p)[0]) for p in last])
+    db["manifest"].upsert({"name": "faiss_file", "value": json.dumps(faiss_record(path, index.ntotal))}, pk="name")
+    db.close()
+    report = verify_index(boilerplate, text_sample=20, encoder=short_encoder)
+    assert not report.ok and any("not found by their own text" in p for p in report.problems), report.problems
+    repair_index(boilerplate, encoder=short_encoder)
+    assert verify_index(boilerplate, text_sample=20, encoder=short_encoder).ok
