@@ -49,3 +49,10 @@ class IndexDamaged(BertdexError):
 
     exit_code = 7
     http_status = 503
+
+
+class OptionOutOfRange(BertdexError):
+    """An option's value is outside its range (indexer.options): a usage error, never silently changed."""
+
+    exit_code = 2
+    http_status = 422

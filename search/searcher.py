@@ -22,6 +22,7 @@ from indexer.embed.recipe import Recipe, absolute_layer, check_pooling
 from indexer.embed.resolve import encoder_for
 from indexer.errors import BertdexError, IndexDamaged
 from indexer.ingest.entries import check_question
+from indexer.options import MAX_K, check_k
 from indexer.store import ann
 from indexer.store.folder import check_index_folder, connect, open_manifest, open_vectors, read_manifest, vectors_path  # noqa: F401 (open_manifest: re-exported)
 from indexer.ingest.embedding import embed_questions as question_vectors
@@ -32,7 +33,6 @@ from search.collapse import DENSE_PER_ENTRY, MAX_POOL, collapse, pool_size, with
 from search.filters import check_weight, passes
 
 MODES = ("dense", "keyword", "hybrid")
-MAX_K = 1000
 
 
 @dataclass(frozen=True)
@@ -314,8 +314,7 @@ def check_search_options(questions: list[str], k: int, mode: str | None, weight:
     """The options as the HTTP service checks them, so every door refuses the same values."""
     if mode is not None and mode not in MODES:
         raise BertdexError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
-    if not 1 <= k <= MAX_K:
-        raise BertdexError(f"k must be between 1 and {MAX_K}, not {k}")
+    check_k(k, MAX_K)
     check_weight(weight)
     if min_score is not None and math.isnan(min_score):  # -inf is allowed: "no cut" (calibrate uses it)
         raise BertdexError("min score must be a number, not NaN")

@@ -196,3 +196,59 @@ def test_verify_still_finds_swapped_vectors_among_duplicates_and_repair_ends_cle
     assert not report.ok and any("not found by their own text" in p for p in report.problems), report.problems
     repair_index(boilerplate, encoder=short_encoder)
     assert verify_index(boilerplate, text_sample=20, encoder=short_encoder).ok
+
+
+# -- every option's range, checked once -------------------------------------------------------------
+
+def usage_error(result, *words: str) -> str:
+    line = one_line_error(result, 2)
+    assert all(word in line for word in words), line
+    return line
+
+
+@pytest.mark.parametrize("option, value", [
+    ("--window-length", "0"), ("--window-length", "100000"), ("--max-length", "0"), ("--max-length", "100000"),
+    ("--stride", "-1"), ("--stride", "128"),
+])
+def test_index_options_out_of_range_exit_2_naming_the_option_and_write_nothing(tmp_path, option, value):
+    from conftest import EXAMPLES
+
+    folder = tmp_path / "index"
+    usage_error(run_cli("index", folder, EXAMPLES / "faq_en.csv", "-t", "question", option, value), option, value)
+    assert not folder.exists()
+
+
+@pytest.mark.parametrize("k", ["0", "1000000"])
+def test_k_out_of_range_exits_2(faq_index, k):
+    usage_error(run_cli("query", faq_index, "refund", "-k", k), "-k", k)
+
+
+@pytest.mark.parametrize("row, words", [
+    ({"id": "x", "question": "a question", "group": "g", "note": "a\u0000b"}, "NUL"),
+    ({"id": "x", "question": "a question", "group": "g", "note": "n" * 5_000_000}, "the limit is"),
+    ({"id": "x", "question": "a question", "group": "g\u0000"}, "NUL"),
+])
+def test_every_stored_field_is_checked_like_the_text(faq_index, tmp_path, row, words):
+    from test_integrity import keys
+
+    data = tmp_path / "bad.jsonl"
+    data.write_text(json.dumps(row) + "\n", encoding="utf-8")
+    before = keys(faq_index)
+    result = run_cli("add", faq_index, data)  # the index's group field: group
+    line = one_line_error(result, 1)
+    assert f"{data}:1" in line and words in line
+    assert keys(faq_index) == before
+
+
+def test_http_refuses_nul_in_fields_and_feedback_text(faq_index, encoder):
+    from search.server.app import create_app
+
+    key = {"X-API-Key": "k" * 16}
+    with running(create_app(faq_index, api_key="k" * 16, encoder=encoder)) as http:
+        stored = http.post("/documents", headers=key, json={"documents": [
+            {"key": "n-1", "text": "Do you ship abroad?", "fields": {"note": "a\u0000b"}}]})
+        assert stored.status_code == 422 and "documents[0]" in stored.json()["error"] and "NUL" in stored.json()["error"]
+        given = http.post("/feedback", headers=key, json={"question": "a\u0000b", "key": "en-001", "verdict": "up"})
+        assert given.status_code == 422 and "NUL" in given.json()["error"], given.text
+        asked = http.post("/search", json={"question": "a\u0000b"})
+        assert asked.status_code == 422 and "NUL" in asked.json()["error"], asked.text

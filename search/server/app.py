@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from indexer.embed.encoder import Encoder
 from indexer.errors import BertdexError, IndexDamaged
 from indexer.ingest.build import upsert_entries
-from indexer.ingest.entries import key_problem, text_problem
+from indexer.ingest.entries import check_question, field_problem, key_problem, text_problem
 from indexer.ingest.readers import Entry
 from indexer.store.info import index_info
 from search.searcher import open_manifest
@@ -45,7 +45,9 @@ def entries_from(request: DocumentsRequest) -> list[Entry]:
     entries, seen = [], {}
     for i, doc in enumerate(request.documents):
         text, problem = text_problem(doc.text, MAX_TEXT_CHARS)
-        problem = key_problem(doc.key) or problem
+        problem = key_problem(doc.key) or problem or next(
+            (found for name, value in [*doc.fields.items(), *([("group", doc.group)] if doc.group else [])]
+             if (found := field_problem(name, value, MAX_TEXT_CHARS))), None)
         if problem is None and doc.key in seen:
             problem = f"key {doc.key!r} repeats documents[{seen[doc.key]}]"
         if problem:
@@ -142,6 +144,7 @@ def create_app(folder: str | Path, *, api_key: str | None = None, writable: bool
     @app.post("/feedback", summary="An agent's verdict on one answer: up, down, or right (a lower answer was right)",
               dependencies=[Depends(allowed)])
     async def feedback(body: FeedbackRequest) -> dict:
+        check_question(body.question)  # as a search's question: no NUL, not empty, valid Unicode
         given = await asyncio.to_thread(service.add_feedback, body.question, body.key, body.verdict, rank=body.rank,
                                         score=body.score, query_id=body.query_id)
         return {"id": given, "question": body.question, "key": body.key, "verdict": body.verdict}
