@@ -758,8 +758,10 @@ def serve(
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False
-    access = ("writes and feedback need the API key" if writable else "read-only: no writes, no feedback, no query log"
-              if read_only else "entries read-only without an API key; feedback open on loopback")
+    from search.server.service import access_line, folder_is_writable
+
+    access = access_line(writable=writable, read_only=read_only, workers=workers,
+                         folder_writable=folder_is_writable(index_dir))
     if not quiet:
         typer.echo(f"starting: {index_dir} on http://{host}:{port}/ ({access}; API docs at /docs)", err=True)
     run_server(index_dir, host=host, port=port, api_key=api_key, read_only=read_only,

@@ -252,3 +252,62 @@ def test_http_refuses_nul_in_fields_and_feedback_text(faq_index, encoder):
         assert given.status_code == 422 and "NUL" in given.json()["error"], given.text
         asked = http.post("/search", json={"question": "a\u0000b"})
         assert asked.status_code == 422 and "NUL" in asked.json()["error"], asked.text
+
+
+# -- the small lies -----------------------------------------------------------------------------------
+
+def test_each_refusal_gives_its_real_reason(faq_index, encoder):
+    from search.server.app import create_app
+
+    document = {"documents": [{"key": "r-1", "text": "Do you ship abroad?"}]}
+    with running(create_app(faq_index, encoder=encoder)) as http:  # keyless, not --read-only
+        refused = http.post("/documents", json=document)
+        assert refused.status_code == 403 and "without an API key" in refused.json()["error"]
+        assert "--read-only" not in refused.json()["error"]
+    with running(create_app(faq_index, api_key="k" * 16, writable=False, feedback=False, encoder=encoder,
+                            read_only_reason="started with --read-only")) as http:
+        refused = http.post("/documents", headers={"X-API-Key": "k" * 16}, json=document)
+        assert refused.status_code == 403 and "started with --read-only" in refused.json()["error"]
+
+
+def test_serve_workers_start_line_agrees_with_info(faq_index, encoder, monkeypatch):
+    """`serve --workers 2` said "feedback open on loopback" while every worker's /info said feedback: off."""
+    from search.server import app as server
+    from search.server.service import access_line
+
+    monkeypatch.setenv(server.WORKER_OPTIONS, json.dumps({"folder": str(faq_index), "batch_window": 0.002,
+                                                          "max_batch": 8, "threads": 1, "access_log": False}))
+    line = access_line(writable=False, read_only=False, workers=2, folder_writable=True)
+    with running(server.worker_app()) as http:
+        info = http.get("/info").json()["server"]
+        given = http.post("/feedback", json={"question": "refund", "key": "en-001", "verdict": "up"})
+    assert info["feedback"] == "off" and "feedback open" not in line and "no feedback" in line
+    assert given.status_code == 403 and "--read-only" not in given.json()["error"] and "workers" in given.json()["error"]
+
+
+def test_a_keyless_server_answers_only_requests_addressed_to_it(faq_index, encoder):
+    """DNS rebinding: a page on evil.example resolves its name to 127.0.0.1 and reaches a keyless server."""
+    from search.server.app import create_app
+
+    with running(create_app(faq_index, encoder=encoder)) as http:
+        port = http.base_url.port
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", "127.0.0.1"):
+            assert http.get("/health", headers={"Host": host}).status_code == 200, host
+        for host in (f"evil.example:{port}", "evil.example", f"127.0.0.1.evil.example:{port}"):
+            refused = http.post("/search", headers={"Host": host}, json={"question": "refund"})
+            assert refused.status_code == 403 and "Host" in refused.json()["error"], host
+    with running(create_app(faq_index, api_key="k" * 16, encoder=encoder)) as http:  # a key guards the writes
+        assert http.get("/health", headers={"Host": "search.example.com"}).status_code == 200
+
+
+@pytest.mark.slow
+def test_an_unreachable_ray_address_is_one_line_and_quick(tmp_path):
+    import time
+
+    from conftest import EXAMPLES
+
+    started = time.monotonic()
+    result = run_cli("index", tmp_path / "index", EXAMPLES / "faq_en.csv", "-t", "question", "-q",
+                     "--ray", "ray://127.0.0.1:1")
+    line = one_line_error(result, 1)
+    assert "--ray ray://127.0.0.1:1" in line and time.monotonic() - started < 25
