@@ -56,3 +56,10 @@ class OptionOutOfRange(BertdexError):
 
     exit_code = 2
     http_status = 422
+
+
+class DiskFull(BertdexError):
+    """The index's file system has no space left: the command committed nothing, the index is as it was."""
+
+    exit_code = 8
+    http_status = 507

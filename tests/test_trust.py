@@ -311,3 +311,90 @@ def test_an_unreachable_ray_address_is_one_line_and_quick(tmp_path):
                      "--ray", "ray://127.0.0.1:1")
     line = one_line_error(result, 1)
     assert "--ray ray://127.0.0.1:1" in line and time.monotonic() - started < 25
+
+
+# -- the untested faults --------------------------------------------------------------------------------
+
+def entries_file(path, count: int, prefix: str = "m"):
+    path.write_text("".join(json.dumps({"id": f"{prefix}-{i}", "question": f"How do I change setting {i} of my account?",
+                                        "group": f"g-{prefix}{i}"}) + "\n" for i in range(count)), encoding="utf-8")
+    return path
+
+
+def generation_and_keys(folder):
+    from indexer.store.folder import open_manifest
+    from test_integrity import keys
+
+    return open_manifest(folder).generation, keys(folder)
+
+
+def full_disk_at(step: str, monkeypatch) -> None:
+    """Make one step of the commit fail as a full disk does (FAISS and SQLite name no errno there)."""
+    import errno
+    import sqlite3
+
+    from indexer.store import folder as store
+
+    def failing(*args, **kwargs):
+        if step == "commit":
+            raise sqlite3.OperationalError("database or disk is full")
+        if step == "partial":  # FAISS's own message for a short write
+            raise RuntimeError("Error in faiss::write_index: Error: 'ret == (size * 4)' failed: write error in x.partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    target = {"partial": (store.faiss, "write_index"), "fsync": (store.os, "fsync"), "renamed": (store.os, "replace"),
+              "commit": (store, "_commit_sqlite")}[step]
+    if step == "partial":  # FAISS cannot say why: the writer asks the file system how much space is left
+        import collections
+
+        monkeypatch.setattr(store.integrity.os, "statvfs",
+                            lambda path: collections.namedtuple("S", "f_bavail f_frsize")(3, 4096))
+    monkeypatch.setattr(*target, failing)
+
+
+@pytest.mark.parametrize("step", ["partial", "fsync", "renamed", "commit"])
+def test_a_full_disk_at_each_step_of_a_commit_leaves_the_previous_generation(faq_index, encoder, tmp_path,
+                                                                              monkeypatch, step):
+    from indexer import add_documents
+    from indexer.errors import DiskFull
+    from indexer.failures import explain
+    from indexer.store.verify import verify_index
+
+    before = generation_and_keys(faq_index)
+    data = entries_file(tmp_path / "more.jsonl", 5)
+    with monkeypatch.context() as patched:
+        full_disk_at(step, patched)
+        with pytest.raises(DiskFull) as failed:
+            add_documents(faq_index, data, encoder=encoder)
+    message, status = explain(failed.value, faq_index)
+    assert status == 8 and message.startswith("disk full")
+    assert generation_and_keys(faq_index) == before
+    assert sorted(p.name for p in faq_index.glob("vectors.*")) == [f"vectors.{before[0]}.faiss"]
+    assert verify_index(faq_index).ok
+    assert add_documents(faq_index, data, encoder=encoder).added == 5  # space again: the same command works
+
+
+@pytest.mark.slow
+def test_a_real_full_file_system_says_disk_full_and_loses_nothing(faq_index_master, tmp_path):
+    """A 2 MiB tmpfs filled to 100 KiB free: the command fails in one line, exit 8, the index as it was."""
+    import shutil
+    import subprocess
+
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (not root?)")
+    try:
+        folder = mount / "index"
+        shutil.copytree(faq_index_master, folder, ignore=shutil.ignore_patterns("write.lock"))
+        before = generation_and_keys(folder)
+        free = shutil.disk_usage(mount).free
+        (mount / "filler").write_bytes(b"\0" * (free - 100 * 1024))
+        data = entries_file(tmp_path / "more.jsonl", 400)
+        line = one_line_error(run_cli("add", folder, data, "-q"), 8)
+        assert "disk full" in line
+        assert generation_and_keys(folder) == before and not list(folder.glob("*.partial"))
+        (mount / "filler").unlink()
+        assert run_cli("verify", folder, "--texts", "0").returncode == 0
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)
