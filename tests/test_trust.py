@@ -398,3 +398,104 @@ def test_a_real_full_file_system_says_disk_full_and_loses_nothing(faq_index_mast
         assert run_cli("verify", folder, "--texts", "0").returncode == 0
     finally:
         subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+def stored_by_key(folder) -> dict[str, tuple]:
+    """key -> (text, fields, group, its vectors in passage order): what an index holds."""
+    from indexer.store import ann
+    from indexer.store.folder import connect, open_manifest, open_vectors
+
+    db = connect(folder, readonly=True)
+    try:
+        vectors = open_vectors(folder, open_manifest(folder), checksum=True)
+        rows = db.execute("SELECT d.key, d.text, d.fields, d.group_key, p.id FROM documents d "
+                          "JOIN passages p ON p.document_id = d.id ORDER BY d.key, p.start").fetchall()
+    finally:
+        db.close()
+    found: dict[str, tuple] = {}
+    for key, text, fields, group, passage in rows:
+        vector = ann.vectors_of(vectors, np.asarray([passage]))[0]
+        old = found.get(key, (text, fields, group, ()))
+        found[key] = (text, fields, group, old[3] + (vector,))
+    return found
+
+
+@pytest.mark.slow
+def test_a_cli_bulk_load_killed_at_random_resumes_to_the_uninterrupted_result(tmp_path):
+    import random
+    import signal
+    import subprocess
+    import time
+
+    from conftest import BERTDEX, ROOT
+    from indexer.store.folder import open_manifest
+
+    data = entries_file(tmp_path / "bulk.jsonl", 480, prefix="bulk")
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert run_cli("index", whole, data, "--checkpoint", "40", "-q").returncode == 0
+    env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen([*BERTDEX, "index", str(killed), str(data), "--checkpoint", "40", "-q"], cwd=ROOT,
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline:  # past the first checkpoint, then at random
+        try:
+            if open_manifest(killed).generation >= 1:
+                break
+        except Exception:  # not an index yet
+            pass
+        time.sleep(0.05)
+    time.sleep(random.uniform(0, 0.5))
+    process.send_signal(signal.SIGKILL)
+    assert process.wait(timeout=30) == -signal.SIGKILL  # it was still loading
+    interrupted = open_manifest(killed).documents
+    assert 40 <= interrupted < 480
+    assert run_cli("index", killed, data, "--checkpoint", "40", "-q").returncode == 0  # the same command resumes
+    ours, theirs = stored_by_key(killed), stored_by_key(whole)
+    assert len(ours) == 480 and ours.keys() == theirs.keys(), interrupted
+    for key, (text, fields, group, vectors) in ours.items():
+        assert (text, fields, group) == theirs[key][:3]
+        assert len(vectors) == len(theirs[key][3])
+        assert all(float(a @ b) > 0.9999 for a, b in zip(vectors, theirs[key][3])), key
+    assert run_cli("verify", killed, "--texts", "0").returncode == 0
+
+
+@pytest.mark.slow
+def test_http_and_cli_writes_serialize_and_lose_nothing(faq_index, encoder, tmp_path):
+    """A CLI add holds the write lock while it embeds: HTTP writes meanwhile get 409; each one the
+    server or the CLI said it committed is in the index afterwards, and verify passes."""
+    import subprocess
+    import threading
+    import time
+
+    from conftest import BERTDEX, ROOT
+    from search.server.app import create_app
+    from test_integrity import keys
+
+    data = entries_file(tmp_path / "cli.jsonl", 120, prefix="cli")
+    key = {"X-API-Key": "k" * 16}
+    statuses: dict[str, int] = {}
+    with running(create_app(faq_index, api_key="k" * 16, encoder=encoder)) as http:
+        env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1"}
+        cli = subprocess.Popen([*BERTDEX, "add", str(faq_index), str(data), "-q"], cwd=ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        done = threading.Event()
+        threading.Thread(target=lambda: (cli.wait(), done.set()), daemon=True).start()
+        number = 0
+        while not done.is_set() or number < 5:
+            name = f"http-{number}"
+            answer = http.post("/documents", headers=key,
+                               json={"documents": [{"key": name, "text": f"Can I pay invoice {number} by card?"}]})
+            statuses[name] = answer.status_code
+            assert answer.status_code in (200, 409), answer.text
+            number += 1
+            time.sleep(0.05)
+        err = cli.stderr.read()
+    assert cli.returncode in (0, 5), err
+    held = keys(faq_index)
+    committed = [name for name, status in statuses.items() if status == 200]
+    assert committed and all(name in held for name in committed)
+    assert not any(name in held for name, status in statuses.items() if status == 409)
+    cli_keys = [f"cli-{i}" for i in range(120)]
+    assert all(k in held for k in cli_keys) if cli.returncode == 0 else not any(k in held for k in cli_keys)
+    assert 409 in statuses.values() or cli.returncode == 5  # they met: one of them was told to wait
+    assert run_cli("verify", faq_index, "--texts", "0").returncode == 0
