@@ -43,7 +43,7 @@ def check_windows(max_length: int | None, window_length: int | None, stride: int
     if window_length is None:
         window_length = min(DEFAULT_WINDOW, limit)
     check_range("--window-length", window_length, MIN_TOKENS, limit,
-                why="it may not exceed --max-length" if max_length else "")
+                why="it may not exceed --max-length, the model's window" if max_length else "")
     stride = window_length // 4 if stride is None else stride
     check_range("--stride", stride, 0, window_length - 1, why="windows must move forward")
     return window_length, stride

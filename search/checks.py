@@ -65,7 +65,9 @@ def check_opened(index: faiss.Index, db, folder: Path, path: Path, record: dict)
     count, largest = db.execute("SELECT count(*), max(id) FROM passages").fetchone()
     if ids.size != count:
         raise damaged(folder, f"{path.name} holds {ids.size} vectors, bertdex.db {count} passages")
-    if ids.size and (int(ids.max()) > (largest or 0) or np.unique(ids).size != ids.size):
+    # ids are added in ascending order and every change keeps it: one pass; else a sort (~10x the time)
+    ascending = bool(np.all(ids[1:] > ids[:-1]))
+    if ids.size and (int(ids.max()) > (largest or 0) or (not ascending and np.unique(ids).size != ids.size)):
         raise damaged(folder, f"the id map of {path.name} holds ids that are no passage's or appear twice")
     picks = ids[np.unique(np.linspace(0, ids.size - 1, min(OPEN_SAMPLE, ids.size)).astype(int))]
     norms = np.linalg.norm(_vectors_of(index, picks), axis=1)
