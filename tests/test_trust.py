@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 
 import faiss
-import httpx
 import numpy as np
 import pytest
 
