@@ -20,7 +20,7 @@ import numpy as np
 from indexer.embed.encoder import Encoder
 from indexer.embed.recipe import Recipe, absolute_layer, check_pooling
 from indexer.embed.resolve import encoder_for
-from indexer.errors import BertdexError, IndexDamaged
+from indexer.errors import BertdexError, IndexDamaged, OptionOutOfRange
 from indexer.ingest.entries import check_question
 from indexer.options import MAX_K, check_k
 from indexer.store import ann
@@ -317,7 +317,7 @@ def check_search_options(questions: list[str], k: int, mode: str | None, weight:
     check_k(k, MAX_K)
     check_weight(weight)
     if min_score is not None and math.isnan(min_score):  # -inf is allowed: "no cut" (calibrate uses it)
-        raise BertdexError("min score must be a number, not NaN")
+        raise OptionOutOfRange("--min-score nan: the min score must be a number, not NaN")
     for number, question in enumerate(questions, start=1):
         check_question(question, f"question {number}" if len(questions) > 1 else "question")
 

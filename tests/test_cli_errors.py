@@ -65,7 +65,7 @@ CASES = [
     ("question of zero-width characters", ["query", "{index}", "\u200b\u200b"], None, 1, "empty question"),
     ("weight above 1", ["query", "{index}", "refund", "--mode", "hybrid", "--weight", "5"], None, 2, "weight must be between 0 and 1"),
     ("weight NaN", ["query", "{index}", "refund", "--weight", "nan"], None, 2, "weight must be between 0 and 1"),
-    ("min score NaN", ["query", "{index}", "refund", "--min-score", "nan"], None, 1, "min score must be a number, not NaN"),
+    ("min score NaN", ["query", "{index}", "refund", "--min-score", "nan"], None, 2, "min score must be a number, not NaN"),
     ("k of 0", ["query", "{index}", "refund", "-k", "0"], None, 2, "-k 0 is out of range"),
     ("unknown mode", ["query", "{index}", "refund", "--mode", "psychic"], None, 2, "'psychic' is not one of 'dense', 'keyword', 'hybrid'"),
     ("where without =", ["query", "{index}", "refund", "--where", "category"], None, 1, "use NAME=VALUE"),

@@ -215,9 +215,12 @@ def test_index_options_out_of_range_exit_2_naming_the_option_and_write_nothing(t
     assert not folder.exists()
 
 
-@pytest.mark.parametrize("k", ["0", "1000000"])
-def test_k_out_of_range_exits_2(faq_index, k):
-    usage_error(run_cli("query", faq_index, "refund", "-k", k), "-k", k)
+@pytest.mark.parametrize("args", [("query", "-k", "0"), ("query", "-k", "1000000"), ("query", "--min-score", "nan"),
+                                  ("duplicates", "--threshold", "1.5"), ("duplicates", "--threshold", "nan")])
+def test_search_options_out_of_range_exit_2(faq_index, args):
+    command, option, value = args
+    question = ["refund"] if command == "query" else []
+    usage_error(run_cli(command, faq_index, *question, option, value), option, value)
 
 
 @pytest.mark.parametrize("row, words", [
