@@ -73,7 +73,8 @@ class Searcher:
         self.folder = check_index_folder(Path(folder))
         self.db = connect(self.folder, readonly=True)
         self.manifest = read_manifest(self.db, self.folder)
-        self._encoder_options = {"model": model, "precision": precision, "threads": threads, "backend": backend}
+        self._encoder_options = {"model": model, "precision": precision, "threads": threads, "backend": backend,
+                                 "purpose": "question"}
         self.encoder = encoder or encoder_for(self.manifest.recipe, **self._encoder_options)
         self._encoder_recipe = self.manifest.recipe  # what self.encoder was made for
         self._check_asked(layer, pooling)
