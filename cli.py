@@ -760,11 +760,11 @@ def serve(
         logger.propagate = False
     access = ("writes and feedback need the API key" if writable else "read-only: no writes, no feedback, no query log"
               if read_only else "entries read-only without an API key; feedback open on loopback")
-    if not quiet:
-        typer.echo(f"starting: {index_dir} on http://{host}:{port}/ ({access}; API docs at /docs)", err=True)
+    start_line = f"starting: {index_dir} on http://{host}:{port}/ ({access}; API docs at /docs)"
     run_server(index_dir, host=host, port=port, api_key=api_key, read_only=read_only,
                batch_window=batch_window_ms / 1000, max_batch=max_batch, threads=threads,
-               query_log=query_log, access_log=access_log and not quiet, sock=sock, workers=workers)
+               query_log=query_log, access_log=access_log and not quiet, sock=sock, workers=workers,
+               ready=None if quiet else lambda: typer.echo(start_line, err=True))
 
 
 # -- answer quality ---------------------------------------------------------------------------------

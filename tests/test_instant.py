@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -48,6 +49,15 @@ def run_commands(commands: list[list[str]], home) -> tuple[str, list[str]]:
                              json.dumps(commands)], capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     return result.stdout, json.loads(result.stderr.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -135,3 +145,27 @@ def test_commands_that_touch_no_model_import_none_of_the_heavy_modules(saved_hom
     assert heavy == []
     info = json.loads(out.splitlines()[0])
     assert info["documents"] == 50 and info["warnings"] == []
+
+
+@pytest.mark.slow
+def test_serve_is_ready_when_it_says_so_without_torch(saved_home, faq_index, free_port):
+    import httpx
+
+    from search import Searcher
+
+    env = {**os.environ, "HOME": str(saved_home), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "serve", str(faq_index), "--port", str(free_port),
+                                "--no-access-log", "--no-query-log"], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        line = process.stderr.readline()
+        assert line.startswith("starting: ") and f":{free_port}/" in line
+        maps = (Path("/proc") / str(process.pid) / "maps").read_text()
+        assert "libtorch" not in maps and "onnxruntime" in maps  # the encoder is loaded, and on ONNX Runtime alone
+        question = "how long does a refund take?"
+        answer = httpx.post(f"http://127.0.0.1:{free_port}/search", json={"question": question, "k": 1}, timeout=30)
+        expected = Searcher(faq_index, backend="torch").search(question, 1)[0]
+        hit = answer.json()["results"][0]["hits"][0]
+        assert (hit["key"], round(hit["score"], 4)) == (expected.key, round(expected.score, 4))
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

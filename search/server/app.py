@@ -214,8 +214,11 @@ def _static(content: bytes, media_type: str, policy: str | None = None):
 def serve(folder: str | Path, *, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           read_only: bool = False, batch_window: float = 0.002, max_batch: int = 64, threads: int | None = None,
           query_log: bool = True, access_log: bool = True, sock=None, log_level: str = "warning",
-          workers: int = 1) -> None:
+          workers: int = 1, ready=None) -> None:
     """Run the service with uvicorn until interrupted, on `sock` (from bind_socket) or a fresh one.
+
+    `ready()` is called once the index, the encoder and a first question's path are loaded, just before
+    requests are taken (with `workers` > 1: before the workers start), so a start line printed there is true.
 
     `workers` > 1: that many processes on one port, each with its own searcher over the same folder (a
     compressed index's mapped vectors are shared through the page cache), read-only (one writer per
@@ -230,6 +233,8 @@ def serve(folder: str | Path, *, host: str = "127.0.0.1", port: int = 8000, api_
         os.environ[WORKER_OPTIONS] = json.dumps({"folder": str(folder), "batch_window": batch_window,
                                                  "max_batch": max_batch, "threads": threads,
                                                  "access_log": access_log})
+        if ready is not None:
+            ready()
         uvicorn.run(f"{__name__}:worker_app", factory=True, workers=workers, host=host, port=port,
                     log_level=log_level, server_header=False, limit_concurrency=512, timeout_keep_alive=5,
                     access_log=False)
@@ -238,8 +243,11 @@ def serve(folder: str | Path, *, host: str = "127.0.0.1", port: int = 8000, api_
     app = create_app(folder, api_key=api_key, writable=writable, batch_window=batch_window, max_batch=max_batch,
                      threads=threads, feedback=not read_only, query_log=query_log and not read_only,
                      access_log=access_log)
+    app.state.service.searcher.embed(["warm up"])  # the first question's one-off costs (arena, threads), paid here
     config = uvicorn.Config(app, log_level=log_level, server_header=False, limit_concurrency=512,
                             timeout_keep_alive=5, access_log=False)
+    if ready is not None:
+        ready()
     uvicorn.Server(config).run(sockets=[sock])
 
 
