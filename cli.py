@@ -541,7 +541,8 @@ def doctor(model: Model = None, remeasure: Annotated[bool, typer.Option("--remea
     if as_json:
         echo_json(report)
         return
-    for name, value in flatten({key: report[key] for key in ("model", "machine", "native_bf16", "chosen", "reason")}):
+    for name, value in flatten({key: report[key] for key in ("model", "machine", "native_bf16", "chosen", "question_path",
+                                                             "reason")}):
         typer.echo(f"{name}: {value}")
     if report["measurements"]:
         print_rows(["path", "texts/s", "1 question ms", "cosine vs fp32", "passes"],

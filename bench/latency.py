@@ -62,7 +62,7 @@ def build_all(data: Path, sizes: list[int], types: list[str], out: Path, threads
     texts, questions = source_entries(data)
     out.mkdir(parents=True, exist_ok=True)
     (out / "questions.json").write_text(json.dumps(questions, ensure_ascii=False), encoding="utf-8")
-    real = out / f"{BASE}-flat"
+    real = out / (f"{BASE}-flat" if vectors is None else "cached-vectors-flat")
     if not ready(real) and vectors is not None:
         from_vectors(real, texts, np.load(vectors))
     if not ready(real):
