@@ -8,7 +8,8 @@ Each round runs, in a fresh process each and in this order (so the machine's loa
 `python cli.py query DIR QUESTION -k 1 --json`, `python cli.py info DIR --json`, and `python cli.py serve DIR`
 up to its first answer to POST /search (from the start of the process, and from the "starting" line it prints).
 The page cache is warm and the ONNX export and the path choice are cached: a first, untimed round makes sure.
-Medians are printed with the ratios to the import floor of the same rounds, the CPU and the load average.
+Medians are printed with the ratios to the import floor of the same rounds, the CPU and the load average;
+beside the wall time, the CPU seconds each process used (user + system), which a loaded machine moves less.
 Targets (issue 23): query <= 2.5x the floor, info <= 1.5x, serve ready <= 3 s.
 """
 
@@ -18,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import socket
 import statistics
 import subprocess
@@ -39,12 +41,16 @@ def cpu_name() -> str:
         return platform.processor() or platform.machine()
 
 
-def timed(command: list[str]) -> float:
+def timed(command: list[str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds: user + system) of one run of `command`."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=ENV)
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr}")
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def free_port() -> int:
@@ -99,23 +105,29 @@ def main() -> None:
     serve_to_first_answer(args.index, args.question)
     load_before = os.getloadavg()
     times: dict[str, list[float]] = {name: [] for name in [*commands, "serve start->answer", "serve line->answer"]}
+    cpu: dict[str, list[float]] = {name: [] for name in commands}
     for _ in range(args.rounds):
         for name, command in commands.items():
-            times[name].append(timed(command))
+            wall, seconds = timed(command)
+            times[name].append(wall)
+            cpu[name].append(seconds)
         whole, after_line = serve_to_first_answer(args.index, args.question)
         times["serve start->answer"].append(whole)
         times["serve line->answer"].append(after_line)
     load_after = os.getloadavg()
     floor = statistics.median(times["import floor"])
+    cpu_floor = statistics.median(cpu["import floor"])
     print(f"$ python bench/coldstart.py --index {args.index} --rounds {args.rounds}")
     print(f"CPU: {cpu_name()}, {len(os.sched_getaffinity(0))} cores; load average {load_before[0]:.1f} before, "
           f"{load_after[0]:.1f} after")
-    print(f"{'':22} {'median s':>9} {'min s':>7} {'x floor':>8}  target")
+    print(f"{'':22} {'median s':>9} {'min s':>7} {'x floor':>8} {'CPU s':>6} {'CPU x floor':>11}  target")
     targets = {"query": "<= 2.5x floor", "info": "<= 1.5x floor", "serve start->answer": "<= 3 s",
                "serve line->answer": "<= 1 s"}
     for name, values in times.items():
         middle = statistics.median(values)
-        print(f"{name:22} {middle:9.2f} {min(values):7.2f} {middle / floor:8.2f}  {targets.get(name, '')}")
+        spent = f"{statistics.median(cpu[name]):6.2f} {statistics.median(cpu[name]) / cpu_floor:11.2f}" if name in cpu \
+            else f"{'':6} {'':11}"
+        print(f"{name:22} {middle:9.2f} {min(values):7.2f} {middle / floor:8.2f} {spent}  {targets.get(name, '')}")
 
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
