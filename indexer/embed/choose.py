@@ -5,8 +5,12 @@ bf16 matmul ran at 167 GFLOP/s against 303 for fp32, so bf16 chosen by its flag 
 sentence-transformers. Here the candidates (ONNX Runtime fp32, PyTorch fp32, PyTorch bf16 where the CPU
 has it natively, CUDA where present) are timed once per machine and model on a fixed probe (a bulk batch
 and one short question), each checked against PyTorch fp32's vectors, and the fastest that passes is kept
-in a small JSON file beside the ONNX exports. A changed machine (CPU, flags, cores, library versions)
-measures again. `choose` is a pure function of the measurements, so tests feed it figures.
+in a small JSON file beside the ONNX exports. Two paths are kept: the fastest in bulk (indexing) and the
+fastest for one question (query, serve); the file also names the ONNX export and whether the model's
+tokenizer.json read by `tokenizers` alone gave transformers' tokens, so `saved_question_path` can start a
+question's encoder without importing torch or transformers. A changed machine (CPU, flags, cores, GPUs,
+library versions, read without importing them) measures again. `choose_paths` is a pure function of the
+measurements, so tests feed it figures.
 """
 
 from __future__ import annotations

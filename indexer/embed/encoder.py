@@ -57,8 +57,9 @@ class Encoder:
     `precision`: auto | fp32 | bf16; `backend`: auto | onnx | torch. auto measures the candidate paths once
     per machine and model (cached beside the ONNX exports) and keeps the fastest whose vectors match fp32;
     `path` is what runs, `path_reason` why. `purpose`: "bulk" (indexing: the fastest path in bulk) or
-    "question" (search: the fastest for one question; a saved ONNX Runtime choice loads no torch). There is no int8: dynamic int8 quantization ran up to 1.6x faster
-    but moves the vectors (cosine to fp32 ~0.97) and costs 0.01-0.06 MRR@10 (bench/throughput.py).
+    "question" (search: the fastest for one question; a saved ONNX Runtime choice loads no torch, and reads
+    the tokenizer with `tokenizers` alone). There is no int8: dynamic int8 quantization ran up to 1.6x
+    faster but moves the vectors (cosine to fp32 ~0.97) and costs 0.01-0.06 MRR@10 (bench/throughput.py).
     """
 
     def __init__(self, folder: Path, *, max_length: int | None = None, keep_layers: int | None = None,
