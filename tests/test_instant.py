@@ -110,6 +110,7 @@ def test_a_saved_onnx_question_path_needs_no_torch_and_answers_as_pytorch(saved_
         assert np.allclose([hit["score"] for hit in answer["hits"]], [hit.score for hit in expected], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_the_question_and_bulk_paths_come_from_the_same_choice_and_agree(saved_home, resolved):
     cache = saved_home / ".cache" / "bertdex" / "onnx"
     folder, layer = resolved.encoder.folder, resolved.recipe.layer
