@@ -20,6 +20,7 @@ from indexer.embed.encoder import Encoder
 from indexer.errors import BertdexError
 from indexer.embed.models import LANGUAGE_SAMPLE, NON_ENGLISH_SHARE, model_choice, share_of
 from indexer.ingest.bulk import CHECKPOINT, InProcess, check_resume, embed_options, ingest, run_marker
+from indexer.ingest.cut import ensure_sample
 from indexer.ingest.embedding import embed_entries
 from indexer.ingest.entries import check_keys
 from indexer.ingest.readers import Entry, Fields, Problem, chosen_fields, read_entries
@@ -130,6 +131,7 @@ def build_index(data: Path, folder: Path, *, text_fields: Iterable[str] = (), id
     with IndexWriter.open(Path(folder), new=manifest, replace=replace and not resume) as writer:
         if writer.manifest.documents and not replace and not resume:
             raise BertdexError(f"{folder} already holds an index: use `bertdex add` to update it, or --replace to rebuild it")
+        ensure_sample(writer, resolved.encoder, sample)  # each commit makes the "no good answer" cut from it
         with _embedder(resolved.encoder, writer.manifest, ray, ray_workers, ray_gpus) as embedder:
             counts = ingest(writer, embedder, _entries(source, fields), entries_total, progress=progress,
                             chunk_size=chunk_size, checkpoint=checkpoint, marker=marker)
@@ -163,6 +165,7 @@ def add_documents(folder: Path, data: Path, *, text_fields: Iterable[str] = (), 
         marker = manifest.settings.loading if resume else {**marker, "started": now()}
     with IndexWriter.open(folder) as writer:  # first: a locked, read-only or damaged index refuses before the model loads
         encoder = encoder or encoder_for(writer.manifest.recipe, precision=precision, threads=threads, backend=backend)
+        ensure_sample(writer, encoder)  # an index from before the collection-made cut gets its sample
         with _embedder(encoder, writer.manifest, ray, ray_workers, ray_gpus) as embedder:
             counts = ingest(writer, embedder, _entries(source, fields), entries_total, progress=progress,
                             chunk_size=chunk_size, checkpoint=checkpoint, marker=marker)
