@@ -844,6 +844,9 @@ def tune(
         asked, judged = labelled_from_feedback(index_dir)
     report = tune_index(index_dir, queries=asked, qrels=judged, group_field=group_field, store=not dry_run,
                         max_queries=max_queries, ignore_identical_ids=ignore_identical_ids, other_models=other_models)
+    if not hasattr(report, "trials"):  # a plain FAQ with nothing to measure on: said in one line, exit 0
+        echo_json(report.to_dict()) if as_json else typer.echo(report.needs)
+        return
     if as_json:
         echo_json(report.to_dict())
         return
