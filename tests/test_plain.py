@@ -65,12 +65,13 @@ def test_hybrid_never_ranks_a_can_get_only_match_first(invoicing, encoder):
 
 
 def test_fusion_puts_first_only_a_hit_near_the_best_cosine():
-    dense = [(1, 0.62, 11), (2, 0.20, 12), (4, 0.45, 14), (3, -0.04, 13)]
+    dense = [(1, 0.62, 11), (4, 0.45, 14), (5, 0.3, 15), (2, 0.20, 12), (3, -0.04, 13)]
     words = [(3, 9.0, None), (2, 1.0, None)]  # a keyword-only favourite, far below on cosine
     for method in keyword.FUSIONS:
         assert keyword.fuse(dense, words, 0.5, method)[0][0] == 1, method
     assert keyword.first_near_best([(3, 1.0, None), (1, 0.5, 11)], dense) == [(1, 0.5, 11), (3, 1.0, None)]
     assert keyword.first_near_best([(4, 1.0, None), (1, 0.5, 11)], dense)[0][0] == 4  # near enough: kept
+    assert keyword.first_near_best([(3, 1.0, None), (1, 0.5, 11)], dense[:2] + dense[-1:])[0][0] == 3  # 3 cosines: no spread
 
 
 def test_a_new_index_has_a_cut_from_the_collection(faq_index, encoder):
