@@ -2,7 +2,7 @@
 
     python bench/plain.py [--data ../shared/data] [--sets bertfaq-covidfaq,...] [--work bench/out/plain]
 
-For each dev set (bertfaq-covidfaq title + text, deepset-covid-qsim, banking77 text only (its title is
+For each dev set (bertfaq-covidfaq title + text, and its title (the question) alone, deepset-covid-qsim, banking77 text only (its title is
 the label: never embedded), ko-question-pair) and both example FAQs (question only, and question +
 answer), indexed as `bertdex index` does with nothing but the entries (no groups, no labels):
 rank-1 and MRR@10 of dense, keyword and hybrid, of the mode an index started in before this bench's
@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 EXAMPLES = ROOT / "examples"
 SETS = {  # name -> (fields to embed, language of the off-topic test questions)
     "bertfaq-covidfaq": (["title", "text"], "en"),
+    "bertfaq-covidfaq title": (["title"], "en"),  # the question alone, against question + answer above
     "deepset-covid-qsim": (["text"], "en"),
     "banking77": (["text"], "en"),
     "ko-question-pair": (["text"], "ko"),
@@ -82,9 +83,9 @@ def source(name: str, data: Path, work: Path) -> tuple[Path, dict, dict, str]:
         language = name[4:6]
         folder = EXAMPLES / f"eval_{language}"
         return EXAMPLES / f"faq_{language}.csv", load_queries(folder / "queries.jsonl"), load_qrels(folder / "qrels.tsv"), "id"
-    beir = data / name / "beir"
+    beir = data / name.split()[0] / "beir"
     queries, qrels = load_queries(beir / "queries.jsonl"), load_qrels(beir / "qrels.tsv")
-    corpus = work / f"{name}.corpus.jsonl"
+    corpus = work / f"{name.split()[0]}.corpus.jsonl"
     per_label: dict[str, int] = {}
     kept = set()
     work.mkdir(parents=True, exist_ok=True)

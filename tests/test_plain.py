@@ -163,3 +163,22 @@ def test_tune_finds_entries_by_their_own_answers(faq_index, encoder, tmp_path, r
     assert report.measured.source.startswith("entries found by their own answers (field answer")
     assert report.measured.queries == 40  # the distinct answers of the 50 entries
     assert report.current.metrics["mrr@10"] > 0.6
+
+
+def test_http_answers_and_info_say_where_the_cut_came_from(faq_index, encoder):
+    from search.server.app import create_app
+    from test_server import KEY, WRITER, running
+
+    with running(create_app(faq_index, api_key=KEY, encoder=encoder)) as http:
+        info = http.get("/info").json()
+        assert info["cut"]["source"] == "from the collection" and info["tuned"] is False
+        found = http.post("/search", json={"question": "Who won the football match last night?"}).json()["results"][0]
+        assert found["answered"] is False and found["cut_source"] == "from the collection"
+        assert found["cut"] == pytest.approx(info["cut"]["min_score"]) and found["closest"]["band"] == "below"
+        given = http.post("/search", json={"question": "I forgot my password", "min_score": 0.1}).json()["results"][0]
+        assert given["cut_source"] == "given" and given["hits"][0]["band"] == "good"
+        added = http.post("/documents", headers=WRITER, json={"documents": [
+            {"key": "w-1", "text": "Who won the football match last night?"}]})
+        assert added.status_code == 200, added.text
+        after = http.get("/info").json()["cut"]
+        assert after["source"] == "from the collection" and after["min_score"] > info["cut"]["min_score"]
