@@ -312,7 +312,8 @@ def _store(folder: Path, manifest, measured: Measured, recipe_changed: bool) -> 
     search = replace(old, mode=c.mode, weight=c.weight if c.weight is not None else old.weight,
                      fusion=c.fusion or old.fusion, tuned=tuned,
                      min_score=old.min_score if not decision.change else None,
-                     calibration=old.calibration if not decision.change else None)
+                     calibration=old.calibration if not decision.change else None,
+                     cut=old.cut if not decision.change else None)  # a change: the commit makes the collection's cut again
     if recipe_changed:
         reembed_index(folder, layer=c.layer, pooling=c.pooling, search=search, expected_generation=manifest.generation,
                       model=c.model, companion=c.companion, share=c.share or 0.0)
