@@ -1,8 +1,8 @@
 """Embed the shipped off-topic sample by an index's recipe and keep it in the index, so every commit can
 make the "no good answer" cut from the collection (indexer.store.offtopic).
 
-The sample is everyday questions no help desk answers, written for bertdex (indexer/ingest/offtopic/
-en.txt and ko.txt, ~100 each; never examples/out_of_scope.txt, which is what the cut is tested on).
+The sample is everyday questions no help desk answers, written for bertdex (indexer/ingest/offtopic_en.txt
+and offtopic_ko.txt, ~100 each; never examples/out_of_scope.txt, which is what the cut is tested on).
 The language is the entries': Korean when at least NON_ENGLISH_SHARE of them have Hangul, else English.
 Vectors are embedded once per recipe and process (an in-memory cache) and once per recipe per index (the
 stored row). This module does not choose the cut.
@@ -21,7 +21,7 @@ from indexer.ingest.embedding import embed_questions
 from indexer.store.keywords import hangul_syllable
 from indexer.store.offtopic import sample_of, store_sample
 
-SAMPLE_FOLDER = Path(__file__).resolve().parent / "offtopic"
+SAMPLE_FOLDER = Path(__file__).resolve().parent
 LANGUAGES = ("en", "ko")
 _cache: dict[tuple[str, str], np.ndarray] = {}
 _cache_lock = threading.Lock()
@@ -29,7 +29,7 @@ _cache_lock = threading.Lock()
 
 def sample_questions(language: str) -> list[str]:
     """The shipped off-topic questions of `language` (en or ko), comments and blank lines left out."""
-    lines = (SAMPLE_FOLDER / f"{language}.txt").read_text(encoding="utf-8").splitlines()
+    lines = (SAMPLE_FOLDER / f"offtopic_{language}.txt").read_text(encoding="utf-8").splitlines()
     return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
 
 

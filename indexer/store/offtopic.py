@@ -1,6 +1,6 @@
 """The "no good answer" cut an index makes from its own collection, at every commit, without labels.
 
-bertdex ships ~100 everyday off-topic questions per language (indexer/ingest/offtopic/*.txt: weather,
+bertdex ships ~100 everyday off-topic questions per language (indexer/ingest/offtopic_*.txt: weather,
 recipes, sports, ...). Their vectors, by the index's recipe, are stored in the index (table
 offtopic_sample, written by indexer.ingest.cut); each commit scores them against the committed vectors
 and sets the cut at the SAMPLE_QUANTILE of their top cosines: the score a question about nothing the
