@@ -165,6 +165,7 @@ def test_tune_finds_entries_by_their_own_answers(faq_index, encoder, tmp_path, r
     assert report.current.metrics["mrr@10"] > 0.6
 
 
+@pytest.mark.slow
 def test_http_answers_and_info_say_where_the_cut_came_from(faq_index, encoder):
     from search.server.app import create_app
     from test_server import KEY, WRITER, running
