@@ -57,8 +57,10 @@ def entries_from(request: DocumentsRequest) -> list[Entry]:
     return entries
 
 
-def answer(service: Service, question: str, hits, cut: float | None, mode: str, detail: bool) -> dict:
-    """One question's result: the hits past the cut, each with its band; with none, the closest miss."""
+def answer(service: Service, question: str, hits, cut: float | None, mode: str, detail: bool,
+           source: str | None = None) -> dict:
+    """One question's result: the hits past the cut, each with its band; with none, the closest miss.
+    `source`: where the cut came from (answers.cut_source)."""
     def shown(hit) -> dict:
         data = hit.to_dict()
         data["band"] = answers.band(hit.score, cut, mode)
@@ -72,7 +74,7 @@ def answer(service: Service, question: str, hits, cut: float | None, mode: str, 
     kept = [hit for hit in hits if cut is None or hit.score >= cut]
     closest = shown(hits[0]) if hits and not kept else None
     return {"question": question, "answered": bool(kept), "hits": [shown(hit) for hit in kept], "cut": cut,
-            "closest": closest}
+            "cut_source": source, "closest": closest}
 
 
 def create_app(folder: str | Path, *, api_key: str | None = None, writable: bool = True,
@@ -135,7 +137,8 @@ def create_app(folder: str | Path, *, api_key: str | None = None, writable: bool
         future = service.batcher.submit(questions, body.k, mode=mode, min_score=float("-inf"), weight=body.weight,
                                         filters=dict(body.filters) or None)
         found = await asyncio.wrap_future(future)
-        results = [answer(service, q, hits, cut, mode, body.highlight) for q, hits in zip(questions, found)]
+        source = answers.cut_source(service.searcher.manifest.settings.search, body.min_score, cut)
+        results = [answer(service, q, hits, cut, mode, body.highlight, source) for q, hits in zip(questions, found)]
         for result, query_id in zip(results, service.log(questions, mode, results)):
             result["query_id"] = query_id
         return {"results": results}
