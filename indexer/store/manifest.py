@@ -62,7 +62,15 @@ def m002_feedback_and_query_log(db: sqlite_utils.Database) -> None:
 
 
 @migrations()
-def m003_feedback_client(db: sqlite_utils.Database) -> None:
+def m003_offtopic_sample(db: sqlite_utils.Database) -> None:
+    """The shipped off-topic questions' vectors by the index's recipe: what each commit makes the cut from
+    (indexer.store.offtopic). One row; `recipe` is the JSON of the recipe that embedded them."""
+    db["offtopic_sample"].create({"id": int, "recipe": str, "language": str, "count": int, "vectors": bytes},
+                                 pk="id", not_null={"recipe", "vectors"})
+
+
+@migrations()
+def m004_feedback_client(db: sqlite_utils.Database) -> None:
     """Who gave each verdict (the server's view of the client), so verdicts can be bounded and weighed per client."""
     db["feedback"].add_column("client", str)
     db["feedback"].create_index(["client"])
