@@ -272,5 +272,7 @@ def remove_unused(index_folder: Path, keep: set[str]) -> None:
     if not root.is_dir():
         return
     for sub in root.iterdir():
-        if sub.is_dir() and (sub.name.startswith(".adapting-") or (is_adapted(sub.name) and sub.name not in keep)):
+        if sub.is_file() and sub.suffix == ".npy" and sub.name.startswith("map-") and sub.stem not in keep:
+            sub.unlink(missing_ok=True)  # a learned map (indexer.embed.projection) no recipe uses
+        elif sub.is_dir() and (sub.name.startswith(".adapting-") or (is_adapted(sub.name) and sub.name not in keep)):
             shutil.rmtree(sub, ignore_errors=True)

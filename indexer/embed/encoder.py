@@ -17,6 +17,7 @@ import numpy as np
 from indexer.embed import choose, onnx_model
 from indexer.embed.models import model_config
 from indexer.embed.pooling import normalize, pool
+from indexer.embed.projection import apply_map
 from indexer.embed.tokenizer import FastTokenizer
 from indexer.errors import BertdexError
 
@@ -101,6 +102,9 @@ class Encoder:
         probe = self.tokenizer.tokenize("A a 한국")
         self.lowercase = probe[0] == probe[1] if len(probe) >= 2 else False
         self.decomposes_hangul = has_hangul_jamo("".join(self.tokenizer.tokenize("한국어")))
+        # (layer, pooling, matrix): a learned map (indexer.embed.projection) for that layer and pooling, applied
+        # before normalising; set by encoder_for from the recipe
+        self.projection: tuple[int, str, np.ndarray] | None = None
 
     def _load_transformers(self, threads: int | None):
         """(transformers' tokenizer, threads): the PyTorch side, for every path but a saved ONNX question path."""
@@ -253,6 +257,8 @@ class Encoder:
             for layer in layers:
                 for name in poolings:
                     out[(layer, name)][batch] = pool(hidden[layer], mask, name)
+        if self.projection is not None and self.projection[:2] in out:
+            out[self.projection[:2]] = apply_map(out[self.projection[:2]], self.projection[2])
         return {key: normalize(value) for key, value in out.items()}, owners, spans, truncated
 
     def padded(self, ids: list[list[int]], types: list[list[int]] | None, width: int):

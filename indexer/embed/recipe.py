@@ -38,6 +38,8 @@ class Recipe:
     # (`dimension` is then both models' together: the stored vectors are `joined`)
     companion: "Recipe | None" = None
     companion_share: float = 0.0
+    # a learned map (indexer.embed.projection) applied to this layer and pooling before normalising: its name
+    projection: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)

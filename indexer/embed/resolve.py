@@ -14,6 +14,7 @@ from indexer.embed.adapted import is_adapted
 from indexer.embed.encoder import Encoder
 from indexer.errors import BertdexError
 from indexer.embed.models import declared_prompts, default_model, layer_count, model_checksum, resolve_model_folder, trained_pooling
+from indexer.embed.projection import load_map
 from indexer.embed.recipe import Recipe, absolute_layer, check_pooling
 
 
@@ -91,6 +92,8 @@ def encoder_for(recipe: Recipe, *, model: str | None = None, precision: str = "a
     `purpose`: "bulk" (embedding entries) or "question" (searching), see Encoder.
     """
     if recipe.companion is not None:
+        if recipe.projection or recipe.companion.projection:
+            raise BertdexError("a learned map is not supported on an index with a companion model: re-tune it without --adapt")
         from indexer.embed.onnx_model import spinning
         from indexer.embed.pair import PairEncoder
 
@@ -108,8 +111,11 @@ def encoder_for(recipe: Recipe, *, model: str | None = None, precision: str = "a
             f"model {name!r} (checksum {checksum}) is not the model this index was built with "
             f"({recipe.model!r}, checksum {recipe.model_checksum}): use that model or rebuild the index"
         )
-    return Encoder(folder, max_length=recipe.max_length, keep_layers=recipe.layer, precision=precision,
-                   threads=threads, backend=backend, checksum=checksum, purpose=purpose)
+    encoder = Encoder(folder, max_length=recipe.max_length, keep_layers=recipe.layer, precision=precision,
+                      threads=threads, backend=backend, checksum=checksum, purpose=purpose)
+    if recipe.projection:
+        encoder.projection = (recipe.layer, recipe.pooling, load_map(recipe.projection))
+    return encoder
 
 
 def machine_report(model: str | None = None, *, remeasure: bool = False, precision: str = "auto",

@@ -91,7 +91,7 @@ class EmbedWorker:
     """One actor: one encoder, loaded once (`ray.remote` is applied in RayEmbedder)."""
 
     def __init__(self, recipe: dict, precision: str, backend: str, onnx: tuple[str, list] | None, threads: int,
-                 model: str | None = None):
+                 model: str | None = None, projection: list | None = None):
         import torch
 
         from indexer.embed import onnx_model
@@ -105,6 +105,10 @@ class EmbedWorker:
                 import ray
 
                 _write_atomically(path, ray.get(holder[0]))
+        if projection is not None:  # the index's learned map: the actor never opened the index folder
+            from indexer.embed.projection import remember_map
+
+            remember_map(recipe["projection"], projection)
         # `model`: the folder of an adapted model (inside the index folder, which the actor never opened)
         self.encoder = encoder_for(Recipe.from_dict(recipe), model=model, precision=precision, backend=backend,
                                    threads=threads)
@@ -146,7 +150,9 @@ class RayEmbedder:
                 made = (recipe.to_dict(), "auto", "auto", None, THREADS)
             if is_adapted(recipe.model) and recipe.companion is None:
                 made = (*made, str(encoder.folder))
-            self.actors = [worker.options(name=f"{NAME}-{run}-{i}").remote(*made) for i in range(count)]
+            projection = encoder.projection[2].tolist() if getattr(encoder, "projection", None) is not None else None
+            self.actors = [worker.options(name=f"{NAME}-{run}-{i}").remote(*made, projection=projection)
+                           for i in range(count)]
             self.load = [0] * count
         except BaseException:
             self.close()

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from indexer.embed.adapted import is_adapted, remove_unused
 from indexer.errors import BertdexError
-from indexer.embed.resolve import resolve_recipe, with_companion
+from indexer.embed.projection import load_map
+from indexer.embed.resolve import Resolved, resolve_recipe, with_companion
 from indexer.ingest.cut import ensure_sample
 from indexer.ingest.embedding import embed_entries
 from indexer.store.folder import IndexWriter, Manifest, check_index_folder, connect, read_manifest
@@ -37,7 +38,7 @@ def store_search_settings(folder: str | Path, search: SearchSettings, *,
 def reembed_index(folder: str | Path, *, layer: int, pooling: str, search: SearchSettings | None = None,
                   expected_generation: int | None = None, threads: int | None = None,
                   model: str | None = None, companion: str | None = None, share: float = 0.0,
-                  adapted: dict | None = None) -> Manifest:
+                  adapted: dict | None = None, projection: str = "") -> Manifest:
     """Embed every entry again with hidden state `layer` and `pooling` (same model, length, windows: `embed_entries`).
 
     `model`: another model (tune chose it): its own length and prefixes, the index's windows.
@@ -46,6 +47,8 @@ def reembed_index(folder: str | Path, *, layer: int, pooling: str, search: Searc
     `adapted`: the provenance of `model` when it is an adapted model (indexer.embed.adapted) just saved in the
     folder; it reads text as the index's model does (same length and prefixes). Adapted models the new
     recipe does not use are removed from the folder after the commit.
+    `projection`: a learned map (indexer.embed.projection) just saved in the folder's models/, applied to the
+    new recipe's layer and pooling; `adapted` is then its provenance. Without it the new recipe has no map.
     """
     folder = check_index_folder(Path(folder))
     db = connect(folder, readonly=True)
@@ -67,19 +70,24 @@ def reembed_index(folder: str | Path, *, layer: int, pooling: str, search: Searc
         raise BertdexError(f"model {recipe.model!r} is no longer the one this index was built with: rebuild it with `bertdex index --replace`")
     settings = old.settings if search is None else replace(old.settings, search=search)
     if companion is not None:
+        if projection:
+            raise BertdexError("a learned map is not supported on an index with a companion model")
         resolved = with_companion(resolved, companion, share, threads=threads)
+    if projection:
+        resolved.encoder.projection = (layer, pooling, load_map(projection))
+        resolved = Resolved(replace(resolved.recipe, projection=projection), resolved.encoder, resolved.reason)
     if resolved.recipe.describe() != recipe.describe():
         settings = replace(settings, model_reason=f"tune: {resolved.recipe.describe()} answered the held-out questions "
                                                   f"better than {recipe.describe()}")
-    provenance = adapted if adapted is not None else (settings.adapted if same else None)
-    settings = replace(settings, adapted=provenance if is_adapted(resolved.recipe.model) else None)
+    provenance = adapted if adapted is not None else (settings.adapted if same and not recipe.projection else None)
+    settings = replace(settings, adapted=provenance if is_adapted(resolved.recipe.model) or projection else None)
     new = replace(old, recipe=resolved.recipe, settings=settings)
     with IndexWriter.open(folder, new=new, replace=True) as writer:
         _check_generation(read_manifest(writer.db, folder).generation, old.generation, folder)
         ensure_sample(writer, resolved.encoder, [d["text"] for d in documents])  # the collection's cut, by the new recipe
         rewrite_documents(writer, resolved.encoder, documents)
         committed = writer.commit()
-    remove_unused(folder, {resolved.recipe.model})
+    remove_unused(folder, {resolved.recipe.model, resolved.recipe.projection})
     return committed
 
 

@@ -23,13 +23,15 @@ def index_info(folder: str | Path) -> dict:
         "recipe": {
             "layer": recipe.layer, "pooling": recipe.pooling, "exclude_special": recipe.exclude_special,
             "max_length": recipe.max_length, "dimension": recipe.dimension, "lowercase": recipe.lowercase,
+            **({"map": recipe.projection} if recipe.projection else {}),
         },
         "recipe_reason": recipe_reason(recipe),
         **({"companion": {"model": recipe.companion.model, "share": recipe.companion_share, "scores": recipe.describe(),
                           "layer": recipe.companion.layer, "pooling": recipe.companion.pooling,
                           "dimension": recipe.companion.dimension}} if recipe.companion else {}),
         **({"adapted": {"from": manifest.settings.adapted.get("base_model"),
-                        "weights": f"{Path(folder) / 'models' / recipe.model}",
+                        "kind": manifest.settings.adapted.get("kind", "fine-tuned"),
+                        "weights": f"{Path(folder) / 'models' / (recipe.projection + '.npy' if recipe.projection else recipe.model)}",
                         **{k: manifest.settings.adapted.get(k) for k in ("base_checksum", "pairs", "pairs_hash", "sources",
                                                                          "seed", "steps")}}}
            if manifest.settings.adapted else {}),

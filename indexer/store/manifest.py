@@ -157,7 +157,7 @@ def read_manifest(db: sqlite_utils.Database, folder: Path) -> Manifest:
     if version != FORMAT_VERSION:
         raise BertdexError(f"{folder} has index format {version}; this bertdex reads format {FORMAT_VERSION}: rebuild it")
     manifest = Manifest.from_rows(rows)
-    if is_adapted(manifest.recipe.model):  # its model lives in the folder: let this process find it
+    if is_adapted(manifest.recipe.model) or manifest.recipe.projection:  # its model or map lives in the folder: let this process find it
         remember_index(folder)
     return manifest
 

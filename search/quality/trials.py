@@ -46,7 +46,8 @@ class Candidate:
     def label(self) -> str:
         if self.mode == "keyword":
             return "keyword (BM25)"
-        dense = f"{self.pooling} of layer {self.layer}" + (f" of {self.model}" if self.model else "")
+        model = " with a learned map" if self.model == "map" else (f" of {self.model}" if self.model else "")
+        dense = f"{self.pooling} of layer {self.layer}{model}"
         if self.companion:
             dense += f" + {self.share:.1f} x {self.companion}"
         return dense if self.mode == "dense" else f"hybrid {self.fusion} w={self.weight:.1f}, {dense}"

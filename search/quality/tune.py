@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from indexer.errors import BertdexError
 from indexer.ingest.reembed import reembed_index, store_search_settings
 from indexer.store.folder import check_index_folder, connect, open_manifest, read_manifest
 from search.quality.choose import FOLDS, Decision, decide, fold_ids
@@ -134,6 +135,10 @@ def tune_index(folder: str | Path, *, queries: dict | None = None, qrels: dict |
         manifest, documents, sources = _read_index(folder, queries, qrels, group_field, max_queries, ignore_identical_ids)
     except NothingToMeasure:
         return plain_report(folder, group_field)
+    if manifest.recipe.projection and not adapt:
+        # its vectors pass a learned map that only the adapting candidates measure (the others are the frozen model's)
+        raise BertdexError(f"{folder} answers with a learned map ({manifest.recipe.projection}): tune it with --adapt, "
+                           "which measures the map again beside the model without it")
     current = current_candidate(manifest)
     alone = replace(manifest, recipe=manifest.recipe.alone())  # the index's own model, measured by itself
     encoder = full_encoder(encoder, alone.recipe)
@@ -288,8 +293,8 @@ def current_candidate(manifest, dense: bool = False) -> Candidate:
     `dense`: the dense candidate of its recipe, whatever the mode (what its vectors are)."""
     recipe, search = manifest.recipe, manifest.settings.search
     pair = dict(companion=recipe.companion.model, share=recipe.companion_share) if recipe.companion else {}
-    if dense:  # what the vectors are, whatever the mode
-        return Candidate(recipe.layer, recipe.pooling, "dense", **pair)
+    if dense:  # what the vectors are, whatever the mode (a learned map's: re-embedding without it is a change)
+        return Candidate(recipe.layer, recipe.pooling, "dense", **pair, **({"model": "map"} if recipe.projection else {}))
     if search.mode == "hybrid":
         weight = min(WEIGHTS, key=lambda w: abs(w - search.weight))
         return Candidate(recipe.layer, recipe.pooling, "hybrid", weight, search.fusion, **pair)
@@ -331,7 +336,16 @@ def _adapted_trials(manifest, documents, source, group_field, pair_weights, step
     found += adaptation.group_pairs(documents, group_field)
     if not found:
         return None
-    return adaptation.measure_adapted(manifest, documents, questions, words, found, steps=steps, progress=progress)
+    tuned = adaptation.measure_adapted(manifest, documents, questions, words, found, steps=steps, progress=progress)
+    if manifest.recipe.companion is not None:  # a learned map is not offered to a pair of models
+        return tuned
+    from search.quality.adapt_map import measure_map
+
+    mapped = measure_map(manifest, documents, questions, words, found, progress=progress)
+    if tuned is None or mapped is None:
+        return tuned or mapped
+    # both candidates side by side: the same pairs and folds (AdaptedTrials of the fine-tuned one, plus the map's trials)
+    return replace(tuned, trials=tuned.trials + mapped.trials, seconds=tuned.seconds + mapped.seconds)
 
 
 def _store(folder: Path, manifest, measured: Measured, recipe_changed: bool, trying=None, adapt_steps=None,
@@ -350,6 +364,11 @@ def _store(folder: Path, manifest, measured: Measured, recipe_changed: bool, try
 
         store_adapted(folder, manifest, trying.pairs, layer=c.layer, pooling=c.pooling, search=search,
                       steps=adapt_steps, sources=count_sources(trying.pairs), note=note, progress=progress)
+    elif recipe_changed and c.model == "map":
+        from search.quality.adapt import count_sources
+        from search.quality.adapt_map import store_map
+
+        store_map(folder, manifest, trying.pairs, search=search, sources=count_sources(trying.pairs), note=note)
     elif recipe_changed:
         reembed_index(folder, layer=c.layer, pooling=c.pooling, search=search, expected_generation=manifest.generation,
                       model=c.model, companion=c.companion, share=c.share or 0.0)
