@@ -15,7 +15,8 @@ Columns, MRR@10 on the scored queries: best single (the best of dense / keyword 
 the index's own model, picked on the scored half itself: an oracle), tune without adaptation (its rule
 and gate on half A, the choice scored on B), tune with adaptation (the index as tune stored it,
 evaluated by `bertdex eval` in a fresh process), the adapted model's dense figure where tune chose it;
-the light map (a linear map on the frozen model's vectors, trained on the same pairs with the same loss)
+tune's candidates are the recipes, the fine-tuned model and the learned map (indexer.embed.projection),
+each cross-fitted on half A; the light map column (the same map trained on all of half A, scored on B)
 for comparison; the pairs used and training time. Base vectors for the light map are cached in --work.
 """
 
@@ -137,7 +138,7 @@ def measure(name: str, beir: Path, work: Path, steps: int | None, every: int) ->
     report = tune_index(tuned, group_field=group_field, adapt=True, adapt_steps=steps, progress=say, **labels)
     measured = report.measured
     trials = measured.trials
-    plain_rows = [i for i, t in enumerate(trials) if t.candidate.model != "adapted"]
+    plain_rows = [i for i, t in enumerate(trials) if t.candidate.model not in ("adapted", "map")]
     mrr = np.vstack([t.per_query for t in trials])[plain_rows]
     ndcg = np.vstack([t.per_query_ndcg for t in trials])[plain_rows]
     without = decide(mrr, ndcg, 0, fold_ids(list(measured.keys)), list(measured.simple))
@@ -161,13 +162,19 @@ def measure(name: str, beir: Path, work: Path, steps: int | None, every: int) ->
     fresh = json.loads(evaluated.stdout)["mrr@10"]
     adapted_trial = next(t for t in trials if t.candidate.model == "adapted" and t.candidate.mode == "dense") \
         if any(t.candidate.model == "adapted" for t in trials) else None
+    map_trial = next((t for t in trials if t.candidate.model == "map" and t.candidate.mode == "dense"), None)
+    say(f"{name}: cross-fitted on A, dense MRR@10: fine-tuned "
+        f"{adapted_trial.metrics['mrr@10'] if adapted_trial else float('nan'):.3f}, learned map "
+        f"{map_trial.metrics['mrr@10'] if map_trial else float('nan'):.3f}; chosen: {chosen_with.label()} "
+        f"(change {report.decision.change}, gain {report.decision.gain:+.3f}, p {report.decision.p_value:.4f})")
     info = _manifest_adapted(tuned)
     row = {"set": name, "documents": len(corpus), "tuned on": "groups" if group_field else f"{len(half_a)} queries",
            "scored": len(half_b), "best single": best_single, "best single mode": best_label,
            "tune without adaptation": on_b.get(chosen_without, float("nan")), "choice without": chosen_without.label(),
            "tune with adaptation": fresh, "choice with": chosen_with.label(),
-           "adapted chosen": chosen_with.model == "adapted" and report.decision.change,
+           "adapted chosen": chosen_with.model in ("adapted", "map") and report.decision.change,
            "adapted cross-fitted on A": adapted_trial.metrics["mrr@10"] if adapted_trial else None,
+           "map cross-fitted on A": map_trial.metrics["mrr@10"] if map_trial else None,
            "gain": report.decision.gain, "p": report.decision.p_value,
            "pairs": info.get("pairs") if info else None, "training seconds": info.get("seconds") if info else None,
            "sources": info.get("sources") if info else None, "steps": info.get("steps") if info else None,
@@ -256,18 +263,24 @@ def light_map(folder: Path, name: str, work: Path, queries, qrels, half_a, half_
 
 def table(rows: list[dict]) -> str:
     head = ["set", "docs", "tuned on", "scored", "best single", "tune without adaptation", "tune with adaptation",
-            "with - best single", "dense (frozen)", "light map", "pairs (sources)", "steps", "training s", "choice with",
+            "with - best single", "dense (frozen)", "fine-tuned (cross-fitted on A)", "map (cross-fitted on A)",
+            "light map", "pairs (sources)", "steps", "training s", "choice with",
             "bench s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         lines.append("| " + " | ".join([
             r["set"], str(r["documents"]), r["tuned on"], str(r["scored"]), f"{r['best single']:.3f} ({r['best single mode']})",
             f"{r['tune without adaptation']:.3f}", f"**{r['tune with adaptation']:.3f}**",
-            f"{r['tune with adaptation'] - r['best single']:+.3f}", f"{r['dense (frozen)']:.3f}", f"{r['light map']:.3f}",
+            f"{r['tune with adaptation'] - r['best single']:+.3f}", f"{r['dense (frozen)']:.3f}",
+            _figure(r["adapted cross-fitted on A"]), _figure(r["map cross-fitted on A"]), f"{r['light map']:.3f}",
             f"{r['pairs']} ({r['sources']})" if r["pairs"] else "-", str(r["steps"] or "-"),
             f"{r['training seconds']:.0f}" if r["training seconds"] else "-", r["choice with"], f"{r['seconds']:.0f}",
         ]) + " |")
     return "\n".join(lines)
+
+
+def _figure(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 if __name__ == "__main__":

@@ -157,7 +157,7 @@ def tune_index(folder: str | Path, *, queries: dict | None = None, qrels: dict |
                 for n, (questions, words) in enumerate(sources)]
     chosen = measured[0].chosen.candidate
     changed = measured[0].decision.change and chosen.mode != "keyword" \
-        and _recipe_of(chosen) != _recipe_of(current_candidate(manifest, dense=True))
+        and (_recipe_of(chosen) != _recipe_of(current_candidate(manifest, dense=True)) or chosen.model == "map")
     if store:
         _store(folder, manifest, measured[0], changed, trying, adapt_steps, progress, note)
     return TuneReport(str(folder), measured[0], measured[1] if len(measured) > 1 else None, changed, store,
@@ -293,7 +293,8 @@ def current_candidate(manifest, dense: bool = False) -> Candidate:
     `dense`: the dense candidate of its recipe, whatever the mode (what its vectors are)."""
     recipe, search = manifest.recipe, manifest.settings.search
     pair = dict(companion=recipe.companion.model, share=recipe.companion_share) if recipe.companion else {}
-    if dense:  # what the vectors are, whatever the mode (a learned map's: re-embedding without it is a change)
+    if dense:  # what the vectors are, whatever the mode (a learned map's: re-embedding without it is a change;
+        # a map chosen again is learned again on today's pairs)
         return Candidate(recipe.layer, recipe.pooling, "dense", **pair, **({"model": "map"} if recipe.projection else {}))
     if search.mode == "hybrid":
         weight = min(WEIGHTS, key=lambda w: abs(w - search.weight))
