@@ -295,7 +295,7 @@ def delete(
     if as_json:
         echo_json({"deleted": removed, "missing": missing})
         return
-    typer.echo(f"deleted {removed} entr{'y' if removed == 1 else 'ies'}")
+    typer.echo(f"deleted {removed} entr{'y' if removed == 1 else 'ies'}" + ("" if removed else "; nothing changed, nothing written"))
     if missing:
         typer.echo(f"not in the index: {', '.join(missing)}", err=True)
 
@@ -1059,10 +1059,9 @@ def print_report(report, as_json: bool, rename=lambda message: message) -> None:
         return
     embedded = report.added + report.updated
     rate = f" ({report.rate:.0f} entries/s)" if embedded >= RATE_FROM else ""
-    typer.echo(
-        f"{report.folder}: {report.added} added, {report.updated} updated, {report.unchanged} unchanged; "
-        f"{report.documents} entries, {report.vectors} vectors; {report.seconds:.1f}s{rate}"
-    )
+    done = (f"{report.added} added, {report.updated} updated, {report.unchanged} unchanged" if report.committed
+            else f"nothing changed ({report.unchanged} unchanged), nothing written")
+    typer.echo(f"{report.folder}: {done}; {report.documents} entries, {report.vectors} vectors; {report.seconds:.1f}s{rate}")
     if report.recipe_reason:
         typer.echo(f"recipe: {report.recipe_reason}")
     if report.truncated:

@@ -62,6 +62,9 @@ class IndexWriter:
         row = db.execute("SELECT max(id) FROM passages").fetchone()
         self._next_passage = (row[0] or 0) + 1
         self.committed = False
+        self._opened = None if replace else manifest  # a write that leaves this manifest and the tables as they are commits nothing
+        self._changed = replace
+        self.commits = 0  # generations this writer committed (0: nothing changed, nothing was written)
 
     @classmethod
     @contextmanager
@@ -149,6 +152,7 @@ class IndexWriter:
             {"id": int(pid), "document_id": document_ids[owner], "start": int(span[0]), "end": int(span[1])}
             for pid, owner, span in zip(ids, owners, spans)
         )
+        self._changed = self._changed or bool(documents)
         if len(vectors):
             self.vectors.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
 
@@ -156,6 +160,7 @@ class IndexWriter:
         """Remove documents by key; returns the keys that were not there."""
         found = self.existing(keys)
         document_ids = [found[key][0] for key in keys if key in found]
+        self._changed = self._changed or bool(document_ids)
         self._drop_passages(document_ids)
         for start in range(0, len(document_ids), 500):
             part = document_ids[start : start + 500]
@@ -188,7 +193,13 @@ class IndexWriter:
         self.manifest = manifest
 
     def commit(self) -> Manifest:
-        """Write the FAISS file of the next generation, then commit SQLite pointing at it."""
+        """Write the FAISS file of the next generation, then commit SQLite pointing at it.
+
+        A write that changed nothing (every entry unchanged, only absent keys deleted) commits nothing:
+        the generation stays, no file is written, and `commits` does not count it."""
+        if not self._changed and self.manifest == self._opened:
+            self.committed = True
+            return self.manifest
         generation = self.manifest.generation + 1
         from indexer.store import ann
 
@@ -208,8 +219,8 @@ class IndexWriter:
         self.db["manifest"].upsert_all(manifest.to_rows(), pk="name")
         _commit_sqlite(self.db)
         self.db.conn.execute("BEGIN")  # the atomic() block that opened us closes this empty one
-        self.committed = True
-        self.manifest = manifest
+        self.committed, self._changed, self.commits = True, False, self.commits + 1
+        self.manifest = self._opened = manifest
         self.warnings += _remove_stale_files(self.folder, self.db)
         return manifest
 
