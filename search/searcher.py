@@ -103,7 +103,7 @@ class Searcher:
         manifest = read_manifest(self.db, self.folder)
         if manifest.generation != self._generation:
             self._generation_tried = manifest.generation
-            self.vectors = open_vectors(self.folder, manifest, flags=load_flag(manifest.index_type))
+            self.vectors = open_vectors(self.folder, manifest, flags=load_flag(manifest.index_type), reuse=self.vectors)
             self._generation = manifest.generation
         self.manifest = manifest
 
@@ -224,7 +224,7 @@ class Searcher:
         if self.vectors.ntotal == 0:
             return []
         matrix = np.atleast_2d(vector)
-        scores, ids = ann.search(self.vectors, matrix, min(n, self.vectors.ntotal))
+        scores, ids = ann.search(self.vectors, matrix, min(n, self.vectors.ntotal))  # every segment, merged by score
         best: dict[int, float] = {}
         for row_scores, row_ids in zip(scores, ids):
             for score, passage in zip(row_scores, row_ids):

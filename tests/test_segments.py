@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+
+import numpy as np
+
 from conftest import EXAMPLES, run_cli
-from indexer import add_documents, delete_documents
-from indexer.store.folder import open_manifest
+from indexer import add_documents, build_index, delete_documents
+from indexer.store import segments
+from indexer.store.folder import IndexWriter, connect, open_manifest, open_vectors
+from indexer.store.verify import verify_index
+from search import Searcher
+from test_lifecycle import entries, state, write_jsonl
 
 
 def files(folder) -> dict[str, int]:
@@ -34,3 +43,130 @@ def test_a_delete_of_absent_keys_commits_nothing_and_says_so(faq_index):
     assert open_manifest(faq_index) == before and files(faq_index) == written
     assert delete_documents(faq_index, ["en-001", "nope"]) == (1, ["nope"])
     assert open_manifest(faq_index).generation == before.generation + 1
+
+
+# -- segments -----------------------------------------------------------------------------------------
+
+
+def texts(folder) -> dict[str, str]:
+    return state(folder)
+
+
+def answers(searcher, questions, k=10) -> list[list[tuple[str, float]]]:
+    return [[(hit.key, hit.score) for hit in hits] for hits in searcher.search_many(questions, k)]
+
+
+def compacted_copy(folder, target):
+    shutil.copytree(folder, target, ignore=shutil.ignore_patterns("write.lock"))
+    with IndexWriter.open(target) as writer:
+        writer.merge(0)
+    return target
+
+
+def test_a_write_adds_one_small_segment_and_a_delete_only_marks(tmp_path, resolved):
+    folder = tmp_path / "index"
+    build_index(write_jsonl(tmp_path / "a.jsonl", entries(0, 60)), folder, resolved=resolved)
+    base = open_manifest(folder)
+    first = base.segments[0]
+    first_bytes = (folder / first["file"]).read_bytes()
+    changed = [{"id": "k5", "text": "how do I cancel my subscription"}]
+    add_documents(folder, write_jsonl(tmp_path / "b.jsonl", entries(60, 63) + changed), encoder=resolved.encoder)
+    after = open_manifest(folder)
+    assert [r["file"] for r in after.segments] == [first["file"], f"vectors.{base.generation + 1}.faiss"]
+    assert after.segments[1]["ntotal"] == 4 and after.segments[1]["kind"] == "flat"
+    assert (folder / first["file"]).read_bytes() == first_bytes  # the base file is never rewritten
+    assert len(after.deleted) == 1 and first["first_id"] <= after.deleted[0] <= first["last_id"]  # k5's old vector
+
+    assert delete_documents(folder, ["k7"]) == (1, [])
+    deleted = open_manifest(folder)
+    assert deleted.generation == after.generation + 1 and deleted.segments == after.segments  # no file written
+    assert len(deleted.deleted) == 2 and deleted.vectors == 62
+    searcher = Searcher(folder, encoder=resolved.encoder)
+    found = {hit.key: hit.text for hit in searcher.search(entries(5, 6)[0]["text"], k=62)}
+    assert len(found) == 62 and "k7" not in found and found["k5"] == "how do I cancel my subscription"
+    assert searcher.search("how do I cancel my subscription", k=1)[0].key == "k5"
+    assert verify_index(folder).ok
+
+
+def test_a_search_over_segments_equals_one_over_the_merged_index(tmp_path, resolved):
+    folder = tmp_path / "index"
+    build_index(write_jsonl(tmp_path / "a.jsonl", entries(0, 40)), folder, resolved=resolved)
+    for step in range(4):  # four segments with updates of earlier keys and deletions between them
+        rows = entries(40 + 5 * step, 45 + 5 * step) + entries(3 * step, 3 * step + 2, version=step + 1)
+        add_documents(folder, write_jsonl(tmp_path / f"s{step}.jsonl", rows), encoder=resolved.encoder)
+        delete_documents(folder, [f"k{10 + step}", f"k{41 + 5 * step}"])
+    manifest = open_manifest(folder)
+    assert len(manifest.segments) == 5 and manifest.deleted
+    questions = ["question about refund version 1", "shipping", "password version 0", "question 12 about coupon"]
+    over_segments = answers(Searcher(folder, encoder=resolved.encoder), questions, k=30)
+    merged = compacted_copy(folder, tmp_path / "merged")
+    assert len(open_manifest(merged).segments) == 1 and open_manifest(merged).deleted == ()
+    over_merged = answers(Searcher(merged, encoder=resolved.encoder), questions, k=30)
+    for mine, theirs in zip(over_segments, over_merged):
+        assert [key for key, _ in mine] == [key for key, _ in theirs]
+        assert np.allclose([s for _, s in mine], [s for _, s in theirs], atol=1e-6)
+    # and both against brute force over the live vectors
+    vectors = open_vectors(folder, manifest)
+    ids, stored = vectors.stored()
+    query = Searcher(folder, encoder=resolved.encoder).embed(questions[:1])[0]
+    scores, found = vectors.search(query[None, :], 10)
+    truth = np.argsort(-(stored @ query), kind="stable")[:10]
+    assert np.allclose(scores[0], (stored @ query)[truth], atol=1e-5)
+    assert set(found[0]) == set(ids[truth]) or np.isclose(scores[0][-1], scores[0][-2])
+    assert verify_index(folder).ok and verify_index(merged).ok
+
+
+def test_a_merge_folds_the_newest_segments_and_never_resurrects_deletes(tmp_path, resolved, monkeypatch):
+    monkeypatch.setattr(segments, "TIER_UNIT", 10)  # tier 0: under 80 vectors; the 100-entry base is tier 1
+    folder = tmp_path / "index"
+    build_index(write_jsonl(tmp_path / "a.jsonl", entries(0, 100)), folder, resolved=resolved)
+    base = open_manifest(folder).segments[0]
+    gone = []
+    for step in range(segments.MERGE_FACTOR):
+        add_documents(folder, write_jsonl(tmp_path / f"s{step}.jsonl", entries(100 + 2 * step, 102 + 2 * step)),
+                      encoder=resolved.encoder)
+        if step in (2, 5):  # one key of the base, one of a small segment
+            gone += [f"k{step}", f"k{100 + 2 * step - 2}"]
+            delete_documents(folder, gone[-2:])
+        if step < segments.MERGE_FACTOR - 1:
+            assert len(open_manifest(folder).segments) == step + 2
+    manifest = open_manifest(folder)
+    assert [r["file"] for r in manifest.segments][:1] == [base["file"]] and len(manifest.segments) == 2
+    assert manifest.segments[1]["ntotal"] == 14 and manifest.segments[1]["first_id"] > base["last_id"]
+    assert len(manifest.deleted) == 2 and all(i <= base["last_id"] for i in manifest.deleted)  # the merged ones dropped
+    assert set(texts(folder)) == {f"k{i}" for i in range(116)} - set(gone)
+    searcher = Searcher(folder, encoder=resolved.encoder)
+    for key in gone:
+        text = entries(int(key[1:]), int(key[1:]) + 1)[0]["text"]
+        assert key not in {hit.key for hit in searcher.search(text, k=112)}
+    assert np.isin(open_vectors(folder, manifest).stored()[0], manifest.deleted).sum() == 0
+    assert verify_index(folder).ok and {p.name for p in folder.iterdir() if p.name.startswith("vectors.")} == \
+        {r["file"] for r in manifest.segments}
+    merged = compacted_copy(folder, tmp_path / "merged")  # a full merge: deletes stay deleted
+    assert open_manifest(merged).deleted == () and open_manifest(merged).vectors == 112
+    assert gone[0] not in {hit.key for hit in Searcher(merged, encoder=resolved.encoder).search(entries(2, 3)[0]["text"], k=112)}
+
+
+def test_an_index_written_before_segments_opens_and_takes_writes(tmp_path, resolved):
+    """Format 1: one vectors.<G>.faiss named by `faiss_file`, no segments. Read as one segment."""
+    folder = tmp_path / "index"
+    build_index(write_jsonl(tmp_path / "a.jsonl", entries(0, 30)), folder, resolved=resolved)
+    manifest = open_manifest(folder)
+    record = manifest.segments[0]
+    db = connect(folder)
+    legacy = {"format_version": 1, "segments": [], "deleted": [], "codebook": {},
+              "faiss_file": {name: record[name] for name in ("bytes", "blake2b", "ntotal")}}
+    for name, value in legacy.items():
+        db["manifest"].upsert({"name": name, "value": json.dumps(value)}, pk="name")
+    db.execute("DELETE FROM manifest WHERE name IN ('segments', 'deleted', 'codebook')")
+    db.close()
+    assert open_manifest(folder).format_version == 1 and record["file"] == f"vectors.{manifest.generation}.faiss"
+    question = entries(4, 5)[0]["text"]
+    assert Searcher(folder, encoder=resolved.encoder).search(question, k=1)[0].key == "k4"
+    assert verify_index(folder).ok
+    delete_documents(folder, ["k4"])
+    add_documents(folder, write_jsonl(tmp_path / "b.jsonl", entries(30, 32)), encoder=resolved.encoder)
+    after = open_manifest(folder)
+    assert after.format_version == 2 and [r["file"] for r in after.segments][0] == record["file"]
+    assert Searcher(folder, encoder=resolved.encoder).search(question, k=1)[0].key != "k4"
+    assert verify_index(folder).ok and verify_index(folder).documents == 31

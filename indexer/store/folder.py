@@ -29,7 +29,7 @@ import numpy as np
 import sqlite_utils
 
 from indexer.errors import BertdexError, IndexLocked, IndexMissing, IndexReadOnly
-from indexer.store import integrity
+from indexer.store import integrity, segments
 from indexer.store.keywords import fts_document, scheme_of
 from indexer.store.manifest import (  # noqa: F401 (re-exported: the names callers import from here)
     DB_NAME, FORMAT_VERSION, Manifest, check_counts, check_index_folder, connect, content_hash, load_vectors,
@@ -37,7 +37,7 @@ from indexer.store.manifest import (  # noqa: F401 (re-exported: the names calle
 )
 
 LOCK_NAME = "write.lock"
-_GENERATION_FILE = re.compile(r"^vectors\.(\d+)\.(faiss|partial)$")
+_GENERATION_FILE = re.compile(r"^(vectors|codes)\.(\d+)\.(faiss|partial)$")
 
 
 
@@ -51,16 +51,23 @@ class IndexWriter:
 
     def __init__(self, folder: Path, db: sqlite_utils.Database, manifest: Manifest, lock_handle, replace: bool):
         self.folder, self.db, self.manifest, self._lock = folder, db, manifest, lock_handle
-        self._removed: list[np.ndarray] = []  # FAISS ids to drop; applied at commit (HNSW/IVF rebuild once)
+        self._removed: list[np.ndarray] = []  # passage ids to drop; applied at commit
         self.warnings: list[str] = []  # what the writer chose not to do (e.g. leave files it could not prove stale)
         self._encoded_with = set(manifest.encoded_with)
+        # a build or a rebuild writes the whole index at each commit; a write to an index that has vectors
+        # adds a segment (indexer.store.segments), so it costs what it adds
+        self.whole = replace or manifest.generation == 0
         if replace:  # everything is rewritten: a damaged old generation is what a rebuild or repair replaces
             self._clear()
-        else:  # never commit on top of a damaged index
+        else:  # never commit on top of a damaged index: counts, and each segment's size and header
             check_counts(db, folder, manifest)
-            self.vectors = open_vectors(folder, manifest, checksum=True)
+            for record in segments.records_of(manifest):
+                integrity.check_faiss_file(folder / record["file"], record.get("blake2b") and record)
+            self.vectors = new_vector_index("flat", manifest.recipe.dimension, {})
         row = db.execute("SELECT max(id) FROM passages").fetchone()
-        self._next_passage = (row[0] or 0) + 1
+        last = [r["last_id"] for r in segments.records_of(manifest) if r.get("last_id") is not None] if not replace else []
+        self._next_passage = max([row[0] or 0, *last]) + 1  # a deleted id still in a segment is never given again
+        self._first_new = self._next_passage  # ids from here on are this writer's (its new segment)
         self.committed = False
         self._opened = None if replace else manifest  # a write that leaves this manifest and the tables as they are commits nothing
         self._changed = replace
@@ -193,27 +200,73 @@ class IndexWriter:
         self.manifest = manifest
 
     def commit(self) -> Manifest:
-        """Write the FAISS file of the next generation, then commit SQLite pointing at it.
+        """Write the next generation's FAISS file (the whole index, or the new segment), then commit SQLite
+        pointing at it; a write to an index with segments then merges the newest ones if the policy says so.
 
         A write that changed nothing (every entry unchanged, only absent keys deleted) commits nothing:
         the generation stays, no file is written, and `commits` does not count it."""
         if not self._changed and self.manifest == self._opened:
             self.committed = True
             return self.manifest
+        removed = np.concatenate(self._removed) if self._removed else np.zeros(0, dtype=np.int64)
+        self._removed = []
         generation = self.manifest.generation + 1
+        if self.whole:
+            records, deleted, codebook = self._write_whole(removed, generation)
+        else:
+            records, deleted, codebook = self._write_segment(removed, generation)
+        self._commit_manifest(generation, records, deleted, codebook)
+        if not self.whole:  # a build keeps its one index for its next checkpoint; a write starts a new segment
+            self.vectors = new_vector_index("flat", self.manifest.recipe.dimension, {})
+            self._first_new = self._next_passage
+            plan = segments.plan_merge([segments.live(r, np.asarray(deleted, np.int64)) for r in records])
+            if plan is not None:
+                self.merge(plan)
+        return self.manifest
+
+    def _write_whole(self, removed: np.ndarray, generation: int) -> tuple[list[dict], tuple, dict]:
         from indexer.store import ann
 
-        removed = np.concatenate(self._removed) if self._removed else np.zeros(0, dtype=np.int64)
         self.vectors, index_type, index_params = ann.finish(self.vectors, self.manifest.index_type,
                                                             self.manifest.index_params, removed)
-        self._removed = []
         self.manifest = Manifest(**{**self.manifest.__dict__, "index_type": index_type, "index_params": index_params})
+        codebook = {}
+        if self.vectors.ntotal and (empty := segments.codebook_of(self.vectors)) is not None:
+            codebook = {"file": f"codes.{generation}.faiss", **_write_faiss_file(empty, self.folder / f"codes.{generation}.faiss")}
+        return self._records_with(self.vectors, [], generation, index_params.get("tombstones", 0)), (), codebook
+
+    def _write_segment(self, removed: np.ndarray, generation: int) -> tuple[list[dict], tuple, dict]:
+        fresh = removed[removed >= self._first_new]
+        if fresh.size:  # written and replaced within this writer: never in a file
+            self.vectors.remove_ids(fresh)
+        deleted = tuple(sorted({*self.manifest.deleted, *map(int, removed[removed < self._first_new])}))
+        records = segments.records_of(self.manifest)
+        if records and records[0].get("last_id") is None:  # a format-1 file: its ids are all below this writer's
+            records[0]["last_id"] = self._first_new - 1
+        return self._records_with(self.vectors, records, generation, 0), deleted, self.manifest.codebook
+
+    def _records_with(self, index: faiss.Index, records: list[dict], generation: int, tombstones: int) -> list[dict]:
+        """`records` and, when `index` holds vectors, its file written as vectors.<generation>.faiss."""
+        from indexer.store import ann
+
+        if index.ntotal == 0:
+            return records
+        name = f"vectors.{generation}.faiss"
+        ids = faiss.vector_to_array(index.id_map)
+        live_ids = ids[ids >= 0]
+        record = {"file": name, **_write_faiss_file(index, self.folder / name), "kind": ann.kind(index),
+                  "first_id": int(live_ids.min()) if live_ids.size else 0, "last_id": int(ids.max())}
+        return records + [{**record, "tombstones": tombstones} if tombstones else record]
+
+    def _commit_manifest(self, generation: int, records: list[dict], deleted: tuple, codebook: dict) -> None:
         counts = self.db.execute("SELECT (SELECT count(*) FROM documents), (SELECT count(*) FROM passages)").fetchone()
-        if counts[1] != ann.live_count(self.vectors):
-            raise BertdexError(f"internal error: {counts[1]} passages but {ann.live_count(self.vectors)} vectors; nothing written")
-        record = _write_faiss_file(self.vectors, vectors_path(self.folder, generation))
+        live = sum(segments.live(r, np.asarray(deleted, dtype=np.int64)) for r in records)
+        if counts[1] != live:
+            raise BertdexError(f"internal error: {counts[1]} passages but {live} vectors; nothing written")
         manifest = Manifest(**{**self.manifest.__dict__, "generation": generation, "documents": counts[0],
-                               "vectors": counts[1], "updated": now(), "faiss_file": record,
+                               "vectors": counts[1], "updated": now(), "faiss_file": {},
+                               "segments": tuple(records), "deleted": deleted, "codebook": codebook,
+                               "format_version": FORMAT_VERSION,
                                "encoded_with": tuple(sorted(self._encoded_with)) if counts[1] else (),
                                "created": self.manifest.created or now()})
         self.db["manifest"].upsert_all(manifest.to_rows(), pk="name")
@@ -222,7 +275,44 @@ class IndexWriter:
         self.committed, self._changed, self.commits = True, False, self.commits + 1
         self.manifest = self._opened = manifest
         self.warnings += _remove_stale_files(self.folder, self.db)
-        return manifest
+
+    def merge(self, start: int = 0) -> Manifest:
+        """Fold the segments from `start` to the newest into one, dropping their deleted vectors, in one
+        commit (readers go on with the files they hold). start=0 (`bertdex compact`) rebuilds the whole
+        index as its type, as a rebuild would, from the stored vectors and without the model."""
+        records = segments.records_of(self.manifest)
+        deleted = np.asarray(self.manifest.deleted, dtype=np.int64)
+        folded = records[start:]
+        if not folded:
+            return self.manifest
+        if self.whole or self._removed or self.vectors.ntotal:
+            raise BertdexError("internal error: merge the segments before or after a write, not during it")
+        part = Manifest(**{**self.manifest.__dict__, "segments": tuple(folded)})
+        ids, vectors = segments.open_segments(self.folder, part, checksum=True).stored()  # never fold a damaged file
+        generation = self.manifest.generation + 1
+        index, kind, params = segments.merged_index(vectors, ids, self.manifest, self._codebook(), whole=start == 0)
+        del vectors
+        codebook = self.manifest.codebook
+        if start == 0:
+            self.manifest = Manifest(**{**self.manifest.__dict__, "index_type": kind, "index_params": params})
+            empty = segments.codebook_of(index) if index.ntotal else None
+            codebook = {} if empty is None else \
+                {"file": f"codes.{generation}.faiss", **_write_faiss_file(empty, self.folder / f"codes.{generation}.faiss")}
+        low, high = folded[0].get("first_id", 0), folded[-1].get("last_id")
+        high = int(ids.max()) if high is None and len(ids) else (high if high is not None else low)
+        merged = self._records_with(index, [], generation, params.get("tombstones", 0) if start == 0 else 0)
+        if merged:  # the range of the folded files, so later deletions of ids they held land here
+            merged[0]["first_id"], merged[0]["last_id"] = low, max(high, merged[0]["last_id"])
+        left = tuple(int(i) for i in deleted if not low <= i <= high)
+        self._commit_manifest(generation, records[:start] + merged, left, codebook)
+        return self.manifest
+
+    def _codebook(self) -> faiss.Index | None:
+        if not self.manifest.codebook:
+            return None
+        record = self.manifest.codebook
+        return integrity.read_faiss(self.folder / record["file"], {"bytes": record["bytes"], "blake2b": record["blake2b"]},
+                                    self.manifest.recipe.dimension, checksum=True)
 
 
 class _Abandon(Exception):
@@ -256,20 +346,21 @@ def _fsync_folder(folder: Path) -> None:
 
 
 def _remove_stale_files(folder: Path, db: sqlite_utils.Database) -> list[str]:
-    """Delete FAISS files of generations other than the committed one (left by crashes or old commits).
+    """Delete vectors and codebook files the committed manifest does not name (left by crashes, old
+    commits and merges).
 
-    Only after a clean read of the committed generation: on any error (a transient `database is
+    Only after a clean read of the committed manifest: on any error (a transient `database is
     locked`, an I/O error) every file stays, and the returned warning says so.
     """
     try:
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        row = db.execute("SELECT value FROM manifest WHERE name = 'generation'").fetchone() if "manifest" in tables else None
-        current = None if row is None else int(json.loads(row[0]))
-    except (sqlite3.Error, ValueError, TypeError) as error:
+        rows = dict(db.execute("SELECT name, value FROM manifest").fetchall()) if "manifest" in tables else {}
+        named = segments.files_of(Manifest.from_rows(rows)) if "recipe" in rows else set()
+        int(json.loads(rows.get("generation", "0")))
+    except (sqlite3.Error, ValueError, TypeError, KeyError) as error:
         return [f"left the vectors files in {folder} in place: the committed generation could not be read ({error})"]
     for path in folder.iterdir():
-        found = _GENERATION_FILE.match(path.name)
-        if found and not (found.group(2) == "faiss" and int(found.group(1)) == current):
+        if _GENERATION_FILE.match(path.name) and path.name not in named:
             path.unlink(missing_ok=True)
     return []
 
