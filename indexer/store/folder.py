@@ -1,16 +1,20 @@
-"""The index folder: a SQLite file (texts, keywords, manifest) and a FAISS file, changed all-or-nothing.
+"""The index folder: a SQLite file (texts, keywords, manifest) and FAISS files, changed all-or-nothing.
 
 Layout of DIR:
     bertdex.db           documents, passages (one row per vector; passage id = FAISS id),
                          keywords (FTS5), manifest; WAL mode so readers never wait for a writer
-    vectors.<G>.faiss    the FAISS index of generation G, the one the manifest names
+    vectors.<G>.faiss    a segment of the vectors, written by the commit of generation G; the manifest
+                         names the committed ones (indexer.store.segments)
+    codes.<G>.faiss      compressed types: the empty trained index new segments are coded with
     write.lock           held (flock) by the one writer, holding its pid
 
-A commit writes vectors.<G+1>.faiss beside the old file, then commits SQLite with generation
-G+1 and the new file's size, checksum and count (indexer.store.integrity checks them); only then is
-the old file removed. A crash at any instant leaves SQLite naming a complete FAISS file of the same
-commit. A writer refuses to commit on top of a damaged index. This module stores; it does not read
-input or embed.
+A commit writes its new file (the whole index for a build, a rebuild or a repair; else the write's new
+segment, or none for a delete) beside the committed ones (fsync, rename), then commits SQLite with
+generation G+1 and the manifest's list of files with their sizes, checksums and counts
+(indexer.store.integrity checks them) and the deletion set; only then are files no longer named removed.
+A crash at any instant leaves SQLite naming complete FAISS files of the same commit. A merge of
+segments is one more such commit. A writer refuses to commit on top of a damaged index. This module
+stores; it does not read input or embed.
 """
 
 from __future__ import annotations
@@ -37,6 +41,10 @@ from indexer.store.manifest import (  # noqa: F401 (re-exported: the names calle
 )
 
 LOCK_NAME = "write.lock"
+# A write checks the checksums of the segment files up to this size (a 10k-vector flat file: 15 MB, ~20 ms);
+# larger ones get the cheap checks only (size, header), so a write to a 1M index does not read 1.5 GB.
+# `bertdex verify` checks every checksum; a merge checks those of the files it folds.
+CHECKSUM_AT_WRITE = 64 << 20
 _GENERATION_FILE = re.compile(r"^(vectors|codes)\.(\d+)\.(faiss|partial)$")
 
 
@@ -59,10 +67,11 @@ class IndexWriter:
         self.whole = replace or manifest.generation == 0
         if replace:  # everything is rewritten: a damaged old generation is what a rebuild or repair replaces
             self._clear()
-        else:  # never commit on top of a damaged index: counts, and each segment's size and header
+        else:  # never commit on top of a damaged index: counts, each segment's size and header, small ones' checksums
             check_counts(db, folder, manifest)
             for record in segments.records_of(manifest):
-                integrity.check_faiss_file(folder / record["file"], record.get("blake2b") and record)
+                integrity.check_faiss_file(folder / record["file"], record.get("blake2b") and record,
+                                           checksum=record.get("bytes", 0) <= CHECKSUM_AT_WRITE)
             self.vectors = new_vector_index("flat", manifest.recipe.dimension, {})
         row = db.execute("SELECT max(id) FROM passages").fetchone()
         last = [r["last_id"] for r in segments.records_of(manifest) if r.get("last_id") is not None] if not replace else []
