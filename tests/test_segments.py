@@ -6,14 +6,16 @@ import json
 import shutil
 
 import numpy as np
+import pytest
 
 from conftest import EXAMPLES, run_cli
 from indexer import add_documents, build_index, delete_documents
 from indexer.store import segments
+from indexer.store.segments import files_of
 from indexer.store.folder import IndexWriter, connect, open_manifest, open_vectors
 from indexer.store.verify import verify_index
 from search import Searcher
-from test_lifecycle import entries, state, write_jsonl
+from test_lifecycle import ForkServer, entries, state, unnamed_files, write_jsonl
 
 
 def files(folder) -> dict[str, int]:
@@ -170,3 +172,50 @@ def test_an_index_written_before_segments_opens_and_takes_writes(tmp_path, resol
     assert after.format_version == 2 and [r["file"] for r in after.segments][0] == record["file"]
     assert Searcher(folder, encoder=resolved.encoder).search(question, k=1)[0].key != "k4"
     assert verify_index(folder).ok and verify_index(folder).documents == 31
+
+
+@pytest.mark.slow
+def test_sigkill_at_each_step_of_a_segment_write_and_of_a_merge_leaves_the_pre_or_post_state(tmp_path):
+    """Killed at the segment's .partial file, its rename, before and after SQLite's COMMIT (nth 1), and at
+    the same steps of the merge that the write sets off (nth 2): a merge never loses the write before it."""
+    prepared = tmp_path / "prepared"
+    server = ForkServer()
+    tiny = {"tier_unit": 10}  # tier 0: under 80 vectors, so seven 2-entry segments wait on a 100-entry base
+    try:
+        assert server.run({"op": "build", "folder": str(prepared), "data": str(write_jsonl(tmp_path / "b.jsonl", entries(0, 100)))}, None)
+        for step in range(segments.MERGE_FACTOR - 1):
+            data = write_jsonl(tmp_path / f"s{step}.jsonl", entries(100 + 2 * step, 102 + 2 * step))
+            assert server.run({"op": "add", "folder": str(prepared), "data": str(data), **tiny}, None)
+        assert server.run({"op": "delete", "folder": str(prepared), "keys": ["k3", "k104"], **tiny}, None)
+        assert len(open_manifest(prepared).segments) == segments.MERGE_FACTOR
+        committed = state(prepared)
+        rows = entries(200, 202) + [{"id": "k106", "text": "a changed text about refunds"}]
+        data = str(write_jsonl(tmp_path / "last.jsonl", rows))
+        after = {**committed, **{row["id"]: row["text"] for row in rows}}
+        first = open_manifest(prepared).generation + 1
+        leftovers = files_of(open_manifest(prepared)) | {f"vectors.{g}.{end}" for g in (first, first + 1) for end in ("faiss", "partial")}
+        then = str(write_jsonl(tmp_path / "then.jsonl", rows + entries(300, 301)))
+        for step in ("partial", "renamed", "before-commit", "after-commit"):
+            for nth in (1, 2):
+                folder = tmp_path / f"{step}-{nth}"
+                shutil.copytree(prepared, folder)
+                request = {"op": "add", "folder": str(folder), "data": data, "die_at": step, "nth": nth, **tiny}
+                assert not server.run(request, None), (step, nth)
+                found = state(folder)
+                assert found == (after if nth == 2 or step == "after-commit" else committed), (step, nth)
+                manifest, report = open_manifest(folder), verify_index(folder)
+                assert report.ok and report.documents == len(found), (step, nth, report.problems)
+                merged = nth == 2 and step == "after-commit"
+                assert len(manifest.segments) == (2 if merged else segments.MERGE_FACTOR + (found == after)), (step, nth)
+                # left over: files of the generation before (killed after COMMIT), or of the killed write or merge
+                assert unnamed_files(folder) <= leftovers, (step, nth, unnamed_files(folder))
+                searcher = Searcher(folder)
+                assert "k3" not in {hit.key for hit in searcher.search(entries(3, 4)[0]["text"], k=20)}
+                assert "k104" not in {hit.key for hit in searcher.search(entries(104, 105)[0]["text"], k=20)}
+                # the next write (the killed one's entries and one more) commits and merges; nothing is left over
+                assert server.run({"op": "add", "folder": str(folder), "data": then, **tiny}, None)
+                assert state(folder) == {**after, "k300": entries(300, 301)[0]["text"]}
+                assert unnamed_files(folder) == set() and verify_index(folder).ok
+                assert len(open_manifest(folder).segments) in (2, 3), (step, nth)
+    finally:
+        server.close()
