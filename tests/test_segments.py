@@ -219,3 +219,34 @@ def test_sigkill_at_each_step_of_a_segment_write_and_of_a_merge_leaves_the_pre_o
                 assert len(open_manifest(folder).segments) in (2, 3), (step, nth)
     finally:
         server.close()
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf", "sq8"])
+def test_segments_of_each_type_with_deletions_answer_as_exact_search(kind):
+    """Three segments (the first of `kind`, two flat), a quarter of the ids deleted across them: the top 10
+    are numpy's top 10 over the live vectors, with their scores."""
+    from scale_helpers import clustered
+
+    from indexer.store import ann
+
+    points = clustered(3_050, dimension=32)
+    vectors, queries = points[:3_000], points[3_000:]
+    ids = np.arange(1, 3_001, dtype=np.int64)
+    deleted = ids[::4]
+    parts = []
+    for start, stop, part_kind in ((0, 2_400, kind), (2_400, 2_900, "flat"), (2_900, 3_000, "flat")):
+        index = ann.new_index(part_kind, 32, {})
+        index.add_with_ids(vectors[start:stop], ids[start:stop])
+        index, _, _ = ann.finish(index, part_kind, {}, np.zeros(0, np.int64))
+        parts.append(segments.Segment(f"part-{start}", index, deleted[(deleted > start) & (deleted <= stop)]))
+    assert ann.kind(parts[0].index) == kind
+    merged = segments.SegmentSet(parts, 32)
+    assert merged.ntotal == 3_000 - len(deleted)
+    live = ~np.isin(ids, deleted)
+    scores, found = ann.search(merged, queries, 10)
+    assert not np.isin(found, deleted).any() and (found > 0).all()
+    assert np.allclose(scores, np.einsum("qkd,qd->qk", vectors[found - 1], queries), atol=1e-5)  # exact scores
+    assert (np.diff(scores, axis=1) <= 0).all()
+    truth = [set(ids[live][np.argsort(-(vectors[live] @ query), kind="stable")[:10]]) for query in queries]
+    recall = np.mean([len(truth[i] & set(found[i])) / 10 for i in range(len(queries))])
+    assert recall == 1.0 if kind == "flat" else recall >= 0.97

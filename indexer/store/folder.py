@@ -320,7 +320,7 @@ class IndexWriter:
         if not self.manifest.codebook:
             return None
         record = self.manifest.codebook
-        return integrity.read_faiss(self.folder / record["file"], {"bytes": record["bytes"], "blake2b": record["blake2b"]},
+        return integrity.read_faiss(self.folder / record["file"], {k: v for k, v in record.items() if k != "file"},
                                     self.manifest.recipe.dimension, checksum=True)
 
 

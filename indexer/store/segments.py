@@ -64,6 +64,12 @@ class Segment:
     index: faiss.Index
     deleted: np.ndarray  # ids in this segment that searches drop
     blake2b: str | None = None  # the recorded checksum: with the name, what says two generations share the file
+    params: object = None  # search parameters: FAISS skips the deleted ids (and an HNSW index its tombstones)
+    filtered: bool = False  # the deleted ids are dropped after the search (compressed types), which asks for more
+
+    def __post_init__(self):
+        self.params, self._selectors = _parameters(self.index, self.deleted)
+        self.filtered = self.params is None and len(self.deleted) > 0
 
 
 class SegmentSet:
@@ -75,28 +81,27 @@ class SegmentSet:
         self.ntotal = sum(ann.live_count(s.index) - len(s.deleted) for s in segments)
 
     def search(self, queries: np.ndarray, k: int, params=None) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, ids) of the k best live vectors per query, best first, padded with (-inf, -1)."""
+        """(scores, ids) of the k best live vectors per query, best first, padded with (-inf, -1).
+        Call it through ann.search (one thread for a few questions, as for one FAISS index)."""
         queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.d)
-        all_scores, all_ids = [np.full((len(queries), 0), -np.inf, np.float32)], [np.zeros((len(queries), 0), np.int64)]
+        found = []
         for segment in self.segments:
             size = segment.index.ntotal
             if size == 0:
                 continue
-            scores, ids = ann.search(segment.index, queries, min(size, k + len(segment.deleted)))
-            if len(segment.deleted):
+            wanted = min(size, k + len(segment.deleted)) if segment.filtered else min(size, k)
+            scores, ids = segment.index.search(queries, wanted, params=segment.params)
+            if segment.filtered:
                 gone = np.isin(ids, segment.deleted)
-                scores, ids = np.where(gone, -np.inf, scores), np.where(gone, -1, ids)
-            all_scores.append(scores)
-            all_ids.append(ids)
-        scores, ids = np.hstack(all_scores), np.hstack(all_ids)
-        scores = np.where(ids < 0, -np.inf, scores)
-        order = np.lexsort((ids, -scores), axis=-1)[:, :k] if ids.shape[1] else np.zeros((len(queries), 0), int)
-        scores, ids = np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
-        pad = k - ids.shape[1]
-        if pad > 0:
-            scores = np.hstack([scores, np.full((len(queries), pad), -np.inf, np.float32)])
-            ids = np.hstack([ids, np.full((len(queries), pad), -1, np.int64)])
-        return scores.astype(np.float32), ids
+                scores[gone], ids[gone] = -np.inf, -1
+            found.append((scores, ids))
+        if len(found) == 1 and found[0][1].shape[1] == k and not self.segments[-1].filtered:
+            return found[0]  # one segment: FAISS's own answer
+        found.append((np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64)))
+        scores, ids = np.concatenate([f[0] for f in found], axis=1), np.concatenate([f[1] for f in found], axis=1)
+        scores[ids < 0] = -np.inf  # FAISS pads with -FLT_MAX
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]  # ties: the older segment first
+        return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
 
     def reconstruct(self, passage: int) -> np.ndarray:
         for segment in self.segments:
@@ -113,6 +118,28 @@ class SegmentSet:
 
     def kinds(self) -> list[str]:
         return [ann.kind(segment.index) for segment in self.segments]
+
+
+def _parameters(index: faiss.Index, deleted: np.ndarray):
+    """(search parameters, the selector objects they point to) that leave `deleted` out inside FAISS, for
+    flat, HNSW and IVF; (ann._live_only's, ()) when nothing is deleted or for the compressed types."""
+    kind = ann.kind(index)
+    if not len(deleted) or kind not in ("flat", "hnsw", "ivf"):
+        return ann._live_only(index), ()
+    batch = faiss.IDSelectorBatch(np.ascontiguousarray(deleted, dtype=np.int64))
+    keep = faiss.IDSelectorNot(batch)
+    inner = faiss.downcast_index(index.index)
+    if kind == "flat":
+        params = faiss.SearchParameters()
+    elif kind == "hnsw":
+        params = faiss.SearchParametersHNSW()
+        params.efSearch = inner.hnsw.efSearch
+        keep = faiss.IDSelectorAnd(ann._LIVE, keep)  # and skip its tombstones, as ann._live_only does
+    else:
+        params = faiss.SearchParametersIVF()
+        params.nprobe = inner.nprobe
+    params.sel = keep
+    return params, (batch, keep, params)
 
 
 def _holds(index: faiss.Index, passage: int) -> bool:

@@ -17,7 +17,7 @@ import numpy as np
 from indexer.errors import IndexDamaged
 from indexer.store import ann
 from indexer.store.ann import TOMBSTONE
-from indexer.store import segments
+from indexer.store import integrity, segments
 from indexer.store.folder import Manifest, check_index_folder, connect, open_vectors, read_manifest
 
 NORM_TOLERANCE = 1e-3
@@ -59,6 +59,11 @@ def verify_index(folder: str | Path, *, text_sample: int = 0, encoder=None) -> V
         records = segments.records_of(manifest)
         if manifest.generation and any(not record.get("blake2b") for record in records):
             notes.append("no checksum recorded (written before checksums); the next commit records one")
+        if manifest.codebook:
+            try:
+                integrity.check_faiss_file(folder / manifest.codebook["file"], manifest.codebook, checksum=True)
+            except IndexDamaged as error:
+                problems.append(str(error))
         try:
             vectors = open_vectors(folder, manifest, checksum=True)
         except IndexDamaged as error:
