@@ -322,6 +322,27 @@ def verify(
 
 @app.command()
 @fails_cleanly
+def compact(
+    index_dir: IndexDir,
+    as_json: Json = False,
+):
+    """Merge the index's segments into one, dropping deleted vectors, in one commit (searches go on meanwhile)."""
+    from indexer.store.folder import compact_index
+
+    typer.echo(f"compacting {index_dir} (reads every segment; a large index takes a while)", err=True)
+    report = compact_index(index_dir)
+    if as_json:
+        echo_json(report)
+        return
+    if report["generation_before"] == report["generation"]:
+        typer.echo(f"{index_dir}: one segment, nothing deleted: nothing to compact")
+    else:
+        typer.echo(f"{index_dir}: {report['segments_before']} segments and {report['deleted_before']} deleted vectors "
+                   f"merged into one {report['kind']} segment; {report['vectors']} vectors, generation {report['generation']}")
+
+
+@app.command()
+@fails_cleanly
 def repair(
     index_dir: IndexDir,
     threads: Annotated[Optional[int], typer.Option(help="Threads (default: all cores).")] = None,

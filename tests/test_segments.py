@@ -250,3 +250,29 @@ def test_segments_of_each_type_with_deletions_answer_as_exact_search(kind):
     truth = [set(ids[live][np.argsort(-(vectors[live] @ query), kind="stable")[:10]]) for query in queries]
     recall = np.mean([len(truth[i] & set(found[i])) / 10 for i in range(len(queries))])
     assert recall == 1.0 if kind == "flat" else recall >= 0.97
+
+
+def test_repair_embeds_again_only_the_entries_of_a_damaged_segment(tmp_path, resolved):
+    from indexer.store.repair import repair_index
+
+    folder = tmp_path / "index"
+    build_index(write_jsonl(tmp_path / "a.jsonl", entries(0, 40)), folder, resolved=resolved)
+    add_documents(folder, write_jsonl(tmp_path / "b.jsonl", entries(40, 45)), encoder=resolved.encoder)
+    add_documents(folder, write_jsonl(tmp_path / "c.jsonl", entries(45, 48)), encoder=resolved.encoder)
+    delete_documents(folder, ["k41"])
+    records = open_manifest(folder).segments
+    kept = {r["file"]: (folder / r["file"]).read_bytes() for r in (records[0], records[2])}
+    path = folder / records[1]["file"]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 64] = bytes(64)  # vector bytes: size and header hold
+    path.write_bytes(bytes(data))
+    report = verify_index(folder)
+    assert not report.ok and records[1]["file"] in report.problems[0] and "checksum" in report.problems[0]
+
+    repaired = repair_index(folder, encoder=resolved.encoder)
+    assert repaired.segments == [records[1]["file"]] and repaired.reembedded == 4  # k40, k42..k44
+    after = open_manifest(folder)
+    assert records[1]["file"] not in {r["file"] for r in after.segments} and not path.exists()
+    assert all((folder / name).read_bytes() == content for name, content in kept.items())  # the others untouched
+    assert verify_index(folder, text_sample=47, encoder=resolved.encoder).ok
+    assert Searcher(folder, encoder=resolved.encoder).search(entries(43, 44)[0]["text"], k=1)[0].key == "k43"

@@ -57,8 +57,10 @@ class IndexWriter:
         writer.commit()          # without it, nothing is kept
     """
 
-    def __init__(self, folder: Path, db: sqlite_utils.Database, manifest: Manifest, lock_handle, replace: bool):
+    def __init__(self, folder: Path, db: sqlite_utils.Database, manifest: Manifest, lock_handle, replace: bool,
+                 dropping: frozenset = frozenset()):
         self.folder, self.db, self.manifest, self._lock = folder, db, manifest, lock_handle
+        self._dropping = dropping  # damaged segment files a repair replaces: unchecked, left out at commit
         self._removed: list[np.ndarray] = []  # passage ids to drop; applied at commit
         self.warnings: list[str] = []  # what the writer chose not to do (e.g. leave files it could not prove stale)
         self._encoded_with = set(manifest.encoded_with)
@@ -70,6 +72,8 @@ class IndexWriter:
         else:  # never commit on top of a damaged index: counts, each segment's size and header, small ones' checksums
             check_counts(db, folder, manifest)
             for record in segments.records_of(manifest):
+                if record["file"] in dropping:
+                    continue
                 integrity.check_faiss_file(folder / record["file"], record.get("blake2b") and record,
                                            checksum=record.get("bytes", 0) <= CHECKSUM_AT_WRITE)
             self.vectors = new_vector_index("flat", manifest.recipe.dimension, {})
@@ -84,8 +88,9 @@ class IndexWriter:
 
     @classmethod
     @contextmanager
-    def open(cls, folder: Path, *, new: Manifest | None = None, replace: bool = False):
-        """Lock `folder` and start a transaction. `new`: create the index if it has none yet."""
+    def open(cls, folder: Path, *, new: Manifest | None = None, replace: bool = False, dropping: frozenset = frozenset()):
+        """Lock `folder` and start a transaction. `new`: create the index if it has none yet. `dropping`:
+        segment files (damaged) that this write replaces: their entries must be written again (repair)."""
         folder = Path(folder)
         lock_handle = _take_lock(folder, create=new is not None)
         db = None
@@ -113,7 +118,7 @@ class IndexWriter:
                         # file (vectors.1.faiss) before its commit, and a crash then would pair the old
                         # texts with the new vectors
                         manifest = Manifest(**{**new.__dict__, "generation": manifest.generation})
-                writer = cls(folder, db, manifest, lock_handle, replace)
+                writer = cls(folder, db, manifest, lock_handle, replace, frozenset(dropping))
                 writer.warnings += stale_warnings
                 yield writer
                 if not writer.committed:
@@ -252,6 +257,10 @@ class IndexWriter:
         records = segments.records_of(self.manifest)
         if records and records[0].get("last_id") is None:  # a format-1 file: its ids are all below this writer's
             records[0]["last_id"] = self._first_new - 1
+        for record in [r for r in records if r["file"] in self._dropping]:  # every id it held is deleted now
+            records.remove(record)
+            deleted = tuple(i for i in deleted if not record["first_id"] <= i <= record["last_id"])
+        self._dropping = frozenset()
         return self._records_with(self.vectors, records, generation, 0), deleted, self.manifest.codebook
 
     def _records_with(self, index: faiss.Index, records: list[dict], generation: int, tombstones: int) -> list[dict]:
@@ -322,6 +331,21 @@ class IndexWriter:
         record = self.manifest.codebook
         return integrity.read_faiss(self.folder / record["file"], {k: v for k, v in record.items() if k != "file"},
                                     self.manifest.recipe.dimension, checksum=True)
+
+
+def compact_index(folder: str | Path) -> dict:
+    """`bertdex compact`: the whole index as one segment of its type, deleted vectors dropped, in one commit
+    (IndexWriter.merge(0)); nothing is written when it already is one segment with nothing deleted."""
+    with IndexWriter.open(Path(folder)) as writer:
+        before = writer.manifest
+        records = segments.records_of(before)
+        if len(records) > 1 or before.deleted:
+            writer.merge(0)
+        after = writer.commit()  # commits nothing more
+    kinds = [r.get("kind", after.index_type) for r in segments.records_of(after)]
+    return {"folder": str(folder), "segments_before": len(records), "deleted_before": len(before.deleted),
+            "generation_before": before.generation, "generation": after.generation, "vectors": after.vectors,
+            "kind": kinds[0] if kinds else after.index_type}
 
 
 class _Abandon(Exception):
