@@ -307,7 +307,7 @@ def verify(
     texts: Annotated[int, typer.Option("--texts", min=0, help="Embed this many stored texts and check each finds its entry (loads the model; 0: skip).")] = 20,
     as_json: Json = False,
 ):
-    """Check the index: SQLite, counts, the FAISS file's checksum, unit norms, and entries found by their own text."""
+    """Check the index: SQLite, counts, each FAISS segment's checksum, unit norms, and entries found by their own text."""
     from indexer.store.verify import verify_index
 
     report = verify_index(index_dir, text_sample=texts)
@@ -337,7 +337,8 @@ def compact(
     if report["generation_before"] == report["generation"]:
         typer.echo(f"{index_dir}: one segment, nothing deleted: nothing to compact")
     else:
-        typer.echo(f"{index_dir}: {report['segments_before']} segments and {report['deleted_before']} deleted vectors "
+        count = report["segments_before"]
+        typer.echo(f"{index_dir}: {count} segment{'s' if count != 1 else ''} and {report['deleted_before']} deleted vectors "
                    f"merged into one {report['kind']} segment; {report['vectors']} vectors, generation {report['generation']}")
 
 
@@ -348,7 +349,7 @@ def repair(
     threads: Annotated[Optional[int], typer.Option(help="Threads (default: all cores).")] = None,
     as_json: Json = False,
 ):
-    """Rebuild the FAISS file from the texts in SQLite, embedded by the recorded recipe, in one commit."""
+    """Rebuild damaged FAISS segments (or all) from the texts in SQLite, embedded by the recorded recipe, in one commit."""
     from indexer.store.repair import repair_index
 
     report = repair_index(index_dir, threads=threads)
@@ -357,7 +358,11 @@ def repair(
         return
     for problem in report.found:
         typer.echo(f"found: {problem}")
-    typer.echo(f"repaired: {report.documents} entries, {report.vectors} vectors re-embedded; generation {report.generation}")
+    if report.segments:
+        typer.echo(f"repaired: {', '.join(report.segments)} rebuilt ({report.reembedded} entries re-embedded); "
+                   f"{report.documents} entries, {report.vectors} vectors; generation {report.generation}")
+    else:
+        typer.echo(f"repaired: {report.documents} entries, {report.vectors} vectors re-embedded; generation {report.generation}")
 
 
 # -- searching --------------------------------------------------------------------------------------

@@ -276,3 +276,17 @@ def test_repair_embeds_again_only_the_entries_of_a_damaged_segment(tmp_path, res
     assert all((folder / name).read_bytes() == content for name, content in kept.items())  # the others untouched
     assert verify_index(folder, text_sample=47, encoder=resolved.encoder).ok
     assert Searcher(folder, encoder=resolved.encoder).search(entries(43, 44)[0]["text"], k=1)[0].key == "k43"
+
+
+def test_compact_merges_everything_into_one_segment_once(faq_index):
+    assert delete_documents(faq_index, ["en-001", "en-002"]) == (2, [])
+    before = open_manifest(faq_index)
+    assert len(before.deleted) == 2
+    result = run_cli("compact", faq_index, check=True)
+    assert result.stdout.strip() == (f"{faq_index}: 1 segment and 2 deleted vectors merged into one flat segment; "
+                                     f"48 vectors, generation {before.generation + 1}")
+    after = open_manifest(faq_index)
+    assert len(after.segments) == 1 and after.deleted == () and after.segments[0]["ntotal"] == 48
+    assert {p.name for p in faq_index.iterdir() if p.name.startswith("vectors.")} == {after.segments[0]["file"]}
+    assert run_cli("compact", faq_index, check=True).stdout.strip() == f"{faq_index}: one segment, nothing deleted: nothing to compact"
+    assert open_manifest(faq_index) == after and verify_index(faq_index).ok

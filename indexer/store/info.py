@@ -7,6 +7,7 @@ from pathlib import Path
 from indexer.store.coverage import index_warnings
 from indexer.embed.models import resolve_model_folder, trained_pooling
 from indexer.store.folder import open_manifest
+from indexer.store.segments import records_of
 
 
 def index_info(folder: str | Path) -> dict:
@@ -33,6 +34,9 @@ def index_info(folder: str | Path) -> dict:
         "index_params": manifest.index_params,
         "settings": manifest.settings.to_dict(),
         "generation": manifest.generation,
+        "segments": [{"file": r["file"], "kind": r.get("kind", manifest.index_type), "vectors": r.get("ntotal")}
+                     for r in records_of(manifest)],
+        "deleted_vectors": len(manifest.deleted),  # still in a segment file until a merge or `bertdex compact`
         "format_version": manifest.format_version,
         "created": manifest.created,
         "updated": manifest.updated,
