@@ -43,6 +43,12 @@ def one_line_error(result, status: int) -> str:
     return lines[0]
 
 
+def rerecord(db, folder, record: dict) -> None:
+    """Record a changed FAISS file's size and checksum in the manifest, as a careless tool would."""
+    segment = {**read_manifest(db, folder).segments[0], **record}
+    db["manifest"].upsert({"name": "segments", "value": json.dumps([segment])}, pk="name")
+
+
 def flip(path, offset: int, count: int) -> None:
     data = bytearray(path.read_bytes())
     for i in range(offset, offset + count):
@@ -128,8 +134,7 @@ def test_verify_finds_vectors_that_are_not_unit_length(faq_index):
     from indexer.store.integrity import faiss_record
 
     db = connect(faq_index)
-    record = {**read_manifest(db, faq_index).segments[0], **faiss_record(path, index.ntotal)}
-    db["manifest"].upsert({"name": "segments", "value": json.dumps([record])}, pk="name")
+    rerecord(db, faq_index, faiss_record(path, index.ntotal))
     db.close()
     report = verify_index(faq_index)
     assert [p for p in report.problems if "not of unit length" in p and "norm 1295" in p], report.problems

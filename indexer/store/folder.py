@@ -287,8 +287,16 @@ class IndexWriter:
                                "format_version": FORMAT_VERSION,
                                "encoded_with": tuple(sorted(self._encoded_with)) if counts[1] else (),
                                "created": self.manifest.created or now()})
-        self.db["manifest"].upsert_all(manifest.to_rows(), pk="name")
-        _commit_sqlite(self.db)
+        written = segments.files_of(manifest) - segments.files_of(self.manifest)
+        try:
+            self.db["manifest"].upsert_all(manifest.to_rows(), pk="name")
+            _commit_sqlite(self.db)
+        except BaseException as error:  # the old generation stays the index: its files are still named
+            for name in written:
+                (self.folder / name).unlink(missing_ok=True)
+            if isinstance(error, sqlite3.OperationalError) and integrity.no_space(self.folder, error):
+                raise integrity.disk_full(self.folder) from None
+            raise
         self.db.conn.execute("BEGIN")  # the atomic() block that opened us closes this empty one
         self.committed, self._changed, self.commits = True, False, self.commits + 1
         self.manifest = self._opened = manifest
@@ -361,12 +369,19 @@ def _commit_sqlite(db: sqlite_utils.Database) -> None:
 def _write_faiss_file(index: faiss.Index, path: Path) -> dict:
     """Write `index` to `path` via a fsynced `.partial` file and a rename; returns its manifest record."""
     partial = path.with_suffix(".partial")
-    faiss.write_index(index, str(partial))
-    with open(partial, "rb") as handle:
-        os.fsync(handle.fileno())
-    record = integrity.faiss_record(partial, index.ntotal)
-    os.replace(partial, path)
-    _fsync_folder(path.parent)
+    try:
+        faiss.write_index(index, str(partial))
+        with open(partial, "rb") as handle:
+            os.fsync(handle.fileno())
+        record = integrity.faiss_record(partial, index.ntotal)
+        os.replace(partial, path)
+        _fsync_folder(path.parent)
+    except BaseException as error:  # a full disk, most likely: leave nothing behind, the old generation stands
+        partial.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
+        if isinstance(error, (OSError, RuntimeError)) and integrity.no_space(path.parent, error):
+            raise integrity.disk_full(path.parent) from None
+        raise
     return record
 
 

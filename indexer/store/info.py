@@ -11,9 +11,10 @@ from indexer.store.segments import records_of
 
 
 def index_info(folder: str | Path) -> dict:
-    """The index's manifest as plain data, with the reason for its recipe."""
+    """The index's manifest as plain data, with the reason for its recipe and the vectors file's state."""
     manifest = open_manifest(folder)
     recipe = manifest.recipe
+    vectors_file = vectors_file_state(Path(folder), manifest)
     return {
         "folder": str(folder),
         "documents": manifest.documents,
@@ -40,8 +41,24 @@ def index_info(folder: str | Path) -> dict:
         "format_version": manifest.format_version,
         "created": manifest.created,
         "updated": manifest.updated,
-        "warnings": index_warnings(folder),
+        "vectors_file": vectors_file,
+        "warnings": ([] if vectors_file == "ok" else [vectors_file]) + index_warnings(folder),
     }
+
+
+def vectors_file_state(folder: Path, manifest) -> str:
+    """"ok", or what is wrong with a FAISS file the manifest names (its segments): missing, size, header,
+    and the checksum when the file is small enough for opening to check it (integrity.CHECKSUM_AT_OPEN_BYTES)."""
+    from indexer.errors import IndexDamaged
+    from indexer.store.integrity import check_faiss_file, checksum_affordable
+
+    try:
+        for record in records_of(manifest):
+            checked = {name: record[name] for name in ("bytes", "blake2b", "ntotal") if name in record}
+            check_faiss_file(Path(folder) / record["file"], checked, checksum=checksum_affordable(checked))
+    except IndexDamaged as error:
+        return str(error)
+    return "ok"
 
 
 def recipe_reason(recipe) -> str:

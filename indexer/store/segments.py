@@ -64,6 +64,8 @@ class Segment:
     index: faiss.Index
     deleted: np.ndarray  # ids in this segment that searches drop
     blake2b: str | None = None  # the recorded checksum: with the name, what says two generations share the file
+    first_id: int = 0  # the segment's id range (a format-1 file: no last_id)
+    last_id: int | None = None
     params: object = None  # search parameters: FAISS skips the deleted ids (and an HNSW index its tombstones)
     filtered: bool = False  # the deleted ids are dropped after the search (compressed types), which asks for more
 
@@ -104,10 +106,23 @@ class SegmentSet:
         return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
 
     def reconstruct(self, passage: int) -> np.ndarray:
+        return self.vectors_of(np.asarray([passage], dtype=np.int64))[0]
+
+    def vectors_of(self, ids: np.ndarray) -> np.ndarray:
+        """The stored vectors of these ids, [len(ids), d], each from the segment whose id range holds it
+        (ann.vectors_of; an id no segment holds raises RuntimeError)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        found = np.zeros((len(ids), self.d), dtype=np.float32)
+        placed = np.zeros(len(ids), dtype=bool)
         for segment in self.segments:
-            if _holds(segment.index, passage):
-                return segment.index.reconstruct(int(passage))
-        raise KeyError(passage)
+            last = np.iinfo(np.int64).max if segment.last_id is None else segment.last_id
+            mine = ~placed & (ids >= segment.first_id) & (ids <= last)
+            if mine.any():
+                found[mine] = ann.vectors_of(segment.index, ids[mine])
+                placed |= mine
+        if not placed.all():
+            raise RuntimeError(f"id {int(ids[~placed][0])} is in no segment")
+        return found
 
     def stored(self) -> tuple[np.ndarray, np.ndarray]:
         """(ids, vectors) of every live vector, oldest segment first."""
@@ -142,10 +157,6 @@ def _parameters(index: faiss.Index, deleted: np.ndarray):
     return params, (batch, keep, params)
 
 
-def _holds(index: faiss.Index, passage: int) -> bool:
-    return bool(np.any(faiss.vector_to_array(index.id_map) == passage))
-
-
 def _live_stored(segment: Segment) -> tuple[np.ndarray, np.ndarray]:
     ids, vectors = ann.stored(segment.index)
     if len(segment.deleted):
@@ -169,7 +180,8 @@ def open_segments(folder: Path, manifest, *, checksum: bool = False, flags: int 
             checked = {name: record[name] for name in ("bytes", "blake2b", "ntotal") if name in record}
             index = integrity.read_faiss(Path(folder) / record["file"], checked, manifest.recipe.dimension,
                                          checksum=checksum, flags=flags)
-        segments.append(Segment(record["file"], index, deleted_in(record, deleted), record.get("blake2b")))
+        segments.append(Segment(record["file"], index, deleted_in(record, deleted), record.get("blake2b"),
+                                record.get("first_id", 0), record.get("last_id")))
     return SegmentSet(segments, manifest.recipe.dimension)
 
 
