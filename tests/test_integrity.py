@@ -20,10 +20,13 @@ from search import Searcher
 PRIVACY = "Do you sell my personal information?"
 
 
-def faiss_file(folder):
+def faiss_file(folder, newest: bool = False):
+    """The index's (first, else newest) segment file."""
+    from indexer.store.segments import records_of
+
     db = connect(folder, readonly=True)
     try:
-        return vectors_path(folder, read_manifest(db, folder).generation)
+        return folder / records_of(read_manifest(db, folder))[-1 if newest else 0]["file"]
     finally:
         db.close()
 

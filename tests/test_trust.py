@@ -96,8 +96,10 @@ def test_damage_is_exit_7_on_the_cli_503_over_http_and_info_says_so(faq_index, e
 
     with running(create_app(faq_index, api_key="k" * 16, encoder=encoder)) as http:
         assert http.post("/search", json={"question": PRIVACY}).status_code == 200
-        assert run_cli("delete", faq_index, "en-001").returncode == 0  # a new generation the server has not read
-        path = faiss_file(faq_index)
+        data = faq_index.parent / "more.jsonl"
+        data.write_text(json.dumps({"id": "new-1", "question": "Do you sell gift cards?", "group": "g-new"}) + "\n", encoding="utf-8")
+        assert run_cli("add", faq_index, data).returncode == 0  # a new generation (a segment) the server has not read
+        path = faiss_file(faq_index, newest=True)
         flip(path, path.stat().st_size // 2, 64)
         answer = http.post("/search", json={"question": PRIVACY})
         assert answer.status_code == 503 and "bertdex repair" in answer.json()["error"], answer.text
