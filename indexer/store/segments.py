@@ -91,12 +91,7 @@ class SegmentSet:
             size = segment.index.ntotal
             if size == 0:
                 continue
-            wanted = min(size, k + len(segment.deleted)) if segment.filtered else min(size, k)
-            scores, ids = segment.index.search(queries, wanted, params=segment.params)
-            if segment.filtered:
-                gone = np.isin(ids, segment.deleted)
-                scores[gone], ids[gone] = -np.inf, -1
-            found.append((scores, ids))
+            found.append(_search_one(segment, queries, k))
         if len(found) == 1 and found[0][1].shape[1] == k and not self.segments[-1].filtered:
             return found[0]  # one segment: FAISS's own answer
         found.append((np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64)))
@@ -133,6 +128,22 @@ class SegmentSet:
 
     def kinds(self) -> list[str]:
         return [ann.kind(segment.index) for segment in self.segments]
+
+
+def _search_one(segment: Segment, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """One segment's top k. A compressed segment with deletions asks for a few more than k (re-scoring
+    k + all its deleted would cost the question that many more exact scores), and for k + all of them
+    only when the deleted ones it met left fewer than k."""
+    size = segment.index.ntotal
+    if not segment.filtered:
+        return segment.index.search(queries, min(size, k), params=segment.params)
+    for extra in (min(len(segment.deleted), max(8, k // 4)), len(segment.deleted)):
+        scores, ids = segment.index.search(queries, min(size, k + extra), params=segment.params)
+        gone = np.isin(ids, segment.deleted)
+        if extra == len(segment.deleted) or (ids.shape[1] - gone.sum(axis=1) >= min(k, size)).all():
+            break
+    scores[gone], ids[gone] = -np.inf, -1
+    return scores, ids
 
 
 def _parameters(index: faiss.Index, deleted: np.ndarray):
