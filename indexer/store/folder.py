@@ -13,8 +13,10 @@ segment, or none for a delete) beside the committed ones (fsync, rename), then c
 generation G+1 and the manifest's list of files with their sizes, checksums and counts
 (indexer.store.integrity checks them) and the deletion set; only then are files no longer named removed.
 A crash at any instant leaves SQLite naming complete FAISS files of the same commit. A merge of
-segments is one more such commit. A writer refuses to commit on top of a damaged index. This module
-stores; it does not read input or embed.
+segments is one more such commit. A writer refuses to commit on top of a damaged index. Each commit
+also re-makes the collection's "no good answer" cut (indexer.store.offtopic) unless a calibrated one
+stands (a write to an index over CHECKSUM_AT_WRITE keeps it: re-making it would read every vector;
+a rebuild or `bertdex compact` makes it again). This module stores; it does not read input or embed.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import os
 import re
 import sqlite3
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import faiss
@@ -34,6 +37,7 @@ import sqlite_utils
 
 from indexer.errors import BertdexError, IndexLocked, IndexMissing, IndexReadOnly
 from indexer.store import integrity, segments
+from indexer.store.offtopic import with_collection_cut
 from indexer.store.keywords import fts_document, scheme_of
 from indexer.store.manifest import (  # noqa: F401 (re-exported: the names callers import from here)
     DB_NAME, FORMAT_VERSION, Manifest, check_counts, check_index_folder, connect, content_hash, load_vectors,
@@ -229,6 +233,7 @@ class IndexWriter:
             records, deleted, codebook = self._write_whole(removed, generation)
         else:
             records, deleted, codebook = self._write_segment(removed, generation)
+            self._remake_cut(records, deleted)
         self._commit_manifest(generation, records, deleted, codebook)
         if not self.whole:  # a build keeps its one index for its next checkpoint; a write starts a new segment
             self.vectors = new_vector_index("flat", self.manifest.recipe.dimension, {})
@@ -243,7 +248,10 @@ class IndexWriter:
 
         self.vectors, index_type, index_params = ann.finish(self.vectors, self.manifest.index_type,
                                                             self.manifest.index_params, removed)
-        self.manifest = Manifest(**{**self.manifest.__dict__, "index_type": index_type, "index_params": index_params})
+        settings = self.manifest.settings
+        search = with_collection_cut(settings.search, self.db, self.vectors, self.manifest.recipe)
+        self.manifest = Manifest(**{**self.manifest.__dict__, "index_type": index_type, "index_params": index_params,
+                                    "settings": replace(settings, search=search)})
         codebook = {}
         if self.vectors.ntotal and (empty := segments.codebook_of(self.vectors)) is not None:
             codebook = {"file": f"codes.{generation}.faiss", **_write_faiss_file(empty, self.folder / f"codes.{generation}.faiss")}
@@ -275,6 +283,16 @@ class IndexWriter:
         record = {"file": name, **_write_faiss_file(index, self.folder / name), "kind": ann.kind(index),
                   "first_id": int(live_ids.min()) if live_ids.size else 0, "last_id": int(ids.max())}
         return records + [{**record, "tombstones": tombstones} if tombstones else record]
+
+    def _remake_cut(self, records: list[dict], deleted: tuple) -> None:
+        """The collection's cut from the new generation's segments, when they are small enough to read."""
+        if sum(r.get("bytes", 0) for r in records) > CHECKSUM_AT_WRITE:
+            return
+        upcoming = Manifest(**{**self.manifest.__dict__, "segments": tuple(records), "deleted": deleted, "faiss_file": {}})
+        settings = self.manifest.settings
+        search = with_collection_cut(settings.search, self.db, segments.open_segments(self.folder, upcoming),
+                                     self.manifest.recipe)
+        self.manifest = Manifest(**{**self.manifest.__dict__, "settings": replace(settings, search=search)})
 
     def _commit_manifest(self, generation: int, records: list[dict], deleted: tuple, codebook: dict) -> None:
         counts = self.db.execute("SELECT (SELECT count(*) FROM documents), (SELECT count(*) FROM passages)").fetchone()
@@ -320,7 +338,10 @@ class IndexWriter:
         del vectors
         codebook = self.manifest.codebook
         if start == 0:
-            self.manifest = Manifest(**{**self.manifest.__dict__, "index_type": kind, "index_params": params})
+            settings = self.manifest.settings
+            search = with_collection_cut(settings.search, self.db, index, self.manifest.recipe)
+            self.manifest = Manifest(**{**self.manifest.__dict__, "index_type": kind, "index_params": params,
+                                        "settings": replace(settings, search=search)})
             empty = segments.codebook_of(index) if index.ntotal else None
             codebook = {} if empty is None else \
                 {"file": f"codes.{generation}.faiss", **_write_faiss_file(empty, self.folder / f"codes.{generation}.faiss")}

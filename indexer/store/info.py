@@ -33,6 +33,9 @@ def index_info(folder: str | Path) -> dict:
         "vectors_note": vectors_note(manifest.encoded_with),
         "index_type": manifest.index_type,
         "index_params": manifest.index_params,
+        "cut": {"min_score": manifest.settings.search.min_score, "source": manifest.settings.search.cut_source(),
+                "rule": (manifest.settings.search.cut or {}).get("rule")},
+        "tuned": manifest.settings.search.tuned is not None,
         "settings": manifest.settings.to_dict(),
         "generation": manifest.generation,
         "segments": [{"file": r["file"], "kind": r.get("kind", manifest.index_type), "vectors": r.get("ntotal")}

@@ -57,8 +57,10 @@ def entries_from(request: DocumentsRequest) -> list[Entry]:
     return entries
 
 
-def answer(service: Service, question: str, hits, cut: float | None, mode: str, detail: bool) -> dict:
-    """One question's result: the hits past the cut, each with its band; with none, the closest miss."""
+def answer(service: Service, question: str, hits, cut: float | None, mode: str, detail: bool,
+           source: str | None = None) -> dict:
+    """One question's result: the hits past the cut, each with its band; with none, the closest miss.
+    `source`: where the cut came from (answers.cut_source)."""
     def shown(hit) -> dict:
         data = hit.to_dict()
         data["band"] = answers.band(hit.score, cut, mode)
@@ -72,7 +74,7 @@ def answer(service: Service, question: str, hits, cut: float | None, mode: str, 
     kept = [hit for hit in hits if cut is None or hit.score >= cut]
     closest = shown(hits[0]) if hits and not kept else None
     return {"question": question, "answered": bool(kept), "hits": [shown(hit) for hit in kept], "cut": cut,
-            "closest": closest}
+            "cut_source": source, "closest": closest}
 
 
 def create_app(folder: str | Path, *, api_key: str | None = None, writable: bool = True,
@@ -135,7 +137,8 @@ def create_app(folder: str | Path, *, api_key: str | None = None, writable: bool
         future = service.batcher.submit(questions, body.k, mode=mode, min_score=float("-inf"), weight=body.weight,
                                         filters=dict(body.filters) or None)
         found = await asyncio.wrap_future(future)
-        results = [answer(service, q, hits, cut, mode, body.highlight) for q, hits in zip(questions, found)]
+        source = answers.cut_source(service.searcher.manifest.settings.search, body.min_score, cut)
+        results = [answer(service, q, hits, cut, mode, body.highlight, source) for q, hits in zip(questions, found)]
         for result, query_id in zip(results, service.log(questions, mode, results)):
             result["query_id"] = query_id
         return {"results": results}
@@ -220,8 +223,11 @@ def _static(content: bytes, media_type: str, policy: str | None = None):
 def serve(folder: str | Path, *, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           read_only: bool = False, batch_window: float = 0.002, max_batch: int = 64, threads: int | None = None,
           query_log: bool = True, access_log: bool = True, sock=None, log_level: str = "warning",
-          workers: int = 1) -> None:
+          workers: int = 1, ready=None) -> None:
     """Run the service with uvicorn until interrupted, on `sock` (from bind_socket) or a fresh one.
+
+    `ready()` is called once the index, the encoder and a first question's path are loaded, just before
+    requests are taken (with `workers` > 1: before the workers start), so a start line printed there is true.
 
     `workers` > 1: that many processes on one port, each with its own searcher over the same folder (a
     compressed index's mapped vectors are shared through the page cache), read-only (one writer per
@@ -236,6 +242,8 @@ def serve(folder: str | Path, *, host: str = "127.0.0.1", port: int = 8000, api_
         os.environ[WORKER_OPTIONS] = json.dumps({"folder": str(folder), "batch_window": batch_window,
                                                  "max_batch": max_batch, "threads": threads,
                                                  "access_log": access_log, "host": host})
+        if ready is not None:
+            ready()
         uvicorn.run(f"{__name__}:worker_app", factory=True, workers=workers, host=host, port=port,
                     log_level=log_level, server_header=False, limit_concurrency=512, timeout_keep_alive=5,
                     access_log=False)
@@ -245,8 +253,11 @@ def serve(folder: str | Path, *, host: str = "127.0.0.1", port: int = 8000, api_
                      threads=threads, feedback=not read_only, query_log=query_log and not read_only,
                      access_log=access_log, read_only_reason="started with --read-only" if read_only else None,
                      host=host)
+    app.state.service.searcher.embed(["warm up"])  # the first question's one-off costs (arena, threads), paid here
     config = uvicorn.Config(app, log_level=log_level, server_header=False, limit_concurrency=512,
                             timeout_keep_alive=5, access_log=False)
+    if ready is not None:
+        ready()
     uvicorn.Server(config).run(sockets=[sock])
 
 
