@@ -19,6 +19,7 @@ import numpy as np
 
 from indexer.embed.encoder import Encoder
 from indexer.embed.recipe import Recipe, absolute_layer, check_pooling
+from indexer.embed.projection import follows_map
 from indexer.embed.resolve import encoder_for
 from indexer.errors import BertdexError, IndexDamaged, OptionOutOfRange
 from indexer.ingest.entries import check_question
@@ -76,7 +77,9 @@ class Searcher:
         self.manifest = read_manifest(self.db, self.folder)
         self._encoder_options = {"model": model, "precision": precision, "threads": threads, "backend": backend,
                                  "purpose": "question"}
-        self.encoder = encoder or encoder_for(self.manifest.recipe, **self._encoder_options)
+        # a given encoder serves unless the index's learned map is not the one it applies
+        self.encoder = encoder if encoder is not None and follows_map(encoder, self.manifest.recipe) \
+            else encoder_for(self.manifest.recipe, **self._encoder_options)
         self._encoder_recipe = self.manifest.recipe  # what self.encoder was made for
         self._check_asked(layer, pooling)
         self._lock = threading.RLock()
@@ -117,8 +120,10 @@ class Searcher:
         """An encoder that embeds by `recipe`: the current one when it can, else one loaded for it."""
         with self._lock:
             made_for = self._encoder_recipe
-            same_model = (made_for.model_checksum, made_for.max_length, made_for.companion, made_for.companion_share) \
-                == (recipe.model_checksum, recipe.max_length, recipe.companion, recipe.companion_share)
+            same_model = (made_for.model_checksum, made_for.max_length, made_for.companion, made_for.companion_share,
+                          made_for.projection) \
+                == (recipe.model_checksum, recipe.max_length, recipe.companion, recipe.companion_share,
+                    recipe.projection)
             kept = getattr(self.encoder, "keep_layers", None)
             # ONNX Runtime gives its kept layer only; PyTorch gives any layer up to the kept one
             computes = kept is None or recipe.layer == kept or (self.encoder.model is not None and recipe.layer < kept)

@@ -64,7 +64,7 @@ def test_a_held_out_questions_pairs_never_train_its_fold_map(faq_index):
 
 
 @pytest.mark.slow
-def test_a_mapped_index_answers_the_same_from_a_copied_folder_in_a_fresh_process(faq_index, tmp_path):
+def test_a_mapped_index_answers_the_same_from_a_copied_folder_in_a_fresh_process(faq_index, tmp_path, encoder):
     from indexer.embed.encoder import Encoder
     from indexer.embed.models import resolve_model_folder
     from indexer.embed.pooling import normalize
@@ -85,6 +85,9 @@ def test_a_mapped_index_answers_the_same_from_a_copied_folder_in_a_fresh_process
     assert np.allclose(got, expected, atol=1e-4)
     here = [[(h.key, round(h.score, 4)) for h in searcher.search(q, 3)] for q in QUESTIONS]
     searcher.close()
+    given = Searcher(faq_index, encoder=encoder)  # the session's encoder applies no map: it is not used here
+    assert given.encoder is not encoder and [[(h.key, round(h.score, 4)) for h in given.search(q, 3)] for q in QUESTIONS] == here
+    given.close()
     copy = tmp_path / "elsewhere" / "copied"
     shutil.copytree(faq_index, copy)
     shutil.rmtree(faq_index)  # only the copy holds the map now
@@ -169,3 +172,16 @@ def test_ray_workers_embed_new_entries_with_the_map(faq_index, tmp_path, local_r
         assert top.key == f"new-{i}" and top.score > 0.9999
     searcher.close()
     assert verify_index(faq_index).ok
+
+
+def test_a_pair_index_is_refused_a_map(resolved):
+    from dataclasses import replace
+
+    from indexer.embed.resolve import encoder_for
+    from indexer.errors import BertdexError
+
+    other = replace(resolved.recipe, model="other-model", model_checksum="0" * 16)
+    recipe = replace(resolved.recipe.with_companion(other, 0.5), projection="map-0123456789abcdef")
+    with pytest.raises(BertdexError, match="a learned map is not supported on an index with a companion model"):
+        encoder_for(recipe)
+

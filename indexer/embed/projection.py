@@ -92,6 +92,16 @@ def load_map(name: str) -> np.ndarray:
                        "(copy the whole index folder)")
 
 
+def follows_map(encoder, recipe) -> bool:
+    """Whether `encoder` applies exactly `recipe`'s map (or none when the recipe has none): an encoder made for
+    another recipe of the same model (a caller's, a server's from before a tune) may not."""
+    found = getattr(encoder, "projection", None)
+    if not getattr(recipe, "projection", ""):
+        return found is None
+    return found is not None and found[:2] == (recipe.layer, recipe.pooling) \
+        and PREFIX + map_checksum(found[2]) == recipe.projection
+
+
 def apply_map(vectors: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     """Rows times the map, not normalised (the Encoder normalises): apply_map([[1, 2]], [[0, 1], [1, 0]]) -> [[2, 1]]"""
     return np.asarray(vectors, dtype=np.float32) @ matrix

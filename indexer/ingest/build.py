@@ -27,6 +27,7 @@ from indexer.ingest.embedding import embed_entries
 from indexer.ingest.entries import check_keys
 from indexer.ingest.readers import Entry, Fields, Problem, chosen_fields, read_entries
 from indexer.embed.resolve import Resolved, encoder_for, resolve_recipe, with_companion
+from indexer.embed.projection import follows_map
 from indexer.store.keywords import NEW_INDEX_SCHEME, hangul_syllable
 from indexer.store.folder import (DB_NAME, IndexWriter, Manifest, check_index_folder, connect, content_hash, now,
                                   open_manifest, read_manifest)
@@ -184,7 +185,8 @@ def add_documents(folder: Path, data: Path, *, text_fields: Iterable[str] = (), 
             final = writer.commit()
             return _report(folder, counts, final, started, problems, warnings=writer.warnings,
                            committed=writer.commits > 0)
-        encoder = encoder or encoder_for(writer.manifest.recipe, precision=precision, threads=threads, backend=backend)
+        if encoder is None or not follows_map(encoder, writer.manifest.recipe):  # a learned map the given one lacks
+            encoder = encoder_for(writer.manifest.recipe, precision=precision, threads=threads, backend=backend)
         ensure_sample(writer, encoder)  # an index from before the collection-made cut gets its sample
         with _embedder(encoder, writer.manifest, ray, ray_workers, ray_gpus) as embedder:
             counts = ingest(writer, embedder, _entries(source, fields), entries_total, progress=progress,

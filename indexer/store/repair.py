@@ -38,6 +38,7 @@ class RepairReport:
 
 def repair_index(folder: str | Path, *, encoder=None, threads: int | None = None) -> RepairReport:
     """Re-embed every stored entry by the recorded recipe into a new generation; `encoder`: one already loaded."""
+    from indexer.embed.projection import follows_map
     from indexer.embed.resolve import encoder_for
     from indexer.ingest.reembed import rewrite_documents, stored_documents
 
@@ -55,7 +56,7 @@ def repair_index(folder: str | Path, *, encoder=None, threads: int | None = None
     finally:
         db.close()
     found = verify_index(folder).problems
-    encoder = encoder or encoder_for(old.recipe, threads=threads)
+    encoder = encoder if encoder is not None and follows_map(encoder, old.recipe) else encoder_for(old.recipe, threads=threads)
     damaged = _damaged_segments(folder, old)
     if damaged and found and all(any(name in problem for name in damaged) for problem in found):
         return _repair_segments(folder, old, damaged, found, encoder)

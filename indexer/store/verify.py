@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from indexer.embed.projection import follows_map
 from indexer.errors import IndexDamaged
 from indexer.store import ann
 from indexer.store.ann import TOMBSTONE
@@ -87,7 +88,8 @@ def verify_index(folder: str | Path, *, text_sample: int = 0, encoder=None) -> V
             if segment.index.ntotal and (segment.index.d == manifest.recipe.dimension):
                 problems += _vector_problems(db, segment, record["file"])
         if text_sample and not problems and vectors.ntotal:
-            encoder = encoder or _encoder(manifest, notes)
+            if encoder is None or not follows_map(encoder, manifest.recipe):  # a learned map the given one lacks
+                encoder = _encoder(manifest, notes)
             if encoder is not None:
                 problems += _text_problems(db, vectors, manifest, encoder, text_sample)
         return VerifyReport(documents, len(faiss_ids), manifest.generation, problems, notes)
