@@ -185,3 +185,25 @@ def test_a_pair_index_is_refused_a_map(resolved):
     with pytest.raises(BertdexError, match="a learned map is not supported on an index with a companion model"):
         encoder_for(recipe)
 
+
+
+@pytest.mark.slow
+def test_repair_embeds_a_mapped_index_again_with_its_map(faq_index, encoder):
+    from indexer.store.repair import repair_index
+    from indexer.store.verify import verify_index
+    from search.searcher import Searcher
+
+    mapped_index(faq_index)
+
+    def answers():
+        searcher = Searcher(faq_index)
+        try:
+            return [[(h.key, round(h.score, 4)) for h in searcher.search(q, 3)] for q in QUESTIONS]
+        finally:
+            searcher.close()
+
+    before = answers()
+    report = repair_index(faq_index, encoder=encoder)  # the session's encoder applies no map: not used
+    assert report.documents == 50
+    assert answers() == before
+    assert verify_index(faq_index, text_sample=10).ok
