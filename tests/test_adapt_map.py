@@ -207,3 +207,18 @@ def test_repair_embeds_a_mapped_index_again_with_its_map(faq_index, encoder):
     assert report.documents == 50
     assert answers() == before
     assert verify_index(faq_index, text_sample=10).ok
+
+
+@pytest.mark.slow
+def test_serve_answers_a_mapped_index_with_its_map(faq_index, encoder):
+    from search.searcher import Searcher
+    from search.server.app import create_app
+    from test_server import first, running
+
+    mapped_index(faq_index)
+    expected = Searcher(faq_index).search_many(QUESTIONS, k=3)
+    with running(create_app(faq_index, encoder=encoder, query_log=False)) as http:  # encoder: no map, not used
+        for question, hits in zip(QUESTIONS, expected):
+            got = first(http.post("/search", json={"question": question, "k": 3}))["hits"]
+            assert [h["key"] for h in got] == [h.key for h in hits]
+            assert np.allclose([h["score"] for h in got], [h.score for h in hits], atol=1e-4)
