@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Optional, get_args, get_origin
 
 import typer
 import typer.core
@@ -22,6 +23,74 @@ import typer.core
 # typer 0.29 prints a "<bool>" placeholder beside every flag, though a flag takes no value: show none
 _shown_type = typer.core.TyperOption.display_type_rich
 typer.core.TyperOption.display_type_rich = lambda self, ctx: None if self.is_flag else _shown_type(self, ctx)
+
+
+class _PlainValues(typer.core.RuntimeParam):
+    """typer 0.29 checks every value with a pydantic TypeAdapter: importing pydantic and building one adapter per
+    option was ~0.3-0.4 s of a cold `bertdex query` (0.5x the imports a question needs). Values of the plain types
+    bertdex uses (str, int, float, Path, Enum choices, lists of them) are converted here as pydantic would convert
+    them; anything else, and every value this cannot convert (so every error message), goes to typer's own adapter.
+    """
+
+    def _coerce_value(self, value, param, ctx):
+        try:
+            if isinstance(value, (list, tuple)) and get_origin(self.annotation) is list:
+                item_type = get_args(self.annotation)[0]
+                return [_plain_value(item, item_type, self.parameter_info, param, ctx) for item in value]
+            return _plain_value(value, self.annotation, self.parameter_info, param, ctx)
+        except _NotPlain:
+            return _typer_runtime_param(_descriptor(self))._coerce_value(value, param, ctx)
+
+
+class _NotPlain(Exception):
+    pass
+
+
+_NUMBER = {int: re.compile(r"[+-]?[0-9]+"), float: re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)")}
+
+
+def _plain_value(value, annotation, info, param, ctx):
+    """The value typer's pydantic adapter would return for `value`, or _NotPlain where this is not sure of it."""
+    from typer._param_types import coerce_cli_choice, coerce_cli_path
+
+    if info.parser is not None or info.clamp:
+        raise _NotPlain
+    if annotation is str and isinstance(value, str):
+        return value
+    if annotation in _NUMBER:
+        if not (type(value) in (int, annotation) or isinstance(value, str) and _NUMBER[annotation].fullmatch(value)):
+            raise _NotPlain
+        number = annotation(value)  # as pydantic: "007" -> 7, a float option's 3 -> 3.0
+        if (info.min is not None and number < info.min) or (info.max is not None and number > info.max):
+            raise _NotPlain  # out of range: typer's message
+        return number
+    if isinstance(annotation, type) and issubclass(annotation, Enum):
+        try:
+            return coerce_cli_choice(value, choices=list(annotation), case_sensitive=info.case_sensitive, ctx=ctx)
+        except ValueError:
+            raise _NotPlain from None
+    if annotation is Path and info.path_type is None and isinstance(value, (str, Path)) and value != "":
+        try:
+            return coerce_cli_path(Path(value), info, path_type=Path, param=param, ctx=ctx)
+        except Exception:  # a missing file, a folder for a file: typer's own message
+            raise _NotPlain from None
+    raise _NotPlain
+
+
+def _descriptor(runtime: typer.core.RuntimeParam):
+    return typer.core.TypeDescriptor(annotation=runtime.annotation, parameter_info=runtime.parameter_info,
+                                     file_annotation=None)
+
+
+def _plain_runtime_param(descriptor):
+    if descriptor.file_annotation is not None:
+        return _typer_runtime_param(descriptor)
+    return _PlainValues(annotation=descriptor.annotation, parameter_info=descriptor.parameter_info)
+
+
+_typer_runtime_param = typer.core.build_runtime_param
+typer.core.build_runtime_param = _plain_runtime_param
+
 
 class _Typer(typer.Typer):
     """Typer that lets `--ray` go without a value (then: a local Ray), which click options cannot."""

@@ -23,7 +23,9 @@ from indexer.embed.runners import RunPath
 from indexer.embed.tokenizer import FastTokenizer, agrees_with
 
 ONNX, TORCH, BF16 = RunPath("onnx", "fp32"), RunPath("torch", "fp32"), RunPath("torch", "bf16")
-HEAVY = ("torch", "transformers", "onnx")
+# pydantic: typer 0.29 would build a pydantic adapter per option (~0.3 s of a cold question); cli.py converts plain
+# values itself (tests/test_cli.py checks they come out as typer's own)
+HEAVY = ("torch", "transformers", "onnx", "pydantic")
 QUESTIONS = ["how long does a refund take?", "Can I change my delivery address after the order shipped?",
              "비밀번호를 잊어버렸어요", "password " * 200]
 
