@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from indexer.errors import BertdexError
-from indexer.store.folder import check_index_folder, connect, migrations, now
+from indexer.store.folder import check_index_folder, connect, now, schema
 
 VERDICTS = ("up", "down", "right")
 MAX_LOGGED = 10_000
@@ -73,9 +73,9 @@ class FeedbackStore:
         self._lock = threading.Lock()
         if not readonly:
             self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a log row costs no fsync
-            if migrations.pending(self.db):  # a write: only when needed (an index write may hold the lock)
+            if schema().pending(self.db):  # a write: only when needed (an index write may hold the lock)
                 with self._lock, self.db.atomic():
-                    migrations.apply(self.db)
+                    schema().apply(self.db)
         self._ready = "feedback" in self.db.table_names()
 
     def log_queries(self, rows: list[tuple[int, str, str | None, list, bool]]) -> None:
