@@ -902,6 +902,9 @@ def tune(
     dry_run: DryRun = False,
     from_feedback: Annotated[bool, typer.Option("--feedback", help="Tune on the answers agents marked right (thumbs up, or 'this one was right'), as labelled queries.")] = False,
     other_models: Annotated[bool, typer.Option("--other-models/--same-model", help="Also try the other bundled models (entries embedded once more by each; a choice of one re-embeds the index).")] = True,
+    adapt: Annotated[bool, typer.Option("--adapt", help="Also try the index's model fine-tuned on these questions' pairs (and the index's groups), measured out of sample; kept only on a significant gain (the model is stored in the index folder).")] = False,
+    adapt_steps: Annotated[Optional[int], typer.Option(min=1, help="Training steps per adaptation (default: by the number of pairs, 8 to 30).")] = None,
+    min_new_verdicts: Annotated[int, typer.Option(min=0, help="With --feedback --adapt: adapt only when this many verdicts arrived since the last try; else exit 0 saying so (for cron).")] = 20,
     as_json: Json = False,
 ):
     """Try layer x pooling x keyword/hybrid fusion (and the other bundled models) on held-out questions; keep the best only on a significant gain."""
@@ -910,12 +913,26 @@ def tune(
     if from_feedback and (queries or qrels):
         raise typer.BadParameter("give --feedback or --queries/--qrels, not both")
     asked, judged = labelled(queries, qrels, required=False)
+    weights, seen = None, None
     if from_feedback:
         from search.quality.feedback import labelled_from_feedback
 
+        if adapt:
+            from search.quality.adapt import feedback_weights, new_verdicts, verdicts_of
+
+            fresh, newest = new_verdicts(index_dir)
+            if fresh < min_new_verdicts:
+                message = (f"{fresh} new verdicts since the last adaptation, fewer than --min-new-verdicts "
+                           f"{min_new_verdicts}: nothing to do")
+                echo_json({"folder": str(index_dir), "new_verdicts": fresh, "adapted": False, "reason": message}) \
+                    if as_json else typer.echo(message)
+                return
+            weights, seen = feedback_weights(verdicts_of(index_dir)), {"verdicts_seen": newest}
         asked, judged = labelled_from_feedback(index_dir)
+    progress = (lambda message: typer.echo(message, err=True)) if adapt else None  # stderr: --json stays clean
     report = tune_index(index_dir, queries=asked, qrels=judged, group_field=group_field, store=not dry_run,
-                        max_queries=max_queries, ignore_identical_ids=ignore_identical_ids, other_models=other_models)
+                        max_queries=max_queries, ignore_identical_ids=ignore_identical_ids, other_models=other_models,
+                        adapt=adapt, adapt_steps=adapt_steps, pair_weights=weights, note=seen, progress=progress)
     if not hasattr(report, "trials"):  # a plain FAQ with nothing to measure on: said in one line, exit 0
         echo_json(report.to_dict()) if as_json else typer.echo(report.needs)
         return

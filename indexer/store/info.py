@@ -28,6 +28,11 @@ def index_info(folder: str | Path) -> dict:
         **({"companion": {"model": recipe.companion.model, "share": recipe.companion_share, "scores": recipe.describe(),
                           "layer": recipe.companion.layer, "pooling": recipe.companion.pooling,
                           "dimension": recipe.companion.dimension}} if recipe.companion else {}),
+        **({"adapted": {"from": manifest.settings.adapted.get("base_model"),
+                        "weights": f"{Path(folder) / 'models' / recipe.model}",
+                        **{k: manifest.settings.adapted.get(k) for k in ("base_checksum", "pairs", "pairs_hash", "sources",
+                                                                         "seed", "steps")}}}
+           if manifest.settings.adapted else {}),
         "encoded_with": list(manifest.encoded_with),
         "vectors_note": vectors_note(manifest.encoded_with),
         "index_type": manifest.index_type,

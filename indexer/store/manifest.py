@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import faiss
 
+from indexer.embed.adapted import is_adapted, remember_index
 from indexer.embed.recipe import Recipe
 from indexer.store.settings import IndexSettings, as_index_settings
 from indexer.errors import BertdexError, IndexDamaged, IndexMissing, IndexReadOnly
@@ -91,6 +92,13 @@ def m003_offtopic_sample(db: sqlite_utils.Database) -> None:
     (indexer.store.offtopic). One row; `recipe` is the JSON of the recipe that embedded them."""
     db["offtopic_sample"].create({"id": int, "recipe": str, "language": str, "count": int, "vectors": bytes},
                                  pk="id", not_null={"recipe", "vectors"})
+
+
+@migrations()
+def m004_feedback_client(db: sqlite_utils.Database) -> None:
+    """Who gave each verdict (the server's view of the client), so verdicts can be bounded and weighed per client."""
+    db["feedback"].add_column("client", str)
+    db["feedback"].create_index(["client"])
 
 
 @dataclass(frozen=True)
@@ -192,7 +200,10 @@ def read_manifest(db: sqlite_utils.Database, folder: Path) -> Manifest:
     version = json.loads(rows.get("format_version", "0"))
     if version != FORMAT_VERSION:
         raise BertdexError(f"{folder} has index format {version}; this bertdex reads format {FORMAT_VERSION}: rebuild it")
-    return Manifest.from_rows(rows)
+    manifest = Manifest.from_rows(rows)
+    if is_adapted(manifest.recipe.model):  # its model lives in the folder: let this process find it
+        remember_index(folder)
+    return manifest
 
 
 def open_manifest(folder: str | Path) -> Manifest:
