@@ -94,7 +94,7 @@ def m003_offtopic_sample(db: sqlite_utils.Database) -> None:
                                  pk="id", not_null={"recipe", "vectors"})
 
 
-@migrations()
+@_step
 def m004_feedback_client(db: sqlite_utils.Database) -> None:
     """Who gave each verdict (the server's view of the client), so verdicts can be bounded and weighed per client."""
     db["feedback"].add_column("client", str)
