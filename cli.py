@@ -1230,10 +1230,25 @@ class progress_reporter:
         return False
 
 
+def app_for(argv: list[str]) -> typer.Typer:
+    """The app with only the command `argv` names: typer reads every command's options to build the whole
+    group (~0.1 s of a cold question); the whole app for help, the tutorial group or an unknown name."""
+    import copy
+
+    import typer.main
+
+    for command in app.registered_commands:
+        if argv and argv[0] == (command.name or typer.main.get_command_name(command.callback.__name__)):
+            alone = copy.copy(app)
+            alone.registered_commands, alone.registered_groups = [command], []
+            return alone
+    return app
+
+
 def main() -> int:
     """Run the app; a usage error (bad option, unknown command) is one line on stderr too, exit 2."""
     try:
-        code = app(standalone_mode=False)
+        code = app_for(sys.argv[1:])(standalone_mode=False)
     except typer.Exit as done:
         return done.exit_code
     except typer.Abort:

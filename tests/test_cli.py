@@ -206,3 +206,20 @@ def test_option_values_convert_as_typers_own_pydantic_adapters_convert_them(tmp_
                 assert type(outcomes[0][1]) is type(outcomes[1][1]), (name, param.name, value)
                 checked += 1
     assert checked > 500
+
+
+def test_a_command_is_built_alone_with_the_same_options_and_anything_else_gets_the_whole_app():
+    import typer.main
+
+    import cli
+
+    whole = typer.main.get_command(cli.app)
+    for name in ("query", "eval", "serve", "info"):
+        alone = typer.main.get_command(cli.app_for([name, "x"]))
+        assert list(alone.commands) == [name]
+        assert [p.opts for p in alone.commands[name].params] == [p.opts for p in whole.commands[name].params]
+        assert [p.opts for p in alone.params] == [p.opts for p in whole.params]  # --version
+    for argv in ([], ["--help"], ["tutorial", "tokens"], ["quer"], ["--version"]):
+        assert cli.app_for(argv) is cli.app
+    result = run_cli("quer", "x")
+    assert result.returncode == 2 and "Did you mean 'query'?" in result.stderr

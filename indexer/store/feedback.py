@@ -131,7 +131,8 @@ class FeedbackStore:
     def verdicts(self) -> list[Verdict]:
         if not self._ready:
             return []
-        columns = "client" if "client" in self.db["feedback"].columns_dict else "NULL"
+        names = [row[1] for row in self.db.execute("PRAGMA table_info(feedback)")]  # also on a ReadOnlyDatabase
+        columns = "client" if "client" in names else "NULL"
         rows = self.db.execute("SELECT id, given, question, key, verdict, rank, score, query_id, "
                                f"{columns} FROM feedback ORDER BY id")
         return [Verdict(*row) for row in rows]
