@@ -364,7 +364,7 @@ def delete(
     if as_json:
         echo_json({"deleted": removed, "missing": missing})
         return
-    typer.echo(f"deleted {removed} entr{'y' if removed == 1 else 'ies'}")
+    typer.echo(f"deleted {removed} entr{'y' if removed == 1 else 'ies'}" + ("" if removed else "; nothing changed, nothing written"))
     if missing:
         typer.echo(f"not in the index: {', '.join(missing)}", err=True)
 
@@ -376,7 +376,7 @@ def verify(
     texts: Annotated[int, typer.Option("--texts", min=0, help="Embed this many stored texts and check each finds its entry (loads the model; 0: skip).")] = 20,
     as_json: Json = False,
 ):
-    """Check the index: SQLite, counts, the FAISS file's checksum, unit norms, and entries found by their own text."""
+    """Check the index: SQLite, counts, each FAISS segment's checksum, unit norms, and entries found by their own text."""
     from indexer.store.verify import verify_index
 
     report = verify_index(index_dir, text_sample=texts)
@@ -391,12 +391,34 @@ def verify(
 
 @app.command()
 @fails_cleanly
+def compact(
+    index_dir: IndexDir,
+    as_json: Json = False,
+):
+    """Merge the index's segments into one, dropping deleted vectors, in one commit (searches go on meanwhile)."""
+    from indexer.store.folder import compact_index
+
+    typer.echo(f"compacting {index_dir} (reads every segment; a large index takes a while)", err=True)
+    report = compact_index(index_dir)
+    if as_json:
+        echo_json(report)
+        return
+    if report["generation_before"] == report["generation"]:
+        typer.echo(f"{index_dir}: one segment, nothing deleted: nothing to compact")
+    else:
+        count = report["segments_before"]
+        typer.echo(f"{index_dir}: {count} segment{'s' if count != 1 else ''} and {report['deleted_before']} deleted vectors "
+                   f"merged into one {report['kind']} segment; {report['vectors']} vectors, generation {report['generation']}")
+
+
+@app.command()
+@fails_cleanly
 def repair(
     index_dir: IndexDir,
     threads: Annotated[Optional[int], typer.Option(help="Threads (default: all cores).")] = None,
     as_json: Json = False,
 ):
-    """Rebuild the FAISS file from the texts in SQLite, embedded by the recorded recipe, in one commit."""
+    """Rebuild damaged FAISS segments (or all) from the texts in SQLite, embedded by the recorded recipe, in one commit."""
     from indexer.store.repair import repair_index
 
     report = repair_index(index_dir, threads=threads)
@@ -405,7 +427,11 @@ def repair(
         return
     for problem in report.found:
         typer.echo(f"found: {problem}")
-    typer.echo(f"repaired: {report.documents} entries, {report.vectors} vectors re-embedded; generation {report.generation}")
+    if report.segments:
+        typer.echo(f"repaired: {', '.join(report.segments)} rebuilt ({report.reembedded} entries re-embedded); "
+                   f"{report.documents} entries, {report.vectors} vectors; generation {report.generation}")
+    else:
+        typer.echo(f"repaired: {report.documents} entries, {report.vectors} vectors re-embedded; generation {report.generation}")
 
 
 # -- searching --------------------------------------------------------------------------------------
@@ -1157,10 +1183,9 @@ def print_report(report, as_json: bool, rename=lambda message: message) -> None:
         return
     embedded = report.added + report.updated
     rate = f" ({report.rate:.0f} entries/s)" if embedded >= RATE_FROM else ""
-    typer.echo(
-        f"{report.folder}: {report.added} added, {report.updated} updated, {report.unchanged} unchanged; "
-        f"{report.documents} entries, {report.vectors} vectors; {report.seconds:.1f}s{rate}"
-    )
+    done = (f"{report.added} added, {report.updated} updated, {report.unchanged} unchanged" if report.committed
+            else f"nothing changed ({report.unchanged} unchanged), nothing written")
+    typer.echo(f"{report.folder}: {done}; {report.documents} entries, {report.vectors} vectors; {report.seconds:.1f}s{rate}")
     if report.recipe_reason:
         typer.echo(f"recipe: {report.recipe_reason}")
     if report.truncated:
