@@ -11,7 +11,7 @@ import json
 import math
 from collections.abc import Iterable
 
-from indexer.errors import BertdexError
+from indexer.errors import UsageError
 
 _SHOWN_VALUES = 12
 
@@ -27,7 +27,7 @@ def parse_where(items: Iterable[str]) -> dict[str, tuple[str, ...]]:
         name, sep, value = item.partition("=")
         name = name.strip()
         if not sep or not name:
-            raise BertdexError(f"--where {item!r}: use NAME=VALUE")
+            raise UsageError(f"--where {item!r}: use NAME=VALUE")
         filters[name] = filters.get(name, ()) + (value,)
     return filters
 
@@ -44,7 +44,25 @@ def passes(fields: dict, filters: dict) -> bool:
 def check_weight(weight: float | None) -> None:
     """Hybrid weight: the dense side's share, a number in [0, 1] (NaN refused), or None for the index's."""
     if weight is not None and not (isinstance(weight, (int, float)) and math.isfinite(weight) and 0 <= weight <= 1):
-        raise BertdexError(f"--weight {weight}: the hybrid weight must be between 0 and 1 (the dense side's share)")
+        raise UsageError(f"--weight {weight}: the hybrid weight must be between 0 and 1 (the dense side's share)")
+
+
+def has_field(db, name: str) -> bool:
+    """Whether any stored entry has the field `name` (stops at the first one)."""
+    path = "$." + json.dumps(name)
+    return db.execute("SELECT 1 FROM documents WHERE json_type(fields, ?) IS NOT NULL LIMIT 1", [path]).fetchone() is not None
+
+
+def check_filter_fields(db, filters: dict | None) -> None:
+    """A filter on a field that no entry has is a usage error (exit 2), named with the fields there are.
+
+    check_filter_fields(db, {"categry": ("billing",)})
+    -> UsageError("--where categry=...: no entry has a field 'categry' (fields: answer, category, group)")
+    """
+    for name in filters or {}:
+        if not has_field(db, name):
+            raise UsageError(f"--where {name}=...: no entry has a field {name!r} "
+                             f"(fields: {', '.join(_field_names(db)) or 'none'})")
 
 
 def filter_problem(db, filters: dict | None) -> str | None:

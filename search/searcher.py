@@ -20,7 +20,7 @@ import numpy as np
 from indexer.embed.encoder import Encoder
 from indexer.embed.recipe import Recipe, absolute_layer, check_pooling
 from indexer.embed.resolve import encoder_for
-from indexer.errors import BertdexError, IndexDamaged
+from indexer.errors import BertdexError, IndexDamaged, UsageError
 from indexer.ingest.entries import check_question
 from indexer.store import ann
 from indexer.store.folder import check_index_folder, connect, open_manifest, open_vectors, read_manifest  # noqa: F401 (open_manifest: re-exported)
@@ -307,12 +307,12 @@ def check_search_options(questions: list[str], k: int, mode: str | None, weight:
                    min_score: float | None) -> None:
     """The options as the HTTP service checks them, so every door refuses the same values."""
     if mode is not None and mode not in MODES:
-        raise BertdexError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
+        raise UsageError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
     if not 1 <= k <= MAX_K:
-        raise BertdexError(f"k must be between 1 and {MAX_K}, not {k}")
+        raise UsageError(f"k must be between 1 and {MAX_K}, not {k}")
     check_weight(weight)
     if min_score is not None and math.isnan(min_score):  # -inf is allowed: "no cut" (calibrate uses it)
-        raise BertdexError("min score must be a number, not NaN")
+        raise UsageError("min score must be a number, not NaN")
     for number, question in enumerate(questions, start=1):
         check_question(question, f"question {number}" if len(questions) > 1 else "question")
 

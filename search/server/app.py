@@ -29,9 +29,11 @@ from indexer.ingest.build import upsert_entries
 from indexer.ingest.entries import key_problem, text_problem
 from indexer.ingest.readers import Entry
 from indexer.store.info import index_info
+from search.answer import answer as shared_answer, cut_source
 from search.searcher import open_manifest
 from search.server import answers
 from search.server.guard import AccessLog, Guard, error_body, validation_message
+from search.server.metrics import Metrics, MetricsMiddleware
 from search.server.requests import (MAX_DOCUMENTS, MAX_K, MAX_KEY_CHARS, MAX_QUESTION_CHARS, MAX_QUESTIONS,
                                     MAX_TEXT_CHARS, DocumentsRequest, FeedbackRequest, SearchRequest)
 from search.server.service import DOCS_ASSETS, PAGES, Service, bind_socket, check_bind  # noqa: F401 (re-exported)
@@ -55,32 +57,35 @@ def entries_from(request: DocumentsRequest) -> list[Entry]:
     return entries
 
 
-def answer(service: Service, question: str, hits, cut: float | None, mode: str, detail: bool) -> dict:
-    """One question's result: the hits past the cut, each with its band; with none, the closest miss."""
-    def shown(hit) -> dict:
-        data = hit.to_dict()
-        data["band"] = answers.band(hit.score, cut, mode)
-        if detail:
-            data["highlights"] = answers.highlights(question, hit.text, hit.fields)
+def answer(service: Service, question: str, hits, cut: float | None, source: str | None, mode: str, detail: bool,
+           filters: dict | None = None) -> dict:
+    """One question's result (search.answer): the hits past the cut, each with its band; with none, the closest
+    miss and why. `detail` adds each hit's matched words and its group's other texts."""
+    problem = service.filter_problem(filters) if filters and not hits else None
+    made = shared_answer(question, hits, cut=cut, cut_source=source, mode=mode, filtered=bool(filters),
+                         filter_problem=problem)
+    result = made.to_dict()
+    if detail:
+        for hit, shown in zip([*made.hits, made.closest], [*result["hits"], result["closest"]]):
+            if hit is None:
+                continue
+            shown["highlights"] = answers.highlights(question, hit.text, hit.fields)
             others = [key for key in hit.variants if key != hit.key]
             texts = service.texts_of(others) if others else {}
-            data["variant_texts"] = [{"key": key, "text": texts[key]} for key in others if key in texts]
-        return data
-
-    kept = [hit for hit in hits if cut is None or hit.score >= cut]
-    closest = shown(hits[0]) if hits and not kept else None
-    return {"question": question, "answered": bool(kept), "hits": [shown(hit) for hit in kept], "cut": cut,
-            "closest": closest}
+            shown["variant_texts"] = [{"key": key, "text": texts[key]} for key in others if key in texts]
+    return result
 
 
 def create_app(folder: str | Path, *, api_key: str | None = None, writable: bool = True,
                encoder: Encoder | None = None, batch_window: float = 0.002, max_batch: int = 64,
                max_body_bytes: int = MAX_BODY_BYTES, threads: int | None = None, feedback: bool = True,
-               query_log: bool = True, access_log: bool = False) -> FastAPI:
+               query_log: bool = True, access_log: bool | str = False, metrics_dir: str | Path | None = None) -> FastAPI:
     """The app over index `folder`. Writes need `api_key` (and `writable`); without a key it only reads.
 
     `feedback`: take verdicts at POST /feedback (with the key, if there is one); `query_log`: log each
-    question in the index; `access_log`: one line per request on the `bertdex.access` logger.
+    question in the index; `access_log`: one line per request on the `bertdex.access` logger ("json":
+    one JSON object per line); `metrics_dir`: the folder of metric files the workers of one server share
+    (search.server.metrics), None for one process.
     """
     service = Service(Path(folder), api_key, writable, encoder, batch_window, max_batch, threads,
                       feedback=feedback, query_log=query_log)
@@ -93,9 +98,11 @@ def create_app(folder: str | Path, *, api_key: str | None = None, writable: bool
     app = FastAPI(title="bertdex", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Semantic FAQ search: ranked answers by cosine similarity of BERT embeddings.")
     app.state.service = service
+    metrics = Metrics(Path(folder), metrics_dir)
     app.add_middleware(Guard, service=service, max_body_bytes=max_body_bytes)
     if access_log:
-        app.add_middleware(AccessLog)
+        app.add_middleware(AccessLog, as_json=access_log == "json")
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
     key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="Or `Authorization: Bearer KEY`.")
 
     def allowed(request: Request, _key: str | None = Depends(key_header)) -> None:
@@ -130,10 +137,18 @@ def create_app(folder: str | Path, *, api_key: str | None = None, writable: bool
         future = service.batcher.submit(questions, body.k, mode=mode, min_score=float("-inf"), weight=body.weight,
                                         filters=dict(body.filters) or None)
         found = await asyncio.wrap_future(future)
-        results = [answer(service, q, hits, cut, mode, body.highlight) for q, hits in zip(questions, found)]
+        source = cut_source(service.searcher.manifest.settings, body.min_score, no_cut) if cut is not None else None
+        filters = dict(body.filters) or None
+        results = [answer(service, q, hits, cut, source, mode, body.highlight, filters) for q, hits in zip(questions, found)]
         for result, query_id in zip(results, service.log(questions, mode, results)):
             result["query_id"] = query_id
+        metrics.questions([result["answered"] for result in results])
         return {"results": results}
+
+    @app.get("/metrics", summary="Prometheus metrics: requests, latency, answered questions, the index's generation and size")
+    def metrics_page() -> Response:
+        body, media_type = metrics.exposition()
+        return Response(body, media_type=media_type, headers={"Cache-Control": "no-cache"})
 
     @app.get("/fields", summary="Stored fields whose values repeat (such as category), with their values: filters")
     def fields() -> dict:
@@ -213,7 +228,7 @@ def _static(content: bytes, media_type: str, policy: str | None = None):
 
 def serve(folder: str | Path, *, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           read_only: bool = False, batch_window: float = 0.002, max_batch: int = 64, threads: int | None = None,
-          query_log: bool = True, access_log: bool = True, sock=None, log_level: str = "warning",
+          query_log: bool = True, access_log: bool | str = True, sock=None, log_level: str = "warning",
           workers: int = 1) -> None:
     """Run the service with uvicorn until interrupted, on `sock` (from bind_socket) or a fresh one.
 
@@ -225,14 +240,19 @@ def serve(folder: str | Path, *, host: str = "127.0.0.1", port: int = 8000, api_
     writable = check_bind(host, api_key, read_only or workers > 1)
     if workers > 1:
         import json
+        import tempfile
 
         threads = threads or max(1, (os.cpu_count() or 1) // workers)
-        os.environ[WORKER_OPTIONS] = json.dumps({"folder": str(folder), "batch_window": batch_window,
-                                                 "max_batch": max_batch, "threads": threads,
-                                                 "access_log": access_log})
-        uvicorn.run(f"{__name__}:worker_app", factory=True, workers=workers, host=host, port=port,
-                    log_level=log_level, server_header=False, limit_concurrency=512, timeout_keep_alive=5,
-                    access_log=False)
+        # the workers' metric files: one folder per server, gone when it stops (prometheus_client reads
+        # PROMETHEUS_MULTIPROC_DIR when a worker imports it)
+        with tempfile.TemporaryDirectory(prefix="bertdex-metrics-") as metrics_dir:
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+            os.environ[WORKER_OPTIONS] = json.dumps({"folder": str(folder), "batch_window": batch_window,
+                                                     "max_batch": max_batch, "threads": threads,
+                                                     "access_log": access_log, "metrics_dir": metrics_dir})
+            uvicorn.run(f"{__name__}:worker_app", factory=True, workers=workers, host=host, port=port,
+                        log_level=log_level, server_header=False, limit_concurrency=512, timeout_keep_alive=5,
+                        access_log=False)
         return
     sock = sock or bind_socket(host, port)
     app = create_app(folder, api_key=api_key, writable=writable, batch_window=batch_window, max_batch=max_batch,
