@@ -110,6 +110,11 @@ Checkpoint = Annotated[int, typer.Option("--checkpoint", min=1, help="A load of 
 LongQuestions = Annotated[Optional[str], typer.Option("--long-questions", help="A question over the model's window: tail (keep its last tokens) or windows (embed its windows, score by the best); default: the index's setting (windows).")]
 
 
+# commands whose exit status 1 says "not found" (grep's): their bad input exits 2, as a usage error does
+FOUND_OR_NOT = {"query", "get"}
+USAGE = 2
+
+
 def fails_cleanly(command):
     """Turn a known failure (indexer.failures) into one line on stderr and its exit status."""
 
@@ -127,7 +132,10 @@ def fails_cleanly(command):
             if known is None:
                 raise
             typer.echo(f"error: {' '.join(known[0].split())}", err=True)
-            raise typer.Exit(known[1]) from None
+            status = known[1]
+            if status == 1 and command.__name__ in FOUND_OR_NOT:  # there 1 means "no good answer" / "no such key"
+                status = USAGE
+            raise typer.Exit(status) from None
 
     return wrapper
 
@@ -382,21 +390,7 @@ def asked_questions(questions: Optional[list[str]], from_file: Optional[Path]) -
     return asked
 
 
-QUERY_EXAMPLES = """Examples:
-
-  bertdex query runs/faq "I forgot my password"
-
-  bertdex query runs/faq "refund for a broken item" -k 3 --where category=billing
-
-  bertdex query runs/faq --file questions.txt --csv > answers.csv
-
-  echo "where is my parcel?" | bertdex query runs/faq - --answer-only
-
-Exit status: 0 every question answered, 1 some question got no good answer (--no-fail: 0), 2 usage
-(a bad option, a value out of range, a --where or --fields field no entry has); see docs/index-folder.md."""
-
-
-@app.command(epilog=QUERY_EXAMPLES)
+@app.command()
 @fails_cleanly
 def query(
     index_dir: IndexDir,
@@ -1271,6 +1265,59 @@ class progress_reporter:
         if self.bar is not None:
             self.bar.stop()
         return False
+
+
+# -- examples in every command's --help --------------------------------------------------------------
+
+EXAMPLES = {
+    "index": ["bertdex index runs/faq examples/faq_en.csv --text-field question --group-field group",
+              "bertdex index runs/faq-qa faq.csv -t question -t answer --id-field id",
+              "cat faq.jsonl | bertdex index runs/faq -"],
+    "add": ["bertdex add runs/faq examples/faq_en.csv", "bertdex add runs/faq new.jsonl --on-error skip"],
+    "delete": ["bertdex delete runs/faq en-007 en-008"],
+    "verify": ["bertdex verify runs/faq", "bertdex verify runs/faq --texts 0 --json"],
+    "repair": ["bertdex repair runs/faq"],
+    "query": ['bertdex query runs/faq "I forgot my password"',
+              'bertdex query runs/faq "refund for a broken item" -k 3 --where category=billing',
+              "bertdex query runs/faq --file questions.txt --csv > answers.csv",
+              'echo "where is my parcel?" | bertdex query runs/faq - --answer-only',
+              "Exit status: 0 every question answered; 1 a question got no good answer (--no-fail: 0); 2 usage: "
+              "a bad option, a value out of range, a --where or --fields field no entry has "
+              "(docs/index-folder.md, Exit statuses)."],
+    "get": ["bertdex get runs/faq en-001", "bertdex get runs/faq en-001 en-002 --json"],
+    "export": ["bertdex export runs/faq -o runs/faq.jsonl",
+               "bertdex index runs/faq-copy runs/faq.jsonl --format jsonl -t question --id-field id --group-field group"],
+    "duplicates": ["bertdex duplicates runs/faq", "bertdex duplicates runs/faq --threshold 0.85 --csv"],
+    "info": ["bertdex info runs/faq", "bertdex info runs/faq --json"],
+    "models": ["bertdex models", "bertdex models --json"],
+    "doctor": ["bertdex doctor", "bertdex doctor --remeasure"],
+    "serve": ["bertdex serve runs/faq", "BERTDEX_API_KEY=secret bertdex serve runs/faq --host 0.0.0.0 --port 8080",
+              "bertdex serve runs/faq --read-only --workers 4 --log-format json"],
+    "eval": ["bertdex eval runs/faq --queries examples/eval_en/queries.jsonl --qrels examples/eval_en/qrels.tsv"],
+    "tune": ["bertdex tune runs/faq", "bertdex tune runs/faq --dry-run --same-model", "bertdex tune runs/faq --feedback"],
+    "calibrate": ["bertdex calibrate runs/faq --out-of-scope examples/out_of_scope.txt",
+                  "bertdex calibrate runs/faq --out-of-scope off.txt --in-scope on.txt --target-precision 0.9"],
+    "feedback": ["bertdex feedback runs/faq", "bertdex feedback runs/faq --json"],
+    "tokens": ['bertdex tutorial tokens "The bank raised its rates."'],
+    "layers": ['bertdex tutorial layers "The bank raised its rates." --histogram runs/h.png'],
+    "words": ['bertdex tutorial words "The bank raised its rates." --out runs/words.json'],
+    "similar-word": ['bertdex tutorial similar-word "I sat on the river bank." "The bank raised its rates." --word bank'],
+    "embed": ['bertdex tutorial embed "where is my parcel?" --index runs/faq'],
+}
+
+
+def with_examples(typer_app: typer.Typer) -> None:
+    """Each command's examples as the epilog of its --help (one line each)."""
+    for info in typer_app.registered_commands:
+        name = info.name or info.callback.__name__.replace("_", "-")
+        if name in EXAMPLES:
+            rest = [line for line in EXAMPLES[name] if line.startswith("Exit status")]
+            lines = [line for line in EXAMPLES[name] if line not in rest]
+            info.epilog = "\n\n".join(["Examples:", *(f"  {line}" for line in lines), *rest])
+
+
+with_examples(app)
+with_examples(tutorial)
 
 
 def main() -> int:

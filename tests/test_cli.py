@@ -120,7 +120,7 @@ def test_query_file_and_weight_errors_are_one_line(faq_index_master, tmp_path):
     assert (missing.returncode, missing.stderr) == (3, f"error: {tmp_path / 'questions.txt'}: no such file\n")
     for weight in ("3", "nan"):  # -1 and the rest: tests/test_manners.py
         refused = run_cli("query", faq_index_master, "refund", "--mode", "hybrid", "--weight", weight)
-        assert refused.returncode == 1
+        assert refused.returncode == 2  # out of range: usage
         assert refused.stderr.strip().splitlines() == [
             f"error: --weight {float(weight)}: the hybrid weight must be between 0 and 1 (the dense side's share)"]
 
@@ -168,7 +168,7 @@ def test_stdin_semicolon_csv_question_and_answer_then_rows_out(tmp_path):
     table = list(csv.reader(io.StringIO(rows)))
     assert table[:2] == [["key", "answer"], ["b1", "Open Reports.\n\nChoose Export."]]  # the answer's lines kept
     assert {row[0] for row in table[1:]} == {"b1", "b2", "s1"}  # billing or shipping, not account
-    wrong = run_cli("query", tmp_path / "qa", "export", "--where", "category=Billing", "--json", check=True)
+    wrong = run_cli("query", tmp_path / "qa", "export", "--where", "category=Billing", "--json")
     answer = json.loads(wrong.stdout)
-    assert answer["answered"] is False
-    assert answer["reason"] == "no entry with category=Billing (values: account, billing, shipping)"
+    assert wrong.returncode == 1 and answer["answered"] is False and answer["reason"] == "filter_matched_nothing"
+    assert answer["why"] == "no entry with category=Billing (values: account, billing, shipping)"
