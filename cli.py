@@ -851,10 +851,9 @@ def serve(
     workers: Annotated[int, typer.Option(min=1, help="Server processes on one port over the same folder; more than 1 serves read-only.")] = 1,
 ):
     """Serve the index over HTTP: POST /search, /feedback, /documents; GET /fields, /health, /info, /metrics; a search page at /."""
-    import logging
     import os
 
-    from search.server.app import bind_socket, check_bind, serve as run_server
+    from search.server.app import access_log_to_stderr, bind_socket, check_bind, serve as run_server
 
     api_key = os.environ.get("BERTDEX_API_KEY") or None
     if api_key_file is not None:
@@ -868,13 +867,7 @@ def serve(
     open_manifest(index_dir)  # not an index: one line, before anything starts
     sock = bind_socket(host, port) if workers == 1 else None  # a busy port fails here, before the start line
     if access_log and not quiet:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s" if log_format == LogFormat.json else "%(asctime)s %(message)s",
-                                               "%H:%M:%S"))
-        logger = logging.getLogger("bertdex.access")
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
+        access_log_to_stderr(log_format == LogFormat.json)
     access = ("writes and feedback need the API key" if writable else "read-only: no writes, no feedback, no query log"
               if read_only else "entries read-only without an API key; feedback open on loopback")
     if not quiet:

@@ -273,4 +273,21 @@ def worker_app() -> FastAPI:
     import json
 
     options = json.loads(os.environ[WORKER_OPTIONS])
+    if options.get("access_log"):  # a spawned process: the handler `bertdex serve` set up is not here
+        access_log_to_stderr(options["access_log"] == "json")
     return create_app(options.pop("folder"), api_key=None, writable=False, feedback=False, query_log=False, **options)
+
+
+def access_log_to_stderr(as_json: bool) -> None:
+    """Send the `bertdex.access` lines to stderr: as they are (JSON), or after the time (text)."""
+    import logging
+    import sys
+
+    logger = logging.getLogger("bertdex.access")
+    if logger.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s" if as_json else "%(asctime)s %(message)s", "%H:%M:%S"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
