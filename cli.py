@@ -475,13 +475,13 @@ def column_names(requested: list[str], db) -> Optional[list[str]]:
     """The --fields names in order (None: the default); a name that is neither a column nor a stored field
     of any entry is a usage error (exit 2), whatever the hits."""
     from indexer.errors import UsageError
-    from search.filters import _field_names, has_field
+    from search.filters import field_names, has_field
 
     names = [name.strip() for item in requested for name in item.split(",") if name.strip()]
     for name in names:
         if name not in HIT_COLUMNS and not has_field(db, name):
             raise UsageError(f"--fields {name!r}: no such column or stored field; choose from "
-                             f"{', '.join(dict.fromkeys([*HIT_COLUMNS, *_field_names(db)]))}")
+                             f"{', '.join(dict.fromkeys([*HIT_COLUMNS, *field_names(db)]))}")
     return names or None
 
 

@@ -62,7 +62,7 @@ def check_filter_fields(db, filters: dict | None) -> None:
     for name in filters or {}:
         if not has_field(db, name):
             raise UsageError(f"--where {name}=...: no entry has a field {name!r} "
-                             f"(fields: {', '.join(_field_names(db)) or 'none'})")
+                             f"(fields: {', '.join(field_names(db)) or 'none'})")
 
 
 def filter_problem(db, filters: dict | None) -> str | None:
@@ -76,7 +76,7 @@ def filter_problem(db, filters: dict | None) -> str | None:
         path = "$." + json.dumps(name)
         present = db.execute("SELECT 1 FROM documents WHERE json_type(fields, ?) IS NOT NULL LIMIT 1", [path]).fetchone()
         if present is None:
-            return f"no entry has a field {name!r} (fields: {', '.join(_field_names(db)) or 'none'})"
+            return f"no entry has a field {name!r} (fields: {', '.join(field_names(db)) or 'none'})"
         values = [str(row[0]) for row in db.execute(
             "SELECT DISTINCT json_extract(fields, ?) AS v FROM documents WHERE v IS NOT NULL ORDER BY v LIMIT ?",
             [path, _SHOWN_VALUES + 1])]
@@ -94,6 +94,7 @@ def _all_values(db, path: str, allowed) -> list[str]:
     return [row[0] for row in rows]
 
 
-def _field_names(db) -> list[str]:
+def field_names(db) -> list[str]:
+    """The stored fields' names, sorted (the first 50): what an error about a field lists."""
     rows = db.execute("SELECT DISTINCT j.key FROM documents, json_each(documents.fields) AS j ORDER BY j.key LIMIT 50")
     return [row[0] for row in rows]
