@@ -22,12 +22,12 @@ NOTHING_FOUND = "nothing_found"
 def cut_source(settings, min_score: float | None, no_cut: bool = False) -> str | None:
     """Where the cut comes from, in words: the option given, the calibration stored in the index, or None.
 
-    cut_source(settings, 0.5) -> 'given with the question (--min-score, min_score)'
+    cut_source(settings, 0.5) -> 'given with the question'
     """
     if no_cut:
         return None
     if min_score is not None:
-        return "given with the question (--min-score, min_score)"
+        return "given with the question"
     search = settings.search
     if search.min_score is None:
         return None
