@@ -415,28 +415,21 @@ def query(
     as_tsv: AsTsv = False,
 ):
     """Answer questions with the closest entries, ranked by cosine similarity; exit 1 when one gets no good answer."""
-    from search.filters import check_filter_fields, filter_problem, parse_where
+    from search.filters import check_filter_fields, parse_where
 
     output = output_format(as_json=as_json, nl=as_nl, csv=as_csv, tsv=as_tsv, answer_only=answer_only)
     asked = asked_questions(questions, from_file)
     filters = parse_where(where)
     from search import Searcher
-    from search.answer import answer, cut_source
+    from search.answer import search_answers
     from search.searcher import check_search_options
 
     check_search_options(asked, k, chosen(mode), weight, min_score)  # before torch is imported and the model loads
     searcher = Searcher(index_dir, model=model, layer=layer, pooling=chosen(pooling))
     check_filter_fields(searcher.db, filters)
     columns = column_names(fields, searcher.db)
-    results = searcher.search_many(asked, k, mode=chosen(mode), min_score=float("-inf"), weight=weight,
-                                   filters=filters or None, long_questions=long_questions)
-    settings = searcher.manifest.settings
-    used_mode = chosen(mode) or settings.search.mode
-    cut = searcher.cut_for(used_mode, min_score)
-    source = cut_source(settings, min_score) if cut is not None else None
-    problem = filter_problem(searcher.db, filters) if filters and not all(results) else None
-    answers = [answer(question, hits, cut=cut, cut_source=source, mode=used_mode, filtered=bool(filters),
-                      filter_problem=problem) for question, hits in zip(asked, results)]
+    answers = search_answers(searcher, asked, k, mode=chosen(mode), min_score=min_score, weight=weight,
+                             filters=filters, long_questions=long_questions)
     print_answers(output, answers, columns, width, len(asked) > 1)
     if not no_fail and not all(made.answered for made in answers):
         raise typer.Exit(1)

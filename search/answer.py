@@ -93,3 +93,21 @@ def answer(question: str, hits: list[Hit], *, cut: float | None, cut_source: str
         return Answer(question, (), cut, cut_source, mode, None, FILTER_MATCHED_NOTHING, why)
     why = "no entry shares a word with the question" if mode == "keyword" else "the index has no entries"
     return Answer(question, (), cut, cut_source, mode, None, NOTHING_FOUND, why)
+
+
+def search_answers(searcher, questions: list[str], k: int = 5, *, mode: str | None = None,
+                   min_score: float | None = None, weight: float | None = None, filters: dict | None = None,
+                   long_questions: str | None = None) -> list[Answer]:
+    """Each question's Answer from `searcher` (one batch): searched without a cut, then cut at `min_score`,
+    else at the index's calibrated cut for the mode. (The server does the same through its batcher.)"""
+    from search.filters import filter_problem
+
+    results = searcher.search_many(questions, k, mode=mode, min_score=float("-inf"), weight=weight,
+                                   filters=filters or None, long_questions=long_questions)
+    settings = searcher.manifest.settings
+    used = mode or settings.search.mode
+    cut = searcher.cut_for(used, min_score)
+    source = cut_source(settings, min_score) if cut is not None else None
+    problem = filter_problem(searcher.db, filters) if filters and not all(results) else None
+    return [answer(question, hits, cut=cut, cut_source=source, mode=used, filtered=bool(filters),
+                   filter_problem=problem) for question, hits in zip(questions, results)]
