@@ -13,7 +13,7 @@ import functools
 import shlex
 import json
 import sys
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -425,9 +425,10 @@ def query(
     from search.searcher import check_search_options
 
     check_search_options(asked, k, chosen(mode), weight, min_score)  # before torch is imported and the model loads
+    with stored_fields(index_dir) as db:  # so are the fields --where and --fields name
+        check_filter_fields(db, filters)
+        columns = column_names(fields, db)
     searcher = Searcher(index_dir, model=model, layer=layer, pooling=chosen(pooling))
-    check_filter_fields(searcher.db, filters)
-    columns = column_names(fields, searcher.db)
     answers = search_answers(searcher, asked, k, mode=chosen(mode), min_score=min_score, weight=weight,
                              filters=filters, long_questions=long_questions)
     print_answers(output, answers, columns, width, len(asked) > 1)
@@ -452,6 +453,18 @@ def print_answers(output: str, answers, columns: Optional[list[str]], width: int
     else:
         rows = [answer_row(made, hit) for made in answers for hit in (made.hits or [None])]
         print_rows_as(output, columns or default_columns(answers), rows)
+
+
+@contextmanager
+def stored_fields(index_dir: Path):
+    """The index's SQLite file, read-only, for checks that need no model."""
+    from indexer.store.manifest import check_index_folder, connect
+
+    db = connect(check_index_folder(index_dir), readonly=True)
+    try:
+        yield db
+    finally:
+        db.close()
 
 
 def answer_row(made, hit) -> dict:
