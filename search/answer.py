@@ -20,25 +20,25 @@ NOTHING_FOUND = "nothing_found"
 
 
 def cut_source(settings, min_score: float | None, no_cut: bool = False) -> str | None:
-    """Where the cut comes from, in words: the option given, the calibration stored in the index, or None.
+    """Where the cut comes from, in words: "given" (with the question), what the index's settings say
+    (the calibration stored in it), or None (no cut).
 
-    cut_source(settings, 0.5) -> 'given with the question'
+    cut_source(settings, 0.5) -> 'given'
     """
     if no_cut:
         return None
     if min_score is not None:
-        return "given with the question"
+        return "given"
     search = settings.search
     if search.min_score is None:
         return None
-    provenance = getattr(search, "cut_source", None)  # stored by newer indexes beside the cut
-    if provenance:
-        return str(provenance)
+    told = getattr(search, "cut_source", None)  # settings that record the cut's provenance say it themselves
+    if callable(told):
+        return told()
     calibration = search.calibration or {}
     if calibration:
-        return (f"calibrated on {calibration.get('in_scope', 0)} in-scope and "
-                f"{calibration.get('out_of_scope', 0)} out-of-scope examples (`bertdex calibrate`)")
-    return "stored in the index"
+        return f"calibrated on {calibration.get('in_scope', 0) + calibration.get('out_of_scope', 0)} labelled"
+    return "set by hand"
 
 
 @dataclass(frozen=True)
