@@ -546,18 +546,21 @@ def get(
     keys: Annotated[list[str], typer.Argument(help="Keys of the entries to show.", metavar="KEY...")],
     as_json: Json = False,
 ):
-    """Show stored entries by key (as `export` writes them); exit 1 when a key is not in the index."""
+    """Show stored entries by key (--json: as HTTP's GET /documents/KEY); exit 1 when a key is not in the index."""
     from indexer.store.export import Entries
 
     with Entries(index_dir) as entries:
-        found = {key: entries.get(key) for key in keys}
-    for key, row in found.items():
-        if row is None:
+        found = {key: entries.document(key) for key in keys}
+    for key, document in found.items():
+        if document is None:
             typer.echo(f"{key}: not in the index", err=True)
         elif as_json:
-            echo_json(row)
+            echo_json(document)
         else:
-            print_rows(["field", "value"], [[name, "" if value is None else str(value)] for name, value in row.items()])
+            shown = {"key": document["key"], "text": document["text"], **document["fields"]}
+            if document["group"]:
+                shown.update(group=document["group"], variants=" ".join(document["variants"]))
+            print_rows(["field", "value"], [[name, "" if value is None else str(value)] for name, value in shown.items()])
     if None in found.values():
         raise typer.Exit(1)
 

@@ -120,8 +120,9 @@ def test_get_shows_an_entry_and_export_round_trips_through_index(cli, tmp_path):
     index, run = cli
     code, out, err = run("get", index, "en-001", "--json")
     entry = json.loads(out)
-    assert code == 0 and entry["id"] == "en-001" and entry["question"].startswith("I forgot my password")
-    assert entry["group"] == "g-password-reset" and entry["category"] == "account" and "reset link" in entry["answer"]
+    assert code == 0 and entry["key"] == "en-001" and entry["text"].startswith("I forgot my password")
+    assert entry["group"] == "g-password-reset" and entry["fields"]["category"] == "account"
+    assert "reset link" in entry["fields"]["answer"] and entry["variants"][0] == "en-001"
     exported = tmp_path / "faq.jsonl"
     code, out, err = run("export", index, "-o", exported)
     assert code == 0 and out == "" and len(exported.read_text(encoding="utf-8").splitlines()) == 50

@@ -51,7 +51,8 @@ def layout(settings) -> Layout:
 
 
 class Entries:
-    """Entries(folder): .get(key) -> the row of one entry or None; iterate -> every row, in key order."""
+    """Entries(folder): .get(key) -> the input row of one entry or None; .document(key) -> the entry as
+    HTTP's GET /documents/{key} shows it; iterate -> every input row, in key order."""
 
     def __init__(self, folder: str | Path):
         self.folder = check_index_folder(Path(folder))
@@ -61,6 +62,16 @@ class Entries:
     def get(self, key: str) -> dict | None:
         found = self.db.execute("SELECT key, text, fields, group_key FROM documents WHERE key = ?", [key]).fetchone()
         return None if found is None else self._row(found)
+
+    def document(self, key: str) -> dict | None:
+        """{"key", "text", "fields", "group", "variants"}: the shape of GET /documents/{key}, or None."""
+        found = self.db.execute("SELECT key, text, fields, group_key FROM documents WHERE key = ?", [key]).fetchone()
+        if found is None:
+            return None
+        key, text, fields, group = found
+        variants = [row[0] for row in self.db.execute("SELECT key FROM documents WHERE group_key = ? ORDER BY id",
+                                                      [group])] if group is not None else []
+        return {"key": key, "text": text, "fields": json.loads(fields or "{}"), "group": group, "variants": variants}
 
     def __iter__(self) -> Iterator[dict]:
         last = None
