@@ -33,6 +33,8 @@ def test_old_tutorial_names_are_hidden_aliases():
 def test_command_has_help_and_is_documented(name):
     command = COMMANDS[name]
     assert (command.help or "").strip(), f"bertdex {name} has no help text"
+    assert f"bertdex {name}" in (command.epilog or ""), f"bertdex {name} --help shows no example"
+    assert all(parse(line.strip()) for line in command.epilog.split("\n\n") if line.strip().startswith("bertdex "))
     assert re.search(rf"bertdex {re.escape(name)}\b", DOCS), f"neither README.md nor docs/ shows `bertdex {name}`"
     for parameter in command.params:
         if parameter.param_type_name == "option":
