@@ -220,7 +220,7 @@ def index(
     exclude_special: Annotated[bool, typer.Option(help="Leave [CLS]/[SEP] out of mean/max pooling.")] = False,
     max_length: Annotated[Optional[int], typer.Option(help="Tokens per window (default: the model's limit, at most 512).")] = None,
     window: Annotated[bool, typer.Option("--window/--truncate", help="Split texts longer than --max-length into overlapping windows (default), or cut them.")] = True,
-    window_length: Annotated[int, typer.Option(help="Tokens per window of a long text (texts that fit in --max-length stay whole).")] = 128,
+    window_length: Annotated[Optional[int], typer.Option(help="Tokens per window of a long text (texts that fit in --max-length stay whole). Default: 128, at most --max-length.")] = None,
     stride: Annotated[Optional[int], typer.Option(help="Tokens shared by consecutive windows (default: a quarter of the window).")] = None,
     replace: Annotated[bool, typer.Option("--replace", help="Rebuild an existing index in place (one commit).")] = False,
     on_error: OnErrorOption = OnError.fail,
@@ -877,8 +877,10 @@ def serve(
     sock = bind_socket(host, port) if workers == 1 else None  # a busy port fails here, before the start line
     if access_log and not quiet:
         access_log_to_stderr(log_format == LogFormat.json)
-    access = ("writes and feedback need the API key" if writable else "read-only: no writes, no feedback, no query log"
-              if read_only else "entries read-only without an API key; feedback open on loopback")
+    from search.server.service import access_line, folder_is_writable
+
+    access = access_line(writable=writable, read_only=read_only, workers=workers,
+                         folder_writable=folder_is_writable(index_dir))
     if not quiet:
         typer.echo(f"starting: {index_dir} on http://{host}:{port}/ ({access}; API docs at /docs)", err=True)
     run_server(index_dir, host=host, port=port, api_key=api_key, read_only=read_only,

@@ -56,3 +56,17 @@ class IndexDamaged(BertdexError):
 
     exit_code = 7
     http_status = 503
+
+
+class OptionOutOfRange(UsageError):
+    """An option's value is outside its range (indexer.options): a usage error, never silently changed."""
+
+    exit_code = 2
+    http_status = 422
+
+
+class DiskFull(BertdexError):
+    """The index's file system has no space left: the command committed nothing, the index is as it was."""
+
+    exit_code = 8
+    http_status = 507

@@ -13,10 +13,10 @@ import sqlite3
 import zlib
 from pathlib import Path
 
-from indexer.errors import BertdexError, IndexDamaged, IndexReadOnly, InputUnreadable
+from indexer.errors import BertdexError, DiskFull, IndexDamaged, IndexReadOnly, InputUnreadable
 
 USAGE = 2  # a bad option or argument (also typer's own usage errors)
-NO_SPACE = 8  # the disk is full
+NO_SPACE = DiskFull.exit_code  # the disk is full
 OTHER_OS = 9  # another operating-system error
 EXIT_CODES = {  # status -> meaning, for --help texts and docs/index-folder.md
     1: "query: a question got no good answer; get: a key is not in the index; verify: BROKEN; "
@@ -45,6 +45,8 @@ def explain(error: BaseException, folder: Path | None = None) -> tuple[str, int]
         return f"input is not valid UTF-8 (byte {error.start + 1}): convert it to UTF-8", InputUnreadable.exit_code
     if isinstance(error, UnicodeEncodeError):
         return f"a value is not valid Unicode ({error.reason}); was the input UTF-8?", 1
+    if isinstance(error, sqlite3.OperationalError) and "full" in str(error).lower():
+        return f"disk full: {where} cannot grow (no space left on the device): nothing from this command was committed", NO_SPACE
     if isinstance(error, sqlite3.OperationalError) and "readonly" in str(error).replace(" ", "").lower():
         return f"{where} is read-only", IndexReadOnly.exit_code
     if isinstance(error, sqlite3.DatabaseError):
@@ -64,7 +66,7 @@ def _os_error(error: OSError, where: str) -> tuple[str, int]:
     if error.errno in _READ_ONLY:
         return f"{name}{reason} ({where} or the file is read-only)", IndexReadOnly.exit_code
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
-        return f"{name}no space left on the device: nothing from this command was committed", NO_SPACE
+        return f"{name}disk full (no space left on the device): nothing from this command was committed", NO_SPACE
     if error.errno in (errno.ENOENT, errno.EISDIR, errno.ENOTDIR):
         return f"{name}{reason}", InputUnreadable.exit_code
     return f"{name}{reason}", OTHER_OS

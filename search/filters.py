@@ -11,7 +11,7 @@ import json
 import math
 from collections.abc import Iterable
 
-from indexer.errors import UsageError
+from indexer.errors import OptionOutOfRange, UsageError
 
 _SHOWN_VALUES = 12
 
@@ -44,7 +44,7 @@ def passes(fields: dict, filters: dict) -> bool:
 def check_weight(weight: float | None) -> None:
     """Hybrid weight: the dense side's share, a number in [0, 1] (NaN refused), or None for the index's."""
     if weight is not None and not (isinstance(weight, (int, float)) and math.isfinite(weight) and 0 <= weight <= 1):
-        raise UsageError(f"--weight {weight}: the hybrid weight must be between 0 and 1 (the dense side's share)")
+        raise OptionOutOfRange(f"--weight {weight}: the hybrid weight must be between 0 and 1 (the dense side's share)")
 
 
 def has_field(db, name: str) -> bool:

@@ -20,18 +20,19 @@ import numpy as np
 from indexer.embed.encoder import Encoder
 from indexer.embed.recipe import Recipe, absolute_layer, check_pooling
 from indexer.embed.resolve import encoder_for
-from indexer.errors import BertdexError, IndexDamaged, UsageError
+from indexer.errors import BertdexError, IndexDamaged, OptionOutOfRange, UsageError
 from indexer.ingest.entries import check_question
+from indexer.options import MAX_K, check_k
 from indexer.store import ann
-from indexer.store.folder import check_index_folder, connect, open_manifest, open_vectors, read_manifest  # noqa: F401 (open_manifest: re-exported)
+from indexer.store.folder import check_index_folder, connect, open_manifest, open_vectors, read_manifest, vectors_path  # noqa: F401 (open_manifest: re-exported)
 from indexer.ingest.embedding import embed_questions as question_vectors
 from indexer.store.ann_compressed import load_flag
 from search import keyword
+from search.checks import check_opened, check_results
 from search.collapse import DENSE_PER_ENTRY, MAX_POOL, collapse, pool_size, without
 from search.filters import check_weight, passes
 
 MODES = ("dense", "keyword", "hybrid")
-MAX_K = 1000
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,11 @@ class Searcher:
         manifest = read_manifest(self.db, self.folder)
         if manifest.generation != self._generation:
             self._generation_tried = manifest.generation
-            self.vectors = open_vectors(self.folder, manifest, flags=load_flag(manifest.index_type))
+            vectors = open_vectors(self.folder, manifest, flags=load_flag(manifest.index_type))
+            if manifest.generation:
+                check_opened(vectors, self.db, self.folder, vectors_path(self.folder, manifest.generation),
+                             manifest.faiss_file)
+            self.vectors = vectors
             self._generation = manifest.generation
         self.manifest = manifest
 
@@ -225,6 +230,7 @@ class Searcher:
             return []
         matrix = np.atleast_2d(vector)
         scores, ids = ann.search(self.vectors, matrix, min(n, self.vectors.ntotal))
+        check_results(self.vectors, scores, ids, self.folder)  # a score is a cosine or it is not shown
         best: dict[int, float] = {}
         for row_scores, row_ids in zip(scores, ids):
             for score, passage in zip(row_scores, row_ids):
@@ -308,11 +314,10 @@ def check_search_options(questions: list[str], k: int, mode: str | None, weight:
     """The options as the HTTP service checks them, so every door refuses the same values."""
     if mode is not None and mode not in MODES:
         raise UsageError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
-    if not 1 <= k <= MAX_K:
-        raise UsageError(f"k must be between 1 and {MAX_K}, not {k}")
+    check_k(k, MAX_K)
     check_weight(weight)
     if min_score is not None and math.isnan(min_score):  # -inf is allowed: "no cut" (calibrate uses it)
-        raise UsageError("min score must be a number, not NaN")
+        raise OptionOutOfRange("--min-score nan: the min score must be a number, not NaN")
     for number, question in enumerate(questions, start=1):
         check_question(question, f"question {number}" if len(questions) > 1 else "question")
 

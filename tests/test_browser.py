@@ -352,3 +352,42 @@ def test_the_page_works_in_korean(browser, resolved, encoder, tmp_path, screensh
         marks = [browser.text(m) for m in browser.find("#results li.hit:first-child .matched mark.word")]
         assert "비밀번호" in "".join(marks)
         assert browser.text(browser.find("#results li.hit .score")[0]).startswith("score ")
+
+
+HOSTILE_TEXT = ("How do I embed <script>window.pwned = 'text'</script> code? "
+                "<img src=x onerror=\"window.pwned = 'img'\"> <b>bold</b> <a href=\"javascript:window.pwned='link'\">here</a>")
+HOSTILE_FIELDS = {"answer": "<script>window.pwned = 'field'</script><iframe src=\"javascript:window.pwned='frame'\"></iframe>",
+                  "link": "javascript:window.pwned = 'href'", "category": "<svg onload=\"window.pwned='svg'\">"}
+
+
+def test_stored_html_and_scripts_render_as_text(browser, faq_index_master, encoder, tmp_path):
+    """Entries are data: <script>, on* attributes, javascript: links and tags in texts, fields and the
+    group show as the characters they are, and nothing of them runs."""
+    from indexer.ingest.build import upsert_entries
+    from indexer.ingest.readers import Entry
+    from indexer.store.folder import IndexWriter
+    from search.server.app import create_app
+
+    folder = tmp_path / "index"
+    shutil.copytree(faq_index_master, folder, ignore=shutil.ignore_patterns("write.lock"))
+    with IndexWriter.open(folder) as writer:
+        upsert_entries(writer, encoder, [Entry("<i>hostile</i>", HOSTILE_TEXT, HOSTILE_FIELDS, "<u>group</u>")])
+        writer.commit()
+    with running(create_app(folder, encoder=encoder)) as http:
+        open_page(browser, http, "51 entries")  # the page shows the entry count once it has the index's info
+        browser.run("window.pwned = undefined")
+        ask(browser, "How do I embed script code?", min_score="")
+        first = browser.find("#results li.hit")[0]
+        shown = browser.text(first)
+        assert "<script>window.pwned = 'text'</script>" in shown and "<b>bold</b>" in shown
+        # the filter list is built from the stored fields too
+        made = browser.run("""
+            const hits = document.getElementById('results');
+            return {pwned: window.pwned === undefined ? null : window.pwned,
+                    tags: Array.from(document.querySelectorAll('#results script, #results img, #results b, #results iframe, '
+                                                              + '#results svg, #results u, #results i, select option script'))
+                               .map(e => e.tagName),
+                    links: Array.from(document.querySelectorAll('a[href^="javascript:" i]')).map(a => a.outerHTML)};""")
+        time.sleep(0.5)  # an onerror or onload would have fired by now
+        assert browser.run("return window.pwned === undefined ? null : window.pwned") is None
+        assert made == {"pwned": None, "tags": [], "links": []}, made

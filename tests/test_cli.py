@@ -120,7 +120,7 @@ def test_query_file_and_weight_errors_are_one_line(faq_index_master, tmp_path):
     assert (missing.returncode, missing.stderr) == (3, f"error: {tmp_path / 'questions.txt'}: no such file\n")
     for weight in ("3", "nan"):  # -1 and the rest: tests/test_manners.py
         refused = run_cli("query", faq_index_master, "refund", "--mode", "hybrid", "--weight", weight)
-        assert refused.returncode == 2  # out of range: usage
+        assert refused.returncode == 2  # out of range: a usage error (indexer.options)
         assert refused.stderr.strip().splitlines() == [
             f"error: --weight {float(weight)}: the hybrid weight must be between 0 and 1 (the dense side's share)"]
 

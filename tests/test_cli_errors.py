@@ -66,7 +66,7 @@ CASES = [
     ("weight above 1", ["query", "{index}", "refund", "--mode", "hybrid", "--weight", "5"], None, 2, "weight must be between 0 and 1"),
     ("weight NaN", ["query", "{index}", "refund", "--weight", "nan"], None, 2, "weight must be between 0 and 1"),
     ("min score NaN", ["query", "{index}", "refund", "--min-score", "nan"], None, 2, "min score must be a number, not NaN"),
-    ("k of 0", ["query", "{index}", "refund", "-k", "0"], None, 2, "k must be between 1 and"),
+    ("k of 0", ["query", "{index}", "refund", "-k", "0"], None, 2, "-k 0 is out of range"),
     ("unknown mode", ["query", "{index}", "refund", "--mode", "psychic"], None, 2, "'psychic' is not one of 'dense', 'keyword', 'hybrid'"),
     ("where on a field no entry has", ["query", "{index}", "refund", "--where", "categry=billing"], None, 2, "no entry has a field 'categry'"),
     ("fields naming no column", ["query", "{index}", "refund", "--fields", "key,nope"], None, 2, "--fields 'nope'"),

@@ -64,7 +64,7 @@ def test_1_no_good_answer_and_no_such_key(driven):
 
 
 @pytest.mark.parametrize("argv, stdin, words", [
-    (["-k", "0"], None, "k must be between 1 and"),
+    (["-k", "0"], None, "-k 0 is out of range"),
     (["--weight", "5"], None, "weight must be between 0 and 1"),
     (["--where", "categry=billing"], None, "no entry has a field 'categry'"),
     (["--fields", "key,nope"], None, "--fields 'nope'"),

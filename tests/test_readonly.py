@@ -75,7 +75,9 @@ def test_http_writes_to_a_read_only_folder_answer_503_json(read_only_index, tmp_
         while True:
             assert server.poll() is None, server.stderr.read()
             try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                health = httpx.get(f"{base}/health", timeout=2)
+                if health.status_code == 200:
+                    assert health.json()["writable"] is False  # it said true on a read-only folder
                     break
             except httpx.TransportError:
                 assert time.monotonic() < deadline, "bertdex serve did not answer"

@@ -17,6 +17,7 @@ import numpy as np
 
 from indexer.store.ann import check_index_type
 from indexer.embed.encoder import Encoder
+from indexer.options import MAX_TOKENS, check_max_length, check_windows
 from indexer.errors import BertdexError
 from indexer.embed.models import LANGUAGE_SAMPLE, NON_ENGLISH_SHARE, model_choice, share_of
 from indexer.ingest.bulk import CHECKPOINT, InProcess, check_resume, embed_options, ingest, run_marker
@@ -80,7 +81,7 @@ def starting_search(texts) -> SearchSettings:
 def build_index(data: Path, folder: Path, *, text_fields: Iterable[str] = (), id_field: str | None = None,
                 group_field: str | None = None, model: str | None = None, layer: int | None = None,
                 pooling: str | None = None, exclude_special: bool = False, max_length: int | None = None,
-                window: bool = True, window_length: int = 128, stride: int | None = None,
+                window: bool = True, window_length: int | None = None, stride: int | None = None,
                 replace: bool = False, on_error: str = "fail",
                 fmt: str | None = None, precision: str = "auto", threads: int | None = None,
                 backend: str = "auto", progress: Progress | None = None, chunk_size: int = CHUNK,
@@ -89,6 +90,7 @@ def build_index(data: Path, folder: Path, *, text_fields: Iterable[str] = (), id
                 ray_gpus: float = 0, companion: str | None = None, companion_share: float = 0.5) -> BuildReport:
     """Index the entries of `data` into a new folder (or rebuild one with `replace`).
 
+    `window_length`, `stride`: see indexer.options.check_windows (out of range: OptionOutOfRange).
     `resolved`: a recipe and encoder already loaded (then the model options are not used).
     `index_type`: auto, flat, hnsw, ivf, sq8 or ivfpq (see indexer.store.ann); auto picks by collection size
     at each commit. `checkpoint`: a load of more entries commits every `checkpoint` entries and, run again
@@ -100,6 +102,8 @@ def build_index(data: Path, folder: Path, *, text_fields: Iterable[str] = (), id
     """
     started = time.perf_counter()
     check_index_type(index_type)  # before the input is read or a model loaded
+    check_max_length(max_length)
+    check_windows(max_length, window_length, stride)
     source = _Source(Path(data), fmt, delimiter)
     fields = chosen_fields(source.path, Fields(tuple(text_fields), id_field, group_field), fmt, delimiter)
     sample: list[str] = []
@@ -108,11 +112,11 @@ def build_index(data: Path, folder: Path, *, text_fields: Iterable[str] = (), id
     resolved = resolved or resolve_recipe(model, layer=layer, pooling=pooling, exclude_special=exclude_special,
                                           max_length=max_length, precision=precision, threads=threads,
                                           backend=backend)
+    check_max_length(max_length, getattr(resolved.encoder, "model_max_length", MAX_TOKENS))  # never cut silently
     if companion is not None:
         resolved = with_companion(resolved, companion, companion_share, precision=precision, threads=threads,
                                   backend=backend)
-    window_length = min(window_length, resolved.recipe.max_length)
-    stride = window_length // 4 if stride is None else stride
+    window_length, stride = check_windows(resolved.recipe.max_length, window_length, stride)
     # the text fields as chosen (named or found), so `info` and `add` see what was embedded
     settings = IndexSettings(text_fields=fields.text, id_field=id_field, group_field=group_field, window=window,
                              window_length=window_length, stride=stride, format=fmt, delimiter=delimiter,

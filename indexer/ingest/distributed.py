@@ -15,7 +15,9 @@ pieces are run again (MAX_RESTARTS); past that the load stops with nothing after
 from __future__ import annotations
 
 import os
+import socket
 import uuid
+import warnings
 from collections import deque
 from pathlib import Path
 
@@ -27,6 +29,7 @@ from indexer.errors import BertdexError
 
 PIECE = 256  # texts per actor call: small enough to spread one chunk over several actors
 IN_FLIGHT = 3  # pieces queued per actor, so none waits for the driver
+PROBE_SECONDS = 5  # a ray:// address that accepts no TCP connection in this time is unreachable
 MAX_RESTARTS = 3  # per actor; each restart reloads the encoder and re-runs its unfinished pieces
 THREADS = 1  # CPUs (and encoder threads) per actor: one actor per core scales best for small models
 NAME = "bertdex-embed"  # actors are named NAME-<run>-<i>, so `ray list actors` and tests can find them
@@ -41,21 +44,46 @@ def _ray():
 
 
 def connect(address: str, root: Path) -> bool:
-    """Join (or start, for "local") a Ray cluster; True when this call started it (and must stop it)."""
+    """Join (or start, for "local") a Ray cluster; True when this call started it (and must stop it).
+
+    A ray:// address is probed first (PROBE_SECONDS): Ray's own client waits ~40 s for an address where
+    nothing listens, and says so in a warning of its own; here it is one line, at once.
+    """
     ray = _ray()
     if ray.is_initialized():
         return False
+    if address.startswith("ray://"):
+        _probe(address)
     try:
-        if address == "local":
-            # the workers import this checkout of bertdex, whatever is installed on the machine
-            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                     logging_level="ERROR", runtime_env={"env_vars": {"PYTHONPATH": str(root)}})
-        else:
-            ray.init(address=address, log_to_driver=False, logging_level="ERROR",
-                     runtime_env={"env_vars": {"PYTHONPATH": str(root)}})
+        with warnings.catch_warnings():  # Ray's warnings would print above our one line
+            warnings.simplefilter("ignore")
+            _init(ray, address, root)
     except Exception as error:  # ConnectionError, RuntimeError, ValueError from a bad address
         raise BertdexError(f"--ray {address}: cannot reach a Ray cluster ({str(error).splitlines()[0][:160]})") from None
     return True
+
+
+def _probe(address: str) -> None:
+    """BertdexError unless something accepts a TCP connection at the ray://HOST:PORT address."""
+    rest = address[len("ray://"):].rstrip("/")
+    host, _, port = rest.rpartition(":") if rest.rfind(":") > rest.rfind("]") else (rest, "", "10001")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_SECONDS).close()
+    except ValueError:
+        raise BertdexError(f"--ray {address}: give it as ray://HOST:PORT (the Ray client port, 10001 by default)") from None
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise BertdexError(f"--ray {address}: cannot reach a Ray cluster ({reason} within {PROBE_SECONDS} s)") from None
+
+
+def _init(ray, address: str, root: Path) -> None:
+    if address == "local":
+        # the workers import this checkout of bertdex, whatever is installed on the machine
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                 logging_level="ERROR", runtime_env={"env_vars": {"PYTHONPATH": str(root)}})
+    else:
+        ray.init(address=address, log_to_driver=False, logging_level="ERROR",
+                 runtime_env={"env_vars": {"PYTHONPATH": str(root)}})
 
 
 class EmbedWorker:

@@ -55,6 +55,42 @@ def key_problem(key: str) -> str | None:
     return None
 
 
+def field_problem(name, value, max_chars: int) -> str | None:
+    """Why a stored field (or the group) cannot be kept, or None: a NUL character in its name or value
+    (nested values too), a lone surrogate, or a value longer than the text limit of its door.
+
+    field_problem("note", "a\\x00b", 20_000) -> "field 'note' contains a NUL character"
+    """
+    label = f"field {str(name)[:40]!r}"
+    if "\x00" in str(name) or _SURROGATE.search(str(name)):
+        return f"{label}: its name contains a NUL character or a lone surrogate"
+    size = 0
+    for text in _strings(value):
+        if "\x00" in text:
+            return f"{label} contains a NUL character"
+        if _SURROGATE.search(text):
+            return f"{label} is not valid Unicode (a lone surrogate)"
+        size += len(text)
+        if size > max_chars:
+            return f"{label} has over {max_chars:,} characters; the limit is {max_chars:,}"
+    return None
+
+
+def _strings(value):
+    """Every string inside a stored value (keys of nested objects too)."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for name, item in value.items():
+            yield str(name)
+            yield from _strings(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _strings(item)
+    elif value is not None:
+        yield str(value)
+
+
 def check_keys(keys: list[str]) -> list[str]:
     """The keys stripped, or BertdexError naming the first bad one (the CLI's `delete`)."""
     for number, key in enumerate(keys, start=1):
@@ -65,9 +101,12 @@ def check_keys(keys: list[str]) -> list[str]:
 
 
 def check_question(question: str, where: str = "question") -> None:
-    """BertdexError when a question cannot be embedded: empty (also of zero-width characters) or not valid Unicode."""
+    """BertdexError when a question cannot be embedded: empty (also of zero-width characters), a NUL character,
+    or not valid Unicode. Feedback's question is checked here too."""
     if _SURROGATE.search(question):
         raise BertdexError(f"{where} is not valid Unicode (a lone surrogate; was the input UTF-8?)")
+    if "\x00" in question:
+        raise BertdexError(f"{where} contains a NUL character")
     if not ZERO_WIDTH.sub("", normalize_text(question)).strip():
         raise BertdexError(f"empty {where}")
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from indexer.errors import BertdexError, InputUnreadable
-from indexer.ingest.entries import EMPTY, FILE_TEXT_CHARS, key_problem, text_problem
+from indexer.ingest.entries import EMPTY, FILE_TEXT_CHARS, field_problem, key_problem, text_problem
 
 FORMATS = ("csv", "tsv", "jsonl", "text")
 MAX_TEXT_CHARS = FILE_TEXT_CHARS
@@ -299,6 +299,10 @@ def _entry(record: dict, fields: Fields, path: Path, line: int) -> Entry | Probl
     joined = len(fields.text) > 1
     others = {name: value for name, value in record.items()
               if (joined or name not in fields.text) and name != fields.key}
+    for name, value in [*others.items(), *([(fields.group, group)] if group is not None else [])]:
+        reason = field_problem(name, value, MAX_TEXT_CHARS)
+        if reason:
+            return problem(reason)
     return Entry(key, text, others, group, line)
 
 

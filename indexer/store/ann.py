@@ -118,6 +118,17 @@ def stored(index: faiss.Index) -> tuple[np.ndarray, np.ndarray]:
     return (ids, vectors) if live.all() else (ids[live], vectors[live])
 
 
+def vectors_of(index: faiss.Index, ids: np.ndarray) -> np.ndarray:
+    """The stored float32 vectors of these FAISS ids, [len(ids), d] (IVF gets its direct map at the first
+    call; compressed types give their exact re-scoring copy). An id the map lacks raises RuntimeError."""
+    inner = faiss.downcast_index(index.index)
+    if isinstance(inner, faiss.IndexIVF) and inner.direct_map.type == faiss.DirectMap.NoMap:
+        inner.make_direct_map()
+    if len(ids) == 0:
+        return np.zeros((0, index.d), dtype=np.float32)
+    return np.stack([index.reconstruct(int(i)) for i in ids])
+
+
 def tombstones(index: faiss.Index) -> int:
     """How many vectors of an HNSW index are deleted but still in its graph (0 for the other types)."""
     if kind(index) != "hnsw":

@@ -200,13 +200,20 @@ class IndexWriter:
         counts = self.db.execute("SELECT (SELECT count(*) FROM documents), (SELECT count(*) FROM passages)").fetchone()
         if counts[1] != ann.live_count(self.vectors):
             raise BertdexError(f"internal error: {counts[1]} passages but {ann.live_count(self.vectors)} vectors; nothing written")
-        record = _write_faiss_file(self.vectors, vectors_path(self.folder, generation))
+        path = vectors_path(self.folder, generation)
+        record = _write_faiss_file(self.vectors, path)
         manifest = Manifest(**{**self.manifest.__dict__, "generation": generation, "documents": counts[0],
                                "vectors": counts[1], "updated": now(), "faiss_file": record,
                                "encoded_with": tuple(sorted(self._encoded_with)) if counts[1] else (),
                                "created": self.manifest.created or now()})
-        self.db["manifest"].upsert_all(manifest.to_rows(), pk="name")
-        _commit_sqlite(self.db)
+        try:
+            self.db["manifest"].upsert_all(manifest.to_rows(), pk="name")
+            _commit_sqlite(self.db)
+        except BaseException as error:  # the old generation stays the index: its file is still named
+            path.unlink(missing_ok=True)
+            if isinstance(error, sqlite3.OperationalError) and integrity.no_space(self.folder, error):
+                raise integrity.disk_full(self.folder) from None
+            raise
         self.db.conn.execute("BEGIN")  # the atomic() block that opened us closes this empty one
         self.committed = True
         self.manifest = manifest
@@ -227,12 +234,19 @@ def _commit_sqlite(db: sqlite_utils.Database) -> None:
 def _write_faiss_file(index: faiss.Index, path: Path) -> dict:
     """Write `index` to `path` via a fsynced `.partial` file and a rename; returns its manifest record."""
     partial = path.with_suffix(".partial")
-    faiss.write_index(index, str(partial))
-    with open(partial, "rb") as handle:
-        os.fsync(handle.fileno())
-    record = integrity.faiss_record(partial, index.ntotal)
-    os.replace(partial, path)
-    _fsync_folder(path.parent)
+    try:
+        faiss.write_index(index, str(partial))
+        with open(partial, "rb") as handle:
+            os.fsync(handle.fileno())
+        record = integrity.faiss_record(partial, index.ntotal)
+        os.replace(partial, path)
+        _fsync_folder(path.parent)
+    except BaseException as error:  # a full disk, most likely: leave nothing behind, the old generation stands
+        partial.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
+        if isinstance(error, (OSError, RuntimeError)) and integrity.no_space(path.parent, error):
+            raise integrity.disk_full(path.parent) from None
+        raise
     return record
 
 

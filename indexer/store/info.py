@@ -10,9 +10,10 @@ from indexer.store.folder import open_manifest
 
 
 def index_info(folder: str | Path) -> dict:
-    """The index's manifest as plain data, with the reason for its recipe."""
+    """The index's manifest as plain data, with the reason for its recipe and the vectors file's state."""
     manifest = open_manifest(folder)
     recipe = manifest.recipe
+    vectors_file = vectors_file_state(Path(folder), manifest)
     return {
         "folder": str(folder),
         "documents": manifest.documents,
@@ -36,8 +37,26 @@ def index_info(folder: str | Path) -> dict:
         "format_version": manifest.format_version,
         "created": manifest.created,
         "updated": manifest.updated,
-        "warnings": index_warnings(folder),
+        "vectors_file": vectors_file,
+        "warnings": ([] if vectors_file == "ok" else [vectors_file]) + index_warnings(folder),
     }
+
+
+def vectors_file_state(folder: Path, manifest) -> str:
+    """"ok", or what is wrong with the FAISS file the manifest names: missing, size, header, and the
+    checksum when the file is small enough for opening to check it (integrity.CHECKSUM_AT_OPEN_BYTES)."""
+    from indexer.errors import IndexDamaged
+    from indexer.store.integrity import check_faiss_file, checksum_affordable
+    from indexer.store.manifest import vectors_path
+
+    if manifest.generation == 0:
+        return "ok"
+    record = manifest.faiss_file
+    try:
+        check_faiss_file(vectors_path(folder, manifest.generation), record, checksum=checksum_affordable(record))
+    except IndexDamaged as error:
+        return str(error)
+    return "ok"
 
 
 def recipe_reason(recipe) -> str:

@@ -15,10 +15,18 @@ import sqlite3
 from pathlib import Path
 from urllib.parse import quote
 
-from indexer.errors import IndexDamaged, IndexReadOnly
+from indexer.errors import DiskFull, IndexDamaged, IndexReadOnly
 
 FAISS_HEADERS = (b"IxM2", b"IxMp")  # IndexIDMap2 / IndexIDMap: every bertdex vector file is one
 CHUNK_BYTES = 1 << 22
+# opening (search.checks) and `bertdex info` check the checksum of a file up to this size: BLAKE2b read
+# ~0.9 GB/s on the 2-core test machine, so at most ~75 ms; a larger file's checksum is `bertdex verify`'s
+CHECKSUM_AT_OPEN_BYTES = 64 << 20
+
+
+def checksum_affordable(record: dict) -> bool:
+    """Whether opening checks the checksum of the file `record` describes (it has one and is small)."""
+    return bool(record) and record.get("bytes", CHECKSUM_AT_OPEN_BYTES + 1) <= CHECKSUM_AT_OPEN_BYTES
 
 
 def file_digest(path: Path) -> str:
@@ -81,6 +89,30 @@ def read_faiss(path: Path, record: dict, dimension: int, *, checksum: bool = Fal
     return index
 
 
+LOW_SPACE_BYTES = 1 << 20  # a write that failed with less than this free failed for want of space
+
+
+def no_space(folder: Path, error: BaseException | None = None) -> bool:
+    """Did a failed write in `folder` fail because its file system is full? ENOSPC/EDQUOT, SQLite's
+    "database or disk is full", or (FAISS's and SQLite's I/O errors name no errno) under LOW_SPACE_BYTES free."""
+    import errno
+
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if isinstance(error, sqlite3.Error) and "full" in str(error).lower():
+        return True
+    try:
+        found = os.statvfs(folder)
+    except OSError:
+        return False
+    return found.f_bavail * found.f_frsize < LOW_SPACE_BYTES
+
+
+def disk_full(folder: Path) -> DiskFull:
+    return DiskFull(f"disk full: no space left on the device of {folder}; nothing from this command was committed "
+                    "and the index is as it was (free some space and run it again)")
+
+
 def connect_readonly(path: Path) -> sqlite3.Connection:
     """A read-only connection to the SQLite file `path`, also in a folder this process cannot write.
 
@@ -94,6 +126,8 @@ def connect_readonly(path: Path) -> sqlite3.Connection:
     try:
         return _probed(_uri(path, "mode=ro"), path)
     except sqlite3.OperationalError as error:
+        if no_space(folder, error):  # SQLite cannot make its -shm file: that is no damage
+            raise disk_full(folder) from None
         if _writable(folder) and os.access(path, os.R_OK):
             raise IndexDamaged(f"{path} cannot be opened: {error}") from None
     wal = path.with_name(path.name + "-wal")

@@ -118,6 +118,8 @@ def connect(folder: Path, *, readonly: bool = False) -> sqlite_utils.Database:
         conn.execute("PRAGMA synchronous=FULL")
     except sqlite3.OperationalError as error:
         conn.close()
+        if integrity.no_space(Path(folder), error):
+            raise integrity.disk_full(Path(folder)) from None
         raise IndexReadOnly(f"index {folder} is read-only ({error})") from None
     except sqlite3.DatabaseError as error:
         conn.close()

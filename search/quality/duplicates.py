@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer.errors import BertdexError, UsageError
+from indexer.options import check_range
 from indexer.store import ann
 from indexer.store.folder import check_index_folder, connect, load_vectors, read_manifest
 
@@ -59,8 +59,7 @@ class Duplicates:
 
 def find_duplicates(folder: str | Path, *, threshold: float | None = None, limit: int = 100) -> Duplicates:
     """find_duplicates("faq") -> Duplicates(threshold=0.70, pairs=(Pair(0.777, "en-001", "en-006", ...), ...))"""
-    if threshold is not None and not -1 <= threshold <= 1:
-        raise UsageError(f"--threshold {threshold}: a cosine is between -1 and 1")
+    check_range("--threshold", threshold, -1, 1, why="a cosine")
     folder = check_index_folder(Path(folder))
     db = connect(folder, readonly=True)
     try:

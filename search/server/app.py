@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from indexer.embed.encoder import Encoder
 from indexer.errors import BertdexError, IndexDamaged
 from indexer.ingest.build import upsert_entries
-from indexer.ingest.entries import key_problem, text_problem
+from indexer.ingest.entries import check_question, field_problem, key_problem, text_problem
 from indexer.ingest.readers import Entry
 from indexer.store.info import index_info
 from search.answer import answer as shared_answer, cut_source
@@ -47,7 +47,9 @@ def entries_from(request: DocumentsRequest) -> list[Entry]:
     entries, seen = [], {}
     for i, doc in enumerate(request.documents):
         text, problem = text_problem(doc.text, MAX_TEXT_CHARS)
-        problem = key_problem(doc.key) or problem
+        problem = key_problem(doc.key) or problem or next(
+            (found for name, value in [*doc.fields.items(), *([("group", doc.group)] if doc.group else [])]
+             if (found := field_problem(name, value, MAX_TEXT_CHARS))), None)
         if problem is None and doc.key in seen:
             problem = f"key {doc.key!r} repeats documents[{seen[doc.key]}]"
         if problem:
@@ -79,16 +81,19 @@ def answer(service: Service, question: str, hits, cut: float | None, source: str
 def create_app(folder: str | Path, *, api_key: str | None = None, writable: bool = True,
                encoder: Encoder | None = None, batch_window: float = 0.002, max_batch: int = 64,
                max_body_bytes: int = MAX_BODY_BYTES, threads: int | None = None, feedback: bool = True,
-               query_log: bool = True, access_log: bool | str = False, metrics_dir: str | Path | None = None) -> FastAPI:
+               query_log: bool = True, access_log: bool | str = False, read_only_reason: str | None = None,
+               host: str = "127.0.0.1", metrics_dir: str | Path | None = None) -> FastAPI:
     """The app over index `folder`. Writes need `api_key` (and `writable`); without a key it only reads.
 
     `feedback`: take verdicts at POST /feedback (with the key, if there is one); `query_log`: log each
     question in the index; `access_log`: one line per request on the `bertdex.access` logger ("json":
-    one JSON object per line); `metrics_dir`: the folder of metric files the workers of one server share
+    one JSON object per line). `read_only_reason`: what refusals say when `writable` is False; `host`:
+    the bound address (a keyless server on loopback answers only requests whose Host header is a
+    loopback name). `metrics_dir`: the folder of metric files the workers of one server share
     (search.server.metrics), None for one process.
     """
     service = Service(Path(folder), api_key, writable, encoder, batch_window, max_batch, threads,
-                      feedback=feedback, query_log=query_log)
+                      feedback=feedback, query_log=query_log, read_only_reason=read_only_reason, host=host)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -157,6 +162,7 @@ def create_app(folder: str | Path, *, api_key: str | None = None, writable: bool
     @app.post("/feedback", summary="An agent's verdict on one answer: up, down, or right (a lower answer was right)",
               dependencies=[Depends(allowed)])
     async def feedback(body: FeedbackRequest) -> dict:
+        check_question(body.question)  # as a search's question: no NUL, not empty, valid Unicode
         given = await asyncio.to_thread(service.add_feedback, body.question, body.key, body.verdict, rank=body.rank,
                                         score=body.score, query_id=body.query_id)
         return {"id": given, "question": body.question, "key": body.key, "verdict": body.verdict}
@@ -249,7 +255,8 @@ def serve(folder: str | Path, *, host: str = "127.0.0.1", port: int = 8000, api_
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
             os.environ[WORKER_OPTIONS] = json.dumps({"folder": str(folder), "batch_window": batch_window,
                                                      "max_batch": max_batch, "threads": threads,
-                                                     "access_log": access_log, "metrics_dir": metrics_dir})
+                                                     "access_log": access_log, "host": host,
+                                                     "metrics_dir": metrics_dir})
             uvicorn.run(f"{__name__}:worker_app", factory=True, workers=workers, host=host, port=port,
                         log_level=log_level, server_header=False, limit_concurrency=512, timeout_keep_alive=5,
                         access_log=False)
@@ -257,7 +264,8 @@ def serve(folder: str | Path, *, host: str = "127.0.0.1", port: int = 8000, api_
     sock = sock or bind_socket(host, port)
     app = create_app(folder, api_key=api_key, writable=writable, batch_window=batch_window, max_batch=max_batch,
                      threads=threads, feedback=not read_only, query_log=query_log and not read_only,
-                     access_log=access_log)
+                     access_log=access_log, read_only_reason="started with --read-only" if read_only else None,
+                     host=host)
     config = uvicorn.Config(app, log_level=log_level, server_header=False, limit_concurrency=512,
                             timeout_keep_alive=5, access_log=False)
     uvicorn.Server(config).run(sockets=[sock])
@@ -275,7 +283,9 @@ def worker_app() -> FastAPI:
     options = json.loads(os.environ[WORKER_OPTIONS])
     if options.get("access_log"):  # a spawned process: the handler `bertdex serve` set up is not here
         access_log_to_stderr(options["access_log"] == "json")
-    return create_app(options.pop("folder"), api_key=None, writable=False, feedback=False, query_log=False, **options)
+    return create_app(options.pop("folder"), api_key=None, writable=False, feedback=False, query_log=False,
+                      read_only_reason="serving with several --workers: one writer per folder, so none of them writes",
+                      **options)
 
 
 def access_log_to_stderr(as_json: bool) -> None:

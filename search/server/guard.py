@@ -86,7 +86,8 @@ def is_write(method: str, path: str) -> bool:
 
 
 class Guard:
-    """ASGI middleware: writes need the key (401) on a writable server (403); bodies stay under a limit (413)."""
+    """ASGI middleware: a keyless server refuses requests addressed to another name (403); writes need the key
+    (401) on a writable server (403); bodies stay under a limit (413)."""
 
     def __init__(self, app, service, max_body_bytes: int):
         self.app, self.service, self.max_body_bytes = app, service, max_body_bytes
@@ -96,6 +97,9 @@ class Guard:
             return await self.app(scope, receive, send)
         send = _with_headers(send)
         headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
+        misdirected = self.service.misdirected(headers)
+        if misdirected:
+            return await _reply(send, 403, misdirected)
         if is_write(scope["method"], scope["path"]):
             refused = self.service.refusal(scope["path"], headers)
             if refused:

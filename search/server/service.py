@@ -32,7 +32,7 @@ PAGES = {"/": ("index.html", "text/html; charset=utf-8"), "/app.js": ("app.js", 
 # Swagger UI from the fastapi-offline package, so /docs works without internet
 DOCS_ASSETS = {"swagger-ui-bundle.js": "text/javascript; charset=utf-8", "swagger-ui.css": "text/css; charset=utf-8",
                "favicon.png": "image/png"}
-READ_ONLY = "this server is read-only (started without an API key, or with --read-only)"
+NO_KEY = "started without an API key: set BERTDEX_API_KEY or --api-key-file to take writes"
 NEEDS_KEY = "a valid API key is required (X-API-Key or Authorization: Bearer)"
 
 
@@ -43,6 +43,28 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def access_line(*, writable: bool, read_only: bool, workers: int, folder_writable: bool) -> str:
+    """What `serve` prints about writes and feedback: what the Service it starts will do (and /info say)."""
+    if workers > 1:
+        return f"read-only: {workers} workers over one folder take no writes, no feedback, no query log"
+    if read_only:
+        return "read-only: no writes, no feedback, no query log"
+    if not folder_writable:
+        return "the index folder is read-only: no writes, no feedback, no query log"
+    return "writes and feedback need the API key" if writable else "entries read-only without an API key; feedback open on loopback"
+
+
+def folder_is_writable(folder: Path) -> bool:
+    return os.access(folder, os.W_OK) and os.access(folder / "bertdex.db", os.W_OK)
+
+
+def host_name(header: str) -> str:
+    """The name of a Host header: host_name("[::1]:8000") -> "::1"; host_name("localhost:80") -> "localhost"."""
+    if header.startswith("["):
+        return header[1:].partition("]")[0]
+    return header.rpartition(":")[0] if header.count(":") == 1 else header
 
 
 def check_bind(host: str, api_key: str | None, read_only: bool) -> bool:
@@ -81,15 +103,23 @@ class Service:
     """
 
     def __init__(self, folder: Path, api_key: str | None, writable: bool, encoder: Encoder | None, window: float,
-                 max_batch: int, threads: int | None = None, *, feedback: bool = True, query_log: bool = True):
+                 max_batch: int, threads: int | None = None, *, feedback: bool = True, query_log: bool = True,
+                 read_only_reason: str | None = None, host: str = "127.0.0.1"):
         self.folder = Path(folder)
         self.searcher = Searcher(self.folder, encoder=encoder, threads=threads)
         self.batcher = MicroBatcher(self.searcher, window=window, max_questions=max_batch)
         self.api_key = api_key
-        self.writable = writable and api_key is not None
+        self.folder_writable = folder_is_writable(self.folder)
+        self.writable = writable and api_key is not None and self.folder_writable
+        # why writes (and feedback) are refused, as the refusals say it: never a reason that does not hold
+        self.read_only_reason = read_only_reason or (
+            NO_KEY if api_key is None else f"index {self.folder} is read-only" if not self.folder_writable
+            else "started read-only")
+        # a keyless server on loopback answers only requests addressed to a loopback name (DNS rebinding)
+        self.checks_host = api_key is None and is_loopback(host)
         self.write_lock = threading.Lock()
-        if not (os.access(self.folder, os.W_OK) and os.access(self.folder / "bertdex.db", os.W_OK)):
-            feedback = query_log = False  # a read-only folder: answers only (writes get 503 from the writer)
+        if not self.folder_writable:
+            feedback = query_log = False  # a read-only folder: answers only
         self.store = FeedbackStore(self.folder) if feedback or query_log else None
         self.takes_feedback, self.query_log = feedback, query_log
         self.logger = QueryLog(self.store) if query_log else None
@@ -106,6 +136,14 @@ class Service:
         """off (--read-only), key (the server has a write key: feedback needs it), or open (keyless loopback)."""
         return "off" if not self.takes_feedback else ("key" if self.api_key is not None else "open")
 
+    def misdirected(self, headers) -> str | None:
+        """Why a request's Host header is refused (a keyless loopback server, another name), else None."""
+        host = headers.get("host")
+        if not self.checks_host or host is None or is_loopback(host_name(host)):
+            return None
+        return (f"the Host header {host[:80]!r} is not a loopback name: a server without an API key answers "
+                "only requests addressed to 127.0.0.1, [::1] or localhost")
+
     def authorized(self, headers) -> bool:
         from search.server.guard import authorized
 
@@ -115,10 +153,14 @@ class Service:
         """(status, message) when a write to `path` must be refused, else None."""
         if path == "/feedback":
             if self.feedback_access == "off":
-                return 403, "this server takes no feedback (started with --read-only)"
+                if not self.folder_writable:
+                    return 503, f"index {self.folder} is read-only: this server takes no feedback"
+                return 403, f"this server takes no feedback ({self.read_only_reason})"
             return (401, NEEDS_KEY) if self.feedback_access == "key" and not self.authorized(headers) else None
         if not self.writable:
-            return 403, READ_ONLY
+            if not self.folder_writable:
+                return 503, f"index {self.folder} is read-only"  # as the writer says it (IndexReadOnly)
+            return 403, f"this server is read-only ({self.read_only_reason})"
         return None if self.authorized(headers) else (401, NEEDS_KEY)
 
     def write(self, change):
