@@ -71,7 +71,7 @@ CASES = [
     ("where on a field no entry has", ["query", "{index}", "refund", "--where", "categry=billing"], None, 2, "no entry has a field 'categry'"),
     ("fields naming no column", ["query", "{index}", "refund", "--fields", "key,nope"], None, 2, "--fields 'nope'"),
     ("empty stdin", ["query", "{index}", "-"], b"\n", 2, "stdin was empty"),
-    ("duplicates threshold out of range", ["duplicates", "{index}", "--threshold", "5"], None, 2, "a cosine is between -1 and 1"),
+    ("duplicates threshold out of range", ["duplicates", "{index}", "--threshold", "5"], None, 2, "--threshold 5.0 is out of range"),
     ("feedback threshold out of range", ["feedback", "{index}", "--threshold", "2"], None, 2, "must be in (0, 1]"),
     ("where without =", ["query", "{index}", "refund", "--where", "category"], None, 2, "use NAME=VALUE"),
     ("weight not a number", ["query", "{index}", "refund", "--weight", "abc"], None, 2, "'--weight'"),
