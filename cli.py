@@ -665,7 +665,8 @@ def doctor(model: Model = None, remeasure: Annotated[bool, typer.Option("--remea
     if as_json:
         echo_json(report)
         return
-    for name, value in flatten({key: report[key] for key in ("model", "machine", "native_bf16", "chosen", "reason")}):
+    for name, value in flatten({key: report[key] for key in ("model", "machine", "native_bf16", "chosen", "question_path",
+                                                             "reason")}):
         typer.echo(f"{name}: {value}")
     if report["measurements"]:
         print_rows(["path", "texts/s", "1 question ms", "cosine vs fp32", "passes"],
@@ -881,11 +882,11 @@ def serve(
 
     access = access_line(writable=writable, read_only=read_only, workers=workers,
                          folder_writable=folder_is_writable(index_dir))
-    if not quiet:
-        typer.echo(f"starting: {index_dir} on http://{host}:{port}/ ({access}; API docs at /docs)", err=True)
+    start_line = f"starting: {index_dir} on http://{host}:{port}/ ({access}; API docs at /docs)"
     run_server(index_dir, host=host, port=port, api_key=api_key, read_only=read_only,
                batch_window=batch_window_ms / 1000, max_batch=max_batch, threads=threads,
-               query_log=query_log, access_log=access_log and not quiet and chosen(log_format), sock=sock, workers=workers)
+               query_log=query_log, access_log=access_log and not quiet and chosen(log_format), sock=sock, workers=workers,
+               ready=None if quiet else lambda: typer.echo(start_line, err=True))
 
 
 # -- answer quality ---------------------------------------------------------------------------------
@@ -972,6 +973,9 @@ def tune(
                                f"{FOLDS} (one per cross-validation fold): collect more verdicts, or give --queries/--qrels")
     report = tune_index(index_dir, queries=asked, qrels=judged, group_field=group_field, store=not dry_run,
                         max_queries=max_queries, ignore_identical_ids=ignore_identical_ids, other_models=other_models)
+    if not hasattr(report, "trials"):  # a plain FAQ with nothing to measure on: said in one line, exit 0
+        echo_json(report.to_dict()) if as_json else typer.echo(report.needs)
+        return
     if as_json:
         echo_json(report.to_dict())
         return
@@ -1010,23 +1014,29 @@ def print_decision(measured, chose: bool) -> None:
 @fails_cleanly
 def calibrate(
     index_dir: IndexDir,
-    out_of_scope: Annotated[Optional[Path], typer.Option("--out-of-scope", help="Questions that must get no answer, one per line.")] = None,
-    in_scope: Annotated[Optional[Path], typer.Option("--in-scope", help="Questions that should be answered, one per line.")] = None,
+    out_of_scope: Annotated[Optional[list[Path]], typer.Option("--out-of-scope", help="Questions that must get no answer, one per line (repeat the option: the files add up).")] = None,
+    in_scope: Annotated[Optional[list[Path]], typer.Option("--in-scope", help="Questions that should be answered, one per line (repeat the option: the files add up).")] = None,
     queries: Queries = None,
     qrels: Qrels = None,
     target_precision: Annotated[Optional[float], typer.Option(help="Answer as much as possible while this share of answers is right.")] = None,
+    allow_refusing: Annotated[bool, typer.Option("--allow-refusing", help="Allow a cut that refuses more than 5% of the right answers given.")] = False,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Draw the in-scope and out-of-scope score distributions and the cut to this PNG (needs matplotlib).")] = None,
     dry_run: DryRun = False,
     as_json: Json = False,
 ):
-    """Choose the "no good answer" cut (min score) from example questions and store it in the index."""
+    """Choose the "no good answer" cut (min score) from example questions and store it in the index.
+
+    Without it, an index has a cut made from its own collection (see `bertdex info`)."""
     from indexer.ingest.readers import read_questions
     from search.quality.calibrate import calibrate_index
 
     asked, judged = labelled(queries, qrels, required=False)
-    result = calibrate_index(index_dir, out_of_scope=read_questions(out_of_scope) if out_of_scope else [],
-                             in_scope=read_questions(in_scope) if in_scope else [], queries=asked, qrels=judged,
-                             target_precision=target_precision, store=not dry_run)
+    result = calibrate_index(index_dir, out_of_scope=[q for path in out_of_scope or [] for q in read_questions(path)],
+                             in_scope=[q for path in in_scope or [] for q in read_questions(path)], queries=asked,
+                             qrels=judged, target_precision=target_precision, store=not dry_run,
+                             allow_refusing=allow_refusing)
+    for warning in result.warnings:
+        typer.echo(f"warning: {warning}", err=True)
     if plot:
         from search.quality.calibrate_plot import plot_calibration
 

@@ -53,7 +53,8 @@ def source_entries(data: Path) -> tuple[list[str], list[str]]:
     return texts, questions
 
 
-def build_all(data: Path, sizes: list[int], types: list[str], out: Path, threads: int | None = None) -> None:
+def build_all(data: Path, sizes: list[int], types: list[str], out: Path, threads: int | None = None,
+              vectors: Path | None = None) -> None:
     """Build what is not cached yet: the real 100k index, then derived sizes and converted types."""
     from indexer import build_index
     from indexer.embed.resolve import resolve_recipe
@@ -61,7 +62,9 @@ def build_all(data: Path, sizes: list[int], types: list[str], out: Path, threads
     texts, questions = source_entries(data)
     out.mkdir(parents=True, exist_ok=True)
     (out / "questions.json").write_text(json.dumps(questions, ensure_ascii=False), encoding="utf-8")
-    real = out / f"{BASE}-flat"
+    real = out / (f"{BASE}-flat" if vectors is None else "cached-vectors-flat")
+    if not ready(real) and vectors is not None:
+        from_vectors(real, texts, np.load(vectors))
     if not ready(real):
         source = out / "entries.jsonl"
         source.write_text("".join(json.dumps({"id": f"e{i}", "text": t}, ensure_ascii=False) + "\n"
@@ -80,6 +83,22 @@ def build_all(data: Path, sizes: list[int], types: list[str], out: Path, threads
             folder = out / f"{size}-{index_type}"
             if index_type != "flat" and not ready(folder):
                 convert(flat, folder, index_type)
+
+
+def from_vectors(target: Path, texts: list[str], vectors: np.ndarray) -> None:
+    """The "real" index from vectors embedded before (--vectors: the first len(vectors) texts' vectors, in order,
+    by the default recipe), without embedding again; sizes beyond it are derived as usual (synthetic copies)."""
+    from indexer.embed.resolve import resolve_recipe
+    from indexer.store.folder import IndexWriter, Manifest
+
+    recipe = resolve_recipe().recipe
+    shutil.rmtree(target, ignore_errors=True)
+    with IndexWriter.open(target, new=Manifest(recipe=recipe, index_type="flat")) as writer:
+        count = len(vectors)
+        documents = [{"key": f"e{i}", "text": text, "fields": {}} for i, text in enumerate(texts[:count])]
+        writer.write_documents(documents, vectors.astype(np.float32), np.arange(count), np.zeros((count, 2), dtype=np.int64))
+        writer.commit()
+    print(f"built {target.name} from {count} cached vectors", flush=True)
 
 
 def ready(folder: Path) -> bool:
@@ -227,6 +246,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=OUT, help="where built indexes are cached")
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--types", nargs="+", default=["flat", "hnsw", "ivf"])
+    parser.add_argument("--vectors", type=Path, help="a .npy of the entries' vectors embedded before (the first "
+                        "N texts, default recipe): the real index is made from them instead of embedding")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (building and measuring)")
     parser.add_argument("--build-only", action="store_true")
@@ -245,7 +266,7 @@ def main() -> None:
         return
     print(f"# python bench/latency.py {' '.join(sys.argv[1:])}")
     print(f"# {os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f} at start")
-    build_all(args.data, args.sizes, args.types, args.out, args.threads)
+    build_all(args.data, args.sizes, args.types, args.out, args.threads, args.vectors)
     if args.retune:
         for size in args.sizes:
             for index_type in args.types:

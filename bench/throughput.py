@@ -87,7 +87,9 @@ def main() -> None:
     peaks = matmul_peaks()
     print("# matmul peak, torch, " + ", ".join(f"{name} {value:.0f} GFLOP/s" for name, value in peaks.items()))
     user = resolve_recipe(args.model)  # the defaults exactly as a user gets them: no flag forced
-    print(f"# defaults: {user.encoder.path.label()} ({user.encoder.path_reason})")
+    asking = Encoder(user.encoder.folder, max_length=user.recipe.max_length, keep_layers=user.recipe.layer,
+                     purpose="question")  # what `bertdex query` and `serve` run
+    print(f"# defaults: bulk {user.encoder.path.label()}, one question {asking.path.label()} ({user.encoder.path_reason})")
     resolved = resolve_recipe(args.model, precision="fp32")
     encoder, recipe = resolved.encoder, resolved.recipe
     tokens = [len(x) for x in encoder.tokenize(texts)[0]]
@@ -146,7 +148,7 @@ def main() -> None:
     ours_best_key = max((k for k in best if k.startswith("bertdex")), key=best.get)
     print(f"\nbest bertdex / best sentence-transformers: {best[ours_best_key] / st_best:.2f}x ({ours_best_key})")
     print(f"bertdex defaults / best sentence-transformers: {best[defaults_key] / st_best:.2f}x ({defaults_key})")
-    one_question(user.encoder, encoders, default_threads, recipe, st_embed)
+    one_question(asking, encoders, default_threads, recipe, st_embed)
 
     reference = bertdex(encoders["torch", default_threads])(texts)
     for label, vectors in (("bertdex onnx", bertdex(encoders["onnx", default_threads])(texts)), ("sentence-transformers", st_embed(texts))):
@@ -178,7 +180,7 @@ def matmul_peaks(size: int = 1024, seconds: float = 1.0) -> dict[str, float]:
 def one_question(default, encoders: dict, threads: int, recipe, st_embed) -> None:
     """Median ms to embed one short question: the defaults against every other path."""
     question = ["how do I reset my password?"]
-    paths = {f"defaults ({default.path.label()})": default,
+    paths = {f"defaults for a question ({default.path.label()})": default,
              **{encoder.path.label(): encoder for (_, t), encoder in encoders.items() if t == threads}}
     timings = {}
     for label, encoder in paths.items():

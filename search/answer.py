@@ -11,34 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from search.searcher import Hit
-from search.server.answers import band
+from search.server.answers import band, cut_source
 
 # why a question got no answer: the machine-readable `reason`; `why` is the line a person reads
 BELOW_CUT = "below_cut"
 FILTER_MATCHED_NOTHING = "filter_matched_nothing"
 NOTHING_FOUND = "nothing_found"
-
-
-def cut_source(settings, min_score: float | None, no_cut: bool = False) -> str | None:
-    """Where the cut comes from, in words: "given" (with the question), what the index's settings say
-    (the calibration stored in it), or None (no cut).
-
-    cut_source(settings, 0.5) -> 'given'
-    """
-    if no_cut:
-        return None
-    if min_score is not None:
-        return "given"
-    search = settings.search
-    if search.min_score is None:
-        return None
-    told = getattr(search, "cut_source", None)  # settings that record the cut's provenance say it themselves
-    if callable(told):
-        return told()
-    calibration = search.calibration or {}
-    if calibration:
-        return f"calibrated on {calibration.get('in_scope', 0) + calibration.get('out_of_scope', 0)} labelled"
-    return "set by hand"
 
 
 @dataclass(frozen=True)
@@ -107,7 +85,7 @@ def search_answers(searcher, questions: list[str], k: int = 5, *, mode: str | No
     settings = searcher.manifest.settings
     used = mode or settings.search.mode
     cut = searcher.cut_for(used, min_score)
-    source = cut_source(settings, min_score) if cut is not None else None
+    source = cut_source(settings.search, min_score, cut)
     problem = filter_problem(searcher.db, filters) if filters and not all(results) else None
     return [answer(question, hits, cut=cut, cut_source=source, mode=used, filtered=bool(filters),
                    filter_problem=problem) for question, hits in zip(questions, results)]

@@ -12,6 +12,11 @@ from indexer.store.keywords import fts_query, scheme_of
 
 Ranked = list[tuple[int, float, int | None]]  # (document id, score, passage id or None), best first
 FUSIONS = ("score", "rank", "cosine")
+# the first hit of a fusion must be within this share of the dense pool's spread (best cosine - lowest) of
+# the best cosine: on a small FAQ min-max makes any keyword match worth as much as the closest entry, and
+# a question sharing only common words with an entry ranked it first (issue 22: cosine -0.04 against 0.37)
+NEAR_BEST = 0.5
+SPREAD_POOL = 5  # fewer dense hits than this say nothing about the spread: no guard
 
 
 def search(db, question: str, n: int, scheme: str | None = None) -> Ranked:
@@ -55,7 +60,8 @@ def fuse(dense: Ranked, words: Ranked, weight: float = 0.5, method: str = "score
     method "cosine": the dense side's raw cosine (documents it did not return get its lowest) plus min-max
     normalized BM25: the only fusion whose top score still says how close the best answer is, so the
     one a calibrated "no good answer" cut works with (min-max and rank fusion give every top hit ~1).
-    fuse([(1, .9, 7), (2, .5, 8)], [(2, 3.0, None)], 0.5) -> [(2, 0.5, 8), (1, 0.5, 7)]
+    Whatever the method, the first hit is one whose cosine is near the best dense hit's (`first_near_best`).
+    fuse([(1, .9, 7), (2, .5, 8)], [(2, 3.0, None)], 0.5) -> [(1, 0.5, 7), (2, 0.5, 8)]
     """
     if method not in FUSIONS:
         from indexer.errors import BertdexError
@@ -80,7 +86,27 @@ def fuse(dense: Ranked, words: Ranked, weight: float = 0.5, method: str = "score
         for doc in passages
     }
     order = sorted(fused, key=lambda doc: (-fused[doc], doc))
-    return [(doc, fused[doc], passages[doc]) for doc in order]
+    return first_near_best([(doc, fused[doc], passages[doc]) for doc in order], dense)
+
+
+def first_near_best(fused: Ranked, dense: Ranked) -> Ranked:
+    """`fused` with its first hit replaced, when its cosine is far below the best dense hit's, by the first
+    fused hit that is near it (within NEAR_BEST of the dense pool's spread); the rest keep their order.
+    A document the dense side did not return counts as its lowest cosine. With fewer than SPREAD_POOL
+    dense hits `fused` is returned as it is.
+
+    first_near_best([(3, 1.0, None), (1, .6, 7)], [(1, .8, 7), (2, .5, 8), (5, .3, 5), (6, .2, 6), (4, 0.0, 9)])
+    -> [(1, .6, 7), (3, 1.0, None)]
+    """
+    cosine = {doc: score for doc, score, _ in reversed(dense)}
+    if not fused or len(cosine) < SPREAD_POOL:
+        return fused
+    best, low = max(cosine.values()), min(cosine.values())
+    near = best - NEAR_BEST * (best - low)
+    if cosine.get(fused[0][0], low) >= near:
+        return fused
+    first = next(i for i, (doc, _, _) in enumerate(fused) if cosine.get(doc, low) >= near)
+    return [fused[first]] + fused[:first] + fused[first + 1:]
 
 
 def _best_per_document(ranked: Ranked) -> Ranked:

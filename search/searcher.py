@@ -74,7 +74,8 @@ class Searcher:
         self.folder = check_index_folder(Path(folder))
         self.db = connect(self.folder, readonly=True)
         self.manifest = read_manifest(self.db, self.folder)
-        self._encoder_options = {"model": model, "precision": precision, "threads": threads, "backend": backend}
+        self._encoder_options = {"model": model, "precision": precision, "threads": threads, "backend": backend,
+                                 "purpose": "question"}
         self.encoder = encoder or encoder_for(self.manifest.recipe, **self._encoder_options)
         self._encoder_recipe = self.manifest.recipe  # what self.encoder was made for
         self._check_asked(layer, pooling)
@@ -190,12 +191,17 @@ class Searcher:
         return results
 
     def cut_for(self, mode: str | None, min_score: float | None) -> float | None:
-        """The cut a search applies: `min_score`, else the calibrated one if `mode` is the mode it was calibrated for."""
+        """The cut a search applies: `min_score`, else the calibrated one if `mode` is the mode it was calibrated
+        for, or the collection's (a cosine: indexer.store.offtopic) in dense and in hybrid other than cosine fusion."""
         tuned = self.manifest.settings.search
+        if min_score is not None:
+            return min_score
+        mode = mode or tuned.mode
+        if (tuned.cut or {}).get("source") == "collection" and not tuned.calibrated:
+            on_cosine = mode == "dense" or (mode == "hybrid" and tuned.fusion != "cosine")
+            return tuned.min_score if on_cosine else None
         # a calibrated cut is on the score scale of the mode it was calibrated for
-        if min_score is None and (mode or tuned.mode) == tuned.mode:
-            return tuned.min_score
-        return min_score
+        return tuned.min_score if mode == tuned.mode else None
 
     def _rank(self, question, vector, k, mode, weight, filters, exclude=frozenset()) -> list[tuple[int, float, int | None]]:
         """(document id, score, passage id) best first, one per document or group, filtered."""

@@ -49,13 +49,12 @@ def test_an_unanswered_question_says_why_and_shows_the_closest_miss():
 
 
 def test_the_cut_says_where_it_came_from():
-    from indexer.store.settings import IndexSettings, SearchSettings
+    from indexer.store.settings import SearchSettings
     from search.answer import cut_source
 
-    calibrated = IndexSettings(search=SearchSettings(min_score=0.4, calibration={"in_scope": 20, "out_of_scope": 4}))
-    assert cut_source(calibrated, None) == "calibrated on 24 labelled"
-    assert cut_source(calibrated, 0.5) == "given" and cut_source(calibrated, None, no_cut=True) is None
-    assert cut_source(IndexSettings(), None) is None
+    calibrated = SearchSettings(min_score=0.4, calibration={"in_scope": 20, "out_of_scope": 4})
+    assert cut_source(calibrated, None, 0.4) == "calibrated on 24 labelled"
+    assert cut_source(calibrated, 0.5, 0.5) == "given" and cut_source(calibrated, None, None) is None
 
 
 # -- the command line ---------------------------------------------------------------------------------

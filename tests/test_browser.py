@@ -208,7 +208,7 @@ def test_a_calibrated_index_searches_and_clearing_the_box_removes_the_cut(browse
     browser.screenshot(screenshots / "search-page-en.png")
     assert browser.attribute(hits[0], "data-key") in {"en-001", "en-005", "en-006"}
     badge = browser.find("#results li.hit .score")[0]
-    assert browser.text(badge) == "Good match"
+    assert browser.text(badge) == f"Good match · {float(browser.attribute(badge, 'data-score')):.3f}"  # the score beside the band
     assert f"calibrated cut {calibration.min_score:.4f}" in browser.attribute(badge, "title")
 
     ask(browser, "What is the capital of Australia?")  # out of scope: below the calibrated cut
@@ -217,7 +217,7 @@ def test_a_calibrated_index_searches_and_clearing_the_box_removes_the_cut(browse
     browser.click("#closest > summary")
     browser.screenshot(screenshots / "search-page-no-answer.png")
     (miss,) = browser.find("#closest-list li.hit.miss")
-    assert browser.text(browser.find("#closest-list .score")[0]) == "Below the cut"
+    assert browser.text(browser.find("#closest-list .score")[0]).startswith("Below the cut · 0.")
     assert "This one was right" in browser.text(miss)
 
     hits = ask(browser, "What is the capital of Australia?", min_score="")  # cleared: no cut at all

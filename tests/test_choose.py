@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from indexer.embed.choose import candidates, choice_file, choose
+from indexer.embed.choose import candidates, choice_file, choose, choose_paths
 from indexer.embed.measure import Measurement
 from indexer.embed.runners import RunPath
 
@@ -46,11 +46,19 @@ def test_a_path_that_moves_the_vectors_is_refused_however_fast():
     assert choose(reordered)[0] == TORCH
 
 
-def test_the_fastest_in_bulk_is_passed_over_when_one_question_is_over_15_percent_slower():
+def test_bulk_and_one_question_each_take_their_fastest_path():
     gpu = [figures(TORCH, 600, 9.0), figures(ONNX, 870, 5.0), figures(CUDA16, 20000, 6.5)]
-    assert choose(gpu)[0] == ONNX
-    gpu_quick = [figures(TORCH, 600, 9.0), figures(ONNX, 870, 5.0), figures(CUDA16, 20000, 5.5)]
-    assert choose(gpu_quick)[0] == CUDA16
+    assert (choose_paths(gpu).bulk, choose_paths(gpu).question) == (CUDA16, ONNX)
+    gpu_quick = [figures(TORCH, 600, 9.0), figures(ONNX, 870, 5.6), figures(CUDA16, 20000, 5.0)]
+    assert (choose_paths(gpu_quick).bulk, choose_paths(gpu_quick).question) == (CUDA16, ONNX)  # within 15%: ONNX starts without torch
+    gpu_quicker = [figures(TORCH, 600, 9.0), figures(ONNX, 870, 6.0), figures(CUDA16, 20000, 3.0)]
+    assert choose_paths(gpu_quicker).question == CUDA16
+    # the CPU: bf16 1.9x fp32 in bulk but 3.5x slower for one question -> bf16 in bulk, ONNX for questions
+    bf16_bulk = [figures(TORCH, 330, 16.0), figures(ONNX, 552, 4.5), figures(BF16, 1050, 15.8, cosine=0.99992)]
+    chosen = choose_paths(bf16_bulk)
+    assert (chosen.bulk, chosen.question) == (BF16, ONNX) and choose(bf16_bulk)[0] == BF16
+    moved = [figures(TORCH, 330, 16.0), figures(ONNX, 552, 4.5), figures(BF16, 1050, 2.0, cosine=0.99)]
+    assert (choose_paths(moved).bulk, choose_paths(moved).question) == (ONNX, ONNX)
 
 
 def test_a_failed_candidate_is_skipped_and_none_passing_is_an_error():
@@ -73,10 +81,23 @@ def test_candidates_follow_the_machine_and_the_forced_options():
 
 def test_a_changed_machine_gets_another_decision_file(tmp_path):
     machine = {"cpu": "AMD EPYC", "flags": "abc", "cores": 2, "gpu": None, "versions": {"torch": "2.13.0"}}
-    same = choice_file(tmp_path, "ab12", 6, [TORCH, ONNX], dict(machine))
-    assert same == choice_file(tmp_path, "ab12", 6, [TORCH, ONNX], dict(machine))
-    for change in ({"cores": 16}, {"flags": "abd"}, {"cpu": "Intel Xeon"}, {"versions": {"torch": "2.14.0"}}):
-        assert choice_file(tmp_path, "ab12", 6, [TORCH, ONNX], {**machine, **change}) != same
+    same = choice_file(tmp_path, "ab12", 6, "auto", "auto", dict(machine))
+    assert same == choice_file(tmp_path, "ab12", 6, "auto", "auto", dict(machine))
+    for change in ({"cores": 16}, {"flags": "abd"}, {"cpu": "Intel Xeon"}, {"versions": {"torch": "2.14.0"}},
+                   {"gpu": "NVIDIA H100"}):
+        assert choice_file(tmp_path, "ab12", 6, "auto", "auto", {**machine, **change}) != same
+    assert choice_file(tmp_path, "ab12", 6, "fp32", "auto", machine) != same
+
+
+def test_the_machine_key_is_read_without_importing_torch():
+    import subprocess
+    import sys
+
+    code = "import sys; from indexer.embed.choose import machine_key; m = machine_key(); print('torch' in sys.modules, m['versions']['torch'])"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    import torch
+
+    assert result.stdout.split() == ["False", torch.__version__]
 
 
 @pytest.mark.slow
@@ -90,6 +111,7 @@ def test_the_first_encoder_measures_and_saves_the_choice_the_next_one_reuses_it(
     assert {tuple(m["path"].values()) for m in data["measurements"]} == {("torch", "fp32", "cpu"), ("onnx", "fp32", "cpu")}
     assert all(m["bulk_per_s"] > 0 and m["cosine_min"] > 0.9999 for m in data["measurements"])
     assert first.path == RunPath(**data["chosen"]) and "measured fastest here" in first.path_reason
+    assert RunPath(**data["question"]) in {TORCH, ONNX} and data["fast_tokenizer"] is True
 
     data["chosen"] = {"backend": "torch", "precision": "fp32", "device": "cpu"}  # the file decides, not a re-measure
     saved.write_text(json.dumps(data))

@@ -182,6 +182,18 @@ def test_auto_tokenizer_wraps_texts_in_s_and_end(tokenizer):
 
 
 @pytest.mark.slow
+def test_the_tokenizers_only_tokenizer_of_the_converted_folder_gives_transformers_tokens(e5_folder, tokenizer):
+    """The question path reads the converter's tokenizer.json without transformers (indexer.embed.tokenizer)."""
+    from indexer.embed.tokenizer import FastTokenizer, agrees_with
+
+    fast = FastTokenizer(e5_folder)
+    texts = [f"query: {text}" for text in ALL_TEXTS] + ["비밀번호를 잊어버렸어요 " * 80]
+    assert agrees_with(fast, tokenizer, texts, 512)
+    assert fast.model_input_names == ["input_ids", "attention_mask"] and fast.pad_token_id == tokenizer.pad_token_id
+    assert fast.tokenize("배를 타고") == tokenizer.tokenize("배를 타고")
+
+
+@pytest.mark.slow
 def test_padded_batch_equals_one_at_a_time(model, tokenizer):
     texts = ["passage: " + text for text in ["", "Hello world!", TEXTS["long words"][0], TEXTS["emoji"][1],
                                              TEXTS["korean"][0], TEXTS["whitespace"][0]]]

@@ -220,8 +220,9 @@ def test_calibrated_cut_routes_an_unseen_out_of_scope_question_to_no_answer(faq_
     english = [q for q in read_questions(EXAMPLES / "out_of_scope.txt") if q.isascii()]
     result = calibrate_index(faq_index, out_of_scope=english[:4], queries=load_queries(EN_QUERIES),
                              qrels=load_qrels(EN_QRELS), encoder=encoder)
-    # every out-of-scope example refused, and no wrong answer given (one in-scope top answer is wrong, so refused)
-    assert result.stored and result.answered_wrong == 0 and result.refused_wrong >= 4 and result.answered_right >= 10
+    # every out-of-scope example refused, and no right answer refused (the one wrong in-scope top answer scores
+    # above a right one: refusing it would refuse 1 of 11 right answers, more than calibrate's 5%)
+    assert result.stored and result.refused_wrong >= 4 and result.refused_right == 0 and result.answered_wrong <= 1
     assert open_manifest(faq_index).settings.search.min_score == pytest.approx(result.min_score)
     searcher = Searcher(faq_index, encoder=encoder)
     assert searcher.search(english[4], k=3) == []  # "What is the capital of Australia?", not calibrated on
@@ -257,7 +258,7 @@ def test_warns_when_the_tokenizer_splits_hangul_into_jamo(ko_index, faq_index_ma
 def test_full_width_and_decomposed_text_is_normalized_before_matching(faq_index_master, encoder):
     import unicodedata
 
-    assert keyword_terms("ＲＥＳＥＴ　my  PIN") == ["reset", "my", "pin"]
+    assert keyword_terms("ＲＥＳＥＴ　my  PIN") == ["reset", "pin"]  # "my": a stop word (kiwi-2)
     assert keyword_terms(unicodedata.normalize("NFD", "비밀번호")) == keyword_terms("비밀번호")
     searcher = Searcher(faq_index_master, encoder=encoder)
     plain = searcher.search("I forgot my password", k=1, mode="dense")[0]

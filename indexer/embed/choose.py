@@ -5,8 +5,12 @@ bf16 matmul ran at 167 GFLOP/s against 303 for fp32, so bf16 chosen by its flag 
 sentence-transformers. Here the candidates (ONNX Runtime fp32, PyTorch fp32, PyTorch bf16 where the CPU
 has it natively, CUDA where present) are timed once per machine and model on a fixed probe (a bulk batch
 and one short question), each checked against PyTorch fp32's vectors, and the fastest that passes is kept
-in a small JSON file beside the ONNX exports. A changed machine (CPU, flags, cores, library versions)
-measures again. `choose` is a pure function of the measurements, so tests feed it figures.
+in a small JSON file beside the ONNX exports. Two paths are kept: the fastest in bulk (indexing) and the
+fastest for one question (query, serve); the file also names the ONNX export and whether the model's
+tokenizer.json read by `tokenizers` alone gave transformers' tokens, so `saved_question_path` can start a
+question's encoder without importing torch or transformers. A changed machine (CPU, flags, cores, GPUs,
+library versions, read without importing them) measures again. `choose_paths` is a pure function of the
+measurements, so tests feed it figures.
 """
 
 from __future__ import annotations
@@ -17,19 +21,21 @@ import os
 import platform
 import time
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
 from indexer.embed import onnx_model
 from indexer.embed.measure import Measurement, measure
-from indexer.embed.runners import RunPath, TorchRunner, onnx_runner
+from indexer.embed.runners import OnnxRunner, RunPath, TorchRunner, onnx_runner
 from indexer.errors import BertdexError
 
 PRECISIONS = ("auto", "fp32", "bf16")
 BACKENDS = ("auto", "onnx", "torch")
 SINGLE_SLACK = 1.15     # the chosen path's one-question time is within 15% of the fastest path's
-CHOICE_FORMAT = 1
+CHOICE_FORMAT = 2  # 2: a bulk and a question path, the export's name, the tokenizer check
+PURPOSES = ("bulk", "question")
 
 
 @dataclass
@@ -61,26 +67,42 @@ def candidates(precision: str, backend: str, *, native_bf16: bool, cuda: bool, o
 
 
 def choose(measurements: list[Measurement]) -> tuple[RunPath, str]:
-    """The fastest path in bulk among those that pass and answer one question within 15% of the fastest.
+    """The bulk path and why (see choose_paths)."""
+    chosen = choose_paths(measurements)
+    return chosen.bulk, chosen.reason
 
+
+@dataclass(frozen=True)
+class Paths:
+    """The two paths a model runs on here: `bulk` for indexing, `question` for one question at a time."""
+
+    bulk: RunPath
+    question: RunPath
+    reason: str
+
+
+def choose_paths(measurements: list[Measurement]) -> Paths:
+    """Among the paths that reproduce fp32's vectors: the fastest in bulk, and the fastest for one question.
+
+    For one question, a path within 15% of the quickest that is ONNX Runtime is preferred: it starts without
+    torch, which costs a new process about a second (more than any per-question difference).
     Raises ValueError when none passes (the caller keeps PyTorch fp32, the reference).
     """
     passing = [m for m in measurements if m.passes]
     if not passing:
         raise ValueError("no candidate reproduced fp32's vectors")
+    bulk = max(passing, key=lambda m: m.bulk_per_s)
     quickest = min(m.single_ms for m in passing)
-    responsive = [m for m in passing if m.single_ms <= SINGLE_SLACK * quickest]
-    best = max(responsive, key=lambda m: m.bulk_per_s)
+    near = [m for m in passing if m.single_ms <= SINGLE_SLACK * quickest]
+    question = min(near, key=lambda m: (m.path.backend != "onnx", m.single_ms))
     figures = "; ".join(f"{m.path.label()} {m.bulk_per_s:.0f}/s, {m.single_ms:.1f} ms"
                         + ("" if m.passes else " (refused: " + (m.error or f"cosine {m.cosine_min:.5f}") + ")")
                         for m in measurements)
-    return best.path, f"measured fastest here: {figures}"
+    return Paths(bulk.path, question.path, f"measured fastest here: {figures}")
 
 
 def machine_key() -> dict:
-    """What decides speed here: CPU model, its flags, cores, the libraries' versions."""
-    import torch
-
+    """What decides speed here: CPU model, its flags, cores, GPUs, the libraries' versions (read without importing them)."""
     model, flags = platform.processor(), ""
     try:
         with open("/proc/cpuinfo") as handle:
@@ -91,15 +113,25 @@ def machine_key() -> dict:
                     flags = line.split(":", 1)[1].strip()
     except OSError:
         pass
-    versions = {"torch": torch.__version__, "numpy": np.__version__}
-    if onnx_model.available():
-        import onnxruntime
-
-        versions["onnxruntime"] = onnxruntime.__version__
+    versions = {}
+    for package in ("torch", "numpy", "onnxruntime"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": model, "flags": hashlib.sha256(flags.encode()).hexdigest()[:12], "cores": cores, "gpu": gpu,
+    return {"cpu": model, "flags": hashlib.sha256(flags.encode()).hexdigest()[:12], "cores": cores, "gpu": _gpus(),
             "versions": versions}
+
+
+def _gpus() -> str | None:
+    """The NVIDIA GPUs the driver lists (their models), None when there is none."""
+    try:
+        models = sorted(line.split(":", 1)[1].strip() for info in Path("/proc/driver/nvidia/gpus").glob("*/information")
+                        for line in info.read_text().splitlines() if line.startswith("Model:"))
+    except OSError:
+        return None
+    return ", ".join(models) or None
 
 
 def native_bf16() -> bool:
@@ -112,14 +144,15 @@ def native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def choice_file(cache: Path, checksum: str, keep_layers: int, paths: list[RunPath], machine: dict) -> Path:
-    key = json.dumps([CHOICE_FORMAT, machine, [p.to_dict() for p in paths]], sort_keys=True)
+def choice_file(cache: Path, checksum: str, keep_layers: int, precision: str, backend: str, machine: dict) -> Path:
+    """Where the choice for this model, layer count, forced options and machine is kept (they decide the candidates)."""
+    key = json.dumps([CHOICE_FORMAT, machine, precision, backend], sort_keys=True)
     return cache / "choices" / f"{checksum}-L{keep_layers}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 
 
 def pick_runner(encoder, keep_layers: int | None, *, precision: str, backend: str, cache: Path | None,
-                checksum: str | None) -> Choice:
-    """The runner an Encoder will use, fixed once (see the module docstring)."""
+                checksum: str | None, purpose: str = "bulk") -> Choice:
+    """The runner an Encoder will use for `purpose` (bulk or question), fixed once (see the module docstring)."""
     import torch
 
     if keep_layers is None:  # the tutorial and the tuner: all hidden states, on PyTorch
@@ -141,21 +174,78 @@ def pick_runner(encoder, keep_layers: int | None, *, precision: str, backend: st
     if len(paths) == 1:
         return _single(builder, paths[0], backend, precision)
     machine = machine_key()
-    saved = _read_choice(choice_file(cache, checksum, keep_layers, paths, machine)) if cache else None
+    where = choice_file(cache, checksum, keep_layers, precision, backend, machine) if cache else None
+    saved = _read_choice(where) if where else None
     if saved is not None:
-        path, reason, measured = saved
         try:
-            return Choice(builder.runner(path), path, reason, measured)
+            return Choice(builder.runner(saved.path(purpose)), saved.path(purpose), saved.reason, saved.measured)
         except Exception:
             pass  # the cached choice cannot be built any more (a damaged export): measure again
     measured = tuple(measure(encoder, builder, paths))
     try:
-        path, reason = choose(list(measured))
+        chosen = choose_paths(list(measured))
     except ValueError as error:
-        path, reason = paths[0], f"PyTorch fp32: {error}"
-    if cache:
-        _write_choice(choice_file(cache, checksum, keep_layers, paths, machine), path, reason, measured, machine)
-    return Choice(builder.runner(path), path, reason, measured)
+        chosen = Paths(paths[0], paths[0], f"PyTorch fp32: {error}")
+    if where:
+        _write_choice(where, Saved(chosen.bulk, chosen.question, chosen.reason, measured, _export_name(builder),
+                                   _tokenizer_agrees(encoder)), machine)
+    path = chosen.question if purpose == "question" else chosen.bulk
+    return Choice(builder.runner(path), path, chosen.reason, measured)
+
+
+def saved_question_path(folder: Path, keep_layers: int | None, *, precision: str, backend: str, cache: Path | None,
+                        checksum: str | None, threads: int | None) -> Choice | None:
+    """The question path saved for this machine and model, built without importing torch or transformers.
+
+    Only when it is ONNX Runtime, its export is cached, and the `tokenizers`-only tokenizer gave transformers'
+    tokens on the probe when the choice was made (indexer.embed.tokenizer); otherwise None: pick_runner decides.
+    """
+    from indexer.embed.tokenizer import has_fast_tokenizer
+
+    if keep_layers is None or cache is None or precision == "bf16" or backend == "torch" \
+            or not has_fast_tokenizer(folder) or not onnx_model.available():
+        return None
+    if checksum is None:
+        from indexer.embed.models import model_checksum
+
+        checksum = model_checksum(folder)
+    saved = _read_choice(choice_file(cache, checksum, keep_layers, precision, backend, machine_key()))
+    if saved is None or saved.question != RunPath("onnx", "fp32") or not saved.export or not saved.fast_tokenizer:
+        return None
+    found = onnx_model.find_cached(cache / saved.export)
+    if found is None:
+        return None
+    try:
+        session = onnx_model.OnnxModel(found, threads or _cores())
+    except Exception:
+        return None  # a damaged export: pick_runner exports it again
+    return Choice(OnnxRunner(session, keep_layers), saved.question, saved.reason, saved.measured)
+
+
+def _cores() -> int:
+    """The threads torch would start with here: the cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _export_name(builder: "_Builder") -> str | None:
+    runner = builder.built.get(RunPath("onnx", "fp32"))
+    path = getattr(getattr(runner, "session", None), "path", None)
+    return Path(path).name if path is not None and builder.cache is not None and \
+        onnx_model.find_cached(builder.cache / Path(path).name) is not None else None
+
+
+def _tokenizer_agrees(encoder) -> bool:
+    """Whether the `tokenizers`-only tokenizer gives this encoder's (transformers') tokens on the probe texts."""
+    from indexer.embed.measure import PROBE_SENTENCES
+    from indexer.embed.tokenizer import FastTokenizer, agrees_with, has_fast_tokenizer
+
+    if not has_fast_tokenizer(encoder.folder):
+        return False
+    texts = [*PROBE_SENTENCES, " ".join(PROBE_SENTENCES) * 3, "Café  naïve résumé ＡＢＣ 12,5% e-mail@x.org"]
+    try:
+        return agrees_with(FastTokenizer(encoder.folder), encoder.tokenizer, texts, encoder.max_length)
+    except Exception:
+        return False
 
 
 def _single(builder: "_Builder", path: RunPath, backend: str, precision: str) -> Choice:
@@ -202,19 +292,36 @@ class _Builder:
         return runner
 
 
-def _read_choice(path: Path) -> tuple[RunPath, str, tuple[Measurement, ...]] | None:
+@dataclass(frozen=True)
+class Saved:
+    """A choice file: the two paths, why, the figures, the export's file name and the tokenizer check."""
+
+    bulk: RunPath
+    question: RunPath
+    reason: str
+    measured: tuple[Measurement, ...]
+    export: str | None = None
+    fast_tokenizer: bool = False
+
+    def path(self, purpose: str) -> RunPath:
+        return self.question if purpose == "question" else self.bulk
+
+
+def _read_choice(path: Path) -> Saved | None:
     try:
         data = json.loads(path.read_text())
         measured = tuple(Measurement.from_dict(m) for m in data["measurements"])
-        return RunPath(**data["chosen"]), data["reason"], measured
+        return Saved(RunPath(**data["chosen"]), RunPath(**data["question"]), data["reason"], measured,
+                     data.get("export"), bool(data.get("fast_tokenizer")))
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
-def _write_choice(path: Path, chosen: RunPath, reason: str, measured, machine: dict) -> None:
-    data = {"format": CHOICE_FORMAT, "chosen": chosen.to_dict(), "reason": reason, "machine": machine,
+def _write_choice(path: Path, saved: Saved, machine: dict) -> None:
+    data = {"format": CHOICE_FORMAT, "chosen": saved.bulk.to_dict(), "question": saved.question.to_dict(),
+            "reason": saved.reason, "machine": machine, "export": saved.export, "fast_tokenizer": saved.fast_tokenizer,
             "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "measurements": [m.to_dict() for m in measured]}
+            "measurements": [m.to_dict() for m in saved.measured]}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(f".{os.getpid()}.partial")

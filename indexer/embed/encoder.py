@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from indexer.embed import choose, onnx_model
+from indexer.embed.models import model_config
 from indexer.embed.pooling import normalize, pool
+from indexer.embed.tokenizer import FastTokenizer
 from indexer.errors import BertdexError
 
 # Padded tokens and rows per forward pass: smaller batches keep the activations nearer the cache. On
@@ -54,30 +56,23 @@ class Encoder:
     `keep_layers`: compute hidden states 0..keep_layers only (None: all of them, on PyTorch fp32).
     `precision`: auto | fp32 | bf16; `backend`: auto | onnx | torch. auto measures the candidate paths once
     per machine and model (cached beside the ONNX exports) and keeps the fastest whose vectors match fp32;
-    `path` is what runs, `path_reason` why. There is no int8: dynamic int8 quantization ran up to 1.6x faster
-    but moves the vectors (cosine to fp32 ~0.97) and costs 0.01-0.06 MRR@10 (bench/throughput.py).
+    `path` is what runs, `path_reason` why. `purpose`: "bulk" (indexing: the fastest path in bulk) or
+    "question" (search: the fastest for one question; a saved ONNX Runtime choice loads no torch, and reads
+    the tokenizer with `tokenizers` alone). There is no int8: dynamic int8 quantization ran up to 1.6x
+    faster but moves the vectors (cosine to fp32 ~0.97) and costs 0.01-0.06 MRR@10 (bench/throughput.py).
     """
 
     def __init__(self, folder: Path, *, max_length: int | None = None, keep_layers: int | None = None,
                  precision: str = "auto", threads: int | None = None, backend: str = "auto",
-                 cache: Path | None = onnx_model.DEFAULT_CACHE, checksum: str | None = None):
-        import torch
-        import transformers
-
-        transformers.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()
-        if threads:
-            torch.set_num_threads(threads)
+                 cache: Path | None = onnx_model.DEFAULT_CACHE, checksum: str | None = None, purpose: str = "bulk"):
         if precision not in PRECISIONS:
             raise BertdexError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
         if backend not in BACKENDS:
             raise BertdexError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+        if purpose not in choose.PURPOSES:
+            raise BertdexError(f"unknown purpose {purpose!r}: choose one of {', '.join(choose.PURPOSES)}")
         self.folder = Path(folder)
-        try:
-            self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), use_fast=True)
-            self.config = transformers.AutoConfig.from_pretrained(str(folder))
-        except Exception as error:
-            raise BertdexError(f"cannot load a model from {folder}: {str(error).splitlines()[0][:200]}") from None
+        self.config = model_config(self.folder)
         self.num_layers = int(self.config.num_hidden_layers)
         self.hidden_size = int(self.config.hidden_size)
         limit = min(int(getattr(self.config, "max_position_embeddings", 512) or 512), 512)
@@ -85,11 +80,19 @@ class Encoder:
         self.max_length = min(max_length or limit, limit)
         if self.max_length < 8:
             raise BertdexError(f"--max-length {max_length} is too small: use at least 8 tokens")
-        self.threads = threads or torch.get_num_threads()
         if keep_layers is not None and keep_layers > self.num_layers:
             keep_layers = None
-        choice = choose.pick_runner(self, keep_layers, precision=precision, backend=backend, cache=cache,
-                                    checksum=checksum)
+        # a question on a path saved for this machine comes without torch and transformers (seconds of imports)
+        choice = choose.saved_question_path(self.folder, keep_layers, precision=precision, backend=backend,
+                                            cache=cache, checksum=checksum, threads=threads) \
+            if purpose == "question" else None
+        if choice is not None:
+            self.tokenizer, self.threads = FastTokenizer(self.folder), choice.runner.session.threads
+        else:
+            self.tokenizer, self.threads = self._load_transformers(threads)
+            choice = choose.pick_runner(self, keep_layers, precision=precision, backend=backend, cache=cache,
+                                        checksum=checksum, purpose=purpose)
+        self.purpose = purpose
         self.runner, self.path, self.path_reason, self.measurements = (choice.runner, choice.path, choice.reason,
                                                                        choice.measurements)
         self.keep_layers = self.runner.keep_layers
@@ -98,6 +101,21 @@ class Encoder:
         probe = self.tokenizer.tokenize("A a 한국")
         self.lowercase = probe[0] == probe[1] if len(probe) >= 2 else False
         self.decomposes_hangul = has_hangul_jamo("".join(self.tokenizer.tokenize("한국어")))
+
+    def _load_transformers(self, threads: int | None):
+        """(transformers' tokenizer, threads): the PyTorch side, for every path but a saved ONNX question path."""
+        import torch
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+        if threads:
+            torch.set_num_threads(threads)
+        try:
+            tokenizer = transformers.AutoTokenizer.from_pretrained(str(self.folder), use_fast=True)
+        except Exception as error:
+            raise BertdexError(f"cannot load a model from {self.folder}: {str(error).splitlines()[0][:200]}") from None
+        return tokenizer, threads or torch.get_num_threads()
 
     @property
     def backend(self) -> str:
@@ -122,12 +140,10 @@ class Encoder:
 
     def probe_batch(self) -> dict[str, np.ndarray]:
         """Two texts of different lengths, right-padded: what an ONNX export must reproduce."""
-        encoded = self.tokenizer(["The quick brown fox jumps over the lazy dog, twice.", "한국어 문장"],
-                                 padding=True, return_tensors="np")
-        ids = encoded["input_ids"].astype(np.int64)
-        types = encoded.get("token_type_ids")
-        return {"input_ids": ids, "attention_mask": encoded["attention_mask"].astype(np.int64),
-                "token_type_ids": np.zeros_like(ids) if types is None else types.astype(np.int64)}
+        encoded = self.tokenizer(["The quick brown fox jumps over the lazy dog, twice.", "한국어 문장"])
+        ids = encoded["input_ids"]
+        input_ids, attention, token_types = self.padded(ids, encoded.get("token_type_ids"), max(map(len, ids)))
+        return {"input_ids": input_ids, "attention_mask": attention, "token_type_ids": token_types}
 
     # -- tokens ---------------------------------------------------------------------------------
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 from indexer.errors import BertdexError
 
@@ -84,6 +86,8 @@ def model_choice(texts) -> tuple[str, str]:
 def known_model(name: str) -> KnownModel | None:
     """The packaged model called `name` (its short name or an alias), or None."""
     return next((m for m in KNOWN_MODELS if name == m.name or name in m.aliases), None)
+_CONFIG_SIZES = ("num_hidden_layers", "hidden_size", "num_attention_heads")
+CHECKSUM_MEMO = Path.home() / ".cache" / "bertdex" / "checksums"
 _CHECKSUMMED = ("model.safetensors", "pytorch_model.bin", "vocab.txt", "tokenizer.json", "sentencepiece.bpe.model")
 
 
@@ -155,20 +159,55 @@ def _download(name: str) -> Path:
     return folder
 
 
-def model_checksum(folder: Path) -> str:
-    """sha256 over the weights and vocabulary files, so a changed model is never mistaken for the same."""
-    digest = hashlib.sha256()
-    found = False
-    for name in _CHECKSUMMED:
-        path = folder / name
-        if path.is_file():
-            found = True
-            digest.update(name.encode())
-            with path.open("rb") as handle:
-                digest.update(hashlib.file_digest(handle, "sha256").digest())
-    if not found:
+def model_checksum(folder: Path, memo: Path | None = CHECKSUM_MEMO) -> str:
+    """sha256 over the weights and vocabulary files, so a changed model is never mistaken for the same.
+
+    Hashing e5's 471 MB takes about a second, on every question: the sum is kept in `memo` under the files'
+    paths, sizes and modification times (None: no memo), and computed again when any of them changes."""
+    files = [Path(folder) / name for name in _CHECKSUMMED if (Path(folder) / name).is_file()]
+    if not files:
         raise BertdexError(f"model folder {folder} has no weights (model.safetensors or pytorch_model.bin)")
-    return digest.hexdigest()[:16]
+    stamp = [[str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns] for path in files]
+    key = hashlib.sha256(json.dumps(stamp).encode()).hexdigest()[:24]
+    remembered = memo / f"{key}.txt" if memo is not None else None
+    try:
+        if remembered is not None:
+            return remembered.read_text(encoding="utf-8").strip()
+    except OSError:
+        pass
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode())
+        with path.open("rb") as handle:
+            digest.update(hashlib.file_digest(handle, "sha256").digest())
+    checksum = digest.hexdigest()[:16]
+    if remembered is not None:
+        try:
+            remembered.parent.mkdir(parents=True, exist_ok=True)
+            partial = remembered.with_suffix(f".{os.getpid()}.partial")
+            partial.write_text(checksum, encoding="utf-8")
+            os.replace(partial, remembered)
+        except OSError:
+            pass  # an unwritable cache: hash again next time
+    return checksum
+
+
+def model_config(folder: Path):
+    """config.json's fields as attributes (num_hidden_layers, hidden_size, ...), read without transformers.
+
+    A config that names its sizes otherwise (n_layers, dim) is read by transformers' AutoConfig."""
+    try:
+        data = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        data = {}
+    if isinstance(data, dict) and all(isinstance(data.get(name), int) for name in _CONFIG_SIZES):
+        return SimpleNamespace(**data)
+    try:
+        import transformers
+
+        return transformers.AutoConfig.from_pretrained(str(folder))
+    except Exception as error:
+        raise BertdexError(f"cannot load a model from {folder}: {str(error).splitlines()[0][:200]}") from None
 
 
 def layer_count(folder: Path) -> int:

@@ -82,16 +82,17 @@ def with_companion(resolved: Resolved, companion: str, share: float, *, precisio
 
 
 def encoder_for(recipe: Recipe, *, model: str | None = None, precision: str = "auto",
-                threads: int | None = None, backend: str = "auto") -> Encoder:
+                threads: int | None = None, backend: str = "auto", purpose: str = "bulk") -> Encoder:
     """An encoder for an index's recipe; refuses a model whose weights are not the ones indexed.
 
     A recipe with a companion gets a paired encoder (indexer.embed.pair); `model` names the first model.
+    `purpose`: "bulk" (embedding entries) or "question" (searching), see Encoder.
     """
     if recipe.companion is not None:
         from indexer.embed.onnx_model import spinning
         from indexer.embed.pair import PairEncoder
 
-        options = dict(precision=precision, threads=threads, backend=backend)
+        options = dict(precision=precision, threads=threads, backend=backend, purpose=purpose)
         with spinning(False):
             return PairEncoder(encoder_for(recipe.alone(), model=model, **options),
                                encoder_for(recipe.companion, **options), recipe)
@@ -103,9 +104,8 @@ def encoder_for(recipe: Recipe, *, model: str | None = None, precision: str = "a
             f"model {name!r} (checksum {checksum}) is not the model this index was built with "
             f"({recipe.model!r}, checksum {recipe.model_checksum}): use that model or rebuild the index"
         )
-    encoder = Encoder(folder, max_length=recipe.max_length, keep_layers=recipe.layer,
-                      precision=precision, threads=threads, backend=backend, checksum=checksum)
-    return encoder
+    return Encoder(folder, max_length=recipe.max_length, keep_layers=recipe.layer, precision=precision,
+                   threads=threads, backend=backend, checksum=checksum, purpose=purpose)
 
 
 def machine_report(model: str | None = None, *, remeasure: bool = False, precision: str = "auto",
@@ -123,9 +123,12 @@ def machine_report(model: str | None = None, *, remeasure: bool = False, precisi
         for saved in (onnx_model.DEFAULT_CACHE / "choices").glob(f"{checksum}-*.json"):
             saved.unlink(missing_ok=True)
     encoder = resolve_recipe(model, precision=precision, backend=backend, threads=threads).encoder
+    question = Encoder(folder, max_length=encoder.max_length, keep_layers=encoder.keep_layers, precision=precision,
+                       backend=backend, threads=threads, checksum=checksum, purpose="question")
     return {
         "model": model, "folder": str(folder), "machine": choose.machine_key(),
-        "native_bf16": choose.native_bf16(), "chosen": encoder.path.label(), "reason": encoder.path_reason,
+        "native_bf16": choose.native_bf16(), "chosen": encoder.path.label(), "question_path": question.path.label(),
+        "reason": encoder.path_reason,
         "measurements": [{"path": m.path.label(), "texts_per_s": round(m.bulk_per_s, 1),
                           "one_question_ms": round(m.single_ms, 2), "cosine_min_vs_fp32": round(m.cosine_min, 6),
                           "top1_agreement": round(m.top1_agreement, 3), "passes": m.passes, "error": m.error}

@@ -21,6 +21,7 @@ from indexer.options import MAX_TOKENS, check_max_length, check_windows
 from indexer.errors import BertdexError
 from indexer.embed.models import LANGUAGE_SAMPLE, NON_ENGLISH_SHARE, model_choice, share_of
 from indexer.ingest.bulk import CHECKPOINT, InProcess, check_resume, embed_options, ingest, run_marker
+from indexer.ingest.cut import ensure_sample
 from indexer.ingest.embedding import embed_entries
 from indexer.ingest.entries import check_keys
 from indexer.ingest.readers import Entry, Fields, Problem, chosen_fields, read_entries
@@ -62,19 +63,25 @@ class BuildReport:
         return (self.added + self.updated) / self.seconds if self.seconds else 0.0
 
 
-def starting_search(texts) -> SearchSettings:
-    """The search mode a new index whose first entries are `texts` starts in: hybrid (score fusion, 0.5)
-    when at least NON_ENGLISH_SHARE of them have Hangul, else dense.
+KOREAN_WEIGHT = 0.8  # a Korean index starts hybrid with this dense share (bench/plain.py)
 
-    Korean questions reuse the entries' morphemes (Kiwi keyword terms), and keywords add to the vectors
-    there: ko-question-pair MRR@10 dense 0.709, keyword 0.651, hybrid 0.737 on multilingual-e5-small
-    (with all-MiniLM-L6-v2: 0.246 / 0.608 / 0.534), while on the English sets hybrid at 0.5 ties or
-    loses to dense (bertfaq-covidfaq 0.723 against 0.788; bench/quality.py). `bertdex tune` moves either.
+
+def starting_search(texts) -> SearchSettings:
+    """The search mode a new index whose first entries are `texts` starts in: hybrid (score fusion, dense
+    weight 0.8) when at least NON_ENGLISH_SHARE of them have Hangul, else dense.
+
+    Measured with no labels (bench/plain.py, MRR@10, multilingual-e5-small): Korean hybrid at 0.8 is at
+    least as good as dense on every Korean set (ko-question-pair 0.731 against 0.709, the Korean example FAQ
+    0.743 against 0.736, with answers 0.958 both), while hybrid at 0.5 lost there (0.660). On the English
+    sets hybrid ties or loses to dense at every weight (the English example FAQ 0.958 dense), so English
+    starts dense. `bertdex tune` moves either.
     """
     korean = share_of(texts, hangul_syllable) or 0.0
     if korean >= NON_ENGLISH_SHARE:
-        return SearchSettings(mode="hybrid", reason=f"{korean:.0%} of the entries are Korean: keywords (Kiwi morphemes) "
-                                                    "add to the vectors there (ko-question-pair MRR@10 0.737 hybrid, 0.709 dense)")
+        return SearchSettings(mode="hybrid", weight=KOREAN_WEIGHT,
+                              reason=f"{korean:.0%} of the entries are Korean: keywords (Kiwi morphemes) add to the "
+                                     "vectors there at a dense share of 0.8 (bench/plain.py: hybrid >= dense on "
+                                     "every Korean set)")
     return SearchSettings(reason="dense: the vectors alone answer English best (hybrid ties or loses on the English sets)")
 
 
@@ -134,6 +141,7 @@ def build_index(data: Path, folder: Path, *, text_fields: Iterable[str] = (), id
     with IndexWriter.open(Path(folder), new=manifest, replace=replace and not resume) as writer:
         if writer.manifest.documents and not replace and not resume:
             raise BertdexError(f"{folder} already holds an index: use `bertdex add` to update it, or --replace to rebuild it")
+        ensure_sample(writer, resolved.encoder, sample)  # each commit makes the "no good answer" cut from it
         with _embedder(resolved.encoder, writer.manifest, ray, ray_workers, ray_gpus) as embedder:
             counts = ingest(writer, embedder, _entries(source, fields), entries_total, progress=progress,
                             chunk_size=chunk_size, checkpoint=checkpoint, marker=marker)
@@ -167,6 +175,7 @@ def add_documents(folder: Path, data: Path, *, text_fields: Iterable[str] = (), 
         marker = manifest.settings.loading if resume else {**marker, "started": now()}
     with IndexWriter.open(folder) as writer:  # first: a locked, read-only or damaged index refuses before the model loads
         encoder = encoder or encoder_for(writer.manifest.recipe, precision=precision, threads=threads, backend=backend)
+        ensure_sample(writer, encoder)  # an index from before the collection-made cut gets its sample
         with _embedder(encoder, writer.manifest, ray, ray_workers, ray_gpus) as embedder:
             counts = ingest(writer, embedder, _entries(source, fields), entries_total, progress=progress,
                             chunk_size=chunk_size, checkpoint=checkpoint, marker=marker)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from indexer.errors import BertdexError
 from indexer.embed.resolve import resolve_recipe, with_companion
+from indexer.ingest.cut import ensure_sample
 from indexer.ingest.embedding import embed_entries
 from indexer.store.folder import IndexWriter, Manifest, check_index_folder, connect, read_manifest
 from indexer.store.settings import SearchSettings
@@ -67,6 +68,7 @@ def reembed_index(folder: str | Path, *, layer: int, pooling: str, search: Searc
     new = replace(old, recipe=resolved.recipe, settings=settings)
     with IndexWriter.open(folder, new=new, replace=True) as writer:
         _check_generation(read_manifest(writer.db, folder).generation, old.generation, folder)
+        ensure_sample(writer, resolved.encoder, [d["text"] for d in documents])  # the collection's cut, by the new recipe
         rewrite_documents(writer, resolved.encoder, documents)
         return writer.commit()
 

@@ -6,8 +6,10 @@ adds vectors as it goes and hands deletions to `finish` at commit, which then: r
 removes in place; HNSW cannot, IVF-in-IDMap cannot safely, so both are rebuilt from their stored
 vectors, which they keep exactly), switches type when `auto` asks for it as the collection grows
 or shrinks, (re)trains IVF, and for an ANN index raises its search depth until recall@10 against
-exact search reaches TUNE_TARGET (0.99) on a sample built from stored vectors (`recall_sample`). `finish` returns the index and
-the parameters the manifest records. This module does not embed, read input or write files.
+exact search reaches TUNE_TARGET (0.99) on sample questions made from stored vectors (`recall_sample`), checked
+on held-out ones; an IVF index that would need all its lists, or an `auto` HNSW index no faster than exact
+search, becomes flat (its parameters' `note` says why). `finish` returns the index and the parameters the
+manifest records. This module does not embed, read input or write files.
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ INDEX_TYPES = ("auto", "flat", "hnsw", "ivf", *COMPRESSED)
 AUTO_FLAT_MAX = 20_000  # auto: exact search up to here (about 1.5 ms a question on 2 cores), HNSW above
 RECALL_TARGET = 0.98  # what an ANN index must keep
 TUNE_TARGET = 0.99  # what tuning asks of its sample
-# The sample's questions (`recall_sample`) are easier than real ones: on the 10k and 100k real-entry
-# indexes of bench/latency.py it reached 0.99 at efSearch 24 and 32, where real questions needed 96 and
-# 128 for 0.99 (tie-aware); on the 1M IVF index it asked for nprobe 24, where real questions needed 128
-# for 0.98. So the depth found on the sample is multiplied by this margin.
-DEPTH_MARGIN = {"hnsw": 4, "ivf": 6, "sq8": 2, "ivfpq": 6}
-RECALL_SAMPLE = 198  # three kinds of 66 (`recall_sample`)
+# The compressed types' sample depth is multiplied by this margin (their questions came out easier than real
+# ones: on the 1M IVF index the sample asked for nprobe 24, where real questions needed 128 for 0.98).
+DEPTH_MARGIN = {"sq8": 2, "ivfpq": 6}
+# HNSW and IVF: one step deeper than half the sample needs, then as deep as the held-out half needs (`_tune`).
+# The x4 (HNSW) and x6 (IVF) margins they had ended IVF at all its lists (nprobe 316 of 316 at 100k, slower
+# than flat) and HNSW at efSearch 384 where real questions needed 128.
+DEPTH_MARGIN_STEPS = 1
+RECALL_SAMPLE = 600  # three kinds of 200 (`recall_sample`), half to tune on, half held out
 HNSW_M = 32
 # efConstruction 200 rather than 80: at 100k real entries, English questions' recall@10 plateaued at
 # 0.975 with 80 (efSearch up to 768, 2.4 ms) and reached 0.984 at efSearch 192 (0.7 ms) with 200;
@@ -246,8 +250,13 @@ def _trained_ivf(dimension: int, vectors: np.ndarray, params: dict):
 
 
 def _tune(index: faiss.Index, target: str, params: dict) -> tuple[faiss.Index, str, dict]:
-    """DEPTH_MARGIN x the smallest efSearch / nprobe whose recall@10 against exact search reaches
-    TUNE_TARGET on the sample (at most the last step)."""
+    """The search depth (efSearch / nprobe / ...) for recall@10 >= TUNE_TARGET against exact search.
+
+    HNSW and IVF: the smallest step whose recall reaches the target on half the sample, one step deeper
+    (the margin), and deeper still until the other, held-out half reaches it too. IVF never searches all
+    its lists: if the sample needs them, exact search is as good, and the index becomes flat (`note` says
+    why); so does an `auto` index that answers no faster than exact search, timed here (`_faster_than_flat`).
+    The compressed types keep DEPTH_MARGIN x the depth the whole sample needs (at most the last step)."""
     if target == "flat":
         return index, target, params
     inner = faiss.downcast_index(index.index)
@@ -256,11 +265,13 @@ def _tune(index: faiss.Index, target: str, params: dict) -> tuple[faiss.Index, s
     if target in COMPRESSED:
         steps = compressed.steps(target, params)
     else:
-        steps = EF_SEARCH_STEPS if target == "hnsw" else [p for p in NPROBE_STEPS if p <= params["nlist"]] + [params["nlist"]]
+        steps = list(EF_SEARCH_STEPS) if target == "hnsw" else [p for p in NPROBE_STEPS if p < params["nlist"]] or [1]
     ids, vectors = stored(index)
     if len(ids) == 0:
         return index, target, {**params, "recall_at_10": 1.0, "recall_sample": 0}
     queries, exclude = recall_sample(ids, vectors)
+    if target not in COMPRESSED:
+        return _tune_held_out(index, inner, target, params, steps, ids, vectors, queries, exclude)
     chosen, recall = steps[-1], 0.0
     truth, kth = exact_neighbours(vectors, queries, ids, 10, exclude=exclude)
     for step in dict.fromkeys(steps):
@@ -277,30 +288,101 @@ def _tune(index: faiss.Index, target: str, params: dict) -> tuple[faiss.Index, s
     if chosen != sampled:
         _set_depth(inner, target, chosen)
         recall = recall_at(index, queries, truth, 10, exclude=exclude, kth=kth)
-    name = "ef_search" if target == "hnsw" else compressed.depth_name(target) if target in COMPRESSED else "nprobe"
+    name = compressed.depth_name(target)
     return index, target, {**params, name: chosen, f"sample_{name}": sampled, "recall_at_10": round(recall, 4),
                            "recall_sample": len(queries)}
 
 
+def _tune_held_out(index, inner, target: str, params: dict, steps: list[int], ids, vectors, queries, exclude):
+    """_tune for HNSW and IVF: tuned on the even sample questions, checked on the odd ones (see _tune)."""
+    halves = [(queries[part::2], exclude[part::2]) for part in (0, 1)]
+    truths = [exact_neighbours(vectors, q, ids, 10, exclude=e) for q, e in halves]
+
+    def recall(half: int, step: int) -> float:
+        _set_depth(inner, target, step)
+        (q, e), (truth, kth) = halves[half], truths[half]
+        return recall_at(index, q, truth, 10, exclude=e, kth=kth)
+
+    position = next((i for i, step in enumerate(steps) if recall(0, step) >= TUNE_TARGET), len(steps) - 1)
+    sampled = steps[position]
+    position = min(position + DEPTH_MARGIN_STEPS, len(steps) - 1)
+    held_out = recall(1, steps[position])
+    while held_out < TUNE_TARGET and position < len(steps) - 1:
+        position += 1
+        held_out = recall(1, steps[position])
+    chosen = steps[position]
+    name = "ef_search" if target == "hnsw" else "nprobe"
+    tuned = {**params, name: chosen, f"sample_{name}": sampled, "recall_at_10": round(held_out, 4),
+             "recall_sample": len(queries)}
+    requested = params.get("requested")
+    if target == "ivf" and held_out < TUNE_TARGET:
+        return _as_flat(ids, vectors, requested, f"ivf reached recall@10 {held_out:.3f} at nprobe {chosen} of "
+                        f"{params['nlist']} lists on held-out sample questions: only all lists (exact search) reach "
+                        f"{TUNE_TARGET}, so the index is flat")
+    if requested == "auto":  # an asked-for type is kept (on small test sets IVF and HNSW are often slower)
+        ann_ms, flat_ms = _faster_than_flat(index, vectors, halves[1][0])
+        if ann_ms >= flat_ms:
+            return _as_flat(ids, vectors, requested, f"{target} at {name} {chosen} took {ann_ms:.2f} ms a question, "
+                            f"exact search {flat_ms:.2f} ms: flat")
+    return index, target, tuned
+
+
+def _faster_than_flat(index: faiss.Index, vectors: np.ndarray, queries: np.ndarray) -> tuple[float, float]:
+    """(ms a question on `index`, ms on exact search of `vectors`), one question at a time, best of 3 rounds."""
+    import time
+
+    queries = np.ascontiguousarray(queries[:32], dtype=np.float32)
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    rounds = {"ann": [], "flat": []}
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)  # as `search` runs a question
+    try:
+        for _ in range(3):
+            for name in rounds:
+                start = time.perf_counter()
+                for query in queries:
+                    if name == "ann":
+                        index.search(query[None, :], 10, params=_live_only(index))
+                    else:
+                        faiss.knn(query[None, :], vectors, 10, faiss.METRIC_INNER_PRODUCT)
+                rounds[name].append((time.perf_counter() - start) * 1000 / len(queries))
+    finally:
+        faiss.omp_set_num_threads(threads)
+    return min(rounds["ann"]), min(rounds["flat"])
+
+
+def _as_flat(ids: np.ndarray, vectors: np.ndarray, requested: str | None, note: str):
+    index = faiss.IndexIDMap2(faiss.IndexFlatIP(vectors.shape[1]))
+    if len(ids):
+        index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
+    return index, "flat", {"requested": requested, "note": note}
+
+
 def recall_sample(ids: np.ndarray, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Questions to tune on, and the id each must not count (its own; -1: none). A third are stored
-    vectors (their own id left out); the others stand for questions, which sit near an entry but not
-    on it: a stored vector turned by a random angle to cosine 0.8, or 0.6, with it (a real question's
-    best entry scores ~0.6-0.9). Stored vectors alone are too easy (on 10k real entries they reached
-    0.99 at efSearch 16 where real questions got 0.86); midpoints of two random entries, tried before,
-    are far harder than questions (at 100k: 0.94 at efSearch 768 where real questions had 0.99 at 128)."""
+    """Questions to tune on, and the id each must not count (-1: none): stored vectors turned toward another,
+    random stored vector, to cosine 0.9, 0.8 and 0.7 with the first (a third each).
+
+    A real question sits near an entry but also leans toward the rest of the collection, not off it at
+    random. On 30k real entries (bench/latency.py's, MiniLM) and its 200 real questions, HNSW needed
+    efSearch 128 for 0.99; these questions needed 64 (0.9), 128 (0.8) and 128 (0.7), where the questions
+    used before (a stored vector, or one turned by a random angle) needed 24, so a x4 margin was added.
+    IVF (173 lists): real questions 96, these 64, 64 and 48.
+    """
     rng = np.random.default_rng(0)
     third = min(RECALL_SAMPLE // 3, len(ids))
     rows = rng.choice(len(ids), 3 * third, replace=len(ids) < 3 * third)
     base = vectors[rows].astype(np.float32)
-    turn = rng.standard_normal(base.shape).astype(np.float32)
-    turn -= np.sum(turn * base, axis=1, keepdims=True) * base
+    toward = vectors[rng.integers(0, len(ids), len(rows))].astype(np.float32)
+    turn = toward - np.sum(toward * base, axis=1, keepdims=True) * base
+    norms = np.linalg.norm(turn, axis=1, keepdims=True)
+    random = rng.standard_normal(base.shape).astype(np.float32)  # toward itself (a duplicate): a random turn
+    random -= np.sum(random * base, axis=1, keepdims=True) * base
+    turn = np.where(norms > 1e-3, turn, random)
     turn /= np.clip(np.linalg.norm(turn, axis=1, keepdims=True), 1e-12, None)
-    cosine = np.repeat(np.asarray([1.0, 0.8, 0.6], dtype=np.float32), third)[:, None]
+    cosine = np.tile(np.asarray([0.9, 0.8, 0.7], dtype=np.float32), third)[:, None]
     queries = cosine * base + np.sqrt(1 - cosine**2) * turn
     queries /= np.clip(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12, None)
-    exclude = np.where(cosine[:, 0] == 1.0, ids[rows], -1).astype(np.int64)
-    return queries.astype(np.float32), exclude
+    return queries.astype(np.float32), np.full(len(queries), -1, dtype=np.int64)
 
 
 def _set_depth(inner: faiss.Index, target: str, step: int) -> None:

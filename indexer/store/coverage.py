@@ -2,7 +2,8 @@
 
 An uncased English BERT (the bundled all-MiniLM-L6-v2 included) strips accents by decomposing
 text (NFD), which turns every Hangul syllable into jamo pieces; its vectors then carry little of
-the Korean meaning, and keyword or hybrid search does better. Only the tokenizer is loaded here.
+the Korean meaning, and keyword or hybrid search does better. Only the tokenizer is loaded here
+(its tokenizer.json by the `tokenizers` library, so `bertdex info` imports no transformers).
 """
 
 from __future__ import annotations
@@ -41,8 +42,6 @@ def tokenizer_warnings(tokenizer, texts: list[str]) -> list[str]:
 
 def index_warnings(folder: str | Path, sample: int = SAMPLE) -> list[str]:
     """tokenizer_warnings() for up to `sample` entries of an index (evenly spread), with its model's tokenizer."""
-    import transformers
-
     from indexer.embed.models import resolve_model_folder
     from indexer.store.folder import check_index_folder, connect, read_manifest
 
@@ -55,13 +54,24 @@ def index_warnings(folder: str | Path, sample: int = SAMPLE) -> list[str]:
         texts = [row[0] for row in db.execute("SELECT text FROM documents WHERE id % ? = 0 LIMIT ?", [step, sample])]
     finally:
         db.close()
-    transformers.logging.set_verbosity_error()
     recipe, found = manifest.recipe, []
     # with a companion model, a warning stands only when neither model reads the text
     for model in [recipe.model] + ([recipe.companion.model] if recipe.companion else []):
         try:
-            tokenizer = transformers.AutoTokenizer.from_pretrained(str(resolve_model_folder(model)), use_fast=True)
+            tokenizer = load_tokenizer(resolve_model_folder(model))
         except Exception:  # the model is not reachable here: nothing to say about its tokenizer
             return []
         found.append(tokenizer_warnings(tokenizer, texts))
     return found[0] if all(found) else []
+
+
+def load_tokenizer(folder: Path):
+    """The model's tokenizer.json by the `tokenizers` library alone (no transformers import), else transformers'."""
+    from indexer.embed.tokenizer import FastTokenizer, has_fast_tokenizer
+
+    if has_fast_tokenizer(folder):
+        return FastTokenizer(folder)
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    return transformers.AutoTokenizer.from_pretrained(str(folder), use_fast=True)

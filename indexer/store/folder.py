@@ -6,7 +6,8 @@ Layout of DIR:
     vectors.<G>.faiss    the FAISS index of generation G, the one the manifest names
     write.lock           held (flock) by the one writer, holding its pid
 
-A commit writes vectors.<G+1>.faiss beside the old file, then commits SQLite with generation
+Each commit also re-makes the collection's "no good answer" cut (indexer.store.offtopic) unless a
+calibrated one stands. A commit writes vectors.<G+1>.faiss beside the old file, then commits SQLite with generation
 G+1 and the new file's size, checksum and count (indexer.store.integrity checks them); only then is
 the old file removed. A crash at any instant leaves SQLite naming a complete FAISS file of the same
 commit. A writer refuses to commit on top of a damaged index. This module stores; it does not read
@@ -22,6 +23,7 @@ import os
 import re
 import sqlite3
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import faiss
@@ -30,6 +32,7 @@ import sqlite_utils
 
 from indexer.errors import BertdexError, IndexLocked, IndexMissing, IndexReadOnly
 from indexer.store import integrity
+from indexer.store.offtopic import with_collection_cut
 from indexer.store.keywords import fts_document, scheme_of
 from indexer.store.manifest import (  # noqa: F401 (re-exported: the names callers import from here)
     DB_NAME, FORMAT_VERSION, Manifest, check_counts, check_index_folder, connect, content_hash, load_vectors,
@@ -196,7 +199,10 @@ class IndexWriter:
         self.vectors, index_type, index_params = ann.finish(self.vectors, self.manifest.index_type,
                                                             self.manifest.index_params, removed)
         self._removed = []
-        self.manifest = Manifest(**{**self.manifest.__dict__, "index_type": index_type, "index_params": index_params})
+        settings = self.manifest.settings
+        search = with_collection_cut(settings.search, self.db, self.vectors, self.manifest.recipe)
+        self.manifest = Manifest(**{**self.manifest.__dict__, "index_type": index_type, "index_params": index_params,
+                                    "settings": replace(settings, search=search)})
         counts = self.db.execute("SELECT (SELECT count(*) FROM documents), (SELECT count(*) FROM passages)").fetchone()
         if counts[1] != ann.live_count(self.vectors):
             raise BertdexError(f"internal error: {counts[1]} passages but {ann.live_count(self.vectors)} vectors; nothing written")

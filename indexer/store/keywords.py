@@ -9,8 +9,11 @@ and is queried with the same one, so an index from an older bertdex keeps answer
             (kiwipiepy): nouns, numerals, verb/adjective stems and roots, without the particles and
             endings, so "비밀번호를" and "비밀번호가" share the term 번호 and the stem 잊 of 잊어버렸어요 is a
             term. Measured on ko-question-pair, keyword MRR@10 0.608 -> 0.651 (bench/korean_keywords.py).
-Latin words are the same in both; FTS5 stems them (porter) and ranks with BM25. Kiwi is loaded once
-per process, and only for a text that has Hangul in it. This module does no I/O.
+  "kiwi-2"  (new indexes since): kiwi-1 without English stop words ("can", "get", "my", "the", ...):
+            on a 40-entry FAQ a question sharing only "can" and "get" with an entry ranked it first in
+            hybrid (issue 22); Korean terms are kiwi-1's (particles and endings are already left out).
+Latin words are otherwise the same in all; FTS5 stems them (porter) and ranks with BM25. Kiwi is loaded
+once per process, and only for a text that has Hangul in it. This module does no I/O.
 """
 
 from __future__ import annotations
@@ -27,8 +30,17 @@ _IS_CJK = re.compile(rf"[{_CJK}]")
 _HANGUL = re.compile("[\u1100-\u11ff\u3130-\u318f\uac00-\ud7af]")
 
 LEGACY_SCHEME = "bigram"  # what an index without settings["keyword_terms"] holds
-NEW_INDEX_SCHEME = "kiwi-1"
-SCHEMES = (LEGACY_SCHEME, NEW_INDEX_SCHEME)
+NEW_INDEX_SCHEME = "kiwi-2"
+SCHEMES = (LEGACY_SCHEME, "kiwi-1", NEW_INDEX_SCHEME)
+KIWI_SCHEMES = ("kiwi-1", "kiwi-2")
+# English function words (articles, pronouns, auxiliaries, prepositions, conjunctions) and the verbs every
+# question has ("can I get"): left out of kiwi-2's terms, so a question never matches an entry on them alone.
+# The question words (what, how, why, ...) stay: they carry the kind of question, and leaving them out too
+# cost keyword MRR@10 on bertfaq-covidfaq (0.500 -> 0.433; bench/plain.py, docs/benchmarks.md)
+ENGLISH_STOP_WORDS = frozenset("""a an the and or but if of to in on at by for from with about into as i me my myself we us
+our you your he him his she her it its they them their this that these those is am are was were be been being do does
+did have has had can could get gets got getting would should will shall may might must t s m d ll ve re""".split())
+# ("can't" is the tokens "can", "t")
 # Kiwi tags kept by kiwi-1 (an irregular stem's tag carries a suffix: VV-I). Dependent nouns (것, 수)
 # and pronouns (저, 나) are left out: they behave like function words (measured: MRR@10 0.644 with them).
 CONTENT_TAGS = frozenset({"NNG", "NNP", "NR", "VV", "VA", "XR"})
@@ -66,20 +78,22 @@ def keyword_terms(text: str, scheme: str = NEW_INDEX_SCHEME) -> list[str]:
 
     keyword_terms("Reset my PIN 비밀번호 변경", "bigram") -> ['reset', 'my', 'pin', '비밀', '밀번', '번호', '호변', '변경']
     keyword_terms("비밀번호를 바꿨어요") -> ['비밀', '밀번', '번호', '호를', '를바', '바꿨', '꿨어', '어요', '비밀', '번호', '바꾸']
+    keyword_terms("Can I get a refund?") -> ['refund']   (kiwi-1: ['can', 'i', 'get', 'a', 'refund'])
     """
     if scheme not in SCHEMES:
         raise BertdexError(f"this index's keyword terms are {scheme!r}, which this bertdex does not know "
                            f"(it knows {', '.join(SCHEMES)}): upgrade bertdex or rebuild the index with --replace")
     normalized = normalize_text(text)
     terms: list[str] = []
+    stop = ENGLISH_STOP_WORDS if scheme == NEW_INDEX_SCHEME else frozenset()
     for match in _TOKEN.finditer(normalized.lower()):
         token = match.group()
         if _IS_CJK.match(token):
             run = "".join(token.split())
             terms.extend([run] if len(run) == 1 else [run[i : i + 2] for i in range(len(run) - 1)])
-        else:
+        elif token not in stop:
             terms.append(token)
-    if scheme == NEW_INDEX_SCHEME and _HANGUL.search(normalized):
+    if scheme in KIWI_SCHEMES and _HANGUL.search(normalized):
         terms.extend(korean_morphemes(normalized))
     return terms
 

@@ -60,6 +60,14 @@ def m002_feedback_and_query_log(db: sqlite_utils.Database) -> None:
     db["feedback"].create_index(["key"])
 
 
+@migrations()
+def m003_offtopic_sample(db: sqlite_utils.Database) -> None:
+    """The shipped off-topic questions' vectors by the index's recipe: what each commit makes the cut from
+    (indexer.store.offtopic). One row; `recipe` is the JSON of the recipe that embedded them."""
+    db["offtopic_sample"].create({"id": int, "recipe": str, "language": str, "count": int, "vectors": bytes},
+                                 pk="id", not_null={"recipe", "vectors"})
+
+
 @dataclass(frozen=True)
 class Manifest:
     """What an index is: its recipe, how its entries were read, and its current commit."""

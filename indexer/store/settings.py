@@ -31,6 +31,29 @@ class SearchSettings:
     tuned: dict | None = None
     long_questions: str = "windows"
     reason: str | None = None  # why a new index starts with this mode (indexer.ingest.build.starting_search)
+    # where min_score came from: {"source": "collection", ...} (made at each commit from the shipped off-topic
+    # sample, indexer.store.offtopic) or {"source": "calibrated", "labelled": n, ...} (bertdex calibrate); None: no cut
+    cut: dict | None = None
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether min_score was set from examples (calibrate), so a commit must leave it as it is."""
+        return self.calibration is not None or (self.cut or {}).get("source") == "calibrated"
+
+    def cut_source(self) -> str | None:
+        """"from the collection" / "calibrated on N labelled" / None (no cut).
+
+        SearchSettings(min_score=.4, cut={"source": "collection"}).cut_source() -> 'from the collection'
+        """
+        if self.min_score is None:
+            return None
+        if self.calibrated:
+            done = self.calibration or {}
+            examples = (self.cut or {}).get("labelled", done.get("in_scope", 0) + done.get("out_of_scope", 0))
+            return f"calibrated on {examples} labelled"
+        if (self.cut or {}).get("source") == "collection":
+            return "from the collection"
+        return "set by hand"
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -86,6 +86,36 @@ def group_questions(documents: list[dict], group_field: str | None, max_queries:
                      f"entries sharing a {label}, each held out against the others ({len(items)})", False)
 
 
+def answer_questions(documents: list[dict], max_queries: int, min_chars: int = 20) -> Questions | None:
+    """Entries found by their own answers: with neither labels nor groups, a plain FAQ still stores, beside
+    each question, the answer it gives (a text field not embedded). Each distinct answer asks for the entries
+    that carry it. The field is the stored string field most entries have whose values are longest (at least
+    `min_chars` on average) and mostly distinct; None when no field is like that.
+
+    A proxy for people's questions: it can choose between recipes (a model, a layer, keywords on) that bring
+    the words of an answer to its question, and the tuning gate still asks for a significant gain.
+    """
+    lengths: dict[str, list[int]] = {}
+    for doc in documents:
+        for name, value in doc["fields"].items():
+            if isinstance(value, str) and value.strip():
+                lengths.setdefault(name, []).append(len(value))
+    fields = [name for name, found in lengths.items()
+              if len(found) >= 0.8 * len(documents) and sum(found) / len(found) >= min_chars
+              and len({doc["fields"].get(name) for doc in documents}) >= 0.5 * len(documents)]
+    if not fields:
+        return None
+    field = max(fields, key=lambda name: sum(lengths[name]) / len(lengths[name]))
+    by_answer: dict[str, list[str]] = {}
+    for doc in documents:
+        value = doc["fields"].get(field)
+        if isinstance(value, str) and value.strip():
+            by_answer.setdefault(normalize_text(value), []).append(doc["key"])
+    items = [HeldOut(answer, {key: 1 for key in keys}, frozenset(), keys[0]) for answer, keys in by_answer.items()]
+    return Questions(spread(items, max_queries),
+                     f"entries found by their own answers (field {field}, {len(items)} answers)", False)
+
+
 def spread(items: list, limit: int) -> list:
     """At most `limit` items, evenly spaced (deterministic)."""
     if len(items) <= limit:

@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from indexer.ingest.reembed import reembed_index, store_search_settings
-from indexer.store.folder import check_index_folder, connect, read_manifest
+from indexer.store.folder import check_index_folder, connect, open_manifest, read_manifest
 from search.quality.choose import FOLDS, Decision, decide, fold_ids
-from search.quality.heldout import Questions, group_questions, labelled_questions, read_documents
+from search.quality.heldout import (Questions, answer_questions, group_questions, labelled_questions,
+                                   read_documents)
 from search.quality.trials import (SHARES, WEIGHTS, Candidate, Trial, entry_vectors, keyword_lists, measure_all,
                                    measure_pairs, order, plain, tried_fusions, tuned_layers)
 
@@ -109,16 +110,21 @@ class TuneReport:
 def tune_index(folder: str | Path, *, queries: dict | None = None, qrels: dict | None = None,
                group_field: str | None = None, store: bool = True, encoder=None,
                max_queries: int = MAX_QUERIES, layers: list[int] | None = None,
-               ignore_identical_ids: bool = False, folds: int = FOLDS, other_models: bool = True) -> TuneReport:
+               ignore_identical_ids: bool = False, folds: int = FOLDS, other_models: bool = True) -> TuneReport | PlainReport:
     """Measure the search space on `folder`'s held-out questions; store the choice unless `store` is False.
 
+    Without labels: the groups of phrasings, else the entries found by their own answers (a plain FAQ),
+    else a PlainReport saying what tune needs (nothing is changed).
     `ignore_identical_ids`: with labels, drop entries whose key is a query's id or whose text is its text
     (without labels an entry and its copies are always dropped from their own ranking).
     `other_models`: also try the other bundled models (the entries are embedded once more by each).
     """
     started = time.perf_counter()
     folder = check_index_folder(Path(folder))
-    manifest, documents, sources = _read_index(folder, queries, qrels, group_field, max_queries, ignore_identical_ids)
+    try:
+        manifest, documents, sources = _read_index(folder, queries, qrels, group_field, max_queries, ignore_identical_ids)
+    except NothingToMeasure:
+        return plain_report(folder, group_field)
     current = current_candidate(manifest)
     alone = replace(manifest, recipe=manifest.recipe.alone())  # the index's own model, measured by itself
     encoder = full_encoder(encoder, alone.recipe)
@@ -152,12 +158,54 @@ def _read_index(folder: Path, queries, qrels, group_field, max_queries, ignore_i
             found = [labelled_questions(documents, queries, qrels, max_queries, ignore_identical_ids),
                      group_questions(documents, group_field, max_queries, required=False)]
         else:
-            found = [group_questions(documents, group_field, max_queries)]
+            found = [group_questions(documents, group_field, max_queries, required=False)
+                     or plain_faq_questions(documents, max_queries)]
         sources = [(q, keyword_lists(db, q.items)) for q in found if q is not None]
         db.execute("COMMIT")
     finally:
         db.close()
     return manifest, documents, sources
+
+
+class NothingToMeasure(Exception):
+    """A plain FAQ with neither labels, groups nor an answer field: tune has no question to measure on."""
+
+
+def plain_faq_questions(documents: list[dict], max_queries: int) -> Questions:
+    """Without labels or groups: the entries found by their own answers (heldout.answer_questions), else
+    NothingToMeasure (tune_index turns it into a report that says what to give)."""
+    found = answer_questions(documents, max_queries)
+    if found is None:
+        raise NothingToMeasure()
+    return found
+
+
+@dataclass(frozen=True)
+class PlainReport:
+    """What tune did on a FAQ with nothing to measure on: kept its setting, and what it needs."""
+
+    folder: str
+    mode: str
+    cut: float | None
+    cut_source: str | None
+    needs: str
+    stored: bool = False
+
+    def to_dict(self) -> dict:
+        return {"folder": self.folder, "measured": False, "mode": self.mode, "cut": self.cut,
+                "cut_source": self.cut_source, "needs": self.needs, "stored": self.stored}
+
+
+def plain_report(folder: Path, group_field: str | None) -> PlainReport:
+    """The report of a tune with no question to measure: the index is left as it is."""
+    search = open_manifest(folder).settings.search
+    where = f"field {group_field!r} has" if group_field else "the index has"
+    needs = (f"nothing to measure on: {where} no group of two or more phrasings, no labels were given, and no stored "
+             "answer field (one an entry's answer could find it by). Kept " + search.mode
+             + (f" with the cut {search.cut_source()} ({search.min_score:.4f})" if search.min_score is not None else "")
+             + ". To tune: give --queries/--qrels (a few asked questions and their right entries), or --feedback once "
+             "agents marked answers on the page, or index again with --group-field or an answer column")
+    return PlainReport(str(folder), search.mode, search.min_score, search.cut_source(), needs)
 
 
 def prepare_other_models(manifest, documents, also: list[str] = (), bundled: bool = True) -> list[OtherModel]:
@@ -264,7 +312,8 @@ def _store(folder: Path, manifest, measured: Measured, recipe_changed: bool) -> 
     search = replace(old, mode=c.mode, weight=c.weight if c.weight is not None else old.weight,
                      fusion=c.fusion or old.fusion, tuned=tuned,
                      min_score=old.min_score if not decision.change else None,
-                     calibration=old.calibration if not decision.change else None)
+                     calibration=old.calibration if not decision.change else None,
+                     cut=old.cut if not decision.change else None)  # a change: the commit makes the collection's cut again
     if recipe_changed:
         reembed_index(folder, layer=c.layer, pooling=c.pooling, search=search, expected_generation=manifest.generation,
                       model=c.model, companion=c.companion, share=c.share or 0.0)

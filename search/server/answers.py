@@ -91,6 +91,19 @@ def band(score: float, cut: float | None, mode: str) -> str | None:
     return "good"
 
 
+def cut_source(search, asked: float | None, cut: float | None) -> str | None:
+    """Where the cut an answer was judged by came from: "given" (the request's min_score), the index's
+    ("from the collection", "calibrated on N labelled": SearchSettings.cut_source), or None (no cut).
+
+    cut_source(SearchSettings(min_score=.3, cut={"source": "collection"}), None, .3) -> 'from the collection'
+    """
+    if cut is None:
+        return None
+    if asked is not None:
+        return "given"
+    return search.cut_source()
+
+
 def facets(db) -> dict[str, list[str]]:
     """Stored fields whose values repeat (at most 30 distinct short ones): name -> sorted values.
 

@@ -29,7 +29,7 @@ from indexer.ingest.build import upsert_entries
 from indexer.ingest.entries import check_question, field_problem, key_problem, text_problem
 from indexer.ingest.readers import Entry
 from indexer.store.info import index_info
-from search.answer import answer as shared_answer, cut_source
+from search.answer import answer as shared_answer
 from search.searcher import open_manifest
 from search.server import answers
 from search.server.guard import AccessLog, Guard, error_body, validation_message
@@ -142,7 +142,7 @@ def create_app(folder: str | Path, *, api_key: str | None = None, writable: bool
         future = service.batcher.submit(questions, body.k, mode=mode, min_score=float("-inf"), weight=body.weight,
                                         filters=dict(body.filters) or None)
         found = await asyncio.wrap_future(future)
-        source = cut_source(service.searcher.manifest.settings, body.min_score, no_cut) if cut is not None else None
+        source = answers.cut_source(service.searcher.manifest.settings.search, body.min_score, cut)
         filters = dict(body.filters) or None
         results = [answer(service, q, hits, cut, source, mode, body.highlight, filters) for q, hits in zip(questions, found)]
         for result, query_id in zip(results, service.log(questions, mode, results)):
@@ -235,8 +235,11 @@ def _static(content: bytes, media_type: str, policy: str | None = None):
 def serve(folder: str | Path, *, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           read_only: bool = False, batch_window: float = 0.002, max_batch: int = 64, threads: int | None = None,
           query_log: bool = True, access_log: bool | str = True, sock=None, log_level: str = "warning",
-          workers: int = 1) -> None:
+          workers: int = 1, ready=None) -> None:
     """Run the service with uvicorn until interrupted, on `sock` (from bind_socket) or a fresh one.
+
+    `ready()` is called once the index, the encoder and a first question's path are loaded, just before
+    requests are taken (with `workers` > 1: before the workers start), so a start line printed there is true.
 
     `workers` > 1: that many processes on one port, each with its own searcher over the same folder (a
     compressed index's mapped vectors are shared through the page cache), read-only (one writer per
@@ -257,6 +260,8 @@ def serve(folder: str | Path, *, host: str = "127.0.0.1", port: int = 8000, api_
                                                      "max_batch": max_batch, "threads": threads,
                                                      "access_log": access_log, "host": host,
                                                      "metrics_dir": metrics_dir})
+            if ready is not None:
+                ready()
             uvicorn.run(f"{__name__}:worker_app", factory=True, workers=workers, host=host, port=port,
                         log_level=log_level, server_header=False, limit_concurrency=512, timeout_keep_alive=5,
                         access_log=False)
@@ -266,8 +271,11 @@ def serve(folder: str | Path, *, host: str = "127.0.0.1", port: int = 8000, api_
                      threads=threads, feedback=not read_only, query_log=query_log and not read_only,
                      access_log=access_log, read_only_reason="started with --read-only" if read_only else None,
                      host=host)
+    app.state.service.searcher.embed(["warm up"])  # the first question's one-off costs (arena, threads), paid here
     config = uvicorn.Config(app, log_level=log_level, server_header=False, limit_concurrency=512,
                             timeout_keep_alive=5, access_log=False)
+    if ready is not None:
+        ready()
     uvicorn.Server(config).run(sockets=[sock])
 
 

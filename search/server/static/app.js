@@ -8,7 +8,7 @@ const HIDDEN_FIELDS = ["group"];
 const LONG_ANSWER = 400; // characters shown before "more"
 const CONTEXT = 100; // characters shown either side of the matching window of a long entry
 const BANDS = { good: "Good match", possible: "Possible match", below: "Below the cut" };
-const state = { cut: null, cutShown: "", precision: null, feedback: "open", question: "", answers: new Map() };
+const state = { cut: null, cutShown: "", cutSource: null, precision: null, feedback: "open", question: "", answers: new Map() };
 
 function element(tag, className, text) {
   const node = document.createElement(tag);
@@ -93,15 +93,16 @@ function answerBlock(text, ranges) {
 }
 
 function badge(hit, cut) {
-  const label = hit.band ? BANDS[hit.band] : "score " + hit.score.toFixed(3);
+  const label = hit.band ? BANDS[hit.band] + " · " + hit.score.toFixed(3) : "score " + hit.score.toFixed(3);
   const node = element("span", "score" + (hit.band ? " band-" + hit.band : ""), label);
   node.dataset.score = String(hit.score);
   let why = "score " + hit.score.toFixed(4);
   if (cut !== null && cut !== undefined) {
-    why += " · calibrated cut " + cut.toFixed(4);
+    why += " · " + (state.cutSource && state.cutSource.startsWith("calibrated") ? "calibrated cut " : "cut ") + cut.toFixed(4)
+      + (state.cutSource ? " (" + state.cutSource + ")" : "");
     if (state.precision !== null) why += " (past the cut, " + Math.round(state.precision * 100) + "% of answers were right on the calibration examples)";
   } else {
-    why += " · no calibrated cut (run `bertdex calibrate`)";
+    why += " · no cut";
   }
   node.title = why;
   return node;
@@ -281,12 +282,17 @@ async function loadInfo() {
       state.cut = tuned.min_score;
       state.cutShown = String(Number(tuned.min_score.toFixed(3)));
       $("min-score").value = state.cutShown;
-      $("min-score").title = "The index's calibrated cut is " + tuned.min_score.toFixed(4) + ". Empty: no cut at all.";
+      state.cutSource = (info.cut && info.cut.source) || null;
+      $("min-score").title = "The index's cut is " + tuned.min_score.toFixed(4) + (state.cutSource ? " (" + state.cutSource + ")" : "")
+        + ". Empty: no cut at all.";
     }
     if (tuned.calibration && typeof tuned.calibration.precision === "number") state.precision = tuned.calibration.precision;
     state.feedback = (info.server && info.server.feedback) || "off";
-    $("index-info").textContent = info.documents + " entries · model " + info.model + (tuned.mode ? " · tuned " + tuned.mode : "")
-      + (state.cut !== null ? " · calibrated cut " + state.cut.toFixed(3) : "");
+    const calibrated = state.cutSource && state.cutSource.startsWith("calibrated");
+    $("index-info").textContent = info.documents + " entries · model " + info.model
+      + (tuned.mode ? (info.tuned ? " · tuned " : " · ") + tuned.mode : "")
+      + (state.cut !== null ? (calibrated ? " · calibrated cut " : " · cut ") + state.cut.toFixed(3)
+        + (state.cutSource && !calibrated ? " (" + state.cutSource + ")" : "") : "");
   } catch (error) {
     $("index-info").textContent = "";
   }

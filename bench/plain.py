@@ -1,0 +1,195 @@
+"""A plain FAQ with no labels: the default mode's ranking and the collection-made "no good answer" cut.
+
+    python bench/plain.py [--data ../shared/data] [--sets bertfaq-covidfaq,...] [--work bench/out/plain]
+
+For each dev set (bertfaq-covidfaq title + text, and its title (the question) alone, deepset-covid-qsim, banking77 text only (its title is
+the label: never embedded), ko-question-pair) and both example FAQs (question only, and question +
+answer), indexed as `bertdex index` does with nothing but the entries (no groups, no labels):
+rank-1 and MRR@10 of dense, keyword and hybrid, of the mode an index started in before this bench's
+change ("before": dense for English, hybrid for Korean, with the keyword terms and fusion of then) and
+of the default mode now; and the collection-made cut (indexer.ingest.cut): the share of off-topic
+questions it refuses (examples/out_of_scope.txt and examples/out_of_scope_more.txt, never the shipped
+sample the cut is made from) and the share of in-scope questions whose right top answer it keeps.
+banking77 is limited to its first 30 entries per intent and every 3rd query (2,310 entries, 1,027
+queries) to keep the run short on 2 cores. Indexes and question vectors are cached under --work
+(ignored by git): a second run embeds nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+EXAMPLES = ROOT / "examples"
+SETS = {  # name -> (fields to embed, language of the off-topic test questions)
+    "bertfaq-covidfaq": (["title", "text"], "en"),
+    "bertfaq-covidfaq title": (["title"], "en"),  # the question alone, against question + answer above
+    "deepset-covid-qsim": (["text"], "en"),
+    "banking77": (["text"], "en"),
+    "ko-question-pair": (["text"], "ko"),
+    "faq_en": (["question"], "en"),
+    "faq_en q+a": (["question", "answer"], "en"),
+    "faq_ko": (["question"], "ko"),
+    "faq_ko q+a": (["question", "answer"], "ko"),
+}
+BANKING_PER_INTENT, BANKING_QUERY_STEP = 30, 3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--sets", default=",".join(SETS), help="comma-separated set names")
+    parser.add_argument("--work", type=Path, default=ROOT / "bench" / "out" / "plain")
+    parser.add_argument("--rebuild", action="store_true", help="index again (after a change of the keyword terms)")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    rows = []
+    for name in args.sets.split(","):
+        if name not in SETS:
+            raise SystemExit(f"unknown set {name!r}: choose from {', '.join(SETS)}")
+        rows.append(measure(name, args.data, args.work, args.rebuild))
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    print(f"command: python {shlex.join(sys.argv)}  ({time.perf_counter() - started:.0f} s, "
+          f"{platform.machine()} {_cpu()})")
+    print(table(rows))
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+def source(name: str, data: Path, work: Path) -> tuple[Path, dict, dict, str]:
+    """(entries file, queries, qrels, id field) of a set, written under `work` for the dev sets."""
+    from search.quality.evaluate import load_qrels, load_queries
+
+    if name.startswith("faq_"):
+        language = name[4:6]
+        folder = EXAMPLES / f"eval_{language}"
+        return EXAMPLES / f"faq_{language}.csv", load_queries(folder / "queries.jsonl"), load_qrels(folder / "qrels.tsv"), "id"
+    beir = data / name.split()[0] / "beir"
+    queries, qrels = load_queries(beir / "queries.jsonl"), load_qrels(beir / "qrels.tsv")
+    corpus = work / f"{name.split()[0]}.corpus.jsonl"
+    per_label: dict[str, int] = {}
+    kept = set()
+    work.mkdir(parents=True, exist_ok=True)
+    with corpus.open("w", encoding="utf-8") as handle:
+        for line in (beir / "corpus.jsonl").open(encoding="utf-8"):
+            record = json.loads(line)
+            if name == "banking77":
+                per_label[record["title"]] = per_label.get(record["title"], 0) + 1
+                if per_label[record["title"]] > BANKING_PER_INTENT:
+                    continue
+            kept.add(record["_id"])
+            handle.write(json.dumps({"id": record["_id"], "title": record.get("title", ""), "text": record["text"]},
+                                    ensure_ascii=False) + "\n")
+    if name == "banking77":
+        ids = sorted(queries, key=lambda q: int(q[1:]))[::BANKING_QUERY_STEP]
+        queries = {q: queries[q] for q in ids}
+    qrels = {q: {d: s for d, s in judged.items() if d in kept} for q, judged in qrels.items() if q in queries}
+    qrels = {q: judged for q, judged in qrels.items() if judged}
+    return corpus, {q: queries[q] for q in qrels if q in queries}, qrels, "id"
+
+
+def index(name: str, data: Path, work: Path, rebuild: bool):
+    from indexer import build_index
+
+    entries, queries, qrels, id_field = source(name, data, work)
+    folder = work / name.replace(" ", "_").replace("+", "")
+    if rebuild or not (folder / "bertdex.db").exists():
+        build_index(entries, folder, text_fields=SETS[name][0], id_field=id_field, replace=folder.exists())
+    return folder, queries, qrels
+
+
+def cached_vectors(searcher, texts: list[str], work: Path, tag: str):
+    """The questions' vectors by the index's recipe, from `work` when this recipe already embedded these texts."""
+    recipe = searcher.manifest.recipe
+    digest = hashlib.sha256(json.dumps([recipe.to_dict(), texts], ensure_ascii=False).encode()).hexdigest()[:16]
+    path = work / f"{tag}.{digest}.npy"
+    if path.exists():
+        return recipe, np.load(path)
+    recipe, vectors = searcher.embed_questions(texts)
+    np.save(path, vectors)
+    return recipe, vectors
+
+
+def off_topic_tests(language: str) -> list[str]:
+    from indexer.ingest.readers import read_questions
+    from indexer.store.keywords import hangul_syllable
+
+    found = read_questions(EXAMPLES / "out_of_scope.txt") + read_questions(EXAMPLES / "out_of_scope_more.txt")
+    return [q for q in found if (hangul_syllable(q) is not None) == (language == "ko")]
+
+
+def measure(name: str, data: Path, work: Path, rebuild: bool) -> dict:
+    from search.quality.evaluate import keys_for_metrics
+    from search.quality.metrics import query_metrics
+    from search.searcher import Searcher
+
+    folder, queries, qrels = index(name, data, work, rebuild)
+    searcher = Searcher(folder)
+    tag = folder.name
+    ids = [q for q in qrels if q in queries]
+    texts = [queries[q] for q in ids]
+    recipe, vectors = cached_vectors(searcher, texts, work, tag + ".queries")
+    tests = off_topic_tests(SETS[name][1])
+    _, test_vectors = cached_vectors(searcher, tests, work, tag + ".offtopic")
+    search = searcher.manifest.settings.search
+    row = {"set": name, "model": recipe.model.split("/")[-1], "documents": searcher.manifest.documents,
+           "queries": len(ids), "default mode": search.mode, "cut": search.min_score,
+           "cut source": (search.cut or {}).get("source") if hasattr(search, "cut") else None}
+    tops = {}
+    for mode in ("dense", "keyword", "hybrid"):
+        results = searcher.search_many(texts, 10, mode=mode, min_score=float("-inf"), vectors=vectors, recipe=recipe)
+        per = [query_metrics(keys_for_metrics([(h.key, h.variants) for h in hits], qrels[q]), qrels[q])
+               for q, hits in zip(ids, results)]
+        row[f"{mode} mrr@10"] = float(np.mean([m["mrr@10"] for m in per]))
+        row[f"{mode} hit@1"] = float(np.mean([m["hit@1"] for m in per]))
+        tops[mode] = [(hits[0].score if hits else float("-inf"), bool(hits) and m["hit@1"] > 0) for hits, m in zip(results, per)]
+    mode = search.mode
+    row["default mrr@10"], row["default hit@1"] = row[f"{mode} mrr@10"], row[f"{mode} hit@1"]
+    if search.min_score is not None and mode != "keyword":
+        refused = searcher.search_many(tests, 1, mode=mode, vectors=test_vectors, recipe=recipe)
+        right = [score for score, ok in tops[mode] if ok]
+        row["off-topic refused"] = sum(not hits for hits in refused) / len(tests)
+        row["off-topic"] = len(tests)
+        row["right answers kept"] = sum(score >= search.min_score for score in right) / len(right) if right else None
+        row["right answers"] = len(right)
+        row["all answered"] = sum(score >= search.min_score for score, _ in tops[mode]) / len(tops[mode])
+    searcher.close()
+    return row
+
+
+def table(rows: list[dict]) -> str:
+    head = ["set", "model", "docs", "queries", "dense", "keyword", "hybrid", "default now (mode)", "rank-1 now",
+            "cut", "off-topic refused", "right top answers kept"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cut = "-" if r.get("cut") is None else f"{r['cut']:.3f}"
+        refused = f"{r['off-topic refused']:.0%} of {r['off-topic']}" if "off-topic refused" in r else "-"
+        kept = f"{r['right answers kept']:.1%} of {r['right answers']}" if r.get("right answers kept") is not None else "-"
+        lines.append("| " + " | ".join([
+            r["set"], r["model"], str(r["documents"]), str(r["queries"]),
+            *(f"{r[f'{m} mrr@10']:.3f}" for m in ("dense", "keyword", "hybrid")),
+            f"{r['default mrr@10']:.3f} ({r['default mode']})", f"{r['default hit@1']:.3f}", cut, refused, kept]) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
