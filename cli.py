@@ -306,7 +306,7 @@ def delete(
     if as_json:
         echo_json({"deleted": removed, "missing": missing})
         return
-    typer.echo(f"deleted {removed} entr{'y' if removed == 1 else 'ies'}")
+    typer.echo(f"deleted {removed} entr{'y' if removed == 1 else 'ies'}" + ("" if removed else "; nothing changed, nothing written"))
     if missing:
         typer.echo(f"not in the index: {', '.join(missing)}", err=True)
 
@@ -318,7 +318,7 @@ def verify(
     texts: Annotated[int, typer.Option("--texts", min=0, help="Embed this many stored texts and check each finds its entry (loads the model; 0: skip).")] = 20,
     as_json: Json = False,
 ):
-    """Check the index: SQLite, counts, the FAISS file's checksum, unit norms, and entries found by their own text."""
+    """Check the index: SQLite, counts, each FAISS segment's checksum, unit norms, and entries found by their own text."""
     from indexer.store.verify import verify_index
 
     report = verify_index(index_dir, text_sample=texts)
@@ -333,12 +333,34 @@ def verify(
 
 @app.command()
 @fails_cleanly
+def compact(
+    index_dir: IndexDir,
+    as_json: Json = False,
+):
+    """Merge the index's segments into one, dropping deleted vectors, in one commit (searches go on meanwhile)."""
+    from indexer.store.folder import compact_index
+
+    typer.echo(f"compacting {index_dir} (reads every segment; a large index takes a while)", err=True)
+    report = compact_index(index_dir)
+    if as_json:
+        echo_json(report)
+        return
+    if report["generation_before"] == report["generation"]:
+        typer.echo(f"{index_dir}: one segment, nothing deleted: nothing to compact")
+    else:
+        count = report["segments_before"]
+        typer.echo(f"{index_dir}: {count} segment{'s' if count != 1 else ''} and {report['deleted_before']} deleted vectors "
+                   f"merged into one {report['kind']} segment; {report['vectors']} vectors, generation {report['generation']}")
+
+
+@app.command()
+@fails_cleanly
 def repair(
     index_dir: IndexDir,
     threads: Annotated[Optional[int], typer.Option(help="Threads (default: all cores).")] = None,
     as_json: Json = False,
 ):
-    """Rebuild the FAISS file from the texts in SQLite, embedded by the recorded recipe, in one commit."""
+    """Rebuild damaged FAISS segments (or all) from the texts in SQLite, embedded by the recorded recipe, in one commit."""
     from indexer.store.repair import repair_index
 
     report = repair_index(index_dir, threads=threads)
@@ -347,7 +369,11 @@ def repair(
         return
     for problem in report.found:
         typer.echo(f"found: {problem}")
-    typer.echo(f"repaired: {report.documents} entries, {report.vectors} vectors re-embedded; generation {report.generation}")
+    if report.segments:
+        typer.echo(f"repaired: {', '.join(report.segments)} rebuilt ({report.reembedded} entries re-embedded); "
+                   f"{report.documents} entries, {report.vectors} vectors; generation {report.generation}")
+    else:
+        typer.echo(f"repaired: {report.documents} entries, {report.vectors} vectors re-embedded; generation {report.generation}")
 
 
 # -- searching --------------------------------------------------------------------------------------
@@ -952,6 +978,9 @@ def tune(
     dry_run: DryRun = False,
     from_feedback: Annotated[bool, typer.Option("--feedback", help="Tune on the answers agents marked right (thumbs up, or 'this one was right'), as labelled queries.")] = False,
     other_models: Annotated[bool, typer.Option("--other-models/--same-model", help="Also try the other bundled models (entries embedded once more by each; a choice of one re-embeds the index).")] = True,
+    adapt: Annotated[bool, typer.Option("--adapt", help="Also try the index's model fine-tuned on these questions' pairs (and the index's groups), measured out of sample; kept only on a significant gain (the model is stored in the index folder).")] = False,
+    adapt_steps: Annotated[Optional[int], typer.Option(min=1, help="Training steps per adaptation (default: by the number of pairs, 8 to 30).")] = None,
+    min_new_verdicts: Annotated[int, typer.Option(min=0, help="With --feedback --adapt: adapt only when this many verdicts arrived since the last try; else exit 0 saying so (for cron).")] = 20,
     as_json: Json = False,
 ):
     """Try layer x pooling x keyword/hybrid fusion (and the other bundled models) on held-out questions; keep the best only on a significant gain."""
@@ -960,9 +989,21 @@ def tune(
     if from_feedback and (queries or qrels):
         raise typer.BadParameter("give --feedback or --queries/--qrels, not both")
     asked, judged = labelled(queries, qrels, required=False)
+    weights, seen = None, None
     if from_feedback:
         from search.quality.feedback import labelled_from_feedback
 
+        if adapt:
+            from search.quality.adapt import feedback_weights, new_verdicts, verdicts_of
+
+            fresh, newest = new_verdicts(index_dir)
+            if fresh < min_new_verdicts:
+                message = (f"{fresh} new verdicts since the last adaptation, fewer than --min-new-verdicts "
+                           f"{min_new_verdicts}: nothing to do")
+                echo_json({"folder": str(index_dir), "new_verdicts": fresh, "adapted": False, "reason": message}) \
+                    if as_json else typer.echo(message)
+                return
+            weights, seen = feedback_weights(verdicts_of(index_dir)), {"verdicts_seen": newest}
         from indexer.errors import BertdexError
         from search.quality.choose import FOLDS
 
@@ -971,8 +1012,10 @@ def tune(
             raise BertdexError(f"tune --feedback: only {len(judged)} question{'s' if len(judged) != 1 else ''} "
                                f"ha{'ve' if len(judged) != 1 else 's'} an answer marked right; tuning needs at least "
                                f"{FOLDS} (one per cross-validation fold): collect more verdicts, or give --queries/--qrels")
+    progress = (lambda message: typer.echo(message, err=True)) if adapt else None  # stderr: --json stays clean
     report = tune_index(index_dir, queries=asked, qrels=judged, group_field=group_field, store=not dry_run,
-                        max_queries=max_queries, ignore_identical_ids=ignore_identical_ids, other_models=other_models)
+                        max_queries=max_queries, ignore_identical_ids=ignore_identical_ids, other_models=other_models,
+                        adapt=adapt, adapt_steps=adapt_steps, pair_weights=weights, note=seen, progress=progress)
     if not hasattr(report, "trials"):  # a plain FAQ with nothing to measure on: said in one line, exit 0
         echo_json(report.to_dict()) if as_json else typer.echo(report.needs)
         return
@@ -1207,11 +1250,10 @@ def print_report(report, as_json: bool, rename=lambda message: message, quiet: b
         return
     embedded = report.added + report.updated
     rate = f" ({report.rate:.0f} entries/s)" if embedded >= RATE_FROM else ""
+    done = (f"{report.added} added, {report.updated} updated, {report.unchanged} unchanged" if report.committed
+            else f"nothing changed ({report.unchanged} unchanged), nothing written")
     if not quiet:
-        typer.echo(
-            f"{report.folder}: {report.added} added, {report.updated} updated, {report.unchanged} unchanged; "
-            f"{report.documents} entries, {report.vectors} vectors; {report.seconds:.1f}s{rate}"
-        )
+        typer.echo(f"{report.folder}: {done}; {report.documents} entries, {report.vectors} vectors; {report.seconds:.1f}s{rate}")
     if report.recipe_reason and not quiet:
         typer.echo(f"recipe: {report.recipe_reason}")
     if report.truncated:

@@ -23,13 +23,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import faiss
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from indexer.store import ann, integrity  # noqa: E402
+from indexer.store import ann, integrity, segments  # noqa: E402
 from indexer.store.verify import _vector_problems  # noqa: E402
 from search.checks import check_opened, check_results  # noqa: E402
 
@@ -62,7 +63,9 @@ def measure(size: int, k: int, rounds: int, folder: Path) -> dict:
     index.add_with_ids(vectors, ids)
     path = folder / f"vectors.{size}.faiss"
     faiss.write_index(index, str(path))
-    record = integrity.faiss_record(path, index.ntotal)
+    record = {"file": path.name, **integrity.faiss_record(path, index.ntotal), "kind": "flat", "first_id": 1, "last_id": size}
+    manifest = SimpleNamespace(segments=(record,), deleted=(), generation=1)  # what check_opened reads of one
+    opened = segments.SegmentSet([segments.Segment(path.name, index, np.zeros(0, np.int64), record["blake2b"], 1, size)], 384)
     db = sqlite3.connect(":memory:")
     db.execute("CREATE TABLE passages (id INTEGER PRIMARY KEY, document_id INTEGER)")
     db.executemany("INSERT INTO passages VALUES (?, ?)", ((int(i), int(i)) for i in ids))
@@ -74,8 +77,8 @@ def measure(size: int, k: int, rounds: int, folder: Path) -> dict:
         "search ms": median_ms(lambda: ann.search(index, question, 4 * k), rounds),
         "answer checks ms": median_ms(lambda: check_results(index, scores, found, folder), rounds),
         "read ms": median_ms(lambda: faiss.read_index(str(path)), 3),
-        "opening checks ms": median_ms(lambda: check_opened(index, db, folder, path, record), max(3, rounds // 10)),
-        "verify vectors ms": median_ms(lambda: _vector_problems(_Keys(), index, path.name), 3),
+        "opening checks ms": median_ms(lambda: check_opened(opened, db, folder, manifest), max(3, rounds // 10)),
+        "verify vectors ms": median_ms(lambda: _vector_problems(_Keys(), opened.segments[0], path.name), 3),
     }
 
 

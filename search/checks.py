@@ -3,9 +3,9 @@
 A score is a cosine or it is not shown. Every answer checks the dense results it is about to use
 (`check_results`): each score within [-1 - SCORE_SLACK, 1 + SCORE_SLACK], each returned id's stored
 vector of unit length (within NORM_TOLERANCE), no id twice in one result list. Opening a generation
-(`check_opened`) checks what it can afford: the id map against SQLite's passages (count, largest id,
-no id twice), the norms of a spread sample of OPEN_SAMPLE vectors, and the file's checksum when it is
-at most integrity.CHECKSUM_AT_OPEN_BYTES (64 MiB; a larger file's checksum is `bertdex verify`'s). Any failure raises
+(`check_opened`) checks what it can afford: the segments' live ids against SQLite's passages (count,
+largest id, no id twice), the norms of a spread sample of OPEN_SAMPLE vectors, and each newly read
+segment file's checksum when it is at most integrity.CHECKSUM_AT_OPEN_BYTES (64 MiB; a larger file's checksum is `bertdex verify`'s). Any failure raises
 IndexDamaged with one line that ends in the advice to run `bertdex repair`. These are functions of
 the merged results and the loaded index only: they do not search or read texts.
 """
@@ -54,23 +54,33 @@ def check_results(index: faiss.Index, scores: np.ndarray, ids: np.ndarray, folde
                                   f"(norm {float(norms[off][0]):.4g})")
 
 
-def check_opened(index: faiss.Index, db, folder: Path, path: Path, record: dict) -> None:
-    """Cheap checks of a freshly loaded generation against SQLite; raise IndexDamaged if one fails."""
-    if integrity.checksum_affordable(record):
-        integrity.check_faiss_file(path, record, checksum=True)
-    if not hasattr(index, "id_map") or index.ntotal == 0:
+def check_opened(vectors, db, folder: Path, manifest, known: frozenset = frozenset()) -> None:
+    """Cheap checks of a freshly loaded generation (indexer.store.segments.SegmentSet) against SQLite;
+    raise IndexDamaged if one fails. `known`: segment files checked when an earlier generation opened."""
+    from indexer.store import segments
+
+    for record in segments.records_of(manifest):
+        if record["file"] not in known and integrity.checksum_affordable(record):
+            integrity.check_faiss_file(Path(folder) / record["file"], record, checksum=True)
+    parts = []
+    for segment in vectors.segments:
+        if not hasattr(segment.index, "id_map") or segment.index.ntotal == 0:
+            continue
+        ids = faiss.vector_to_array(segment.index.id_map)
+        ids = ids[ids != ann.TOMBSTONE]
+        parts.append(ids[~np.isin(ids, segment.deleted)] if len(segment.deleted) else ids)
+    if not parts:
         return
-    ids = faiss.vector_to_array(index.id_map)
-    ids = ids[ids != ann.TOMBSTONE]
+    ids = np.concatenate(parts)
     count, largest = db.execute("SELECT count(*), max(id) FROM passages").fetchone()
     if ids.size != count:
-        raise damaged(folder, f"{path.name} holds {ids.size} vectors, bertdex.db {count} passages")
-    # ids are added in ascending order and every change keeps it: one pass; else a sort (~10x the time)
+        raise damaged(folder, f"its vectors files hold {ids.size} live vectors, bertdex.db {count} passages")
+    # ids are added in ascending order, segment after segment, and every change keeps it: one pass; else a sort
     ascending = bool(np.all(ids[1:] > ids[:-1]))
     if ids.size and (int(ids.max()) > (largest or 0) or (not ascending and np.unique(ids).size != ids.size)):
-        raise damaged(folder, f"the id map of {path.name} holds ids that are no passage's or appear twice")
+        raise damaged(folder, "the id map of its vectors files holds ids that are no passage's or appear twice")
     picks = ids[np.unique(np.linspace(0, ids.size - 1, min(OPEN_SAMPLE, ids.size)).astype(int))]
-    norms = np.linalg.norm(_vectors_of(index, picks), axis=1)
+    norms = np.linalg.norm(_vectors_of(vectors, picks), axis=1)
     off = ~(np.abs(norms - 1) <= NORM_TOLERANCE)
     if off.any():
         raise damaged(folder, f"the stored vector of passage {int(picks[off][0])} is not of unit length "

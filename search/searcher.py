@@ -24,7 +24,7 @@ from indexer.errors import BertdexError, IndexDamaged, OptionOutOfRange, UsageEr
 from indexer.ingest.entries import check_question
 from indexer.options import MAX_K, check_k
 from indexer.store import ann
-from indexer.store.folder import check_index_folder, connect, open_manifest, open_vectors, read_manifest, vectors_path  # noqa: F401 (open_manifest: re-exported)
+from indexer.store.folder import check_index_folder, connect, open_manifest, open_vectors, read_manifest  # noqa: F401 (open_manifest: re-exported)
 from indexer.ingest.embedding import embed_questions as question_vectors
 from indexer.store.ann_compressed import load_flag
 from search import keyword
@@ -105,10 +105,10 @@ class Searcher:
         manifest = read_manifest(self.db, self.folder)
         if manifest.generation != self._generation:
             self._generation_tried = manifest.generation
-            vectors = open_vectors(self.folder, manifest, flags=load_flag(manifest.index_type))
+            known = frozenset(segment.file for segment in self.vectors.segments) if self.vectors is not None else frozenset()
+            vectors = open_vectors(self.folder, manifest, flags=load_flag(manifest.index_type), reuse=self.vectors)
             if manifest.generation:
-                check_opened(vectors, self.db, self.folder, vectors_path(self.folder, manifest.generation),
-                             manifest.faiss_file)
+                check_opened(vectors, self.db, self.folder, manifest, known)
             self.vectors = vectors
             self._generation = manifest.generation
         self.manifest = manifest
@@ -235,7 +235,7 @@ class Searcher:
         if self.vectors.ntotal == 0:
             return []
         matrix = np.atleast_2d(vector)
-        scores, ids = ann.search(self.vectors, matrix, min(n, self.vectors.ntotal))
+        scores, ids = ann.search(self.vectors, matrix, min(n, self.vectors.ntotal))  # every segment, merged by score
         check_results(self.vectors, scores, ids, self.folder)  # a score is a cosine or it is not shown
         best: dict[int, float] = {}
         for row_scores, row_ids in zip(scores, ids):

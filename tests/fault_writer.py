@@ -7,7 +7,9 @@ its commit returned, then {"event": "exit", "status"} once the child is gone.
 
 `die_at` makes the child SIGKILL itself at one exact step of the commit (see `die_at`): "partial"
 (the .partial FAISS file written), "renamed" (renamed to vectors.<G>.faiss), "before-commit" and
-"after-commit" (around SQLite's COMMIT). The hooks wrap functions inside the child only.
+"after-commit" (around SQLite's COMMIT); "nth": at that step's nth time (2: in the merge that follows a
+segment's commit). "tier_unit" sets indexer.store.segments.TIER_UNIT in the child (merges of small
+segments). "delete": keys to delete (op "delete"). The hooks wrap functions inside the child only.
 Optionally "checkpoint", "chunk" (entries per chunk, default 256) and "ray" (a Ray address);
 then {"event": "progress", "done"} after each chunk the child wrote.
 """
@@ -34,18 +36,24 @@ def die() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def die_at(step: str) -> None:
-    """Wrap the commit's steps so that this process kills itself right at `step`."""
+def die_at(step: str, nth: int = 1) -> None:
+    """Wrap the commit's steps so that this process kills itself right at the `nth` time of `step`."""
     import faiss
 
     from indexer.store import folder
+
+    seen = [0]
+
+    def due() -> bool:
+        seen[0] += 1
+        return seen[0] == nth
 
     if step == "partial":
         write = faiss.write_index
 
         def write_then_die(index, path):
             write(index, path)
-            if str(path).endswith(".partial"):
+            if str(path).endswith(".partial") and os.path.basename(str(path)).startswith("vectors.") and due():
                 die()
         folder.faiss.write_index = write_then_die
     elif step == "renamed":
@@ -53,17 +61,18 @@ def die_at(step: str) -> None:
 
         def replace_then_die(source, target):
             replace(source, target)
-            if str(target).endswith(".faiss"):
+            if str(target).endswith(".faiss") and os.path.basename(str(target)).startswith("vectors.") and due():
                 die()
         folder.os.replace = replace_then_die
     elif step in ("before-commit", "after-commit"):
         commit = folder._commit_sqlite
 
         def commit_and_die(db):
-            if step == "before-commit":
+            if step == "before-commit" and due():
                 die()
             commit(db)
-            die()
+            if step == "after-commit" and due():
+                die()
         folder._commit_sqlite = commit_and_die
     else:
         raise ValueError(f"unknown step {step!r}")
@@ -71,11 +80,21 @@ def die_at(step: str) -> None:
 
 def child(request: dict, resolved) -> None:
     if request.get("die_at"):
-        die_at(request["die_at"])
+        die_at(request["die_at"], request.get("nth", 1))
+    if request.get("tier_unit"):
+        from indexer.store import segments
+
+        segments.TIER_UNIT = request["tier_unit"]
     options = {"chunk_size": request.get("chunk", 256), "ray": request.get("ray"),
                "progress": (lambda done, total: say(event="progress", done=done)) if request.get("progress") else None}
     if "checkpoint" in request:
         options["checkpoint"] = request["checkpoint"]
+    if request["op"] == "delete":
+        from indexer.ingest.build import delete_documents
+
+        removed, _ = delete_documents(request["folder"], request["keys"])
+        say(event="committed", documents=removed, unchanged=0)
+        return
     if request["op"] == "build":
         report = build_index(request["data"], request["folder"], replace=request.get("replace", False),
                              resolved=resolved, **options)

@@ -20,10 +20,13 @@ from search import Searcher
 PRIVACY = "Do you sell my personal information?"
 
 
-def faiss_file(folder):
+def faiss_file(folder, newest: bool = False):
+    """The index's (first, else newest) segment file."""
+    from indexer.store.segments import records_of
+
     db = connect(folder, readonly=True)
     try:
-        return vectors_path(folder, read_manifest(db, folder).generation)
+        return folder / records_of(read_manifest(db, folder))[-1 if newest else 0]["file"]
     finally:
         db.close()
 
@@ -43,6 +46,12 @@ def one_line_error(result, status: int) -> str:
     return lines[0]
 
 
+def rerecord(db, folder, record: dict) -> None:
+    """Record a changed FAISS file's size and checksum in the manifest, as a careless tool would."""
+    segment = {**read_manifest(db, folder).segments[0], **record}
+    db["manifest"].upsert({"name": "segments", "value": json.dumps([segment])}, pk="name")
+
+
 def flip(path, offset: int, count: int) -> None:
     data = bytearray(path.read_bytes())
     for i in range(offset, offset + count):
@@ -56,9 +65,10 @@ def test_dense_keeps_each_score_with_its_own_id(faq_index, encoder):
     with searcher._snapshot():
         own = searcher.db.execute("SELECT p.id FROM passages p JOIN documents d ON d.id = p.document_id "
                                   "WHERE d.text = ?", [PRIVACY]).fetchone()[0]
-        ids = faiss.vector_to_array(searcher.vectors.id_map)
+        index = searcher.vectors.segments[0].index
+        ids = faiss.vector_to_array(index.id_map)
         ids[ids == own] = -1
-        faiss.copy_array_to_vector(ids, searcher.vectors.id_map)
+        faiss.copy_array_to_vector(ids, index.id_map)
     hits = searcher.search(PRIVACY, k=3)
     assert all(hit.text != PRIVACY for hit in hits)
     assert hits[0].score < 0.95  # before the fix: the next entry, paired with the privacy question's 1.0
@@ -127,7 +137,7 @@ def test_verify_finds_vectors_that_are_not_unit_length(faq_index):
     from indexer.store.integrity import faiss_record
 
     db = connect(faq_index)
-    db["manifest"].upsert({"name": "faiss_file", "value": json.dumps(faiss_record(path, index.ntotal))}, pk="name")
+    rerecord(db, faq_index, faiss_record(path, index.ntotal))
     db.close()
     report = verify_index(faq_index)
     assert [p for p in report.problems if "not of unit length" in p and "norm 1295" in p], report.problems
@@ -181,5 +191,6 @@ def test_the_manifest_records_the_faiss_files_checksum_and_counts(faq_index):
     manifest = read_manifest(db, faq_index)
     db.close()
     path = faiss_file(faq_index)
-    assert manifest.faiss_file == {"bytes": path.stat().st_size, "blake2b": file_digest(path), "ntotal": 50}
+    assert manifest.segments[0] == {"file": path.name, "bytes": path.stat().st_size, "blake2b": file_digest(path),
+                                    "ntotal": 50, "kind": "flat", "first_id": 1, "last_id": 50}
     assert np.isclose(np.linalg.norm(faiss.read_index(str(path)).index.reconstruct(0)), 1, atol=1e-3)

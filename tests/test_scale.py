@@ -219,13 +219,14 @@ def test_auto_compresses_only_large_collections_that_do_not_fit_in_memory():
 
 @pytest.mark.slow
 def test_an_sq8_index_serves_from_a_mapped_file_and_takes_updates(tmp_path, resolved):
-    from indexer.store import ann
+    from indexer.store.folder import IndexWriter, open_manifest
     from search import Searcher
 
     rows = entries(0, 300)
     build_index(write_jsonl(tmp_path / "a.jsonl", rows), tmp_path / "index", resolved=resolved, index_type="sq8")
     searcher = Searcher(tmp_path / "index", encoder=resolved.encoder)
-    assert ann.kind(searcher.vectors) == "sq8" and searcher.manifest.index_params["recall_at_10"] >= 0.98
+    assert searcher.vectors.kinds() == ["sq8"] and searcher.manifest.index_params["recall_at_10"] >= 0.98
+    assert open_manifest(tmp_path / "index").codebook  # the trained codes new segments are coded with
     assert searcher.search(rows[42]["text"], k=1)[0].key == "k42"
     changed = [{"id": "k42", "text": "how do I cancel my subscription"}]
     report = add_documents(tmp_path / "index", write_jsonl(tmp_path / "b.jsonl", changed), encoder=resolved.encoder)
@@ -233,6 +234,11 @@ def test_an_sq8_index_serves_from_a_mapped_file_and_takes_updates(tmp_path, reso
     hit = Searcher(tmp_path / "index", encoder=resolved.encoder).search("how do I cancel my subscription", k=1)[0]
     assert hit.key == "k42" and hit.score > 0.99
     assert verify_index(tmp_path / "index").ok
+    with IndexWriter.open(tmp_path / "index") as writer:  # compact: one sq8 segment from the same codes
+        compacted = writer.merge(0)
+    assert [r["kind"] for r in compacted.segments] == ["sq8"] and compacted.deleted == ()
+    hit = Searcher(tmp_path / "index", encoder=resolved.encoder).search("how do I cancel my subscription", k=1)[0]
+    assert hit.key == "k42" and hit.score > 0.99 and verify_index(tmp_path / "index").ok
 
 
 # -- serving with several processes -------------------------------------------------------------------

@@ -17,16 +17,17 @@ import pytest
 from conftest import run_cli
 from indexer.errors import IndexDamaged
 from search import Searcher
-from test_integrity import PRIVACY, faiss_file, flip, one_line_error
+from test_integrity import PRIVACY, faiss_file, flip, one_line_error, rerecord
 from test_server import running
 
 
 def scale_in_memory(searcher, row: int, factor: float) -> None:
     """Scale one stored vector of the searcher's loaded index (damage that opening did not see)."""
     with searcher._snapshot():
-        inner = faiss.downcast_index(searcher.vectors.index)
-        stored = faiss.rev_swig_ptr(inner.get_xb(), searcher.vectors.ntotal * searcher.vectors.d)
-        stored.reshape(searcher.vectors.ntotal, searcher.vectors.d)[row] *= factor
+        index = searcher.vectors.segments[0].index  # the index's one segment
+        inner = faiss.downcast_index(index.index)
+        stored = faiss.rev_swig_ptr(inner.get_xb(), index.ntotal * index.d)
+        stored.reshape(index.ntotal, index.d)[row] *= factor
 
 
 def test_an_impossible_score_is_damage_not_an_answer(faq_index, encoder):
@@ -44,7 +45,7 @@ def test_a_returned_vector_off_unit_length_is_damage_even_when_its_score_looks_f
     with searcher._snapshot():
         row = searcher.db.execute("SELECT p.id FROM passages p JOIN documents d ON d.id = p.document_id "
                                   "WHERE d.key = ?", [hits[-1].key]).fetchone()[0]
-        position = int(np.flatnonzero(faiss.vector_to_array(searcher.vectors.id_map) == row)[0])
+        position = int(np.flatnonzero(faiss.vector_to_array(searcher.vectors.segments[0].index.id_map) == row)[0])
     scale_in_memory(searcher, position, 0.5)  # half length: its score halves, well inside [-1, 1]
     with pytest.raises(IndexDamaged, match="not of unit length.*bertdex repair"):
         searcher.search(PRIVACY, k=5)
@@ -53,9 +54,10 @@ def test_a_returned_vector_off_unit_length_is_damage_even_when_its_score_looks_f
 def test_an_id_returned_twice_is_damage(faq_index, encoder):
     searcher = Searcher(faq_index, encoder=encoder)
     with searcher._snapshot():
-        ids = faiss.vector_to_array(searcher.vectors.id_map)
+        id_map = searcher.vectors.segments[0].index.id_map
+        ids = faiss.vector_to_array(id_map)
         ids[1] = ids[0]
-        faiss.copy_array_to_vector(ids, searcher.vectors.id_map)
+        faiss.copy_array_to_vector(ids, id_map)
     with pytest.raises(IndexDamaged, match="twice"):
         searcher.search(searcher.get(searcher.db.execute(
             "SELECT d.key FROM passages p JOIN documents d ON d.id = p.document_id WHERE p.id = ?",
@@ -94,8 +96,10 @@ def test_damage_is_exit_7_on_the_cli_503_over_http_and_info_says_so(faq_index, e
 
     with running(create_app(faq_index, api_key="k" * 16, encoder=encoder)) as http:
         assert http.post("/search", json={"question": PRIVACY}).status_code == 200
-        assert run_cli("delete", faq_index, "en-001").returncode == 0  # a new generation the server has not read
-        path = faiss_file(faq_index)
+        data = faq_index.parent / "more.jsonl"
+        data.write_text(json.dumps({"id": "new-1", "question": "Do you sell gift cards?", "group": "g-new"}) + "\n", encoding="utf-8")
+        assert run_cli("add", faq_index, data).returncode == 0  # a new generation (a segment) the server has not read
+        path = faiss_file(faq_index, newest=True)
         flip(path, path.stat().st_size // 2, 64)
         answer = http.post("/search", json={"question": PRIVACY})
         assert answer.status_code == 503 and "bertdex repair" in answer.json()["error"], answer.text
@@ -188,7 +192,7 @@ def test_verify_still_finds_swapped_vectors_among_duplicates_and_repair_ends_cle
     last = [db.execute("SELECT max(p.id) FROM passages p JOIN documents d ON d.id = p.document_id WHERE d.key = ?",
                        [key]).fetchone()[0] for key in ("b-00", "b-01")]
     swap_vectors(path, *[int(np.flatnonzero(ids == p)[0]) for p in last])
-    db["manifest"].upsert({"name": "faiss_file", "value": json.dumps(faiss_record(path, index.ntotal))}, pk="name")
+    rerecord(db, boilerplate, faiss_record(path, index.ntotal))
     db.close()
     report = verify_index(boilerplate, text_sample=20, encoder=short_encoder)
     assert not report.ok and any("not found by their own text" in p for p in report.problems), report.problems

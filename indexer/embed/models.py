@@ -118,9 +118,14 @@ def bundled_model_folder() -> Path:
 def resolve_model_folder(name: str) -> Path:
     """A local folder holding config.json and weights for `name`.
 
-    Order: the default name -> the bundled package; an existing folder -> itself;
+    Order: an adapted model (adapted-<checksum>) -> the models/ of an index folder this process opened;
+    the default name -> the bundled package; an existing folder -> itself;
     anything else -> the Hugging Face hub (local cache first, then the network).
     """
+    from indexer.embed.adapted import find_adapted, is_adapted
+
+    if is_adapted(name):  # tuned to one help desk: inside its index folder (indexer.embed.adapted)
+        return find_adapted(name, MODEL_CACHE)
     known = known_model(name)
     if known is not None and known.name == "all-MiniLM-L6-v2":
         return bundled_model_folder()

@@ -8,7 +8,9 @@ BERT gets the bert-as-service recipe, the mean of the second-to-last layer.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
+from indexer.embed.adapted import is_adapted
 from indexer.embed.encoder import Encoder
 from indexer.errors import BertdexError
 from indexer.embed.models import declared_prompts, default_model, layer_count, model_checksum, resolve_model_folder, trained_pooling
@@ -96,6 +98,8 @@ def encoder_for(recipe: Recipe, *, model: str | None = None, precision: str = "a
         with spinning(False):
             return PairEncoder(encoder_for(recipe.alone(), model=model, **options),
                                encoder_for(recipe.companion, **options), recipe)
+    if model is not None and is_adapted(recipe.model) and not Path(model).expanduser().is_dir():
+        model = None  # an adapted index's model is in its folder; --model ($BERTDEX_MODEL) names at most its base
     name = model or recipe.model
     folder = resolve_model_folder(name)
     checksum = model_checksum(folder)

@@ -7,6 +7,7 @@ into the writer. Memory holds one chunk of texts, plus the vectors themselves.
 
 from __future__ import annotations
 
+import itertools
 import time
 from contextlib import contextmanager
 from collections.abc import Callable, Iterable
@@ -57,6 +58,7 @@ class BuildReport:
     split_texts: int = 0     # texts over max_length tokens, cut into windows of window_length (split more vectors)
     max_length: int = 0
     window_length: int = 0
+    committed: bool = True  # False: nothing changed, so nothing was written (the generation stays)
 
     @property
     def rate(self) -> float:
@@ -174,13 +176,21 @@ def add_documents(folder: Path, data: Path, *, text_fields: Iterable[str] = (), 
         resume = check_resume(manifest, marker, False, folder, "or `bertdex index --replace` to start over")
         marker = manifest.settings.loading if resume else {**marker, "started": now()}
     with IndexWriter.open(folder) as writer:  # first: a locked, read-only or damaged index refuses before the model loads
+        if writer.manifest.settings.loading is None and not _any_change(writer, _entries(source, fields)):
+            # nothing to embed: no model loaded, no commit
+            counts = {"added": 0, "updated": 0, "unchanged": entries_total, "truncated": 0, "split": 0}
+            if progress:
+                progress(entries_total, entries_total)
+            final = writer.commit()
+            return _report(folder, counts, final, started, problems, warnings=writer.warnings,
+                           committed=writer.commits > 0)
         encoder = encoder or encoder_for(writer.manifest.recipe, precision=precision, threads=threads, backend=backend)
         ensure_sample(writer, encoder)  # an index from before the collection-made cut gets its sample
         with _embedder(encoder, writer.manifest, ray, ray_workers, ray_gpus) as embedder:
             counts = ingest(writer, embedder, _entries(source, fields), entries_total, progress=progress,
                             chunk_size=chunk_size, checkpoint=checkpoint, marker=marker)
         final = writer.commit()
-    return _report(folder, counts, final, started, problems, warnings=writer.warnings)
+    return _report(folder, counts, final, started, problems, warnings=writer.warnings, committed=writer.commits > 0)
 
 
 def upsert_entries(writer: IndexWriter, encoder: Encoder, entries: list[Entry],
@@ -212,13 +222,27 @@ def upsert_entries(writer: IndexWriter, encoder: Encoder, entries: list[Entry],
     return counts
 
 
+def _any_change(writer: IndexWriter, entries: Iterable[Entry], chunk: int = 500) -> bool:
+    """Does any entry add a key or change a stored one? Stops at the first that does."""
+    batch: list[Entry] = []
+    for entry in itertools.chain(entries, [None]):
+        if entry is not None:
+            batch.append(entry)
+        if batch and (entry is None or len(batch) >= chunk):
+            old = writer.existing([e.key for e in batch])
+            if any(e.key not in old or old[e.key][1] != content_hash(e.text, e.fields, e.group) for e in batch):
+                return True
+            batch = []
+    return False
+
+
 def delete_documents(folder: Path, keys: list[str]) -> tuple[int, list[str]]:
     """Remove entries by key in one commit: (how many were removed, the keys that were not there)."""
     keys = check_keys(keys)
     folder = check_index_folder(Path(folder))
     with IndexWriter.open(folder) as writer:
         missing = writer.delete(list(dict.fromkeys(keys)))
-        writer.commit()
+        writer.commit()  # commits nothing when no key was there
     return len(set(keys)) - len(set(missing)), missing
 
 
@@ -291,12 +315,12 @@ def _embedder(encoder: Encoder, manifest: Manifest, ray: str | None, workers: in
 
 
 def _report(folder, counts: dict, manifest: Manifest, started: float, problems: list[Problem], reason: str = "",
-            warnings: list[str] = ()) -> BuildReport:
+            warnings: list[str] = (), committed: bool = True) -> BuildReport:
     return BuildReport(
         folder=str(folder), added=counts["added"], updated=counts["updated"], unchanged=counts["unchanged"],
         deleted=counts.get("deleted", 0), documents=manifest.documents, vectors=manifest.vectors,
         truncated=counts["truncated"], split=counts["split"], seconds=time.perf_counter() - started,
         recipe_reason=reason, problems=problems, warnings=list(warnings), split_texts=counts.get("split_texts", 0),
         max_length=manifest.recipe.max_length,
-        window_length=manifest.settings.window_length or manifest.recipe.max_length,
+        window_length=manifest.settings.window_length or manifest.recipe.max_length, committed=committed,
     )

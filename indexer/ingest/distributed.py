@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from indexer.embed.adapted import is_adapted
 from indexer.embed.encoder import Embedded, Encoder
 from indexer.embed.recipe import Recipe
 from indexer.errors import BertdexError
@@ -89,7 +90,8 @@ def _init(ray, address: str, root: Path) -> None:
 class EmbedWorker:
     """One actor: one encoder, loaded once (`ray.remote` is applied in RayEmbedder)."""
 
-    def __init__(self, recipe: dict, precision: str, backend: str, onnx: tuple[str, list] | None, threads: int):
+    def __init__(self, recipe: dict, precision: str, backend: str, onnx: tuple[str, list] | None, threads: int,
+                 model: str | None = None):
         import torch
 
         from indexer.embed import onnx_model
@@ -103,7 +105,9 @@ class EmbedWorker:
                 import ray
 
                 _write_atomically(path, ray.get(holder[0]))
-        self.encoder = encoder_for(Recipe.from_dict(recipe), precision=precision, backend=backend, threads=threads)
+        # `model`: the folder of an adapted model (inside the index folder, which the actor never opened)
+        self.encoder = encoder_for(Recipe.from_dict(recipe), model=model, precision=precision, backend=backend,
+                                   threads=threads)
 
     def embed(self, texts: list[str], options: dict):
         embedded = self.encoder.embed(texts, **options)
@@ -140,6 +144,8 @@ class RayEmbedder:
             # each model of a pair (on this machine: the driver's saved choices, so the same paths)
             if gpus or recipe.companion is not None:
                 made = (recipe.to_dict(), "auto", "auto", None, THREADS)
+            if is_adapted(recipe.model) and recipe.companion is None:
+                made = (*made, str(encoder.folder))
             self.actors = [worker.options(name=f"{NAME}-{run}-{i}").remote(*made) for i in range(count)]
             self.load = [0] * count
         except BaseException:

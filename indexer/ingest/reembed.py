@@ -12,6 +12,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+from indexer.embed.adapted import is_adapted, remove_unused
 from indexer.errors import BertdexError
 from indexer.embed.resolve import resolve_recipe, with_companion
 from indexer.ingest.cut import ensure_sample
@@ -35,12 +36,16 @@ def store_search_settings(folder: str | Path, search: SearchSettings, *,
 
 def reembed_index(folder: str | Path, *, layer: int, pooling: str, search: SearchSettings | None = None,
                   expected_generation: int | None = None, threads: int | None = None,
-                  model: str | None = None, companion: str | None = None, share: float = 0.0) -> Manifest:
+                  model: str | None = None, companion: str | None = None, share: float = 0.0,
+                  adapted: dict | None = None) -> Manifest:
     """Embed every entry again with hidden state `layer` and `pooling` (same model, length, windows: `embed_entries`).
 
     `model`: another model (tune chose it): its own length and prefixes, the index's windows.
     `companion`, `share`: the model answering with it and its part of the score (indexer.embed.pair);
     without them the new recipe has no companion, whatever the old one had.
+    `adapted`: the provenance of `model` when it is an adapted model (indexer.embed.adapted) just saved in the
+    folder; it reads text as the index's model does (same length and prefixes). Adapted models the new
+    recipe does not use are removed from the folder after the commit.
     """
     folder = check_index_folder(Path(folder))
     db = connect(folder, readonly=True)
@@ -54,9 +59,10 @@ def reembed_index(folder: str | Path, *, layer: int, pooling: str, search: Searc
     _check_generation(old.generation, expected_generation, folder)
     recipe = old.recipe
     same = model is None or model == recipe.model
+    reads = same or adapted is not None  # an adapted model reads as the model it was trained from
     resolved = resolve_recipe(recipe.model if same else model, layer=layer, pooling=pooling,
-                              exclude_special=recipe.exclude_special, max_length=recipe.max_length if same else None,
-                              threads=threads, prefixes=(recipe.query_prefix, recipe.passage_prefix) if same else None)
+                              exclude_special=recipe.exclude_special, max_length=recipe.max_length if reads else None,
+                              threads=threads, prefixes=(recipe.query_prefix, recipe.passage_prefix) if reads else None)
     if same and resolved.recipe.model_checksum != recipe.model_checksum:
         raise BertdexError(f"model {recipe.model!r} is no longer the one this index was built with: rebuild it with `bertdex index --replace`")
     settings = old.settings if search is None else replace(old.settings, search=search)
@@ -65,12 +71,16 @@ def reembed_index(folder: str | Path, *, layer: int, pooling: str, search: Searc
     if resolved.recipe.describe() != recipe.describe():
         settings = replace(settings, model_reason=f"tune: {resolved.recipe.describe()} answered the held-out questions "
                                                   f"better than {recipe.describe()}")
+    provenance = adapted if adapted is not None else (settings.adapted if same else None)
+    settings = replace(settings, adapted=provenance if is_adapted(resolved.recipe.model) else None)
     new = replace(old, recipe=resolved.recipe, settings=settings)
     with IndexWriter.open(folder, new=new, replace=True) as writer:
         _check_generation(read_manifest(writer.db, folder).generation, old.generation, folder)
         ensure_sample(writer, resolved.encoder, [d["text"] for d in documents])  # the collection's cut, by the new recipe
         rewrite_documents(writer, resolved.encoder, documents)
-        return writer.commit()
+        committed = writer.commit()
+    remove_unused(folder, {resolved.recipe.model})
+    return committed
 
 
 def rewrite_documents(writer: IndexWriter, encoder, documents: list[dict]) -> None:

@@ -125,6 +125,8 @@ def stored(index: faiss.Index) -> tuple[np.ndarray, np.ndarray]:
 def vectors_of(index: faiss.Index, ids: np.ndarray) -> np.ndarray:
     """The stored float32 vectors of these FAISS ids, [len(ids), d] (IVF gets its direct map at the first
     call; compressed types give their exact re-scoring copy). An id the map lacks raises RuntimeError."""
+    if hasattr(index, "vectors_of"):  # indexer.store.segments.SegmentSet: each id from its segment
+        return index.vectors_of(ids)
     inner = faiss.downcast_index(index.index)
     if isinstance(inner, faiss.IndexIVF) and inner.direct_map.type == faiss.DirectMap.NoMap:
         inner.make_direct_map()

@@ -22,6 +22,8 @@ from indexer.store.folder import check_index_folder, connect, migrations, now
 
 VERDICTS = ("up", "down", "right")
 MAX_LOGGED = 10_000
+MAX_VERDICTS = 20_000    # the table stops here: a new verdict is refused (old ones are what adaptation learns from)
+MAX_PER_CLIENT = 500     # verdicts one client (address) may give
 _last_id = [0]
 _id_lock = threading.Lock()
 
@@ -46,6 +48,12 @@ class LoggedQuery:
     hits: tuple[tuple[str, float], ...]
 
 
+class FeedbackRefused(BertdexError):
+    """A verdict over a bound: too many from this client, or the table is full."""
+
+    http_status = 429
+
+
 @dataclass(frozen=True)
 class Verdict:
     """An agent's verdict on the answer `key` to `question`."""
@@ -58,6 +66,7 @@ class Verdict:
     rank: int | None = None
     score: float | None = None
     query_id: int | None = None
+    client: str | None = None  # who gave it (the server's view of the address); None from older rows and the library
 
 
 class FeedbackStore:
@@ -66,9 +75,12 @@ class FeedbackStore:
     `readonly`: only read (no tables are created; an index that never took feedback reads as empty).
     """
 
-    def __init__(self, folder: str | Path, *, readonly: bool = False, max_logged: int = MAX_LOGGED):
+    def __init__(self, folder: str | Path, *, readonly: bool = False, max_logged: int = MAX_LOGGED,
+                 max_verdicts: int | None = None, max_per_client: int | None = None):
         self.folder = check_index_folder(Path(folder))
         self.max_logged = max_logged
+        self.max_verdicts = MAX_VERDICTS if max_verdicts is None else max_verdicts
+        self.max_per_client = MAX_PER_CLIENT if max_per_client is None else max_per_client
         self.db = connect(self.folder, readonly=readonly)
         self._lock = threading.Lock()
         if not readonly:
@@ -96,8 +108,10 @@ class FeedbackStore:
         return query_id
 
     def add(self, question: str, key: str, verdict: str, *, rank: int | None = None, score: float | None = None,
-            query_id: int | None = None) -> int:
-        """Store one verdict on an existing entry; BertdexError names the bad field. Returns its id."""
+            query_id: int | None = None, client: str | None = None) -> int:
+        """Store one verdict on an existing entry; BertdexError names the bad field. Returns its id.
+
+        FeedbackRefused when the table holds `max_verdicts`, or `client` has given `max_per_client`."""
         if verdict not in VERDICTS:
             raise BertdexError(f"verdict: {verdict!r} is not one of {', '.join(VERDICTS)}")
         if not question.strip():
@@ -105,14 +119,21 @@ class FeedbackStore:
         with self._lock, self.db.atomic():
             if self.db.execute("SELECT 1 FROM documents WHERE key = ?", [key]).fetchone() is None:
                 raise BertdexError(f"key: no entry with key {key!r}")
+            if self.db.execute("SELECT count(*) FROM feedback").fetchone()[0] >= self.max_verdicts:
+                raise FeedbackRefused(f"the feedback table is full ({self.max_verdicts} verdicts): no more are taken")
+            if client is not None and self.db.execute("SELECT count(*) FROM feedback WHERE client = ?",
+                                                      [client]).fetchone()[0] >= self.max_per_client:
+                raise FeedbackRefused(f"this client has given {self.max_per_client} verdicts, the most one client may give")
             row = {"given": now(), "question": question, "key": key, "verdict": verdict, "rank": rank,
-                   "score": score, "query_id": query_id}
+                   "score": score, "query_id": query_id, "client": client}
             return self.db["feedback"].insert(row).last_pk
 
     def verdicts(self) -> list[Verdict]:
         if not self._ready:
             return []
-        rows = self.db.execute("SELECT id, given, question, key, verdict, rank, score, query_id FROM feedback ORDER BY id")
+        columns = "client" if "client" in self.db["feedback"].columns_dict else "NULL"
+        rows = self.db.execute("SELECT id, given, question, key, verdict, rank, score, query_id, "
+                               f"{columns} FROM feedback ORDER BY id")
         return [Verdict(*row) for row in rows]
 
     def logged(self) -> list[LoggedQuery]:

@@ -1,17 +1,22 @@
-"""The index folder: a SQLite file (texts, keywords, manifest) and a FAISS file, changed all-or-nothing.
+"""The index folder: a SQLite file (texts, keywords, manifest) and FAISS files, changed all-or-nothing.
 
 Layout of DIR:
     bertdex.db           documents, passages (one row per vector; passage id = FAISS id),
                          keywords (FTS5), manifest; WAL mode so readers never wait for a writer
-    vectors.<G>.faiss    the FAISS index of generation G, the one the manifest names
+    vectors.<G>.faiss    a segment of the vectors, written by the commit of generation G; the manifest
+                         names the committed ones (indexer.store.segments)
+    codes.<G>.faiss      compressed types: the empty trained index new segments are coded with
     write.lock           held (flock) by the one writer, holding its pid
 
-Each commit also re-makes the collection's "no good answer" cut (indexer.store.offtopic) unless a
-calibrated one stands. A commit writes vectors.<G+1>.faiss beside the old file, then commits SQLite with generation
-G+1 and the new file's size, checksum and count (indexer.store.integrity checks them); only then is
-the old file removed. A crash at any instant leaves SQLite naming a complete FAISS file of the same
-commit. A writer refuses to commit on top of a damaged index. This module stores; it does not read
-input or embed.
+A commit writes its new file (the whole index for a build, a rebuild or a repair; else the write's new
+segment, or none for a delete) beside the committed ones (fsync, rename), then commits SQLite with
+generation G+1 and the manifest's list of files with their sizes, checksums and counts
+(indexer.store.integrity checks them) and the deletion set; only then are files no longer named removed.
+A crash at any instant leaves SQLite naming complete FAISS files of the same commit. A merge of
+segments is one more such commit. A writer refuses to commit on top of a damaged index. Each commit
+also re-makes the collection's "no good answer" cut (indexer.store.offtopic) unless a calibrated one
+stands (a write to an index over CHECKSUM_AT_WRITE keeps it: re-making it would read every vector;
+a rebuild or `bertdex compact` makes it again). This module stores; it does not read input or embed.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import numpy as np
 import sqlite_utils
 
 from indexer.errors import BertdexError, IndexLocked, IndexMissing, IndexReadOnly
-from indexer.store import integrity
+from indexer.store import integrity, segments
 from indexer.store.offtopic import with_collection_cut
 from indexer.store.keywords import fts_document, scheme_of
 from indexer.store.manifest import (  # noqa: F401 (re-exported: the names callers import from here)
@@ -40,7 +45,11 @@ from indexer.store.manifest import (  # noqa: F401 (re-exported: the names calle
 )
 
 LOCK_NAME = "write.lock"
-_GENERATION_FILE = re.compile(r"^vectors\.(\d+)\.(faiss|partial)$")
+# A write checks the checksums of the segment files up to this size (a 10k-vector flat file: 15 MB, ~20 ms);
+# larger ones get the cheap checks only (size, header), so a write to a 1M index does not read 1.5 GB.
+# `bertdex verify` checks every checksum; a merge checks those of the files it folds.
+CHECKSUM_AT_WRITE = 64 << 20
+_GENERATION_FILE = re.compile(r"^(vectors|codes)\.(\d+)\.(faiss|partial)$")
 
 
 
@@ -52,24 +61,40 @@ class IndexWriter:
         writer.commit()          # without it, nothing is kept
     """
 
-    def __init__(self, folder: Path, db: sqlite_utils.Database, manifest: Manifest, lock_handle, replace: bool):
+    def __init__(self, folder: Path, db: sqlite_utils.Database, manifest: Manifest, lock_handle, replace: bool,
+                 dropping: frozenset = frozenset()):
         self.folder, self.db, self.manifest, self._lock = folder, db, manifest, lock_handle
-        self._removed: list[np.ndarray] = []  # FAISS ids to drop; applied at commit (HNSW/IVF rebuild once)
+        self._dropping = dropping  # damaged segment files a repair replaces: unchecked, left out at commit
+        self._removed: list[np.ndarray] = []  # passage ids to drop; applied at commit
         self.warnings: list[str] = []  # what the writer chose not to do (e.g. leave files it could not prove stale)
         self._encoded_with = set(manifest.encoded_with)
+        # a build or a rebuild writes the whole index at each commit; a write to an index that has vectors
+        # adds a segment (indexer.store.segments), so it costs what it adds
+        self.whole = replace or manifest.generation == 0
         if replace:  # everything is rewritten: a damaged old generation is what a rebuild or repair replaces
             self._clear()
-        else:  # never commit on top of a damaged index
+        else:  # never commit on top of a damaged index: counts, each segment's size and header, small ones' checksums
             check_counts(db, folder, manifest)
-            self.vectors = open_vectors(folder, manifest, checksum=True)
+            for record in segments.records_of(manifest):
+                if record["file"] in dropping:
+                    continue
+                integrity.check_faiss_file(folder / record["file"], record.get("blake2b") and record,
+                                           checksum=record.get("bytes", 0) <= CHECKSUM_AT_WRITE)
+            self.vectors = new_vector_index("flat", manifest.recipe.dimension, {})
         row = db.execute("SELECT max(id) FROM passages").fetchone()
-        self._next_passage = (row[0] or 0) + 1
+        last = [r["last_id"] for r in segments.records_of(manifest) if r.get("last_id") is not None] if not replace else []
+        self._next_passage = max([row[0] or 0, *last]) + 1  # a deleted id still in a segment is never given again
+        self._first_new = self._next_passage  # ids from here on are this writer's (its new segment)
         self.committed = False
+        self._opened = None if replace else manifest  # a write that leaves this manifest and the tables as they are commits nothing
+        self._changed = replace
+        self.commits = 0  # generations this writer committed (0: nothing changed, nothing was written)
 
     @classmethod
     @contextmanager
-    def open(cls, folder: Path, *, new: Manifest | None = None, replace: bool = False):
-        """Lock `folder` and start a transaction. `new`: create the index if it has none yet."""
+    def open(cls, folder: Path, *, new: Manifest | None = None, replace: bool = False, dropping: frozenset = frozenset()):
+        """Lock `folder` and start a transaction. `new`: create the index if it has none yet. `dropping`:
+        segment files (damaged) that this write replaces: their entries must be written again (repair)."""
         folder = Path(folder)
         lock_handle = _take_lock(folder, create=new is not None)
         db = None
@@ -97,7 +122,7 @@ class IndexWriter:
                         # file (vectors.1.faiss) before its commit, and a crash then would pair the old
                         # texts with the new vectors
                         manifest = Manifest(**{**new.__dict__, "generation": manifest.generation})
-                writer = cls(folder, db, manifest, lock_handle, replace)
+                writer = cls(folder, db, manifest, lock_handle, replace, frozenset(dropping))
                 writer.warnings += stale_warnings
                 yield writer
                 if not writer.committed:
@@ -152,6 +177,7 @@ class IndexWriter:
             {"id": int(pid), "document_id": document_ids[owner], "start": int(span[0]), "end": int(span[1])}
             for pid, owner, span in zip(ids, owners, spans)
         )
+        self._changed = self._changed or bool(documents)
         if len(vectors):
             self.vectors.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
 
@@ -159,6 +185,7 @@ class IndexWriter:
         """Remove documents by key; returns the keys that were not there."""
         found = self.existing(keys)
         document_ids = [found[key][0] for key in keys if key in found]
+        self._changed = self._changed or bool(document_ids)
         self._drop_passages(document_ids)
         for start in range(0, len(document_ids), 500):
             part = document_ids[start : start + 500]
@@ -191,40 +218,163 @@ class IndexWriter:
         self.manifest = manifest
 
     def commit(self) -> Manifest:
-        """Write the FAISS file of the next generation, then commit SQLite pointing at it."""
+        """Write the next generation's FAISS file (the whole index, or the new segment), then commit SQLite
+        pointing at it; a write to an index with segments then merges the newest ones if the policy says so.
+
+        A write that changed nothing (every entry unchanged, only absent keys deleted) commits nothing:
+        the generation stays, no file is written, and `commits` does not count it."""
+        if not self._changed and self.manifest == self._opened:
+            self.committed = True
+            return self.manifest
+        removed = np.concatenate(self._removed) if self._removed else np.zeros(0, dtype=np.int64)
+        self._removed = []
         generation = self.manifest.generation + 1
+        if self.whole:
+            records, deleted, codebook = self._write_whole(removed, generation)
+        else:
+            records, deleted, codebook = self._write_segment(removed, generation)
+            self._remake_cut(records, deleted)
+        self._commit_manifest(generation, records, deleted, codebook)
+        if not self.whole:  # a build keeps its one index for its next checkpoint; a write starts a new segment
+            self.vectors = new_vector_index("flat", self.manifest.recipe.dimension, {})
+            self._first_new = self._next_passage
+            plan = segments.plan_merge([segments.live(r, np.asarray(deleted, np.int64)) for r in records])
+            if plan is not None:
+                self.merge(plan)
+        return self.manifest
+
+    def _write_whole(self, removed: np.ndarray, generation: int) -> tuple[list[dict], tuple, dict]:
         from indexer.store import ann
 
-        removed = np.concatenate(self._removed) if self._removed else np.zeros(0, dtype=np.int64)
         self.vectors, index_type, index_params = ann.finish(self.vectors, self.manifest.index_type,
                                                             self.manifest.index_params, removed)
-        self._removed = []
         settings = self.manifest.settings
         search = with_collection_cut(settings.search, self.db, self.vectors, self.manifest.recipe)
         self.manifest = Manifest(**{**self.manifest.__dict__, "index_type": index_type, "index_params": index_params,
                                     "settings": replace(settings, search=search)})
+        codebook = {}
+        if self.vectors.ntotal and (empty := segments.codebook_of(self.vectors)) is not None:
+            codebook = {"file": f"codes.{generation}.faiss", **_write_faiss_file(empty, self.folder / f"codes.{generation}.faiss")}
+        return self._records_with(self.vectors, [], generation, index_params.get("tombstones", 0)), (), codebook
+
+    def _write_segment(self, removed: np.ndarray, generation: int) -> tuple[list[dict], tuple, dict]:
+        fresh = removed[removed >= self._first_new]
+        if fresh.size:  # written and replaced within this writer: never in a file
+            self.vectors.remove_ids(fresh)
+        deleted = tuple(sorted({*self.manifest.deleted, *map(int, removed[removed < self._first_new])}))
+        records = segments.records_of(self.manifest)
+        if records and records[0].get("last_id") is None:  # a format-1 file: its ids are all below this writer's
+            records[0]["last_id"] = self._first_new - 1
+        for record in [r for r in records if r["file"] in self._dropping]:  # every id it held is deleted now
+            records.remove(record)
+            deleted = tuple(i for i in deleted if not record["first_id"] <= i <= record["last_id"])
+        self._dropping = frozenset()
+        return self._records_with(self.vectors, records, generation, 0), deleted, self.manifest.codebook
+
+    def _records_with(self, index: faiss.Index, records: list[dict], generation: int, tombstones: int) -> list[dict]:
+        """`records` and, when `index` holds vectors, its file written as vectors.<generation>.faiss."""
+        from indexer.store import ann
+
+        if index.ntotal == 0:
+            return records
+        name = f"vectors.{generation}.faiss"
+        ids = faiss.vector_to_array(index.id_map)
+        live_ids = ids[ids >= 0]
+        record = {"file": name, **_write_faiss_file(index, self.folder / name), "kind": ann.kind(index),
+                  "first_id": int(live_ids.min()) if live_ids.size else 0, "last_id": int(ids.max())}
+        return records + [{**record, "tombstones": tombstones} if tombstones else record]
+
+    def _remake_cut(self, records: list[dict], deleted: tuple) -> None:
+        """The collection's cut from the new generation's segments, when they are small enough to read."""
+        if sum(r.get("bytes", 0) for r in records) > CHECKSUM_AT_WRITE:
+            return
+        upcoming = Manifest(**{**self.manifest.__dict__, "segments": tuple(records), "deleted": deleted, "faiss_file": {}})
+        settings = self.manifest.settings
+        search = with_collection_cut(settings.search, self.db, segments.open_segments(self.folder, upcoming),
+                                     self.manifest.recipe)
+        self.manifest = Manifest(**{**self.manifest.__dict__, "settings": replace(settings, search=search)})
+
+    def _commit_manifest(self, generation: int, records: list[dict], deleted: tuple, codebook: dict) -> None:
         counts = self.db.execute("SELECT (SELECT count(*) FROM documents), (SELECT count(*) FROM passages)").fetchone()
-        if counts[1] != ann.live_count(self.vectors):
-            raise BertdexError(f"internal error: {counts[1]} passages but {ann.live_count(self.vectors)} vectors; nothing written")
-        path = vectors_path(self.folder, generation)
-        record = _write_faiss_file(self.vectors, path)
+        live = sum(segments.live(r, np.asarray(deleted, dtype=np.int64)) for r in records)
+        if counts[1] != live:
+            raise BertdexError(f"internal error: {counts[1]} passages but {live} vectors; nothing written")
         manifest = Manifest(**{**self.manifest.__dict__, "generation": generation, "documents": counts[0],
-                               "vectors": counts[1], "updated": now(), "faiss_file": record,
+                               "vectors": counts[1], "updated": now(), "faiss_file": {},
+                               "segments": tuple(records), "deleted": deleted, "codebook": codebook,
+                               "format_version": FORMAT_VERSION,
                                "encoded_with": tuple(sorted(self._encoded_with)) if counts[1] else (),
                                "created": self.manifest.created or now()})
+        written = segments.files_of(manifest) - segments.files_of(self.manifest)
         try:
             self.db["manifest"].upsert_all(manifest.to_rows(), pk="name")
             _commit_sqlite(self.db)
-        except BaseException as error:  # the old generation stays the index: its file is still named
-            path.unlink(missing_ok=True)
+        except BaseException as error:  # the old generation stays the index: its files are still named
+            for name in written:
+                (self.folder / name).unlink(missing_ok=True)
             if isinstance(error, sqlite3.OperationalError) and integrity.no_space(self.folder, error):
                 raise integrity.disk_full(self.folder) from None
             raise
         self.db.conn.execute("BEGIN")  # the atomic() block that opened us closes this empty one
-        self.committed = True
-        self.manifest = manifest
+        self.committed, self._changed, self.commits = True, False, self.commits + 1
+        self.manifest = self._opened = manifest
         self.warnings += _remove_stale_files(self.folder, self.db)
-        return manifest
+
+    def merge(self, start: int = 0) -> Manifest:
+        """Fold the segments from `start` to the newest into one, dropping their deleted vectors, in one
+        commit (readers go on with the files they hold). start=0 (`bertdex compact`) rebuilds the whole
+        index as its type, as a rebuild would, from the stored vectors and without the model."""
+        records = segments.records_of(self.manifest)
+        deleted = np.asarray(self.manifest.deleted, dtype=np.int64)
+        folded = records[start:]
+        if not folded:
+            return self.manifest
+        if self.whole or self._removed or self.vectors.ntotal:
+            raise BertdexError("internal error: merge the segments before or after a write, not during it")
+        part = Manifest(**{**self.manifest.__dict__, "segments": tuple(folded)})
+        ids, vectors = segments.open_segments(self.folder, part, checksum=True).stored()  # never fold a damaged file
+        generation = self.manifest.generation + 1
+        index, kind, params = segments.merged_index(vectors, ids, self.manifest, self._codebook(), whole=start == 0)
+        del vectors
+        codebook = self.manifest.codebook
+        if start == 0:
+            settings = self.manifest.settings
+            search = with_collection_cut(settings.search, self.db, index, self.manifest.recipe)
+            self.manifest = Manifest(**{**self.manifest.__dict__, "index_type": kind, "index_params": params,
+                                        "settings": replace(settings, search=search)})
+            empty = segments.codebook_of(index) if index.ntotal else None
+            codebook = {} if empty is None else \
+                {"file": f"codes.{generation}.faiss", **_write_faiss_file(empty, self.folder / f"codes.{generation}.faiss")}
+        low, high = folded[0].get("first_id", 0), folded[-1].get("last_id")
+        high = int(ids.max()) if high is None and len(ids) else (high if high is not None else low)
+        merged = self._records_with(index, [], generation, params.get("tombstones", 0) if start == 0 else 0)
+        if merged:  # the range of the folded files, so later deletions of ids they held land here
+            merged[0]["first_id"], merged[0]["last_id"] = low, max(high, merged[0]["last_id"])
+        left = tuple(int(i) for i in deleted if not low <= i <= high)
+        self._commit_manifest(generation, records[:start] + merged, left, codebook)
+        return self.manifest
+
+    def _codebook(self) -> faiss.Index | None:
+        if not self.manifest.codebook:
+            return None
+        record = self.manifest.codebook
+        return integrity.read_faiss(self.folder / record["file"], {k: v for k, v in record.items() if k != "file"},
+                                    self.manifest.recipe.dimension, checksum=True)
+
+
+def compact_index(folder: str | Path) -> dict:
+    """`bertdex compact`: the whole index as one segment of its type, deleted vectors dropped, in one commit
+    (IndexWriter.merge(0)); nothing is written when it already is one segment with nothing deleted."""
+    with IndexWriter.open(Path(folder)) as writer:
+        before = writer.manifest
+        records = segments.records_of(before)
+        if len(records) > 1 or before.deleted:
+            writer.merge(0)
+        after = writer.commit()  # commits nothing more
+    kinds = [r.get("kind", after.index_type) for r in segments.records_of(after)]
+    return {"folder": str(folder), "segments_before": len(records), "deleted_before": len(before.deleted),
+            "generation_before": before.generation, "generation": after.generation, "vectors": after.vectors,
+            "kind": kinds[0] if kinds else after.index_type}
 
 
 class _Abandon(Exception):
@@ -265,20 +415,21 @@ def _fsync_folder(folder: Path) -> None:
 
 
 def _remove_stale_files(folder: Path, db: sqlite_utils.Database) -> list[str]:
-    """Delete FAISS files of generations other than the committed one (left by crashes or old commits).
+    """Delete vectors and codebook files the committed manifest does not name (left by crashes, old
+    commits and merges).
 
-    Only after a clean read of the committed generation: on any error (a transient `database is
+    Only after a clean read of the committed manifest: on any error (a transient `database is
     locked`, an I/O error) every file stays, and the returned warning says so.
     """
     try:
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        row = db.execute("SELECT value FROM manifest WHERE name = 'generation'").fetchone() if "manifest" in tables else None
-        current = None if row is None else int(json.loads(row[0]))
-    except (sqlite3.Error, ValueError, TypeError) as error:
+        rows = dict(db.execute("SELECT name, value FROM manifest").fetchall()) if "manifest" in tables else {}
+        named = segments.files_of(Manifest.from_rows(rows)) if "recipe" in rows else set()
+        int(json.loads(rows.get("generation", "0")))
+    except (sqlite3.Error, ValueError, TypeError, KeyError) as error:
         return [f"left the vectors files in {folder} in place: the committed generation could not be read ({error})"]
     for path in folder.iterdir():
-        found = _GENERATION_FILE.match(path.name)
-        if found and not (found.group(2) == "faiss" and int(found.group(1)) == current):
+        if _GENERATION_FILE.match(path.name) and path.name not in named:
             path.unlink(missing_ok=True)
     return []
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from indexer.store.coverage import index_warnings
 from indexer.embed.models import resolve_model_folder, trained_pooling
 from indexer.store.folder import open_manifest
+from indexer.store.segments import records_of
 
 
 def index_info(folder: str | Path) -> dict:
@@ -28,6 +29,11 @@ def index_info(folder: str | Path) -> dict:
         **({"companion": {"model": recipe.companion.model, "share": recipe.companion_share, "scores": recipe.describe(),
                           "layer": recipe.companion.layer, "pooling": recipe.companion.pooling,
                           "dimension": recipe.companion.dimension}} if recipe.companion else {}),
+        **({"adapted": {"from": manifest.settings.adapted.get("base_model"),
+                        "weights": f"{Path(folder) / 'models' / recipe.model}",
+                        **{k: manifest.settings.adapted.get(k) for k in ("base_checksum", "pairs", "pairs_hash", "sources",
+                                                                         "seed", "steps")}}}
+           if manifest.settings.adapted else {}),
         "encoded_with": list(manifest.encoded_with),
         "vectors_note": vectors_note(manifest.encoded_with),
         "index_type": manifest.index_type,
@@ -37,6 +43,9 @@ def index_info(folder: str | Path) -> dict:
         "tuned": manifest.settings.search.tuned is not None,
         "settings": manifest.settings.to_dict(),
         "generation": manifest.generation,
+        "segments": [{"file": r["file"], "kind": r.get("kind", manifest.index_type), "vectors": r.get("ntotal")}
+                     for r in records_of(manifest)],
+        "deleted_vectors": len(manifest.deleted),  # still in a segment file until a merge or `bertdex compact`
         "format_version": manifest.format_version,
         "created": manifest.created,
         "updated": manifest.updated,
@@ -46,17 +55,15 @@ def index_info(folder: str | Path) -> dict:
 
 
 def vectors_file_state(folder: Path, manifest) -> str:
-    """"ok", or what is wrong with the FAISS file the manifest names: missing, size, header, and the
-    checksum when the file is small enough for opening to check it (integrity.CHECKSUM_AT_OPEN_BYTES)."""
+    """"ok", or what is wrong with a FAISS file the manifest names (its segments): missing, size, header,
+    and the checksum when the file is small enough for opening to check it (integrity.CHECKSUM_AT_OPEN_BYTES)."""
     from indexer.errors import IndexDamaged
     from indexer.store.integrity import check_faiss_file, checksum_affordable
-    from indexer.store.manifest import vectors_path
 
-    if manifest.generation == 0:
-        return "ok"
-    record = manifest.faiss_file
     try:
-        check_faiss_file(vectors_path(folder, manifest.generation), record, checksum=checksum_affordable(record))
+        for record in records_of(manifest):
+            checked = {name: record[name] for name in ("bytes", "blake2b", "ntotal") if name in record}
+            check_faiss_file(Path(folder) / record["file"], checked, checksum=checksum_affordable(checked))
     except IndexDamaged as error:
         return str(error)
     return "ok"

@@ -17,12 +17,14 @@ from pathlib import Path
 import faiss
 import sqlite_utils
 
+from indexer.embed.adapted import is_adapted, remember_index
 from indexer.embed.recipe import Recipe
 from indexer.store.settings import IndexSettings, as_index_settings
 from indexer.errors import BertdexError, IndexDamaged, IndexMissing, IndexReadOnly
 from indexer.store import integrity
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the vectors are segments (indexer.store.segments); 1: one FAISS file, read as one segment
+READABLE_FORMATS = (1, 2)
 DB_NAME = "bertdex.db"
 
 migrations = sqlite_utils.Migrations("bertdex")
@@ -68,6 +70,13 @@ def m003_offtopic_sample(db: sqlite_utils.Database) -> None:
                                  pk="id", not_null={"recipe", "vectors"})
 
 
+@migrations()
+def m004_feedback_client(db: sqlite_utils.Database) -> None:
+    """Who gave each verdict (the server's view of the client), so verdicts can be bounded and weighed per client."""
+    db["feedback"].add_column("client", str)
+    db["feedback"].create_index(["client"])
+
+
 @dataclass(frozen=True)
 class Manifest:
     """What an index is: its recipe, how its entries were read, and its current commit."""
@@ -82,8 +91,14 @@ class Manifest:
     created: str = ""
     updated: str = ""
     format_version: int = FORMAT_VERSION
-    faiss_file: dict = field(default_factory=dict)  # {"bytes", "blake2b", "ntotal"} of vectors.<generation>.faiss
+    faiss_file: dict = field(default_factory=dict)  # format 1: {"bytes", "blake2b", "ntotal"} of vectors.<generation>.faiss
     encoded_with: tuple = ()  # the paths (backend, precision, device) that made the stored vectors
+    # format 2 (indexer.store.segments): the FAISS files, oldest first, each {"file", "bytes", "blake2b",
+    # "ntotal", "kind", "first_id", "last_id"}; the passage ids deleted but still in a file; and, for the
+    # compressed types, the empty trained index new segments are coded with ({"file", "bytes", "blake2b"})
+    segments: tuple = ()
+    deleted: tuple = ()
+    codebook: dict = field(default_factory=dict)
 
     def __post_init__(self):
         object.__setattr__(self, "settings", as_index_settings(self.settings))
@@ -94,7 +109,8 @@ class Manifest:
             "settings": self.settings.to_dict(), "generation": self.generation, "documents": self.documents,
             "vectors": self.vectors, "created": self.created, "updated": self.updated,
             "format_version": self.format_version, "faiss_file": self.faiss_file,
-            "encoded_with": list(self.encoded_with),
+            "encoded_with": list(self.encoded_with), "segments": list(self.segments), "deleted": list(self.deleted),
+            "codebook": self.codebook,
         }
         return [{"name": name, "value": json.dumps(value, ensure_ascii=False)} for name, value in values.items()]
 
@@ -103,6 +119,8 @@ class Manifest:
         values = {name: json.loads(value) for name, value in rows.items()}
         values["recipe"] = Recipe.from_dict(values["recipe"])
         values["encoded_with"] = tuple(values.get("encoded_with") or ())
+        values["segments"] = tuple(values.get("segments") or ())
+        values["deleted"] = tuple(values.get("deleted") or ())
         return cls(**{name: values[name] for name in cls.__dataclass_fields__ if name in values})
 
 
@@ -146,9 +164,13 @@ def read_manifest(db: sqlite_utils.Database, folder: Path) -> Manifest:
     if "recipe" not in rows:
         raise IndexMissing(f"{folder} is not a bertdex index (empty manifest; was its first build interrupted?)")
     version = json.loads(rows.get("format_version", "0"))
-    if version != FORMAT_VERSION:
-        raise BertdexError(f"{folder} has index format {version}; this bertdex reads format {FORMAT_VERSION}: rebuild it")
-    return Manifest.from_rows(rows)
+    if version not in READABLE_FORMATS:
+        raise BertdexError(f"{folder} has index format {version}; this bertdex reads formats "
+                           f"{', '.join(map(str, READABLE_FORMATS))}: rebuild it")
+    manifest = Manifest.from_rows(rows)
+    if is_adapted(manifest.recipe.model):  # its model lives in the folder: let this process find it
+        remember_index(folder)
+    return manifest
 
 
 def open_manifest(folder: str | Path) -> Manifest:
@@ -175,22 +197,33 @@ def check_index_folder(folder: Path) -> Path:
 
 
 def load_vectors(folder: Path, generation: int, dimension: int, flags: int = 0) -> faiss.Index:
-    """The FAISS index of `generation`, unchecked (benchmarks); readers use `open_vectors`."""
-    path = vectors_path(folder, generation)
-    if generation == 0 and not path.exists():
+    """The live vectors of the committed generation as one FAISS index, unchecked (benchmarks, duplicates);
+    readers use indexer.store.segments.open_segments. Several segments (or deletions) are joined into one
+    flat index in memory. `generation`, `dimension`: as committed (kept for the callers)."""
+    from indexer.store import segments
+
+    manifest = open_manifest(folder)
+    records = segments.records_of(manifest)
+    if not records:
         return new_vector_index("flat", dimension, {})
-    return faiss.read_index(str(path), flags)
+    if len(records) == 1 and not manifest.deleted:
+        return faiss.read_index(str(Path(folder) / records[0]["file"]), flags)
+    ids, vectors = segments.open_segments(folder, manifest, flags=flags).stored()
+    index = faiss.IndexIDMap2(faiss.IndexFlatIP(dimension))
+    index.add_with_ids(vectors, ids)
+    return index
 
 
-def open_vectors(folder: Path, manifest: Manifest, *, checksum: bool = False, flags: int = 0) -> faiss.Index:
-    """The FAISS index the manifest names, after its checks (and its checksum's); IndexDamaged if one fails.
+def open_vectors(folder: Path, manifest: Manifest, *, checksum: bool = False, flags: int = 0, reuse=None):
+    """The segments the manifest names (indexer.store.segments.SegmentSet: searched as one index), after
+    each file's checks (and its checksum's); IndexDamaged if one fails. `reuse`: an earlier generation's set,
+    whose files this one shares are not read again.
 
     `flags`: faiss.read_index flags (a searcher maps compressed types: indexer.store.ann_compressed.load_flag).
     """
-    if manifest.generation == 0:
-        return new_vector_index("flat", manifest.recipe.dimension, {})
-    return integrity.read_faiss(vectors_path(folder, manifest.generation), manifest.faiss_file,
-                                manifest.recipe.dimension, checksum=checksum, flags=flags)
+    from indexer.store import segments
+
+    return segments.open_segments(folder, manifest, checksum=checksum, flags=flags, reuse=reuse)
 
 
 def check_counts(db: sqlite_utils.Database, folder: Path, manifest: Manifest) -> None:

@@ -1,4 +1,8 @@
-"""`bertdex repair`: rebuild an index's FAISS file from the texts its SQLite file holds, in one commit.
+"""`bertdex repair`: rebuild an index's FAISS files from the texts its SQLite file holds, in one commit.
+
+When only some segment files are damaged (indexer.store.segments), only the entries whose vectors
+they held are embedded again, into a new segment, and the damaged files leave the manifest;
+otherwise every entry is embedded again into one new file.
 
 The entries are embedded again with the recipe the manifest records (same model, layer, pooling,
 windows), so a missing, truncated or altered vector file, or vectors that no longer match their
@@ -8,10 +12,12 @@ texts, become a fresh generation that `verify` passes. It cannot repair a damage
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from indexer.errors import BertdexError, IndexDamaged
+from indexer.store import integrity, segments
 from indexer.store.folder import DB_NAME, IndexWriter, check_index_folder, connect, read_manifest
 from indexer.store.verify import verify_index
 
@@ -23,6 +29,8 @@ class RepairReport:
     documents: int = 0
     vectors: int = 0
     generation: int = 0
+    segments: list[str] = field(default_factory=list)  # the damaged segment files rebuilt; empty: the whole index
+    reembedded: int = 0  # entries embedded again
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -48,9 +56,45 @@ def repair_index(folder: str | Path, *, encoder=None, threads: int | None = None
         db.close()
     found = verify_index(folder).problems
     encoder = encoder or encoder_for(old.recipe, threads=threads)
+    damaged = _damaged_segments(folder, old)
+    if damaged and found and all(any(name in problem for name in damaged) for problem in found):
+        return _repair_segments(folder, old, damaged, found, encoder)
     with IndexWriter.open(folder, new=old, replace=True) as writer:
         if read_manifest(writer.db, folder).generation != old.generation:
             raise BertdexError(f"{folder} changed while repair read it: nothing was written; run it again")
         rewrite_documents(writer, encoder, documents)
         final = writer.commit()
     return RepairReport(str(folder), found, final.documents, final.vectors, final.generation)
+
+
+def _damaged_segments(folder: Path, manifest) -> list[str]:
+    """The segment files that fail their checks (checksum included), when some others pass; else []."""
+    records = segments.records_of(manifest)
+    damaged = []
+    for record in records:
+        checked = {name: record[name] for name in ("bytes", "blake2b", "ntotal") if name in record}
+        try:
+            integrity.read_faiss(folder / record["file"], checked, manifest.recipe.dimension, checksum=True)
+        except IndexDamaged:
+            damaged.append(record["file"])
+    return damaged if len(damaged) < len(records) and all(r.get("last_id") is not None for r in records) else []
+
+
+def _repair_segments(folder: Path, old, damaged: list[str], found: list[str], encoder) -> RepairReport:
+    """Embed again only the entries whose vectors a damaged segment held; the commit leaves those files out."""
+    from indexer.ingest.reembed import rewrite_documents
+
+    ranges = [(r["first_id"], r["last_id"]) for r in segments.records_of(old) if r["file"] in damaged]
+    with IndexWriter.open(folder, dropping=frozenset(damaged)) as writer:
+        if writer.manifest.generation != old.generation:
+            raise BertdexError(f"{folder} changed while repair read it: nothing was written; run it again")
+        where = " OR ".join("p.id BETWEEN ? AND ?" for _ in ranges)
+        rows = writer.db.execute(f"SELECT DISTINCT d.key, d.text, d.fields, d.group_key FROM documents d JOIN passages p "
+                                 f"ON p.document_id = d.id WHERE {where} ORDER BY d.id",
+                                 [bound for pair in ranges for bound in pair]).fetchall()
+        documents = [{"key": key, "text": text, "fields": json.loads(fields or "{}"), "group": group}
+                     for key, text, fields, group in rows]
+        rewrite_documents(writer, encoder, documents)
+        writer._changed = True  # the damaged files leave even when they held no live entry
+        final = writer.commit()
+    return RepairReport(str(folder), found, final.documents, final.vectors, final.generation, damaged, len(documents))

@@ -82,6 +82,7 @@ class IndexSettings:
     keyword_terms: str | None = None      # the FTS5 term scheme (indexer.store.keywords); None: the first, bigrams
     model_reason: str | None = None       # why the index has its model (the language rule, or --model)
     loading: dict | None = None           # an unfinished bulk load (indexer.ingest.bulk), None when none
+    adapted: dict | None = None           # the adapted model's provenance (indexer.embed.adapted.Adaptation)
     search: SearchSettings = field(default_factory=SearchSettings)
 
     def to_dict(self) -> dict:

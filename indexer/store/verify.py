@@ -1,10 +1,12 @@
 """`bertdex verify`: check that the FAISS file, the documents, the passages and FTS5 agree.
 
-Checks: SQLite's quick_check; the manifest's counts; the FAISS file's size, header and checksum as
-recorded at its commit; its ids against the passages; every vector of unit length (within 1e-3);
-a sample of vectors found first by themselves (or by an identical vector: shared boilerplate is no
-damage); and, with an encoder, a sample of entries whose own stored vectors score as well as the
-best hit for their re-embedded text (within TEXT_SCORE_MARGIN). A problem is one line naming what is wrong. It repairs nothing (see repair).
+Checks: SQLite's quick_check; the manifest's counts; each segment's FAISS file (and the codebook's):
+size, header and checksum as recorded at its commit; the segments' ids less the deleted ones against
+the passages; per segment, every live vector of unit length (within 1e-3) and a sample of vectors
+found first by themselves (or by an identical vector: shared boilerplate is no damage); and, with an
+encoder, a sample of entries whose own stored vectors score as well as the best hit for their
+re-embedded text (within TEXT_SCORE_MARGIN). A problem is one line naming what is wrong. It repairs
+nothing (see repair).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import numpy as np
 from indexer.errors import IndexDamaged
 from indexer.store import ann
 from indexer.store.ann import TOMBSTONE
-from indexer.store.folder import Manifest, check_index_folder, connect, open_vectors, read_manifest, vectors_path
+from indexer.store import integrity, segments
+from indexer.store.folder import Manifest, check_index_folder, connect, open_vectors, read_manifest
 
 NORM_TOLERANCE = 1e-3
 SELF_FIND_SAMPLE = 50  # vectors searched for themselves (cheap: no model)
@@ -56,26 +59,37 @@ def verify_index(folder: str | Path, *, text_sample: int = 0, encoder=None) -> V
         manifest = read_manifest(db, folder)
         problems, notes = _sqlite_problems(db, manifest), []
         documents = db.execute("SELECT count(*) FROM documents").fetchone()[0]
-        if not manifest.faiss_file and manifest.generation:
+        records = segments.records_of(manifest)
+        if manifest.generation and any(not record.get("blake2b") for record in records):
             notes.append("no checksum recorded (written before checksums); the next commit records one")
+        if manifest.codebook:
+            try:
+                integrity.check_faiss_file(folder / manifest.codebook["file"], manifest.codebook, checksum=True)
+            except IndexDamaged as error:
+                problems.append(str(error))
         try:
             vectors = open_vectors(folder, manifest, checksum=True)
         except IndexDamaged as error:
             return VerifyReport(documents, 0, manifest.generation, problems + [str(error)], notes)
         passage_ids = np.asarray([r[0] for r in db.execute("SELECT id FROM passages ORDER BY id")], dtype=np.int64)
-        faiss_ids = np.sort(_faiss_ids(vectors))
+        held = [_faiss_ids(segment.index) for segment in vectors.segments]
+        everything = np.concatenate(held) if held else np.zeros(0, np.int64)
+        deleted = np.asarray(manifest.deleted, dtype=np.int64)
+        stray = np.setdiff1d(deleted, everything)
+        if stray.size:
+            problems.append(f"{stray.size} deleted ids are in no segment (e.g. {stray[0]})")
+        faiss_ids = np.sort(everything[~np.isin(everything, deleted)])
         if len(passage_ids) != len(faiss_ids):
             problems.append(f"{len(passage_ids)} passages but {len(faiss_ids)} FAISS vectors")
         elif not np.array_equal(passage_ids, faiss_ids):
             problems.append("FAISS ids differ from the passage ids")
-        if vectors.d != manifest.recipe.dimension:
-            problems.append(f"FAISS dimension {vectors.d} != recipe dimension {manifest.recipe.dimension}")
-        elif vectors.ntotal:
-            problems += _vector_problems(db, vectors, vectors_path(folder, manifest.generation).name)
-            if text_sample and not problems:
-                encoder = encoder or _encoder(manifest, notes)
-                if encoder is not None:
-                    problems += _text_problems(db, vectors, manifest, encoder, text_sample)
+        for segment, record in zip(vectors.segments, records):
+            if segment.index.ntotal and (segment.index.d == manifest.recipe.dimension):
+                problems += _vector_problems(db, segment, record["file"])
+        if text_sample and not problems and vectors.ntotal:
+            encoder = encoder or _encoder(manifest, notes)
+            if encoder is not None:
+                problems += _text_problems(db, vectors, manifest, encoder, text_sample)
         return VerifyReport(documents, len(faiss_ids), manifest.generation, problems, notes)
     except sqlite3.DatabaseError as error:
         raise IndexDamaged(f"{folder / 'bertdex.db'} is damaged ({error}): rebuild the index from its source") from None
@@ -106,9 +120,15 @@ def _sqlite_problems(db, manifest: Manifest) -> list[str]:
     return problems
 
 
-def _vector_problems(db, vectors, name: str) -> list[str]:
-    """Unit norms, and a spread sample of vectors each found first (at score ~1) by itself."""
+def _vector_problems(db, segment, name: str) -> list[str]:
+    """One segment's live vectors: unit norms, and a spread sample each found first (at score ~1) by itself."""
+    vectors = segment.index
     ids, stored = ann.stored(vectors)
+    if len(segment.deleted):
+        keep = ~np.isin(ids, segment.deleted)
+        ids, stored = ids[keep], stored[keep]
+    if not len(ids):
+        return []
     norms = np.linalg.norm(stored, axis=1)
     bad = np.flatnonzero(~(np.abs(norms - 1) <= NORM_TOLERANCE))  # NaN counts as bad
     if bad.size:

@@ -47,6 +47,8 @@ class Measured:
     queries: int
     trials: list[Trial]
     decision: Decision
+    simple: tuple = ()  # the plain settings' indices in trials (the rule's narrow choice)
+    keys: tuple = ()    # each question's fold key
 
     @property
     def best(self) -> Trial:
@@ -110,7 +112,9 @@ class TuneReport:
 def tune_index(folder: str | Path, *, queries: dict | None = None, qrels: dict | None = None,
                group_field: str | None = None, store: bool = True, encoder=None,
                max_queries: int = MAX_QUERIES, layers: list[int] | None = None,
-               ignore_identical_ids: bool = False, folds: int = FOLDS, other_models: bool = True) -> TuneReport | PlainReport:
+               ignore_identical_ids: bool = False, folds: int = FOLDS, other_models: bool = True,
+               adapt: bool = False, adapt_steps: int | None = None, pair_weights: dict | None = None,
+               note: dict | None = None, progress=None) -> TuneReport | PlainReport:
     """Measure the search space on `folder`'s held-out questions; store the choice unless `store` is False.
 
     Without labels: the groups of phrasings, else the entries found by their own answers (a plain FAQ),
@@ -118,6 +122,11 @@ def tune_index(folder: str | Path, *, queries: dict | None = None, qrels: dict |
     `ignore_identical_ids`: with labels, drop entries whose key is a query's id or whose text is its text
     (without labels an entry and its copies are always dropped from their own ranking).
     `other_models`: also try the other bundled models (the entries are embedded once more by each).
+    `adapt`: also try the index's model fine-tuned on the choosing questions' pairs (search.quality.adapt),
+    cross-fitted; `pair_weights` ({(question, key): weight}, adapt.feedback_weights): the labelled pairs' weights
+    (labels from agents' verdicts, weighed by agreement); `adapt_steps`: steps per training (default: by the
+    pairs' count); `note`: stored with the tuning figures (and an adaptation's provenance);
+    `progress(message)` hears each training step.
     """
     started = time.perf_counter()
     folder = check_index_folder(Path(folder))
@@ -136,13 +145,16 @@ def tune_index(folder: str | Path, *, queries: dict | None = None, qrels: dict |
     pairs = [pair_of(other, current, other_models) for other in others]
     if not other_models:  # the index's companion only as it is now (the current setting must be among the trials)
         others = []
-    measured = [_measure(encoder, alone, documents, questions, words, layers, passages, folds, others, pairs, current)
-                for questions, words in sources]
+    trying = _adapted_trials(alone, documents, sources[0], group_field, pair_weights, adapt_steps, progress) \
+        if adapt else None
+    measured = [_measure(encoder, alone, documents, questions, words, layers, passages, folds, others, pairs, current,
+                         trying.trials if trying is not None and n == 0 else [])
+                for n, (questions, words) in enumerate(sources)]
     chosen = measured[0].chosen.candidate
     changed = measured[0].decision.change and chosen.mode != "keyword" \
         and _recipe_of(chosen) != _recipe_of(current_candidate(manifest, dense=True))
     if store:
-        _store(folder, manifest, measured[0], changed)
+        _store(folder, manifest, measured[0], changed, trying, adapt_steps, progress, note)
     return TuneReport(str(folder), measured[0], measured[1] if len(measured) > 1 else None, changed, store,
                       time.perf_counter() - started)
 
@@ -260,13 +272,15 @@ def measure_trials(encoder, manifest, documents, heldout, words, layers, passage
 
 
 def _measure(encoder, manifest, documents, questions: Questions, words, layers, passages, folds: int,
-             others: list[OtherModel], pairs: list[tuple], current: Candidate) -> Measured:
+             others: list[OtherModel], pairs: list[tuple], current: Candidate, extra: list[Trial] = ()) -> Measured:
     trials, simple = measure_trials(encoder, manifest, documents, questions.items, words, layers, passages, others,
                                     pairs, current)
+    trials = trials + list(extra)  # after the plain ones: never plain, so picked only where picking among all wins
     mrr = np.vstack([t.per_query for t in trials])
     ndcg = np.vstack([t.per_query_ndcg for t in trials])
     decision = decide(mrr, ndcg, 0, fold_ids([q.fold_key for q in questions.items], folds), simple)
-    return Measured(questions.source, len(questions.items), trials, decision)
+    return Measured(questions.source, len(questions.items), trials, decision, tuple(simple),
+                    tuple(q.fold_key for q in questions.items))
 
 
 def current_candidate(manifest, dense: bool = False) -> Candidate:
@@ -304,17 +318,39 @@ def _row(trial: Trial) -> dict:
             "label": c.label(), **{name: round(value, 6) for name, value in trial.metrics.items()}}
 
 
-def _store(folder: Path, manifest, measured: Measured, recipe_changed: bool) -> None:
+def _adapted_trials(manifest, documents, source, group_field, pair_weights, steps, progress):
+    """The adapted candidate's cross-fitted trials on the choosing source (None when it cannot be measured)."""
+    from search.quality import adapt as adaptation
+
+    questions, words = source
+    found = []
+    if questions.labelled:
+        found = adaptation.labelled_pairs(questions, documents)
+        if pair_weights is not None:
+            found = adaptation.weighed(found, pair_weights)
+    found += adaptation.group_pairs(documents, group_field)
+    if not found:
+        return None
+    return adaptation.measure_adapted(manifest, documents, questions, words, found, steps=steps, progress=progress)
+
+
+def _store(folder: Path, manifest, measured: Measured, recipe_changed: bool, trying=None, adapt_steps=None,
+           progress=None, note: dict | None = None) -> None:
     """The chosen setting (or the current one, with the tuning figures) in one commit."""
     c, old, decision = measured.chosen.candidate, manifest.settings.search, measured.decision
     tuned = {"source": measured.source, "queries": measured.queries, "label": c.label(),
-             "mrr@10": round(measured.chosen.metrics["mrr@10"], 6), **decision.to_dict()}
+             "mrr@10": round(measured.chosen.metrics["mrr@10"], 6), **decision.to_dict(), **(note or {})}
     search = replace(old, mode=c.mode, weight=c.weight if c.weight is not None else old.weight,
                      fusion=c.fusion or old.fusion, tuned=tuned,
                      min_score=old.min_score if not decision.change else None,
                      calibration=old.calibration if not decision.change else None,
                      cut=old.cut if not decision.change else None)  # a change: the commit makes the collection's cut again
-    if recipe_changed:
+    if recipe_changed and c.model == "adapted":
+        from search.quality.adapt import count_sources, store_adapted
+
+        store_adapted(folder, manifest, trying.pairs, layer=c.layer, pooling=c.pooling, search=search,
+                      steps=adapt_steps, sources=count_sources(trying.pairs), note=note, progress=progress)
+    elif recipe_changed:
         reembed_index(folder, layer=c.layer, pooling=c.pooling, search=search, expected_generation=manifest.generation,
                       model=c.model, companion=c.companion, share=c.share or 0.0)
     else:

@@ -161,10 +161,11 @@ def create_app(folder: str | Path, *, api_key: str | None = None, writable: bool
 
     @app.post("/feedback", summary="An agent's verdict on one answer: up, down, or right (a lower answer was right)",
               dependencies=[Depends(allowed)])
-    async def feedback(body: FeedbackRequest) -> dict:
+    async def feedback(body: FeedbackRequest, request: Request) -> dict:
         check_question(body.question)  # as a search's question: no NUL, not empty, valid Unicode
         given = await asyncio.to_thread(service.add_feedback, body.question, body.key, body.verdict, rank=body.rank,
-                                        score=body.score, query_id=body.query_id)
+                                        score=body.score, query_id=body.query_id,
+                                        client=request.client.host if request.client else None)
         return {"id": given, "question": body.question, "key": body.key, "verdict": body.verdict}
 
     @app.get("/documents/{key:path}", summary="One stored entry")
