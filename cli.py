@@ -1333,6 +1333,7 @@ EXAMPLES = {
     "delete": ["bertdex delete runs/faq en-007 en-008"],
     "verify": ["bertdex verify runs/faq", "bertdex verify runs/faq --texts 0 --json"],
     "repair": ["bertdex repair runs/faq"],
+    "compact": ["bertdex compact runs/faq", "bertdex compact runs/faq --json"],
     "query": ['bertdex query runs/faq "I forgot my password"',
               'bertdex query runs/faq "refund for a broken item" -k 3 --where category=billing',
               "bertdex query runs/faq --file questions.txt --csv > answers.csv",
