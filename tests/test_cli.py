@@ -168,10 +168,10 @@ def test_stdin_semicolon_csv_question_and_answer_then_rows_out(tmp_path):
     table = list(csv.reader(io.StringIO(rows)))
     assert table[:2] == [["key", "answer"], ["b1", "Open Reports.\n\nChoose Export."]]  # the answer's lines kept
     assert {row[0] for row in table[1:]} == {"b1", "b2", "s1"}  # billing or shipping, not account
-    wrong = run_cli("query", tmp_path / "qa", "export", "--where", "category=Billing", "--json", check=True)
+    wrong = run_cli("query", tmp_path / "qa", "export", "--where", "category=Billing", "--json")
     answer = json.loads(wrong.stdout)
-    assert answer["answered"] is False
-    assert answer["reason"] == "no entry with category=Billing (values: account, billing, shipping)"
+    assert wrong.returncode == 1 and answer["answered"] is False and answer["reason"] == "filter_matched_nothing"
+    assert answer["why"] == "no entry with category=Billing (values: account, billing, shipping)"
 
 
 def test_option_values_convert_as_typers_own_pydantic_adapters_convert_them(tmp_path):
