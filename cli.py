@@ -10,11 +10,14 @@ so does a usage error (`main`).
 from __future__ import annotations
 
 import functools
+import shlex
 import json
+import re
 import sys
+from contextlib import contextmanager, nullcontext
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Optional, get_args, get_origin
 
 import typer
 import typer.core
@@ -22,6 +25,74 @@ import typer.core
 # typer 0.29 prints a "<bool>" placeholder beside every flag, though a flag takes no value: show none
 _shown_type = typer.core.TyperOption.display_type_rich
 typer.core.TyperOption.display_type_rich = lambda self, ctx: None if self.is_flag else _shown_type(self, ctx)
+
+
+class _PlainValues(typer.core.RuntimeParam):
+    """typer 0.29 checks every value with a pydantic TypeAdapter: importing pydantic and building one adapter per
+    option was ~0.3-0.4 s of a cold `bertdex query` (0.5x the imports a question needs). Values of the plain types
+    bertdex uses (str, int, float, Path, Enum choices, lists of them) are converted here as pydantic would convert
+    them; anything else, and every value this cannot convert (so every error message), goes to typer's own adapter.
+    """
+
+    def _coerce_value(self, value, param, ctx):
+        try:
+            if isinstance(value, (list, tuple)) and get_origin(self.annotation) is list:
+                item_type = get_args(self.annotation)[0]
+                return [_plain_value(item, item_type, self.parameter_info, param, ctx) for item in value]
+            return _plain_value(value, self.annotation, self.parameter_info, param, ctx)
+        except _NotPlain:
+            return _typer_runtime_param(_descriptor(self))._coerce_value(value, param, ctx)
+
+
+class _NotPlain(Exception):
+    pass
+
+
+_NUMBER = {int: re.compile(r"[+-]?[0-9]+"), float: re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)")}
+
+
+def _plain_value(value, annotation, info, param, ctx):
+    """The value typer's pydantic adapter would return for `value`, or _NotPlain where this is not sure of it."""
+    from typer._param_types import coerce_cli_choice, coerce_cli_path
+
+    if info.parser is not None or info.clamp:
+        raise _NotPlain
+    if annotation is str and isinstance(value, str):
+        return value
+    if annotation in _NUMBER:
+        if not (type(value) in (int, annotation) or isinstance(value, str) and _NUMBER[annotation].fullmatch(value)):
+            raise _NotPlain
+        number = annotation(value)  # as pydantic: "007" -> 7, a float option's 3 -> 3.0
+        if (info.min is not None and number < info.min) or (info.max is not None and number > info.max):
+            raise _NotPlain  # out of range: typer's message
+        return number
+    if isinstance(annotation, type) and issubclass(annotation, Enum):
+        try:
+            return coerce_cli_choice(value, choices=list(annotation), case_sensitive=info.case_sensitive, ctx=ctx)
+        except ValueError:
+            raise _NotPlain from None
+    if annotation is Path and info.path_type is None and isinstance(value, (str, Path)) and value != "":
+        try:
+            return coerce_cli_path(Path(value), info, path_type=Path, param=param, ctx=ctx)
+        except Exception:  # a missing file, a folder for a file: typer's own message
+            raise _NotPlain from None
+    raise _NotPlain
+
+
+def _descriptor(runtime: typer.core.RuntimeParam):
+    return typer.core.TypeDescriptor(annotation=runtime.annotation, parameter_info=runtime.parameter_info,
+                                     file_annotation=None)
+
+
+def _plain_runtime_param(descriptor):
+    if descriptor.file_annotation is not None:
+        return _typer_runtime_param(descriptor)
+    return _PlainValues(annotation=descriptor.annotation, parameter_info=descriptor.parameter_info)
+
+
+_typer_runtime_param = typer.core.build_runtime_param
+typer.core.build_runtime_param = _plain_runtime_param
+
 
 class _Typer(typer.Typer):
     """Typer that lets `--ray` go without a value (then: a local Ray), which click options cannot."""
@@ -66,6 +137,7 @@ OnError = choices("OnError", "fail", "skip")
 Format = choices("Format", "csv", "tsv", "jsonl", "text")
 Strategy = choices("Strategy", "concat-last4", "sum-last4", "last", "second-last")
 Merge = choices("Merge", "mean", "first", "last")
+LogFormat = choices("LogFormat", "text", "json")
 
 
 def default_model(texts: list[str]) -> str:
@@ -87,7 +159,7 @@ Model = Annotated[Optional[str], typer.Option("--model", envvar="BERTDEX_MODEL",
 Layer = Annotated[Optional[int], typer.Option("--layer", help="Hidden state to pool: 0 = embeddings, negative from the top (-2 = second-to-last). Default: auto.")]
 PoolingOption = Annotated[Optional[Pooling], typer.Option("--pooling", help="Default: auto.")]
 Json = Annotated[bool, typer.Option("--json", help="One JSON object per line.")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing on success: no progress, no summary (warnings and errors still go to stderr).")]
 BackendOption = Annotated[Backend, typer.Option("--backend", help="auto takes the path measured fastest on this machine among those that give fp32's vectors (see `bertdex doctor`).")]
 PrecisionOption = Annotated[Precision, typer.Option("--precision", help="auto: measured once per machine (see `bertdex doctor`); fp32 or bf16 force it.")]
 Threads = Annotated[Optional[int], typer.Option("--threads", min=1, help="Threads (default: all cores).")]
@@ -107,6 +179,11 @@ Checkpoint = Annotated[int, typer.Option("--checkpoint", min=1, help="A load of 
 LongQuestions = Annotated[Optional[str], typer.Option("--long-questions", help="A question over the model's window: tail (keep its last tokens) or windows (embed its windows, score by the best); default: the index's setting (windows).")]
 
 
+# commands whose exit status 1 says "not found" (grep's): their bad input exits 2, as a usage error does
+FOUND_OR_NOT = {"query", "get"}
+USAGE = 2
+
+
 def fails_cleanly(command):
     """Turn a known failure (indexer.failures) into one line on stderr and its exit status."""
 
@@ -124,7 +201,10 @@ def fails_cleanly(command):
             if known is None:
                 raise
             typer.echo(f"error: {' '.join(known[0].split())}", err=True)
-            raise typer.Exit(known[1]) from None
+            status = known[1]
+            if status == 1 and command.__name__ in FOUND_OR_NOT:  # there 1 means "no good answer" / "no such key"
+                status = USAGE
+            raise typer.Exit(status) from None
 
     return wrapper
 
@@ -243,7 +323,7 @@ def index(
             checkpoint=checkpoint, ray=ray, ray_workers=ray_workers, ray_gpus=ray_gpus,
             companion=companion, companion_share=companion_share,
         )
-    print_report(report, as_json, source.rename)
+    print_report(report, as_json, source.rename, quiet)
     for warning in index_warnings(index_dir):
         typer.echo(f"warning: {warning}", err=True)
 
@@ -278,7 +358,7 @@ def add(
                                precision=chosen(precision), threads=threads, backend=chosen(backend),
                                progress=progress, checkpoint=checkpoint, ray=ray, ray_workers=ray_workers,
                                ray_gpus=ray_gpus)
-    print_report(report, as_json, source.rename)
+    print_report(report, as_json, source.rename, quiet)
 
 
 @app.command()
@@ -374,12 +454,13 @@ Fields = Annotated[list[str], typer.Option("--fields", help="Columns of the tabl
 Width = Annotated[int, typer.Option("--width", min=0, help="Cut each table cell to this many characters, around the matching window (0: whole).")]
 
 
-def output_format(*, as_json: bool = False, nl: bool = False, csv: bool = False, tsv: bool = False) -> str:
-    """table, json, nl, csv or tsv from the output flags; at most one may be given."""
-    given = [name for name, on in (("json", as_json), ("nl", nl), ("csv", csv), ("tsv", tsv)) if on]
+def output_format(*, as_json: bool = False, nl: bool = False, csv: bool = False, tsv: bool = False,
+                  answer_only: bool = False) -> str:
+    """table, json, nl, csv, tsv or answer (--answer-only) from the output flags; at most one may be given."""
+    given = [name for name, on in (("json", as_json), ("nl", nl), ("csv", csv), ("tsv", tsv), ("answer-only", answer_only)) if on]
     if len(given) > 1:
         raise typer.BadParameter(f"choose one output format, not --{' and --'.join(given)}")
-    return given[0] if given else "table"
+    return {"answer-only": "answer"}.get(given[0], given[0]) if given else "table"
 
 
 def asked_questions(questions: Optional[list[str]], from_file: Optional[Path]) -> list[str]:
@@ -390,9 +471,15 @@ def asked_questions(questions: Optional[list[str]], from_file: Optional[Path]) -
     given = list(questions or [])
     asked = [question for question in given if question != "-"]
     if "-" in given or str(from_file) == "-":
-        asked += question_lines(sys.stdin.buffer.read(), "stdin")
+        read = question_lines(sys.stdin.buffer.read(), "stdin")
+        if not read and not asked and (from_file is None or str(from_file) == "-"):
+            raise typer.BadParameter("stdin was empty: give one question per line on stdin ('-'), or the question itself")
+        asked += read
     if from_file is not None and str(from_file) != "-":
-        asked += read_questions(from_file)
+        from_lines = read_questions(from_file)
+        if not from_lines and not asked:
+            raise typer.BadParameter(f"--file {from_file}: no question in it (one per line)")
+        asked += from_lines
     if not asked:
         raise typer.BadParameter("give a question, '-' for stdin, or --file")
     return asked
@@ -403,11 +490,11 @@ def asked_questions(questions: Optional[list[str]], from_file: Optional[Path]) -
 def query(
     index_dir: IndexDir,
     questions: Annotated[Optional[list[str]], typer.Argument(help="Questions; '-' reads one per line from stdin.")] = None,
-    k: Annotated[int, typer.Option("-k", "--top", help="Answers per question.")] = 5,
+    k: Annotated[int, typer.Option("-k", "--top", help="Answers per question (1 to 1000).")] = 5,
     from_file: Annotated[Optional[Path], typer.Option("--file", "-f", help="Read questions from a file, one per line ('-': stdin).")] = None,
     mode: Annotated[Optional[Mode], typer.Option(help="Default: the index's tuned mode, else dense.")] = None,
     weight: Annotated[Optional[float], typer.Option(help="Hybrid: the dense side's share, 0..1.")] = None,
-    min_score: Annotated[Optional[float], typer.Option(help="Drop answers scoring below this; none left = 'no good answer'.")] = None,
+    min_score: Annotated[Optional[float], typer.Option(help="Drop answers scoring below this (default: the index's calibrated cut); none left = 'no good answer'.")] = None,
     where: Annotated[list[str], typer.Option("--where", help="Filter on a stored field: NAME=VALUE. Several fields: all must match; one field twice: either value matches.")] = [],
     fields: Fields = [],
     width: Width = 240,
@@ -415,57 +502,94 @@ def query(
     layer: Layer = None,
     pooling: PoolingOption = None,
     long_questions: LongQuestions = None,
+    answer_only: Annotated[bool, typer.Option("--answer-only", help="Print only the top answer's text, to paste: its stored `answer` field if it has one, else its text (--fields NAME: that field). Nothing for a question with no good answer.")] = False,
+    no_fail: Annotated[bool, typer.Option("--no-fail", help="Exit 0 even when a question gets no good answer (the answer rows still say `answered: false`).")] = False,
     as_json: Json = False,
     as_nl: AsJsonLines = False,
     as_csv: AsCsv = False,
     as_tsv: AsTsv = False,
 ):
-    """Answer questions with the closest entries, ranked by cosine similarity."""
-    from search.filters import filter_problem, parse_where
+    """Answer questions with the closest entries, ranked by cosine similarity; exit 1 when one gets no good answer."""
+    from search.filters import check_filter_fields, parse_where
 
-    output = output_format(as_json=as_json, nl=as_nl, csv=as_csv, tsv=as_tsv)
+    output = output_format(as_json=as_json, nl=as_nl, csv=as_csv, tsv=as_tsv, answer_only=answer_only)
     asked = asked_questions(questions, from_file)
     filters = parse_where(where)
     from search import Searcher
+    from search.answer import search_answers
     from search.searcher import check_search_options
 
     check_search_options(asked, k, chosen(mode), weight, min_score)  # before torch is imported and the model loads
+    with stored_fields(index_dir) as db:  # so are the fields --where and --fields name
+        check_filter_fields(db, filters)
+        columns = column_names(fields, db)
     searcher = Searcher(index_dir, model=model, layer=layer, pooling=chosen(pooling))
-    results = searcher.search_many(asked, k, mode=chosen(mode), min_score=min_score, weight=weight,
-                                   filters=filters or None, long_questions=long_questions)
-    why = (filter_problem(searcher.db, filters) if filters and not all(results) else None) \
-        or "no good answer (nothing passed the score cut)"
-    columns = column_names(fields, results)
+    answers = search_answers(searcher, asked, k, mode=chosen(mode), min_score=min_score, weight=weight,
+                             filters=filters, long_questions=long_questions)
+    print_answers(output, answers, columns, width, len(asked) > 1)
+    if not no_fail and not all(made.answered for made in answers):
+        raise typer.Exit(1)
+
+
+def print_answers(output: str, answers, columns: Optional[list[str]], width: int, several: bool) -> None:
+    """Each question's answer in the chosen output: JSON objects, a table, rows, or the top answer alone."""
     if output == "json":
-        for question, hits in zip(asked, results):
-            echo_json({"question": question, "answered": bool(hits), "hits": [hit.to_dict() for hit in hits],
-                       **({} if hits else {"reason": why})})
+        for made in answers:
+            echo_json(made.to_dict())
+    elif output == "answer":
+        for made in answers:
+            if made.hits:
+                hit = made.hits[0]
+                name = (columns or ["answer" if "answer" in hit.fields else "text"])[0]
+                typer.echo(hit_row(made.question, hit).get(name) or "")
     elif output == "table":
-        for question, hits in zip(asked, results):
-            print_hits(question, hits, len(asked) > 1, columns, width, why)
+        for made in answers:
+            print_hits(made, several, columns, width)
     else:
-        print_rows_as(output, columns or default_columns(results),
-                      [hit_row(question, hit) for question, hits in zip(asked, results) for hit in hits])
-        for question in (question for question, hits in zip(asked, results) if not hits):
-            typer.echo(f"{question}: {why}", err=True)
+        rows = [answer_row(made, hit) for made in answers for hit in (made.hits or [None])]
+        print_rows_as(output, columns or default_columns(answers), rows)
 
 
-HIT_COLUMNS = ("rank", "score", "key", "text", "span", "group", "variants", "question")
+@contextmanager
+def stored_fields(index_dir: Path):
+    """The index's SQLite file, read-only, for checks that need no model."""
+    from indexer.store.manifest import check_index_folder, connect
+
+    db = connect(check_index_folder(index_dir), readonly=True)
+    try:
+        yield db
+    finally:
+        db.close()
 
 
-def column_names(requested: list[str], results) -> Optional[list[str]]:
-    """The --fields names in order (None: the default), checked against the hits' stored fields."""
+def answer_row(made, hit) -> dict:
+    """One output row: a hit of an answered question, or the one row of a question with no good answer."""
+    if hit is None:
+        return {"question": made.question, "answered": False, "why": made.why}
+    return {**hit_row(made.question, hit), "answered": True, "band": made.band(hit), "why": None}
+
+
+HIT_COLUMNS = ("rank", "score", "key", "text", "span", "group", "variants", "question", "answered", "band", "why")
+
+
+def column_names(requested: list[str], db) -> Optional[list[str]]:
+    """The --fields names in order (None: the default); a name that is neither a column nor a stored field
+    of any entry is a usage error (exit 2), whatever the hits."""
+    from indexer.errors import UsageError
+    from search.filters import field_names, has_field
+
     names = [name.strip() for item in requested for name in item.split(",") if name.strip()]
-    stored = dict.fromkeys(name for hits in results for hit in hits for name in hit.fields)
     for name in names:
-        if name not in HIT_COLUMNS and stored and name not in stored:
-            raise typer.BadParameter(f"--fields {name!r}: choose from {', '.join([*HIT_COLUMNS, *stored])}")
+        if name not in HIT_COLUMNS and not has_field(db, name):
+            raise UsageError(f"--fields {name!r}: no such column or stored field; choose from "
+                             f"{', '.join(dict.fromkeys([*HIT_COLUMNS, *field_names(db)]))}")
     return names or None
 
 
-def default_columns(results) -> list[str]:
-    stored = dict.fromkeys(name for hits in results for hit in hits for name in hit.fields)
-    return ["question", "rank", "score", "key", "text", *[name for name in stored if name not in HIT_COLUMNS]]
+def default_columns(answers) -> list[str]:
+    stored = dict.fromkeys(name for made in answers for hit in made.hits for name in hit.fields)
+    return ["question", "answered", "rank", "score", "key", "text",
+            *[name for name in stored if name not in HIT_COLUMNS], "why"]
 
 
 def hit_row(question: str, hit) -> dict:
@@ -512,6 +636,52 @@ def cut(text: str, width: int) -> str:
 
 @app.command()
 @fails_cleanly
+def get(
+    index_dir: IndexDir,
+    keys: Annotated[list[str], typer.Argument(help="Keys of the entries to show.", metavar="KEY...")],
+    as_json: Json = False,
+):
+    """Show stored entries by key (--json: as HTTP's GET /documents/KEY); exit 1 when a key is not in the index."""
+    from indexer.store.export import Entries
+
+    with Entries(index_dir) as entries:
+        found = {key: entries.document(key) for key in keys}
+    for key, document in found.items():
+        if document is None:
+            typer.echo(f"{key}: not in the index", err=True)
+        elif as_json:
+            echo_json(document)
+        else:
+            shown = {"key": document["key"], "text": document["text"], **document["fields"]}
+            if document["group"]:
+                shown.update(group=document["group"], variants=" ".join(document["variants"]))
+            print_rows(["field", "value"], [[name, "" if value is None else str(value)] for name, value in shown.items()])
+    if None in found.values():
+        raise typer.Exit(1)
+
+
+@app.command()
+@fails_cleanly
+def export(
+    index_dir: IndexDir,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write to this file (default: stdout).")] = None,
+    quiet: Quiet = False,
+):
+    """Write every entry as JSON Lines (key, text, stored fields, group), which `bertdex index` reads back."""
+    from indexer.store.export import Entries
+
+    with Entries(index_dir) as entries, (open(out, "w", encoding="utf-8") if out else nullcontext(sys.stdout)) as sink:
+        count = 0
+        for row in entries:
+            sink.write(json.dumps(row, ensure_ascii=False) + "\n")
+            count += 1
+        options = shlex.join(entries.layout.reindex_options())
+    if not quiet:
+        note(f"{count} entries; read them back with: bertdex index NEW {out or 'FILE'} --format jsonl {options}")
+
+
+@app.command()
+@fails_cleanly
 def info(index_dir: IndexDir, as_json: Json = False):
     """Show an index's model, recipe (and why), counts and settings."""
     from indexer.store.info import index_info
@@ -551,9 +721,32 @@ def models(as_json: Json = False):
         if as_json:
             echo_json({**asdict(model), "default_for": default_for[model.name]})
     if not as_json:
-        print_rows(["name", "default for", "languages", "layers", "size", "speed", "from"],
-                   [[m.name, default_for[m.name] or "-", m.languages, str(m.layers), m.size, m.speed, m.source]
-                    for m in KNOWN_MODELS])
+        print_whole_words(["name", "default for", "languages", "layers", "size", "speed", "from"],
+                          [[m.name, default_for[m.name] or "-", m.languages, str(m.layers), m.size, m.speed, m.source]
+                           for m in KNOWN_MODELS])
+
+
+def print_whole_words(columns: list[str], rows: list[list[str]]) -> None:
+    """A table whose cells wrap between words only; where the terminal is too narrow for that, one block
+    per row ("name" first, then "  column: value" lines) instead of a table that breaks names mid-word."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    widths = [max(len(word) for cell in (column, *(row[i] for row in rows)) for word in cell.split() or [""])
+              for i, column in enumerate(columns)]
+    if sum(widths) + 3 * len(columns) + 1 > console.width:
+        for row in rows:
+            typer.echo(row[0])
+            for column, value in zip(columns[1:], row[1:]):
+                typer.echo(f"  {column}: {value}")
+        return
+    table = Table()
+    for column, width in zip(columns, widths):
+        table.add_column(column, min_width=width, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
 
 
 @app.command()
@@ -758,14 +951,14 @@ def serve(
     threads: Annotated[Optional[int], typer.Option(min=1, help="Torch threads (default: all cores; 1 is faster on a busy machine).")] = None,
     query_log: Annotated[bool, typer.Option("--query-log/--no-query-log", help="Log each asked question in the index (the newest 10,000), for `bertdex feedback`.")] = True,
     access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="One line per request on stderr: method, path, status, ms.")] = True,
+    log_format: Annotated[LogFormat, typer.Option("--log-format", help="The access log's lines: text (`12:00:01 POST /search 200 12.3ms`) or json (one object per line: time, method, path, status, ms, client).")] = LogFormat.text,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors (no start line, no access log).")] = False,
     workers: Annotated[int, typer.Option(min=1, help="Server processes on one port over the same folder; more than 1 serves read-only.")] = 1,
 ):
-    """Serve the index over HTTP: POST /search, /feedback, /documents; GET /fields, /health, /info; a search page at /."""
-    import logging
+    """Serve the index over HTTP: POST /search, /feedback, /documents; GET /fields, /health, /info, /metrics; a search page at /."""
     import os
 
-    from search.server.app import bind_socket, check_bind, serve as run_server
+    from search.server.app import access_log_to_stderr, bind_socket, check_bind, serve as run_server
 
     api_key = os.environ.get("BERTDEX_API_KEY") or None
     if api_key_file is not None:
@@ -779,12 +972,7 @@ def serve(
     open_manifest(index_dir)  # not an index: one line, before anything starts
     sock = bind_socket(host, port) if workers == 1 else None  # a busy port fails here, before the start line
     if access_log and not quiet:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-        logger = logging.getLogger("bertdex.access")
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
+        access_log_to_stderr(log_format == LogFormat.json)
     from search.server.service import access_line, folder_is_writable
 
     access = access_line(writable=writable, read_only=read_only, workers=workers,
@@ -792,7 +980,7 @@ def serve(
     start_line = f"starting: {index_dir} on http://{host}:{port}/ ({access}; API docs at /docs)"
     run_server(index_dir, host=host, port=port, api_key=api_key, read_only=read_only,
                batch_window=batch_window_ms / 1000, max_batch=max_batch, threads=threads,
-               query_log=query_log, access_log=access_log and not quiet, sock=sock, workers=workers,
+               query_log=query_log, access_log=access_log and not quiet and chosen(log_format), sock=sock, workers=workers,
                ready=None if quiet else lambda: typer.echo(start_line, err=True))
 
 
@@ -885,7 +1073,14 @@ def tune(
                     if as_json else typer.echo(message)
                 return
             weights, seen = feedback_weights(verdicts_of(index_dir)), {"verdicts_seen": newest}
+        from indexer.errors import BertdexError
+        from search.quality.choose import FOLDS
+
         asked, judged = labelled_from_feedback(index_dir)
+        if len(judged) < FOLDS:  # fewer questions than folds: no held-out measure worth a decision
+            raise BertdexError(f"tune --feedback: only {len(judged)} question{'s' if len(judged) != 1 else ''} "
+                               f"ha{'ve' if len(judged) != 1 else 's'} an answer marked right; tuning needs at least "
+                               f"{FOLDS} (one per cross-validation fold): collect more verdicts, or give --queries/--qrels")
     progress = (lambda message: typer.echo(message, err=True)) if adapt else None  # stderr: --json stays clean
     report = tune_index(index_dir, queries=asked, qrels=judged, group_field=group_field, store=not dry_run,
                         max_queries=max_queries, ignore_identical_ids=ignore_identical_ids, other_models=other_models,
@@ -1010,29 +1205,37 @@ def feedback(
 # -- printing ---------------------------------------------------------------------------------------
 
 
-def print_hits(question: str, hits, show_question: bool, columns: Optional[list[str]], width: int, why: str) -> None:
-    """A rich table of one question's hits; the matching window of a long text in bold, cells cut to `width`."""
+def print_hits(made, show_question: bool, columns: Optional[list[str]], width: int) -> None:
+    """A rich table of one question's answers (the matching window of a long text in bold, cells cut to
+    `width`); with none, why, and the closest miss."""
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
     console = Console()
     if show_question:
-        console.print(Text(question, style="bold"))  # a question may hold [brackets]: no markup
-    if not hits:
-        console.print(why, markup=False, highlight=False)
-        return
-    names = columns or ["rank", "score", "key", "text", "fields"]
+        console.print(Text(made.question, style="bold"))  # a question may hold [brackets]: no markup
+    if not made.hits:
+        console.print(made.why, markup=False, highlight=False)
+        if made.closest is None:
+            return
+        console.print("the closest miss:", style="dim", markup=False, highlight=False)
+    shown = made.hits or (made.closest,)
+    answer_column = ["answer"] if any("answer" in hit.fields for hit in shown) else []  # its own column, not in "fields"
+    names = columns or ["rank", "score", *(["band"] if made.cut is not None else []), "key", "text", *answer_column, "fields"]
     table = Table()
     for name in names:
         table.add_column("#" if name == "rank" else name, overflow="fold")
-    for hit in hits:
-        row = hit_row(question, hit)
-        table.add_row(*(hit_cell(hit, row, name, width) for name in names))
+    for hit in shown:
+        row = {**hit_row(made.question, hit), "answered": bool(made.hits), "band": made.band(hit), "why": made.why}
+        table.add_row(*(hit_cell(hit, row, name, width, names) for name in names))
     console.print(table)
+    if made.hits and made.below_cut:
+        console.print(f"{made.below_cut} more below the cut {made.cut:.4f} ({made.cut_source})", style="dim",
+                      markup=False, highlight=False)
 
 
-def hit_cell(hit, row: dict, name: str, width: int):
+def hit_cell(hit, row: dict, name: str, width: int, names=()):
     from rich.text import Text
 
     if name == "text":
@@ -1042,7 +1245,7 @@ def hit_cell(hit, row: dict, name: str, width: int):
             text.stylize("bold", *span)
         return text
     if name == "fields":
-        value = "; ".join(f"{field}: {value}" for field, value in hit.fields.items())
+        value = "; ".join(f"{field}: {value}" for field, value in hit.fields.items() if field not in names)
     elif name == "score":
         value = f"{hit.score:.4f}"
     elif name == "span":
@@ -1082,7 +1285,8 @@ def print_rows_as(output: str, columns: list[str], rows: list[dict]) -> None:
     writer.writerow(columns)
     for row in rows:
         writer.writerow(["" if row.get(name) is None else
-                         " ".join(map(str, row[name])) if isinstance(row.get(name), list) else row[name]
+                         " ".join(map(str, row[name])) if isinstance(row.get(name), list) else
+                         str(row[name]).lower() if isinstance(row.get(name), bool) else row[name]
                          for name in columns])
 
 
@@ -1105,7 +1309,8 @@ def preview(vector, count: int = 3) -> str:
 RATE_FROM = 100  # a rate over fewer embedded entries mostly measures the model's loading
 
 
-def print_report(report, as_json: bool, rename=lambda message: message) -> None:
+def print_report(report, as_json: bool, rename=lambda message: message, quiet: bool = False) -> None:
+    """The report of index/add: JSON, or a summary line (and the recipe); --quiet: only warnings, on stderr."""
     if as_json:
         data = dict(report.__dict__)
         data["problems"] = [rename(str(p)) for p in report.problems]
@@ -1116,12 +1321,13 @@ def print_report(report, as_json: bool, rename=lambda message: message) -> None:
     rate = f" ({report.rate:.0f} entries/s)" if embedded >= RATE_FROM else ""
     done = (f"{report.added} added, {report.updated} updated, {report.unchanged} unchanged" if report.committed
             else f"nothing changed ({report.unchanged} unchanged), nothing written")
-    typer.echo(f"{report.folder}: {done}; {report.documents} entries, {report.vectors} vectors; {report.seconds:.1f}s{rate}")
-    if report.recipe_reason:
+    if not quiet:
+        typer.echo(f"{report.folder}: {done}; {report.documents} entries, {report.vectors} vectors; {report.seconds:.1f}s{rate}")
+    if report.recipe_reason and not quiet:
         typer.echo(f"recipe: {report.recipe_reason}")
     if report.truncated:
         typer.echo(f"warning: {report.truncated} texts were longer than the model's window and were cut (--window splits them)", err=True)
-    if report.split:
+    if report.split and not quiet:
         typer.echo(f"{report.split_texts} texts longer than the model's window ({report.max_length} tokens) were split "
                    f"into windows of {report.window_length} tokens ({report.split} vectors more)", err=True)
     for problem in report.problems:
@@ -1186,10 +1392,79 @@ class progress_reporter:
         return False
 
 
+def app_for(argv: list[str]) -> typer.Typer:
+    """The app with only the command `argv` names: typer reads every command's options to build the whole
+    group (~0.1 s of a cold question); the whole app for help, the tutorial group or an unknown name."""
+    import copy
+
+    import typer.main
+
+    for command in app.registered_commands:
+        if argv and argv[0] == (command.name or typer.main.get_command_name(command.callback.__name__)):
+            alone = copy.copy(app)
+            alone.registered_commands, alone.registered_groups = [command], []
+            return alone
+    return app
+
+
+# -- examples in every command's --help --------------------------------------------------------------
+
+EXAMPLES = {
+    "index": ["bertdex index runs/faq examples/faq_en.csv --text-field question --group-field group",
+              "bertdex index runs/faq-qa faq.csv -t question -t answer --id-field id",
+              "cat faq.jsonl | bertdex index runs/faq -"],
+    "add": ["bertdex add runs/faq examples/faq_en.csv", "bertdex add runs/faq new.jsonl --on-error skip"],
+    "delete": ["bertdex delete runs/faq en-007 en-008"],
+    "verify": ["bertdex verify runs/faq", "bertdex verify runs/faq --texts 0 --json"],
+    "repair": ["bertdex repair runs/faq"],
+    "compact": ["bertdex compact runs/faq", "bertdex compact runs/faq --json"],
+    "query": ['bertdex query runs/faq "I forgot my password"',
+              'bertdex query runs/faq "refund for a broken item" -k 3 --where category=billing',
+              "bertdex query runs/faq --file questions.txt --csv > answers.csv",
+              'echo "where is my parcel?" | bertdex query runs/faq - --answer-only',
+              "Exit status: 0 every question answered; 1 a question got no good answer (--no-fail: 0); 2 usage: "
+              "a bad option, a value out of range, a --where or --fields field no entry has "
+              "(docs/index-folder.md, Exit statuses)."],
+    "get": ["bertdex get runs/faq en-001", "bertdex get runs/faq en-001 en-002 --json"],
+    "export": ["bertdex export runs/faq -o runs/faq.jsonl",
+               "bertdex index runs/faq-copy runs/faq.jsonl --format jsonl -t question --id-field id --group-field group"],
+    "duplicates": ["bertdex duplicates runs/faq", "bertdex duplicates runs/faq --threshold 0.85 --csv"],
+    "info": ["bertdex info runs/faq", "bertdex info runs/faq --json"],
+    "models": ["bertdex models", "bertdex models --json"],
+    "doctor": ["bertdex doctor", "bertdex doctor --remeasure"],
+    "serve": ["bertdex serve runs/faq", "BERTDEX_API_KEY=secret bertdex serve runs/faq --host 0.0.0.0 --port 8080",
+              "bertdex serve runs/faq --read-only --workers 4 --log-format json"],
+    "eval": ["bertdex eval runs/faq --queries examples/eval_en/queries.jsonl --qrels examples/eval_en/qrels.tsv"],
+    "tune": ["bertdex tune runs/faq", "bertdex tune runs/faq --dry-run --same-model", "bertdex tune runs/faq --feedback"],
+    "calibrate": ["bertdex calibrate runs/faq --out-of-scope examples/out_of_scope.txt",
+                  "bertdex calibrate runs/faq --out-of-scope off.txt --in-scope on.txt --target-precision 0.9"],
+    "feedback": ["bertdex feedback runs/faq", "bertdex feedback runs/faq --json"],
+    "tokens": ['bertdex tutorial tokens "The bank raised its rates."'],
+    "layers": ['bertdex tutorial layers "The bank raised its rates." --histogram runs/h.png'],
+    "words": ['bertdex tutorial words "The bank raised its rates." --out runs/words.json'],
+    "similar-word": ['bertdex tutorial similar-word "I sat on the river bank." "The bank raised its rates." --word bank'],
+    "embed": ['bertdex tutorial embed "where is my parcel?" --index runs/faq'],
+}
+
+
+def with_examples(typer_app: typer.Typer) -> None:
+    """Each command's examples as the epilog of its --help (one line each)."""
+    for info in typer_app.registered_commands:
+        name = info.name or info.callback.__name__.replace("_", "-")
+        if name in EXAMPLES:
+            rest = [line for line in EXAMPLES[name] if line.startswith("Exit status")]
+            lines = [line for line in EXAMPLES[name] if line not in rest]
+            info.epilog = "\n\n".join(["Examples:", *(f"  {line}" for line in lines), *rest])
+
+
+with_examples(app)
+with_examples(tutorial)
+
+
 def main() -> int:
     """Run the app; a usage error (bad option, unknown command) is one line on stderr too, exit 2."""
     try:
-        code = app(standalone_mode=False)
+        code = app_for(sys.argv[1:])(standalone_mode=False)
     except typer.Exit as done:
         return done.exit_code
     except typer.Abort:

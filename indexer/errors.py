@@ -17,6 +17,13 @@ class BertdexError(Exception):
     http_status = 422
 
 
+class UsageError(BertdexError):
+    """An option or argument out of its range or naming what does not exist (-k 0, --where nofield=x):
+    exit 2, as a usage error, so that 1 keeps meaning "no good answer" for `bertdex query`."""
+
+    exit_code = 2
+
+
 class InputUnreadable(BertdexError):
     """An input file cannot be read as what it claims to be: missing, a folder, not gzip, not UTF-8."""
 
@@ -51,7 +58,7 @@ class IndexDamaged(BertdexError):
     http_status = 503
 
 
-class OptionOutOfRange(BertdexError):
+class OptionOutOfRange(UsageError):
     """An option's value is outside its range (indexer.options): a usage error, never silently changed."""
 
     exit_code = 2

@@ -18,8 +18,11 @@ from indexer.errors import BertdexError, DiskFull, IndexDamaged, IndexReadOnly, 
 USAGE = 2  # a bad option or argument (also typer's own usage errors)
 NO_SPACE = DiskFull.exit_code  # the disk is full
 OTHER_OS = 9  # another operating-system error
-EXIT_CODES = {  # status -> meaning, for --help texts and the README
-    1: "bad input or options", USAGE: "usage: a bad option or argument",
+EXIT_CODES = {  # status -> meaning, for --help texts and docs/index-folder.md
+    1: "query: a question got no good answer; get: a key is not in the index; verify: BROKEN; "
+       "other commands: bad input (a file's row, a value)",
+    USAGE: "usage: a bad option or argument, a value out of range, a filter or column field no entry has; "
+           "query and get: any bad input",
     InputUnreadable.exit_code: "an input file cannot be read (missing, a folder, not gzip, not UTF-8)",
     4: "no index there", 5: "the index is locked by another writer", IndexReadOnly.exit_code: "the index is read-only",
     IndexDamaged.exit_code: "the index is damaged (`bertdex verify`, `bertdex repair`)", NO_SPACE: "no space left",

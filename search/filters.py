@@ -11,7 +11,7 @@ import json
 import math
 from collections.abc import Iterable
 
-from indexer.errors import BertdexError, OptionOutOfRange
+from indexer.errors import OptionOutOfRange, UsageError
 
 _SHOWN_VALUES = 12
 
@@ -27,7 +27,7 @@ def parse_where(items: Iterable[str]) -> dict[str, tuple[str, ...]]:
         name, sep, value = item.partition("=")
         name = name.strip()
         if not sep or not name:
-            raise BertdexError(f"--where {item!r}: use NAME=VALUE")
+            raise UsageError(f"--where {item!r}: use NAME=VALUE")
         filters[name] = filters.get(name, ()) + (value,)
     return filters
 
@@ -47,6 +47,24 @@ def check_weight(weight: float | None) -> None:
         raise OptionOutOfRange(f"--weight {weight}: the hybrid weight must be between 0 and 1 (the dense side's share)")
 
 
+def has_field(db, name: str) -> bool:
+    """Whether any stored entry has the field `name` (stops at the first one)."""
+    path = "$." + json.dumps(name)
+    return db.execute("SELECT 1 FROM documents WHERE json_type(fields, ?) IS NOT NULL LIMIT 1", [path]).fetchone() is not None
+
+
+def check_filter_fields(db, filters: dict | None) -> None:
+    """A filter on a field that no entry has is a usage error (exit 2), named with the fields there are.
+
+    check_filter_fields(db, {"categry": ("billing",)})
+    -> UsageError("--where categry=...: no entry has a field 'categry' (fields: answer, category, group)")
+    """
+    for name in filters or {}:
+        if not has_field(db, name):
+            raise UsageError(f"--where {name}=...: no entry has a field {name!r} "
+                             f"(fields: {', '.join(field_names(db)) or 'none'})")
+
+
 def filter_problem(db, filters: dict | None) -> str | None:
     """Why no entry can pass `filters`, as one line, or None when some entry does.
 
@@ -58,7 +76,7 @@ def filter_problem(db, filters: dict | None) -> str | None:
         path = "$." + json.dumps(name)
         present = db.execute("SELECT 1 FROM documents WHERE json_type(fields, ?) IS NOT NULL LIMIT 1", [path]).fetchone()
         if present is None:
-            return f"no entry has a field {name!r} (fields: {', '.join(_field_names(db)) or 'none'})"
+            return f"no entry has a field {name!r} (fields: {', '.join(field_names(db)) or 'none'})"
         values = [str(row[0]) for row in db.execute(
             "SELECT DISTINCT json_extract(fields, ?) AS v FROM documents WHERE v IS NOT NULL ORDER BY v LIMIT ?",
             [path, _SHOWN_VALUES + 1])]
@@ -76,6 +94,7 @@ def _all_values(db, path: str, allowed) -> list[str]:
     return [row[0] for row in rows]
 
 
-def _field_names(db) -> list[str]:
+def field_names(db) -> list[str]:
+    """The stored fields' names, sorted (the first 50): what an error about a field lists."""
     rows = db.execute("SELECT DISTINCT j.key FROM documents, json_each(documents.fields) AS j ORDER BY j.key LIMIT 50")
     return [row[0] for row in rows]

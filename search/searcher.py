@@ -21,7 +21,7 @@ from indexer.embed.encoder import Encoder
 from indexer.embed.recipe import Recipe, absolute_layer, check_pooling
 from indexer.embed.projection import follows_map
 from indexer.embed.resolve import encoder_for
-from indexer.errors import BertdexError, IndexDamaged, OptionOutOfRange
+from indexer.errors import BertdexError, IndexDamaged, OptionOutOfRange, UsageError
 from indexer.ingest.entries import check_question
 from indexer.options import MAX_K, check_k
 from indexer.store import ann
@@ -324,7 +324,7 @@ def check_search_options(questions: list[str], k: int, mode: str | None, weight:
                    min_score: float | None) -> None:
     """The options as the HTTP service checks them, so every door refuses the same values."""
     if mode is not None and mode not in MODES:
-        raise BertdexError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
+        raise UsageError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
     check_k(k, MAX_K)
     check_weight(weight)
     if min_score is not None and math.isnan(min_score):  # -inf is allowed: "no cut" (calibrate uses it)

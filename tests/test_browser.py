@@ -266,7 +266,11 @@ def test_filters_come_from_the_stored_fields(browser, calibrated):
     categories = browser.run("return Array.from(document.querySelectorAll('#results li.hit')).map("
                              "li => li.querySelector('dl.fields').innerText)")
     assert len(hits) == 5 and all("category\nbilling" in text or "category\tbilling" in text for text in categories)
+    # the page says the answers are filtered, and the set filter stands out
+    assert browser.text(browser.find("#status")[0]).endswith("Filter on: category = billing.")
+    assert "active" in browser.attribute(browser.find("#filters label")[0], "class")
     browser.select("#filter-category", "")
+    assert "active" not in (browser.attribute(browser.find("#filters label")[0], "class") or "")
 
 
 def test_keyboard_copy_and_feedback(browser, calibrated, screenshots):

@@ -33,6 +33,8 @@ def test_old_tutorial_names_are_hidden_aliases():
 def test_command_has_help_and_is_documented(name):
     command = COMMANDS[name]
     assert (command.help or "").strip(), f"bertdex {name} has no help text"
+    assert f"bertdex {name}" in (command.epilog or ""), f"bertdex {name} --help shows no example"
+    assert all(parse(line.strip()) for line in command.epilog.split("\n\n") if line.strip().startswith("bertdex "))
     assert re.search(rf"bertdex {re.escape(name)}\b", DOCS), f"neither README.md nor docs/ shows `bertdex {name}`"
     for parameter in command.params:
         if parameter.param_type_name == "option":
@@ -73,3 +75,100 @@ def test_relative_links_resolve(page):
         if not (page.parent / path).exists():
             broken.append(target)
     assert broken == [], f"{page.name}: links to missing files"
+
+
+# -- every command shown runs (issue 26) ----------------------------------------------------------------
+
+
+def shown_commands(text: str) -> list[str]:
+    """The `bertdex ...` command lines of a page's code blocks (sh / console), continuations joined,
+    comments, prompts, environment prefixes and pipes into bertdex taken off."""
+    found = []
+    for block in re.findall(r"^```(?:sh|bash|console|shell)?\n(.*?)^```", text, flags=re.MULTILINE | re.DOTALL):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = re.sub(r"^\$ ", "", line.strip())
+            line = line.split("|")[-1].strip() if "| bertdex" in line else line
+            line = re.sub(r"^(?:\w+=\S+ )+", "", line)
+            if line.startswith("bertdex "):
+                found.append(re.sub(r"\s+#.*$", "", line).split(" > ")[0].strip())
+    return found
+
+
+SHOWN = sorted({(page.name, command) for page in PAGES for command in shown_commands(page.read_text(encoding="utf-8"))})
+
+
+def remaining(context) -> list[str]:
+    """What a group left for its subcommand (click keeps the subcommand's name apart)."""
+    return [*getattr(context, "_protected_args", []), *context.args]
+
+
+def parse(command: str):
+    """Parse a shown command line as `bertdex` would, without running it: its options, choices, arguments."""
+    import shlex
+
+    import typer.main
+
+    from cli import with_ray_default
+
+    group = typer.main.get_command(app)
+    args, optional = synopsis(shlex.split(command)[1:])
+    args = with_ray_default(args)
+    context = group.make_context("bertdex", list(args), resilient_parsing=False)
+    name, found, rest = group.resolve_command(context, remaining(context))
+    while hasattr(found, "resolve_command"):  # bertdex tutorial NAME
+        context = found.make_context(name, rest, parent=context)
+        name, found, rest = found.resolve_command(context, remaining(context))
+    found.make_context(name, rest, parent=context)
+    known = {option for parameter in found.params for option in parameter.opts + parameter.secondary_opts}
+    assert [option for option in optional if option not in known] == [], f"{command}: options it does not have"
+    return found
+
+
+def synopsis(words: list[str]) -> tuple[list[str], list[str]]:
+    """A usage synopsis's words outside [optional parts], and the options named inside them.
+
+    synopsis(["eval", "DIR", "[--mode", "dense|keyword]", "[--json]"]) -> (["eval", "DIR"], ["--mode", "--json"])
+    """
+    kept, optional, depth = [], [], 0
+    for word in words:
+        opening = word.count("[") if word.startswith("[") else 0
+        depth += opening
+        if depth:
+            optional += [name for name in re.findall(r"--[\w-]+", word)]
+        else:
+            kept.append(word)
+        depth = max(0, depth - word.count("]"))
+    return kept, optional
+
+
+@pytest.mark.parametrize("page, command", SHOWN, ids=[f"{page}: {command[:60]}" for page, command in SHOWN])
+def test_every_command_shown_parses(page, command):
+    """Options that exist, choices that are valid, the arguments a command takes."""
+    assert parse(command) is not None
+
+
+# the README's commands that do not run in the suite, and why
+NOT_RUN = {"bertdex serve": "needs a server (tests/test_server.py runs `bertdex serve`)",
+           "bertdex tune": "long: it embeds the entries once per candidate model (tests/test_tuning.py)",
+           "faq-ko": "long: the Korean model's first conversion (tests/test_default_model.py runs it)"}
+
+
+@pytest.mark.slow
+def test_the_readme_commands_run_in_order(tmp_path):
+    """The README's commands, in its order, on a fresh runs/: each exits 0 (grep-like: every question answered)."""
+    import shlex
+
+    from test_cli_errors import Driver
+
+    runs = tmp_path / "runs"
+    commands = [c for c in shown_commands(README) if not any(mark in c for mark in NOT_RUN)]
+    assert len(commands) >= 8
+    driver = Driver(tmp_path)
+    try:
+        for command in commands:
+            args = [word.replace("runs/", f"{runs}/", 1) if word.startswith("runs/") else word
+                    for word in shlex.split(command)[1:]]
+            code, out, err = driver.run([arg.encode() for arg in args], None)
+            assert code == 0, f"{command}: exit {code}\n{err}"
+    finally:
+        driver.close()

@@ -23,7 +23,9 @@ from indexer.embed.runners import RunPath
 from indexer.embed.tokenizer import FastTokenizer, agrees_with
 
 ONNX, TORCH, BF16 = RunPath("onnx", "fp32"), RunPath("torch", "fp32"), RunPath("torch", "bf16")
-HEAVY = ("torch", "transformers", "onnx")
+# pydantic: typer 0.29 would build a pydantic adapter per option (~0.3 s of a cold question); cli.py converts plain
+# values itself (tests/test_cli.py checks they come out as typer's own)
+HEAVY = ("torch", "transformers", "onnx", "pydantic")
 QUESTIONS = ["how long does a refund take?", "Can I change my delivery address after the order shipped?",
              "비밀번호를 잊어버렸어요", "password " * 200]
 
@@ -42,10 +44,10 @@ print(json.dumps(sorted(m for m in {heavy!r} if m in sys.modules)), file=sys.std
 """
 
 
-def run_commands(commands: list[list[str]], home) -> tuple[str, list[str]]:
-    """(stdout, heavy modules imported) of the commands run in one new process with HOME=home."""
+def run_commands(commands: list[list[str]], home, modules: tuple[str, ...] = HEAVY) -> tuple[str, list[str]]:
+    """(stdout, which of `modules` were imported) of the commands run in one new process with HOME=home."""
     env = {**os.environ, "HOME": str(home), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, "-c", RUN_COMMANDS.format(root=str(ROOT), heavy=HEAVY),
+    result = subprocess.run([sys.executable, "-c", RUN_COMMANDS.format(root=str(ROOT), heavy=modules),
                              json.dumps(commands)], capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     return result.stdout, json.loads(result.stderr.strip().splitlines()[-1])
@@ -100,8 +102,9 @@ def test_the_tokenizers_only_tokenizer_gives_transformers_tokens(encoder):
 def test_a_saved_onnx_question_path_needs_no_torch_and_answers_as_pytorch(saved_home, resolved, faq_index_master):
     from search import Searcher
 
-    out, heavy = run_commands([["query", str(faq_index_master), *QUESTIONS, "-k", "3", "--json"]], saved_home)
-    assert heavy == []
+    asked = ["query", str(faq_index_master), *QUESTIONS, "-k", "3", "--json", "--no-fail"]  # one goes unanswered
+    out, heavy = run_commands([asked], saved_home, HEAVY + ("sqlite_utils",))
+    assert heavy == []  # sqlite_utils too: readers use sqlite3 (indexer.store.manifest.ReadOnlyDatabase)
     answers = [json.loads(line) for line in out.splitlines()]
     reference = Searcher(faq_index_master, backend="torch", precision="fp32")
     assert reference.encoder.path == TORCH
@@ -138,6 +141,15 @@ def test_without_a_checked_tokenizer_or_an_onnx_question_path_the_question_loads
     assert unchecked.path == ONNX and not isinstance(unchecked.tokenizer, FastTokenizer)
     write_choice(tmp_path, resolved, bulk=ONNX, question=TORCH, export=name)
     assert Encoder(folder, keep_layers=layer, cache=tmp_path, purpose="question").path == TORCH
+
+
+def test_reading_an_index_imports_no_sqlite_utils_and_writing_still_migrates(saved_home, faq_index):
+    out, heavy = run_commands([["info", str(faq_index), "--json"], ["verify", str(faq_index), "--texts", "0"]],
+                              saved_home, HEAVY + ("sqlite_utils",))
+    assert heavy == [] and json.loads(out.splitlines()[0])["documents"] == 50
+    out, heavy = run_commands([["delete", str(faq_index), "en-002"], ["info", str(faq_index), "--json"]], saved_home,
+                              ("sqlite_utils",))
+    assert heavy == ["sqlite_utils"] and json.loads(out.splitlines()[-1])["documents"] == 49
 
 
 def test_commands_that_touch_no_model_import_none_of_the_heavy_modules(saved_home, faq_index, tmp_path):

@@ -228,8 +228,9 @@ def test_calibrated_cut_routes_an_unseen_out_of_scope_question_to_no_answer(faq_
     assert searcher.search(english[4], k=3) == []  # "What is the capital of Australia?", not calibrated on
     answered = searcher.search("I forgot my password", k=3)
     assert answered and answered[0].key == "en-001" and answered[0].score >= result.min_score
-    shown = run_cli("query", faq_index, english[4], "--json", check=True)
-    assert json.loads(shown.stdout)["answered"] is False
+    shown = run_cli("query", faq_index, english[4], "--json")
+    assert shown.returncode == 1 and json.loads(shown.stdout)["answered"] is False  # grep-like: no good answer
+    assert json.loads(shown.stdout)["cut_source"].startswith("calibrated on")
 
 
 # -- command line and warnings --------------------------------------------------------------------------

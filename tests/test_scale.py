@@ -269,7 +269,7 @@ def test_serve_workers_answers_from_several_processes_read_only(faq_index):
                     break
             except httpx.TransportError:
                 time.sleep(0.3)
-        pids = set()
+        pids, searches = set(), 0
         deadline = time.monotonic() + 120
         # fresh connections land on either worker once both are up (the second may still be loading its model
         # when the first answers /health): ask until both have answered, not a fixed number of times
@@ -277,11 +277,22 @@ def test_serve_workers_answers_from_several_processes_read_only(faq_index):
             with httpx.Client(base_url=base, timeout=60) as http:
                 answer = http.post("/search", json={"question": "I forgot my password", "k": 3})
                 assert answer.status_code == 200 and answer.json()["results"][0]["hits"]
+                searches += 1
                 pids.add(http.get("/info").json()["server"].get("pid"))
         refused = httpx.post(f"{base}/documents", json={"documents": [{"key": "x", "text": "y"}]},
                              headers={"X-API-Key": "k" * 24})
         assert refused.status_code == 403
         assert len(pids) == 2, pids
+        # /metrics answers for both workers, whichever one a scrape reaches (prometheus_client's multiprocess mode)
+        from prometheus_client.parser import text_string_to_metric_families
+
+        for _ in range(4):
+            with httpx.Client(base_url=base, timeout=60) as http:
+                scraped = {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+                           for family in text_string_to_metric_families(http.get("/metrics").text)
+                           for sample in family.samples}
+            assert scraped[("bertdex_requests_total", (("method", "POST"), ("route", "/search"), ("status", "200")))] == searches
+            assert scraped[("bertdex_questions_total", (("answered", "yes"),))] == searches
     finally:
         server.terminate()
         server.wait(timeout=60)

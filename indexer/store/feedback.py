@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from indexer.errors import BertdexError
-from indexer.store.folder import check_index_folder, connect, migrations, now
+from indexer.store.folder import check_index_folder, connect, now, schema
 
 VERDICTS = ("up", "down", "right")
 MAX_LOGGED = 10_000
@@ -85,9 +85,9 @@ class FeedbackStore:
         self._lock = threading.Lock()
         if not readonly:
             self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a log row costs no fsync
-            if migrations.pending(self.db):  # a write: only when needed (an index write may hold the lock)
+            if schema().pending(self.db):  # a write: only when needed (an index write may hold the lock)
                 with self._lock, self.db.atomic():
-                    migrations.apply(self.db)
+                    schema().apply(self.db)
         self._ready = "feedback" in self.db.table_names()
 
     def log_queries(self, rows: list[tuple[int, str, str | None, list, bool]]) -> None:
@@ -131,7 +131,8 @@ class FeedbackStore:
     def verdicts(self) -> list[Verdict]:
         if not self._ready:
             return []
-        columns = "client" if "client" in self.db["feedback"].columns_dict else "NULL"
+        names = [row[1] for row in self.db.execute("PRAGMA table_info(feedback)")]  # also on a ReadOnlyDatabase
+        columns = "client" if "client" in names else "NULL"
         rows = self.db.execute("SELECT id, given, question, key, verdict, rank, score, query_id, "
                                f"{columns} FROM feedback ORDER BY id")
         return [Verdict(*row) for row in rows]

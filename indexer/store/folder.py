@@ -30,10 +30,10 @@ import sqlite3
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import faiss
 import numpy as np
-import sqlite_utils
 
 from indexer.errors import BertdexError, IndexLocked, IndexMissing, IndexReadOnly
 from indexer.store import integrity, segments
@@ -41,8 +41,11 @@ from indexer.store.offtopic import with_collection_cut
 from indexer.store.keywords import fts_document, scheme_of
 from indexer.store.manifest import (  # noqa: F401 (re-exported: the names callers import from here)
     DB_NAME, FORMAT_VERSION, Manifest, check_counts, check_index_folder, connect, content_hash, load_vectors,
-    migrations, new_vector_index, now, open_manifest, open_vectors, read_manifest, vectors_path,
+    new_vector_index, schema, now, open_manifest, open_vectors, read_manifest, vectors_path,
 )
+
+if TYPE_CHECKING:
+    import sqlite_utils
 
 LOCK_NAME = "write.lock"
 # A write checks the checksums of the segment files up to this size (a 10k-vector flat file: 15 MB, ~20 ms);
@@ -105,11 +108,11 @@ class IndexWriter:
                 raise IndexMissing(f"{folder} is not a bertdex index: build it first with `bertdex index`")
             stale_warnings = _remove_stale_files(folder, db)
             with db.atomic():
-                migrations.apply(db)  # a new index gets every table; an older one gets what it lacks
+                schema().apply(db)  # a new index gets every table; an older one gets what it lacks
                 # take SQLite's write lock now, not at the first write after embedding: feedback and the query
                 # log (indexer.store.feedback) write to this file too, and a commit of theirs in between would
                 # make this transaction's snapshot stale (SQLITE_BUSY_SNAPSHOT) and fail the whole write
-                db.execute(f"DELETE FROM {migrations.migrations_table} WHERE 0")
+                db.execute(f"DELETE FROM {schema().migrations_table} WHERE 0")
                 if not has_manifest:
                     manifest = new
                 else:

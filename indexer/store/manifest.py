@@ -13,9 +13,9 @@ import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import faiss
-import sqlite_utils
 
 from indexer.embed.adapted import is_adapted, remember_index
 from indexer.embed.recipe import Recipe
@@ -23,14 +23,39 @@ from indexer.store.settings import IndexSettings, as_index_settings
 from indexer.errors import BertdexError, IndexDamaged, IndexMissing, IndexReadOnly
 from indexer.store import integrity
 
+if TYPE_CHECKING:
+    import sqlite_utils
+
 FORMAT_VERSION = 2  # 2: the vectors are segments (indexer.store.segments); 1: one FAISS file, read as one segment
 READABLE_FORMATS = (1, 2)
 DB_NAME = "bertdex.db"
 
-migrations = sqlite_utils.Migrations("bertdex")
+SCHEMA_STEPS = []  # the schema's migrations, in order: `schema()` hands them to sqlite-utils
 
 
-@migrations()
+def _step(migration):
+    SCHEMA_STEPS.append(migration)
+    return migration
+
+
+def schema():
+    """sqlite_utils.Migrations("bertdex") with SCHEMA_STEPS, built on first use: only writers need it, and a
+    reader (a question, `info`) then imports no sqlite-utils (~0.1 s of CPU: pluggy, click, dateutil)."""
+    global _SCHEMA
+    if _SCHEMA is None:
+        import sqlite_utils
+
+        built = sqlite_utils.Migrations("bertdex")
+        for migration in SCHEMA_STEPS:
+            built()(migration)
+        _SCHEMA = built
+    return _SCHEMA
+
+
+_SCHEMA = None
+
+
+@_step
 def m001_create_tables(db: sqlite_utils.Database) -> None:
     db["documents"].create(
         {"id": int, "key": str, "text": str, "fields": str, "content_hash": str, "group_key": str},
@@ -47,7 +72,7 @@ def m001_create_tables(db: sqlite_utils.Database) -> None:
     db.execute("CREATE VIRTUAL TABLE keywords USING fts5(terms, tokenize='porter unicode61')")
 
 
-@migrations()
+@_step
 def m002_feedback_and_query_log(db: sqlite_utils.Database) -> None:
     """Agents' verdicts on answers, and the log of asked questions (see indexer.store.feedback)."""
     db["query_log"].create(
@@ -62,7 +87,7 @@ def m002_feedback_and_query_log(db: sqlite_utils.Database) -> None:
     db["feedback"].create_index(["key"])
 
 
-@migrations()
+@_step
 def m003_offtopic_sample(db: sqlite_utils.Database) -> None:
     """The shipped off-topic questions' vectors by the index's recipe: what each commit makes the cut from
     (indexer.store.offtopic). One row; `recipe` is the JSON of the recipe that embedded them."""
@@ -70,7 +95,7 @@ def m003_offtopic_sample(db: sqlite_utils.Database) -> None:
                                  pk="id", not_null={"recipe", "vectors"})
 
 
-@migrations()
+@_step
 def m004_feedback_client(db: sqlite_utils.Database) -> None:
     """Who gave each verdict (the server's view of the client), so verdicts can be bounded and weighed per client."""
     db["feedback"].add_column("client", str)
@@ -137,7 +162,7 @@ def connect(folder: Path, *, readonly: bool = False) -> sqlite_utils.Database:
     """The index's SQLite file: read-only (also in a read-only folder) or for the one writer."""
     path = Path(folder) / DB_NAME
     if readonly:
-        return sqlite_utils.Database(integrity.connect_readonly(path))
+        return ReadOnlyDatabase(integrity.connect_readonly(path))
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
     try:
         conn.execute("PRAGMA journal_mode=WAL")
@@ -150,13 +175,32 @@ def connect(folder: Path, *, readonly: bool = False) -> sqlite_utils.Database:
     except sqlite3.DatabaseError as error:
         conn.close()
         raise IndexDamaged(f"{path} is damaged ({error}): rebuild the index from its source") from None
+    import sqlite_utils
+
     return sqlite_utils.Database(conn)
+
+
+class ReadOnlyDatabase:
+    """A read-only connection with the calls of sqlite_utils.Database that readers make (execute, table_names,
+    conn, close), so reading an index imports no sqlite-utils; writers get a sqlite_utils.Database."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def execute(self, sql: str, parameters=()) -> sqlite3.Cursor:
+        return self.conn.execute(sql, parameters)
+
+    def table_names(self) -> list[str]:
+        return [row[0] for row in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+
+    def close(self) -> None:
+        self.conn.close()
 
 
 def read_manifest(db: sqlite_utils.Database, folder: Path) -> Manifest:
     try:
         tables = db.table_names()
-        rows = {row["name"]: row["value"] for row in db["manifest"].rows} if "manifest" in tables else {}
+        rows = dict(db.execute("SELECT name, value FROM manifest").fetchall()) if "manifest" in tables else {}
     except sqlite3.DatabaseError as error:
         raise IndexDamaged(f"{Path(folder) / DB_NAME} is damaged ({error}): rebuild the index from its source") from None
     if "manifest" not in tables:

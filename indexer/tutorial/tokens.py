@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from indexer.embed.encoder import Encoder, has_hangul_jamo
-from indexer.errors import BertdexError
+from indexer.errors import BertdexError, UsageError
 from indexer.embed.models import default_model, resolve_model_folder, trained_pooling
 from indexer.embed.recipe import absolute_layer
 from indexer.store.keywords import hangul_syllable
@@ -241,7 +241,7 @@ def token_histogram(encoder: Encoder, text: str, path: str | Path, *, layer: int
     index = absolute_layer(layer, states.shape[0] - 1)
     names = encoder.tokenizer.convert_ids_to_tokens(encoded["input_ids"][0].tolist())
     if not 0 <= position < states.shape[1]:
-        raise BertdexError(f"--token {position} is out of range: the text has {states.shape[1]} tokens "
+        raise UsageError(f"--token {position} is out of range: the text has {states.shape[1]} tokens "
                            f"(0..{states.shape[1] - 1}, {names[0]} is 0)")
     token = names[position]
     values = states[index, position]

@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from indexer.errors import BertdexError
+from indexer.errors import BertdexError, UsageError
 from indexer.ingest.readers import read_questions  # noqa: F401 (kept importable from here)
 from indexer.ingest.reembed import store_search_settings
 from indexer.store.settings import SearchSettings
@@ -77,7 +77,7 @@ def calibrate_index(folder: str | Path, *, out_of_scope: list[str] = (), in_scop
     (unless `allow_refusing`): nothing is stored then.
     """
     if target_precision is not None and not 0 < target_precision <= 1:
-        raise BertdexError(f"--target-precision {target_precision} must be in (0, 1]")
+        raise UsageError(f"--target-precision {target_precision} must be in (0, 1]")
     searcher = Searcher(folder, encoder=encoder)
     try:
         mode = searcher.manifest.settings.search.mode

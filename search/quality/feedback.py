@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer.errors import BertdexError
+from indexer.errors import BertdexError, UsageError
 from indexer.store.feedback import FeedbackStore
 from indexer.store.keywords import normalize_text
 from search.searcher import Searcher
@@ -140,7 +140,7 @@ def measured_threshold(searcher: Searcher) -> tuple[float, str]:
 def feedback_report(folder: str | Path, *, threshold: float | None = None, encoder=None) -> FeedbackReport:
     """Group the missed questions of `folder` by meaning, most asked first. `threshold`: default measured."""
     if threshold is not None and not 0 < threshold <= 1:
-        raise BertdexError(f"--threshold {threshold} must be in (0, 1]")
+        raise UsageError(f"--threshold {threshold} must be in (0, 1]")
     store = FeedbackStore(folder, readonly=True)
     try:
         missed, counts = missed_questions(store)

@@ -29,9 +29,11 @@ from indexer.ingest.build import upsert_entries
 from indexer.ingest.entries import check_question, field_problem, key_problem, text_problem
 from indexer.ingest.readers import Entry
 from indexer.store.info import index_info
+from search.answer import answer as shared_answer
 from search.searcher import open_manifest
 from search.server import answers
 from search.server.guard import AccessLog, Guard, error_body, validation_message
+from search.server.metrics import Metrics, MetricsMiddleware
 from search.server.requests import (MAX_DOCUMENTS, MAX_K, MAX_KEY_CHARS, MAX_QUESTION_CHARS, MAX_QUESTIONS,
                                     MAX_TEXT_CHARS, DocumentsRequest, FeedbackRequest, SearchRequest)
 from search.server.service import DOCS_ASSETS, PAGES, Service, bind_socket, check_bind  # noqa: F401 (re-exported)
@@ -57,37 +59,38 @@ def entries_from(request: DocumentsRequest) -> list[Entry]:
     return entries
 
 
-def answer(service: Service, question: str, hits, cut: float | None, mode: str, detail: bool,
-           source: str | None = None) -> dict:
-    """One question's result: the hits past the cut, each with its band; with none, the closest miss.
-    `source`: where the cut came from (answers.cut_source)."""
-    def shown(hit) -> dict:
-        data = hit.to_dict()
-        data["band"] = answers.band(hit.score, cut, mode)
-        if detail:
-            data["highlights"] = answers.highlights(question, hit.text, hit.fields)
+def answer(service: Service, question: str, hits, cut: float | None, source: str | None, mode: str, detail: bool,
+           filters: dict | None = None) -> dict:
+    """One question's result (search.answer): the hits past the cut, each with its band; with none, the closest
+    miss and why. `detail` adds each hit's matched words and its group's other texts."""
+    problem = service.filter_problem(filters) if filters and not hits else None
+    made = shared_answer(question, hits, cut=cut, cut_source=source, mode=mode, filtered=bool(filters),
+                         filter_problem=problem)
+    result = made.to_dict()
+    if detail:
+        for hit, shown in zip([*made.hits, made.closest], [*result["hits"], result["closest"]]):
+            if hit is None:
+                continue
+            shown["highlights"] = answers.highlights(question, hit.text, hit.fields)
             others = [key for key in hit.variants if key != hit.key]
             texts = service.texts_of(others) if others else {}
-            data["variant_texts"] = [{"key": key, "text": texts[key]} for key in others if key in texts]
-        return data
-
-    kept = [hit for hit in hits if cut is None or hit.score >= cut]
-    closest = shown(hits[0]) if hits and not kept else None
-    return {"question": question, "answered": bool(kept), "hits": [shown(hit) for hit in kept], "cut": cut,
-            "cut_source": source, "closest": closest}
+            shown["variant_texts"] = [{"key": key, "text": texts[key]} for key in others if key in texts]
+    return result
 
 
 def create_app(folder: str | Path, *, api_key: str | None = None, writable: bool = True,
                encoder: Encoder | None = None, batch_window: float = 0.002, max_batch: int = 64,
                max_body_bytes: int = MAX_BODY_BYTES, threads: int | None = None, feedback: bool = True,
-               query_log: bool = True, access_log: bool = False, read_only_reason: str | None = None,
-               host: str = "127.0.0.1") -> FastAPI:
+               query_log: bool = True, access_log: bool | str = False, read_only_reason: str | None = None,
+               host: str = "127.0.0.1", metrics_dir: str | Path | None = None) -> FastAPI:
     """The app over index `folder`. Writes need `api_key` (and `writable`); without a key it only reads.
 
     `feedback`: take verdicts at POST /feedback (with the key, if there is one); `query_log`: log each
-    question in the index; `access_log`: one line per request on the `bertdex.access` logger.
-    `read_only_reason`: what refusals say when `writable` is False; `host`: the bound address (a keyless
-    server on loopback answers only requests whose Host header is a loopback name).
+    question in the index; `access_log`: one line per request on the `bertdex.access` logger ("json":
+    one JSON object per line). `read_only_reason`: what refusals say when `writable` is False; `host`:
+    the bound address (a keyless server on loopback answers only requests whose Host header is a
+    loopback name). `metrics_dir`: the folder of metric files the workers of one server share
+    (search.server.metrics), None for one process.
     """
     service = Service(Path(folder), api_key, writable, encoder, batch_window, max_batch, threads,
                       feedback=feedback, query_log=query_log, read_only_reason=read_only_reason, host=host)
@@ -100,9 +103,11 @@ def create_app(folder: str | Path, *, api_key: str | None = None, writable: bool
     app = FastAPI(title="bertdex", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Semantic FAQ search: ranked answers by cosine similarity of BERT embeddings.")
     app.state.service = service
+    metrics = Metrics(Path(folder), metrics_dir)
     app.add_middleware(Guard, service=service, max_body_bytes=max_body_bytes)
     if access_log:
-        app.add_middleware(AccessLog)
+        app.add_middleware(AccessLog, as_json=access_log == "json")
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
     key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="Or `Authorization: Bearer KEY`.")
 
     def allowed(request: Request, _key: str | None = Depends(key_header)) -> None:
@@ -138,10 +143,17 @@ def create_app(folder: str | Path, *, api_key: str | None = None, writable: bool
                                         filters=dict(body.filters) or None)
         found = await asyncio.wrap_future(future)
         source = answers.cut_source(service.searcher.manifest.settings.search, body.min_score, cut)
-        results = [answer(service, q, hits, cut, mode, body.highlight, source) for q, hits in zip(questions, found)]
+        filters = dict(body.filters) or None
+        results = [answer(service, q, hits, cut, source, mode, body.highlight, filters) for q, hits in zip(questions, found)]
         for result, query_id in zip(results, service.log(questions, mode, results)):
             result["query_id"] = query_id
+        metrics.questions([result["answered"] for result in results])
         return {"results": results}
+
+    @app.get("/metrics", summary="Prometheus metrics: requests, latency, answered questions, the index's generation and size")
+    def metrics_page() -> Response:
+        body, media_type = metrics.exposition()
+        return Response(body, media_type=media_type, headers={"Cache-Control": "no-cache"})
 
     @app.get("/fields", summary="Stored fields whose values repeat (such as category), with their values: filters")
     def fields() -> dict:
@@ -223,7 +235,7 @@ def _static(content: bytes, media_type: str, policy: str | None = None):
 
 def serve(folder: str | Path, *, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           read_only: bool = False, batch_window: float = 0.002, max_batch: int = 64, threads: int | None = None,
-          query_log: bool = True, access_log: bool = True, sock=None, log_level: str = "warning",
+          query_log: bool = True, access_log: bool | str = True, sock=None, log_level: str = "warning",
           workers: int = 1, ready=None) -> None:
     """Run the service with uvicorn until interrupted, on `sock` (from bind_socket) or a fresh one.
 
@@ -238,16 +250,22 @@ def serve(folder: str | Path, *, host: str = "127.0.0.1", port: int = 8000, api_
     writable = check_bind(host, api_key, read_only or workers > 1)
     if workers > 1:
         import json
+        import tempfile
 
         threads = threads or max(1, (os.cpu_count() or 1) // workers)
-        os.environ[WORKER_OPTIONS] = json.dumps({"folder": str(folder), "batch_window": batch_window,
-                                                 "max_batch": max_batch, "threads": threads,
-                                                 "access_log": access_log, "host": host})
-        if ready is not None:
-            ready()
-        uvicorn.run(f"{__name__}:worker_app", factory=True, workers=workers, host=host, port=port,
-                    log_level=log_level, server_header=False, limit_concurrency=512, timeout_keep_alive=5,
-                    access_log=False)
+        # the workers' metric files: one folder per server, gone when it stops (prometheus_client reads
+        # PROMETHEUS_MULTIPROC_DIR when a worker imports it)
+        with tempfile.TemporaryDirectory(prefix="bertdex-metrics-") as metrics_dir:
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+            os.environ[WORKER_OPTIONS] = json.dumps({"folder": str(folder), "batch_window": batch_window,
+                                                     "max_batch": max_batch, "threads": threads,
+                                                     "access_log": access_log, "host": host,
+                                                     "metrics_dir": metrics_dir})
+            if ready is not None:
+                ready()
+            uvicorn.run(f"{__name__}:worker_app", factory=True, workers=workers, host=host, port=port,
+                        log_level=log_level, server_header=False, limit_concurrency=512, timeout_keep_alive=5,
+                        access_log=False)
         return
     sock = sock or bind_socket(host, port)
     app = create_app(folder, api_key=api_key, writable=writable, batch_window=batch_window, max_batch=max_batch,
@@ -272,6 +290,23 @@ def worker_app() -> FastAPI:
     import json
 
     options = json.loads(os.environ[WORKER_OPTIONS])
+    if options.get("access_log"):  # a spawned process: the handler `bertdex serve` set up is not here
+        access_log_to_stderr(options["access_log"] == "json")
     return create_app(options.pop("folder"), api_key=None, writable=False, feedback=False, query_log=False,
                       read_only_reason="serving with several --workers: one writer per folder, so none of them writes",
                       **options)
+
+
+def access_log_to_stderr(as_json: bool) -> None:
+    """Send the `bertdex.access` lines to stderr: as they are (JSON), or after the time (text)."""
+    import logging
+    import sys
+
+    logger = logging.getLogger("bertdex.access")
+    if logger.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s" if as_json else "%(asctime)s %(message)s", "%H:%M:%S"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False

@@ -66,6 +66,21 @@ def authorized(headers: dict[str, str], api_key: str | None) -> bool:
     return api_key is not None and hmac.compare_digest(given.encode("latin-1", "replace"), api_key.encode("utf-8"))
 
 
+def content_type_problem(method: str, headers: dict[str, str]) -> str | None:
+    """Why a body cannot be read as JSON from its Content-Type, or None: every body the service takes is JSON.
+
+    content_type_problem("POST", {}) -> "send the body as JSON with the header Content-Type: application/json (none was sent)"
+    """
+    if method not in ("POST", "PUT", "PATCH"):
+        return None
+    given = headers.get("content-type", "")
+    media = given.split(";")[0].strip().lower()
+    if media == "application/json" or media.endswith("+json"):
+        return None
+    sent = f"{given[:80]!r} was sent" if given else "none was sent"
+    return f"send the body as JSON with the header Content-Type: application/json ({sent})"
+
+
 def is_write(method: str, path: str) -> bool:
     return method in WRITE_METHODS and (path in ("/documents", "/feedback") or path.startswith("/documents/"))
 
@@ -107,6 +122,9 @@ class Guard:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
+        problem = content_type_problem(scope["method"], headers) if body else None
+        if problem:
+            return await _reply(send, 415, problem)
         replayed = False
 
         async def replay():
@@ -120,12 +138,13 @@ class Guard:
 
 
 class AccessLog:
-    """ASGI middleware: `POST /search 200 12.3ms` per request on the `bertdex.access` logger (INFO)."""
+    """ASGI middleware: `POST /search 200 12.3ms` per request on the `bertdex.access` logger (INFO);
+    `as_json`: one JSON object instead, {"time", "method", "path", "status", "ms", "client"}."""
 
     logger = logging.getLogger("bertdex.access")
 
-    def __init__(self, app):
-        self.app = app
+    def __init__(self, app, as_json: bool = False):
+        self.app, self.as_json = app, as_json
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -141,8 +160,15 @@ class AccessLog:
         try:
             await self.app(scope, receive, sending)
         finally:
-            self.logger.info("%s %s %d %.1fms", scope["method"], scope["path"], status,
-                             (time.perf_counter() - started) * 1000)
+            ms = (time.perf_counter() - started) * 1000
+            if self.as_json:
+                client = scope.get("client")
+                self.logger.info("%s", json.dumps({
+                    "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z",
+                    "method": scope["method"], "path": scope["path"], "status": status, "ms": round(ms, 1),
+                    "client": client[0] if client else None}, ensure_ascii=False))
+            else:
+                self.logger.info("%s %s %d %.1fms", scope["method"], scope["path"], status, ms)
 
 
 def _with_headers(send):

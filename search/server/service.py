@@ -185,6 +185,13 @@ class Service:
                 self._facets = (generation, answers.facets(self.reader))
         return self._facets[1]
 
+    def filter_problem(self, filters: dict | None) -> str | None:
+        """Why no entry can pass `filters` (search.filters.filter_problem), or None."""
+        from search.filters import filter_problem
+
+        with self._reader_lock:
+            return filter_problem(self.reader, filters)
+
     def texts_of(self, keys: list[str]) -> dict[str, str]:
         with self._reader_lock:
             return answers.texts_of(self.reader, keys)

@@ -243,10 +243,25 @@ async function ask(event) {
   }
 }
 
+function activeFilters() {
+  const set = [];
+  for (const select of document.querySelectorAll("#filters select")) {
+    select.parentElement.classList.toggle("active", Boolean(select.value));
+    if (select.value) set.push(select.name + " = " + select.value);
+  }
+  return set;
+}
+
 function show(result) {
   const hits = result.hits;
+  const filters = activeFilters();
+  const filtered = filters.length ? " Filter on: " + filters.join(", ") + "." : "";
+  if (hits.length === 0 && result.reason === "filter_matched_nothing") {
+    showStatus("No answer with this filter: " + result.why + "." + filtered + " · 필터에 맞는 항목이 없습니다.", "no-answer");
+    return;
+  }
   if (hits.length === 0) {
-    showStatus("No good answer: no entry is close enough to this question. · 알맞은 답변이 없습니다.", "no-answer");
+    showStatus("No good answer: no entry is close enough to this question." + filtered + " · 알맞은 답변이 없습니다.", "no-answer");
     if (result.closest) {
       $("closest-list").append(renderHit(result.closest, result, true));
       $("closest-cut").textContent = result.cut === null ? "" : "(below the cut " + result.cut.toFixed(3) + ")";
@@ -255,7 +270,7 @@ function show(result) {
     return;
   }
   const cut = result.cut === null || result.cut === undefined ? "" : " Answers below the cut " + result.cut.toFixed(3) + " are hidden.";
-  showStatus(hits.length + " answer" + (hits.length === 1 ? "" : "s") + ", best first." + cut);
+  showStatus(hits.length + " answer" + (hits.length === 1 ? "" : "s") + ", best first." + cut + filtered);
   $("results").replaceChildren(...hits.map((hit) => renderHit(hit, result, false)));
 }
 
@@ -296,6 +311,7 @@ async function loadFilters() {
         select.append(option);
       }
       const label = element("label", "", name + " ");
+      select.addEventListener("change", activeFilters);
       label.append(select);
       $("filters").append(label);
     }
