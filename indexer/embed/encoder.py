@@ -73,6 +73,9 @@ class Encoder:
         if purpose not in choose.PURPOSES:
             raise BertdexError(f"unknown purpose {purpose!r}: choose one of {', '.join(choose.PURPOSES)}")
         self.folder = Path(folder)
+        # (layer, pooling, matrix): a learned map (indexer.embed.projection) for that layer and pooling, applied
+        # before normalising; set by encoder_for from the recipe (first: choosing a run path embeds already)
+        self.projection: tuple[int, str, np.ndarray] | None = None
         self.config = model_config(self.folder)
         self.num_layers = int(self.config.num_hidden_layers)
         self.hidden_size = int(self.config.hidden_size)
@@ -102,9 +105,6 @@ class Encoder:
         probe = self.tokenizer.tokenize("A a 한국")
         self.lowercase = probe[0] == probe[1] if len(probe) >= 2 else False
         self.decomposes_hangul = has_hangul_jamo("".join(self.tokenizer.tokenize("한국어")))
-        # (layer, pooling, matrix): a learned map (indexer.embed.projection) for that layer and pooling, applied
-        # before normalising; set by encoder_for from the recipe
-        self.projection: tuple[int, str, np.ndarray] | None = None
 
     def _load_transformers(self, threads: int | None):
         """(transformers' tokenizer, threads): the PyTorch side, for every path but a saved ONNX question path."""
