@@ -222,3 +222,13 @@ def test_serve_answers_a_mapped_index_with_its_map(faq_index, encoder):
             got = first(http.post("/search", json={"question": question, "k": 3}))["hits"]
             assert [h["key"] for h in got] == [h.key for h in hits]
             assert np.allclose([h["score"] for h in got], [h.score for h in hits], atol=1e-4)
+
+
+@pytest.mark.slow
+def test_an_encoder_that_must_measure_its_run_paths_first_still_loads(encoder, tmp_path):
+    from indexer.embed.encoder import Encoder
+
+    fresh = Encoder(encoder.folder, keep_layers=6, cache=tmp_path / "no-saved-choice")  # measures before the map is set
+    assert fresh.projection is None and fresh.measurements
+    assert np.allclose(fresh.embed(QUESTIONS[:1], layer=6, pooling="mean").vectors,
+                       encoder.embed(QUESTIONS[:1], layer=6, pooling="mean").vectors, atol=2e-2)
