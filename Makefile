@@ -27,8 +27,9 @@ browser:
 	test -x /usr/bin/chromium -a -x /usr/bin/chromedriver -a -d /usr/share/fonts/truetype/nanum || \
 		(apt-get update && apt-get install -y chromium chromium-driver fonts-nanum)
 
+# two workers, each test file on one of them (module fixtures such as test_scale's local Ray stay in one process)
 test: setup browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 clean:
 	rm -rf runs .pytest_cache
