@@ -14,11 +14,12 @@ PROMETHEUS_MULTIPROC_DIR, which `serve` sets for its workers).
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
+
+from search.server.guard import TimedRequests
 
 ROUTES = ("/search", "/fields", "/feedback", "/documents", "/health", "/info", "/metrics", "/docs", "/openapi.json",
           "/", "/app.js", "/style.css")
@@ -95,24 +96,12 @@ class Metrics:
         return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
-class MetricsMiddleware:
-    """ASGI middleware: each HTTP request's method, route, status and seconds into `metrics`."""
+class MetricsMiddleware(TimedRequests):
+    """Each HTTP request's method, route, status and seconds into `metrics`."""
 
     def __init__(self, app, metrics: Metrics):
-        self.app, self.metrics = app, metrics
+        super().__init__(app)
+        self.metrics = metrics
 
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        started, status = time.perf_counter(), 500
-
-        async def sending(message):
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, sending)
-        finally:
-            self.metrics.observe(scope["method"], scope["path"], status, time.perf_counter() - started)
+    def done(self, scope, status: int, seconds: float) -> None:
+        self.metrics.observe(scope["method"], scope["path"], status, seconds)
