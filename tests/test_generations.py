@@ -25,8 +25,8 @@ def reembed_elsewhere(folder, layer: int, pooling: str) -> subprocess.Popen:
 
 
 @pytest.mark.slow
-def test_a_searcher_follows_a_reembed_by_another_process(faq_index, encoder):
-    searcher = Searcher(faq_index, encoder=encoder)
+def test_a_searcher_follows_a_reembed_by_another_process(faq_index):
+    searcher = Searcher(faq_index)  # its own question path, as a server's (the session encoder is a bulk one)
     batcher = MicroBatcher(searcher)
     try:
         previous = answers(batcher.search(QUESTIONS, 3))

@@ -76,19 +76,22 @@ def test_a_pair_index_scores_each_hit_by_both_models(pair_master, resolved, e5):
     searcher = Searcher(pair_master)
     hits = searcher.search(question, k=5, mode="dense")
     settings = searcher.manifest.settings
-    for encoder in (searcher.encoder.own, searcher.encoder.companion):  # two ONNX sessions taking turns: no spinning
+    asking = (searcher.encoder.own, searcher.encoder.companion)
+    for encoder in asking:  # two ONNX sessions taking turns: no spinning
         assert getattr(getattr(encoder.runner, "session", None), "spinning", False) is False
-    searcher.close()
     assert hits[0].key == "en-001"
     expected = []
-    for side in (resolved, e5):
-        asked = embed_questions(side.encoder, side.recipe, settings, [question]).of(side.recipe.layer, side.recipe.pooling)
+    # questions as the searcher embeds them (its question path), entries as the index was built (the bulk path):
+    # on a machine where the two paths differ (bf16 in bulk) both sides must still add up to the hits' scores
+    for side, asker in zip((resolved, e5), asking):
+        asked = embed_questions(asker, side.recipe, settings, [question]).of(side.recipe.layer, side.recipe.pooling)
         stored = embed_entries(side.encoder, side.recipe, settings, [h.text for h in hits])
         expected.append(stored.of(side.recipe.layer, side.recipe.pooling) @ asked[0])
     want = (1 - SHARE) * expected[0] + SHARE * expected[1]
     assert [h.score for h in hits] == pytest.approx(want.tolist(), abs=1e-4)
     alone = expected[0]
     assert not np.allclose(alone, want, atol=1e-3)  # the companion's part is really there
+    searcher.close()
 
 
 def test_writers_and_verify_use_the_joined_vectors(pair_index, tmp_path):

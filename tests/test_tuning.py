@@ -5,6 +5,7 @@ real model, FAISS and SQLite."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 
 import numpy as np
@@ -74,7 +75,11 @@ def test_reembedding_with_the_same_recipe_keeps_the_windows(long_index, tmp_path
     before = open_manifest(folder)
     after = reembed_index(folder, layer=before.recipe.layer, pooling=before.recipe.pooling)
     assert after.vectors == before.vectors > before.documents  # 64-token windows, not re-cut at 256
-    assert after.settings == before.settings
+    # the collection's cut is made again from the re-embedded vectors: equal where the bulk path is fp32, within
+    # bf16's rounding where this machine embeds in bulk with bf16
+    assert after.settings.search.min_score == pytest.approx(before.settings.search.min_score, abs=2e-3)
+    same_cut = dataclasses.replace(after.settings.search, min_score=before.settings.search.min_score)
+    assert dataclasses.replace(after.settings, search=same_cut) == before.settings
 
 
 def test_the_gate_refuses_a_change_on_noise_and_takes_a_real_gain():

@@ -211,7 +211,9 @@ def sentence_vectors(texts: list[str], *, index: str | Path | None = None, model
             recipe = read_manifest(db, folder).recipe
         finally:
             db.close()
-        encoder = encoder_for(recipe, model=model, precision=precision, threads=threads, backend=backend)
+        # a Searcher's encoder: the question path (it may differ from the bulk path entries were embedded with)
+        encoder = encoder_for(recipe, model=model, precision=precision, threads=threads, backend=backend,
+                              purpose="question")
         reason = f"the recipe of the index {folder}"
     else:
         resolved = resolve_recipe(model or default_model(texts), layer=layer, pooling=pooling, precision=precision,
