@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sqlite3
 import statistics
 import sys
@@ -33,16 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from indexer.store import ann, integrity, segments  # noqa: E402
 from indexer.store.verify import _vector_problems  # noqa: E402
 from search.checks import check_opened, check_results  # noqa: E402
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+from bench.machine import cpu_name  # noqa: E402
 
 
 def median_ms(run, rounds: int) -> float:

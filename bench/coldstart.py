@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import socket
 import statistics
@@ -31,14 +30,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 FLOOR = "import onnxruntime, tokenizers, faiss, numpy"
+sys.path.insert(0, str(ROOT))
 
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            return next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
+from bench.machine import cpu_name  # noqa: E402
 
 
 def timed(command: list[str]) -> tuple[float, float]:

@@ -34,7 +34,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import shlex
 import shutil
 import sqlite3
@@ -47,6 +46,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.machine import cpu_name  # noqa: E402
 
 from indexer.store import keywords  # noqa: E402
 from search.quality.metrics import mean_metrics, query_metrics  # noqa: E402
@@ -373,16 +374,6 @@ def print_hybrid(hybrid: list[dict]) -> None:
         recall = next(row for row in mine if row["fusion"] == fusion)[weight]["recall@10"]
         print(f"best for {model} with kiwi-1: {fusion} fusion, weight {weight}: MRR@10 {score:.3f} "
               f"(recall@10 {recall:.3f}); the default (score, 0.5): {default['mrr@10']:.3f}")
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 if __name__ == "__main__":

@@ -31,6 +31,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.machine import cpu_name  # noqa: E402
+
 EXAMPLES = ROOT / "examples"
 SETS = {  # name -> (fields to embed, language of the off-topic test questions)
     "bertfaq-covidfaq": (["title", "text"], "en"),
@@ -61,18 +63,8 @@ def main() -> None:
         rows.append(measure(name, args.data, args.work, args.rebuild))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     print(f"command: python {shlex.join(sys.argv)}  ({time.perf_counter() - started:.0f} s, "
-          f"{platform.machine()} {_cpu()})")
+          f"{platform.machine()} {cpu_name()})")
     print(table(rows))
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
 
 
 def source(name: str, data: Path, work: Path) -> tuple[Path, dict, dict, str]:
