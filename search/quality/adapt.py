@@ -111,6 +111,38 @@ def spread_pairs(pairs: list[TrainingPair], limit: int = MAX_PAIRS) -> list[Trai
     return [pairs[i] for i in np.linspace(0, len(pairs) - 1, limit).round().astype(int)]
 
 
+@dataclass(frozen=True)
+class FoldPlan:
+    """Cross-fitting: per fold with questions, (fold, its question rows, the pairs it may train on); and per
+    fold the ids of the pairs that train it and of those held out (touching its questions)."""
+
+    folds: list
+    trained: list
+    held: list
+
+
+def plan_folds(questions: Questions, pairs: list[TrainingPair], folds: int, seed: int,
+               choose: Callable[[list], list] = lambda train: train) -> FoldPlan | None:
+    """Each fold's questions and the pairs touching none of them (`choose` may thin them); None when some fold
+    has no pair left to train on (nothing could be measured out of sample)."""
+    touched = [touched_by(q, questions.labelled) for q in questions.items]
+    fold_of = fold_ids([min(t) for t in touched], folds, seed)  # one key per question; equal texts share a fold
+    plan, trained, held = [], [], []
+    for fold in range(folds):
+        rows = np.flatnonzero(fold_of == fold)
+        if len(rows) == 0:
+            trained.append(frozenset()), held.append(frozenset())
+            continue
+        out = set().union(*(touched[i] for i in rows))
+        train = choose(training_pairs(pairs, out))
+        trained.append(frozenset(p.pair.id for p in train))
+        held.append(frozenset(p.pair.id for p in pairs if p.touches & out))
+        if not train:
+            return None
+        plan.append((fold, rows, train))
+    return FoldPlan(plan, trained, held)
+
+
 def measure_adapted(manifest, documents: list[dict], questions: Questions, words: list[list], pairs: list[TrainingPair],
                     *, folds: int = ADAPT_FOLDS, steps: int | None = None, seed: int = ADAPT_SEED,
                     progress: Callable[[str], None] | None = None) -> AdaptedTrials | None:
@@ -121,24 +153,13 @@ def measure_adapted(manifest, documents: list[dict], questions: Questions, words
 
     started = time.perf_counter()
     recipe, items = manifest.recipe, questions.items
-    touched = [touched_by(q, questions.labelled) for q in items]
-    units = [min(t) for t in touched]  # one key per question; equal texts share a fold
-    fold_of = fold_ids(units, folds, seed)
+    plan = plan_folds(questions, pairs, folds, seed, choose=spread_pairs)
+    if plan is None:
+        return None
     dense: list = [None] * len(items)
-    trained, held = [], []
     base = base_model(manifest)
     with tempfile.TemporaryDirectory(prefix="bertdex-adapt-") as scratch:
-        for fold in range(folds):
-            rows = np.flatnonzero(fold_of == fold)
-            if len(rows) == 0:
-                trained.append(frozenset()), held.append(frozenset())
-                continue
-            out = set().union(*(touched[i] for i in rows))
-            train = spread_pairs(training_pairs(pairs, out))
-            trained.append(frozenset(p.pair.id for p in train))
-            held.append(frozenset(p.pair.id for p in pairs if p.touches & out))
-            if not train:  # every pair touches this fold's questions: nothing can be measured out of sample
-                return None
+        for fold, rows, train in plan.folds:
             say = (lambda step, total, loss, fold=fold: progress(f"adapting fold {fold + 1}/{folds}: step {step}/{total}, "
                                                                  f"loss {loss:.3f}")) if progress else None
             made = adapted.adapt_model(base, [p.pair for p in train], Path(scratch), layer=recipe.layer,
@@ -150,7 +171,7 @@ def measure_adapted(manifest, documents: list[dict], questions: Questions, words
     judge = _Judge(documents, items)
     candidate = Candidate(recipe.layer, recipe.pooling, "dense", model=ADAPTED)
     trials = [judge.trial(candidate, dense)] + _hybrids(judge, candidate, dense, words, ("score",))
-    return AdaptedTrials(trials, pairs, trained, held, time.perf_counter() - started)
+    return AdaptedTrials(trials, pairs, plan.trained, plan.held, time.perf_counter() - started)
 
 
 def _fold_lists(folder: Path, manifest, documents: list[dict], heldout: list[HeldOut]) -> list[list]:

@@ -16,8 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from indexer.embed import adapted, projection
-from search.quality.adapt import ADAPT_FOLDS, ADAPT_SEED, AdaptedTrials, TrainingPair, _same, touched_by, training_pairs
-from search.quality.choose import fold_ids
+from search.quality.adapt import ADAPT_FOLDS, ADAPT_SEED, AdaptedTrials, TrainingPair, _same, plan_folds
 from search.quality.heldout import Questions
 from search.quality.trials import Candidate, _dense_lists, _hybrids, _Judge, entry_vectors
 
@@ -65,26 +64,16 @@ def measure_map(manifest, documents: list[dict], questions: Questions, words: li
     started = time.perf_counter()
     recipe, items = manifest.recipe, questions.items
     key = (recipe.layer, recipe.pooling)
+    plan = plan_folds(questions, pairs, folds, seed)
+    if plan is None:
+        return None
     encoder = encoder or frozen_encoder(manifest)
     passages = entry_vectors(encoder, manifest, documents, [recipe.layer])
     asked = embed_questions(encoder, recipe, manifest.settings, [q.text for q in items], layers=[recipe.layer])
     pair_q, pair_e = pair_vectors(encoder, manifest, pairs)
     index = {p.pair.id: i for i, p in enumerate(pairs)}
-    touched = [touched_by(q, questions.labelled) for q in items]
-    fold_of = fold_ids([min(t) for t in touched], folds, seed)
     dense: list = [None] * len(items)
-    trained, held = [], []
-    for fold in range(folds):
-        rows = np.flatnonzero(fold_of == fold)
-        if len(rows) == 0:
-            trained.append(frozenset()), held.append(frozenset())
-            continue
-        out = set().union(*(touched[i] for i in rows))
-        train = training_pairs(pairs, out)
-        trained.append(frozenset(p.pair.id for p in train))
-        held.append(frozenset(p.pair.id for p in pairs if p.touches & out))
-        if not train:
-            return None
+    for fold, rows, train in plan.folds:
         if progress:
             progress(f"learning a map for fold {fold + 1}/{folds} on {len(train)} pairs")
         chosen = [index[p.pair.id] for p in train]
@@ -98,7 +87,7 @@ def measure_map(manifest, documents: list[dict], questions: Questions, words: li
     judge = _Judge(documents, items)
     candidate = Candidate(recipe.layer, recipe.pooling, "dense", model=MAP)
     trials = [judge.trial(candidate, dense)] + _hybrids(judge, candidate, dense, words, ("score",))
-    return AdaptedTrials(trials, pairs, trained, held, time.perf_counter() - started)
+    return AdaptedTrials(trials, pairs, plan.trained, plan.held, time.perf_counter() - started)
 
 
 def _mapped(vectors, key, matrix):
