@@ -510,6 +510,9 @@ def query(
     as_tsv: AsTsv = False,
 ):
     """Answer questions with the closest entries, ranked by cosine similarity; exit 1 when one gets no good answer."""
+    from search.early import start_question_model
+
+    start_question_model(index_dir, model=model)  # the model loads on a thread while the rest is imported
     from search.filters import check_filter_fields, parse_where
 
     output = output_format(as_json=as_json, nl=as_nl, csv=as_csv, tsv=as_tsv, answer_only=answer_only)

@@ -182,3 +182,49 @@ def test_serve_is_ready_when_it_says_so_without_torch(saved_home, faq_index, fre
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+# A program that starts the question model early, as `bertdex query` does, makes a Searcher, and reports whether
+# the early session was the one it took, and its answer.
+EARLY = """
+import json, sys
+sys.path.insert(0, {root!r})
+from search.early import start_question_model
+from indexer.embed import onnx_model
+started = start_question_model(sys.argv[1])
+early = [e.session if e.join() is None else None for e in onnx_model._EARLY.values()]
+from search import Searcher
+searcher = Searcher(sys.argv[1])
+hit = searcher.search(sys.argv[2], 1)[0]
+taken = bool(early) and searcher.encoder.runner.session.session is early[0]
+print(json.dumps({{"started": started, "taken": taken, "left": len(onnx_model._EARLY), "key": hit.key,
+                  "score": hit.score}}))
+"""
+
+
+def run_early(index, home, question: str) -> dict:
+    env = {**os.environ, "HOME": str(home), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-c", EARLY.format(root=str(ROOT)), str(index), question],
+                            capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_a_query_takes_the_session_started_before_its_imports(saved_home, resolved, faq_index_master, tmp_path):
+    from search import Searcher
+
+    question = "how long does a refund take?"
+    expected = Searcher(faq_index_master, backend="torch", precision="fp32").search(question, 1)[0]
+    early = run_early(faq_index_master, saved_home, question)
+    assert early == {"started": True, "taken": True, "left": 0, "key": expected.key, "score": early["score"]}
+    assert abs(early["score"] - expected.score) < 1e-4
+    # a machine whose question path is PyTorch starts nothing early, and answers the same
+    home = tmp_path / "home"
+    cache = home / ".cache" / "bertdex" / "onnx"
+    cache.mkdir(parents=True)
+    name = next((saved_home / ".cache" / "bertdex" / "onnx").glob("*.onnx")).name
+    (cache / name).symlink_to(saved_home / ".cache" / "bertdex" / "onnx" / name)
+    write_choice(cache, resolved, bulk=ONNX, question=TORCH, export=name)
+    late = run_early(faq_index_master, home, question)
+    assert (late["started"], late["taken"], late["key"]) == (False, False, expected.key)

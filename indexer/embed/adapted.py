@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -23,7 +24,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 
 from indexer.errors import BertdexError
 
@@ -107,7 +107,7 @@ def steps_for(pairs: int, *, epochs: float = 4.0, batch: int = BATCH, least: int
     """Training steps for `pairs`: `epochs` passes, within [least, most] (minutes on 2 cores, not hours).
 
     steps_for(120) -> 15, steps_for(10) -> 8, steps_for(5000) -> 30"""
-    return int(min(most, max(least, np.ceil(epochs * pairs / batch))))
+    return int(min(most, max(least, math.ceil(epochs * pairs / batch))))
 
 
 def free_threads() -> int:
@@ -146,6 +146,7 @@ def train(base: Path, pairs: list[Pair], *, layer: int, pooling: str, query_pref
 
 
 def _train(base, pairs, layer, pooling, query_prefix, passage_prefix, steps, batch, learning_rate, scale, seed, progress):
+    import numpy as np
     import torch
     import transformers
 

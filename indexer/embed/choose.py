@@ -15,18 +15,16 @@ measurements, so tests feed it figures.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import platform
 import time
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
 from indexer.embed import onnx_model
+from indexer.embed.machine import CHOICE_FORMAT, choice_file, machine_key, native_bf16
 from indexer.embed.measure import Measurement, measure
 from indexer.embed.runners import OnnxRunner, RunPath, TorchRunner, onnx_runner
 from indexer.errors import BertdexError
@@ -34,7 +32,6 @@ from indexer.errors import BertdexError
 PRECISIONS = ("auto", "fp32", "bf16")
 BACKENDS = ("auto", "onnx", "torch")
 SINGLE_SLACK = 1.15     # the chosen path's one-question time is within 15% of the fastest path's
-CHOICE_FORMAT = 2  # 2: a bulk and a question path, the export's name, the tokenizer check
 PURPOSES = ("bulk", "question")
 
 
@@ -99,55 +96,6 @@ def choose_paths(measurements: list[Measurement]) -> Paths:
                         + ("" if m.passes else " (refused: " + (m.error or f"cosine {m.cosine_min:.5f}") + ")")
                         for m in measurements)
     return Paths(bulk.path, question.path, f"measured fastest here: {figures}")
-
-
-def machine_key() -> dict:
-    """What decides speed here: CPU model, its flags, cores, GPUs, the libraries' versions (read without importing them)."""
-    model, flags = platform.processor(), ""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name") and model in ("", platform.machine()):
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags") and not flags:
-                    flags = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    versions = {}
-    for package in ("torch", "numpy", "onnxruntime"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cpu": model, "flags": hashlib.sha256(flags.encode()).hexdigest()[:12], "cores": cores, "gpu": _gpus(),
-            "versions": versions}
-
-
-def _gpus() -> str | None:
-    """The NVIDIA GPUs the driver lists (their models), None when there is none."""
-    try:
-        models = sorted(line.split(":", 1)[1].strip() for info in Path("/proc/driver/nvidia/gpus").glob("*/information")
-                        for line in info.read_text().splitlines() if line.startswith("Model:"))
-    except OSError:
-        return None
-    return ", ".join(models) or None
-
-
-def native_bf16() -> bool:
-    """The CPU multiplies bf16 in hardware (AVX512-BF16 or AMX): only then is bf16 worth measuring."""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            flags = next((line.split() for line in handle if line.startswith("flags")), [])
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def choice_file(cache: Path, checksum: str, keep_layers: int, precision: str, backend: str, machine: dict) -> Path:
-    """Where the choice for this model, layer count, forced options and machine is kept (they decide the candidates)."""
-    key = json.dumps([CHOICE_FORMAT, machine, precision, backend], sort_keys=True)
-    return cache / "choices" / f"{checksum}-L{keep_layers}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 
 
 def pick_runner(encoder, keep_layers: int | None, *, precision: str, backend: str, cache: Path | None,

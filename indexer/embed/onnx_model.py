@@ -17,9 +17,12 @@ import os
 import shutil
 import tempfile
 import warnings
+import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 FORMAT = 1  # bump when the exported graph changes, so older cached files are not reused
 DEFAULT_CACHE = Path.home() / ".cache" / "bertdex" / "onnx"
@@ -55,18 +58,9 @@ class OnnxModel:
     """An ONNX Runtime session for one exported model; `run` returns the pooled layer's hidden states."""
 
     def __init__(self, path: Path, threads: int, spinning: bool | None = None):
-        import onnxruntime
-
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = max(1, threads)
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
         self.spinning = _SPINNING if spinning is None else spinning
-        if not self.spinning:
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.path, self.threads = path, threads
-        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = _take_early(path, threads, self.spinning) or _new_session(path, threads, self.spinning)
         self.inputs = tuple(item.name for item in self.session.get_inputs())
 
     def run(self, input_ids: np.ndarray, attention: np.ndarray, token_types: np.ndarray) -> np.ndarray:
@@ -76,6 +70,61 @@ class OnnxModel:
     def without_spinning(self) -> "OnnxModel":
         """This model in a session whose threads sleep between runs (itself if they already do)."""
         return self if not self.spinning else OnnxModel(self.path, self.threads, spinning=False)
+
+
+def _new_session(path: Path, threads: int, spinning: bool):
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = max(1, threads)
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+class _Early(threading.Thread):
+    """A session being made on a thread of its own (ONNX Runtime reads and optimizes the model without
+    holding the GIL: ~0.15 s of CPU for MiniLM), for the OnnxModel of the same file and threads made later."""
+
+    def __init__(self, path: Path, threads: int, spinning: bool):
+        super().__init__(name="bertdex-early-session", daemon=True)
+        self.path, self.threads, self.spinning = path, threads, spinning
+        self.session = None
+
+    def run(self) -> None:
+        try:
+            self.session = _new_session(self.path, self.threads, self.spinning)
+        except Exception:
+            self.session = None  # the OnnxModel that asks makes its own, and reports what fails
+
+
+_EARLY: dict[tuple[str, int, bool], _Early] = {}
+_EARLY_LOCK = threading.Lock()
+
+
+def start_session(path: Path, threads: int) -> None:
+    """Begin making the session that OnnxModel(path, threads) will take, while the caller goes on (imports,
+    opening an index). At most one early session a file and thread count; one never taken is dropped with
+    the process."""
+    key = (str(Path(path).resolve()), threads, _SPINNING)
+    with _EARLY_LOCK:
+        if key in _EARLY:
+            return
+        _EARLY[key] = early = _Early(Path(path), threads, _SPINNING)
+    early.start()
+
+
+def _take_early(path: Path, threads: int, spinning: bool):
+    """The early session of this file, threads and spinning (waiting for it), else None."""
+    with _EARLY_LOCK:
+        early = _EARLY.pop((str(Path(path).resolve()), threads, spinning), None)
+    if early is None:
+        return None
+    early.join()
+    return early.session
 
 
 # ONNX Runtime's threads spin for a while after each run, which makes the next run of the same session
@@ -183,6 +232,7 @@ def _fuse(plain: Path, fused: Path, heads: int, hidden: int) -> bool:
 
 
 def _agrees(session: OnnxModel, model, probe: dict[str, np.ndarray]) -> bool:
+    import numpy as np
     import torch
 
     with torch.inference_mode():

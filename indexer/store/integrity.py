@@ -17,6 +17,8 @@ from urllib.parse import quote
 
 from indexer.errors import DiskFull, IndexDamaged, IndexReadOnly
 
+DB_NAME = "bertdex.db"  # an index folder's SQLite file (indexer.store.manifest)
+
 FAISS_HEADERS = (b"IxM2", b"IxMp")  # IndexIDMap2 / IndexIDMap: every bertdex vector file is one
 CHUNK_BYTES = 1 << 22
 # opening (search.checks) and `bertdex info` check the checksum of a file up to this size: BLAKE2b read

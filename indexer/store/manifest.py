@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 FORMAT_VERSION = 2  # 2: the vectors are segments (indexer.store.segments); 1: one FAISS file, read as one segment
 READABLE_FORMATS = (1, 2)
-DB_NAME = "bertdex.db"
+DB_NAME = integrity.DB_NAME
 
 SCHEMA_STEPS = []  # the schema's migrations, in order: `schema()` hands them to sqlite-utils
 
