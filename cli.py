@@ -13,6 +13,7 @@ import functools
 import shlex
 import json
 import re
+import os
 import sys
 from contextlib import contextmanager, nullcontext
 from enum import Enum
@@ -1487,5 +1488,27 @@ def main() -> int:
     return code if isinstance(code, int) else 0
 
 
+# commands that leave nothing behind to finish once their output is out: a question and `info`
+QUICK_EXIT = ("query", "info")
+
+
+def run() -> None:
+    """The `bertdex` command: `main()`, then, after a question or `info`, an exit that skips tearing down the
+    libraries loaded (ONNX Runtime's session, FAISS, numpy: ~50 ms of a ~0.45 s question from the shell) once
+    the output is flushed. Both only read the index; every other command exits as Python does."""
+    code = main()
+    if sys.argv[1:2] and sys.argv[1] in QUICK_EXIT:
+        import logging
+
+        logging.shutdown()
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except (BrokenPipeError, ValueError):
+            pass  # a reader that went away (`| head -1`): nothing left to say
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

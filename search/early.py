@@ -20,7 +20,10 @@ from pathlib import Path
 def start_question_model(folder: str | Path, *, model: str | None = None, precision: str = "auto",
                          backend: str = "auto", threads: int | None = None) -> bool:
     """Start making the question session of index `folder` when this machine saved an ONNX Runtime question
-    path for its model; True when one was started. Never raises."""
+    path for its model; True when one was started. Never raises.
+
+    (Kiwi, which a Korean question's keyword side loads, is not started here: it holds the GIL while it
+    loads, ~1 s, so it would only take turns with the imports.)"""
     if model is not None or precision == "bf16" or backend == "torch":
         return False
     try:
@@ -29,25 +32,31 @@ def start_question_model(folder: str | Path, *, model: str | None = None, precis
         return False  # the Searcher decides and reports
 
 
-def _start(folder: Path, precision: str, backend: str, threads: int | None) -> bool:
-    from indexer.embed import onnx_model
-    from indexer.embed.machine import choice_file, machine_key
-    from indexer.embed.models import known_model, model_checksum, resolve_model_folder
-    from indexer.embed.tokenizer import has_fast_tokenizer
+def _manifest_value(folder: Path, name: str):
     from indexer.store.integrity import DB_NAME, connect_readonly
 
     conn = connect_readonly(folder / DB_NAME)
     try:
-        row = conn.execute("SELECT value FROM manifest WHERE name = 'recipe'").fetchone()
+        row = conn.execute("SELECT value FROM manifest WHERE name = ?", [name]).fetchone()
     finally:
         conn.close()
-    recipe = json.loads(row[0])
+    return json.loads(row[0]) if row else None
+
+
+def _start(folder: Path, precision: str, backend: str, threads: int | None) -> bool:
+    from indexer.embed import onnx_model
+    from indexer.embed.machine import choice_file, machine_key
+    from indexer.embed.models import known_model, model_checksum, resolve_model_folder
+
+    recipe = _manifest_value(folder, "recipe")
     name = recipe["model"]
     if recipe.get("companion") or (known_model(name) is None and not Path(name).expanduser().is_dir()):
         return False  # a pair, or an adapted or hub model: found by the Searcher (a hub name may download)
     model_folder = resolve_model_folder(name)
     checksum = model_checksum(model_folder)
-    if checksum != recipe["model_checksum"] or not has_fast_tokenizer(model_folder) or not onnx_model.available():
+    # (tokenizer.json, as indexer.embed.tokenizer.has_fast_tokenizer checks, without importing `tokenizers` yet)
+    if checksum != recipe["model_checksum"] or not (model_folder / "tokenizer.json").is_file() \
+            or not onnx_model.available():
         return False
     saved = json.loads(choice_file(onnx_model.DEFAULT_CACHE, checksum, recipe["layer"], precision, backend,
                                    machine_key()).read_text())

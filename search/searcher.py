@@ -148,6 +148,20 @@ class Searcher:
         window, a list holding each question's [windows, d] vectors instead."""
         return self.embed_questions(questions, long_questions=long_questions)[1]
 
+    def warm_up(self) -> None:
+        """Pay a first question's one-off costs now (`serve` does, before it says it is ready): the encoder's
+        (its arena, its threads) and, where the keyword side reads Korean (an index of Korean entries not
+        searched dense alone), loading Kiwi (~1 s)."""
+        self.embed(["warm up"])
+        from indexer.store.keywords import KIWI_SCHEMES, hangul_syllable, korean_morphemes, scheme_of
+
+        with self._snapshot():
+            settings = self.manifest.settings
+            sample = [row[0] for row in self.db.execute("SELECT text FROM documents LIMIT 50").fetchall()]
+        if settings.search.mode != "dense" and scheme_of(settings) in KIWI_SCHEMES \
+                and any(hangul_syllable(text) is not None for text in sample):
+            korean_morphemes("준비")
+
     def _embed_by(self, recipe: Recipe, settings, questions: list[str], long_questions: str | None = None):
         embedded = question_vectors(self.encoder_for_recipe(recipe), recipe, settings, questions,
                                     long_questions=long_questions)

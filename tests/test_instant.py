@@ -71,9 +71,17 @@ def saved_home(resolved, tmp_path_factory):
     cache.mkdir(parents=True)
     folder, layer = resolved.encoder.folder, resolved.recipe.layer
     exported = Encoder(folder, keep_layers=layer, backend="onnx").runner.session.path
-    (cache / exported.name).symlink_to(exported)
+    link_export(exported, cache)
     write_choice(cache, resolved, bulk=BF16, question=ONNX, export=exported.name)
     return home
+
+
+def link_export(graph: Path, folder: Path) -> None:
+    """Links in `folder` to a cached export's graph and its weights (which it names beside it)."""
+    from indexer.embed import onnx_model
+
+    for path in onnx_model.export_files(graph):
+        (folder / path.name).symlink_to(path)
 
 
 def write_choice(cache, resolved, *, bulk, question, export, fast_tokenizer=None):
@@ -131,9 +139,9 @@ def test_the_question_and_bulk_paths_come_from_the_same_choice_and_agree(saved_h
 
 def test_without_a_checked_tokenizer_or_an_onnx_question_path_the_question_loads_pytorch(saved_home, resolved, tmp_path):
     folder, layer = resolved.encoder.folder, resolved.recipe.layer
-    exported = (saved_home / ".cache" / "bertdex" / "onnx").glob("*.onnx")
-    name = next(exported).name
-    (tmp_path / name).symlink_to(saved_home / ".cache" / "bertdex" / "onnx" / name)
+    exported = next((saved_home / ".cache" / "bertdex" / "onnx").glob("*.onnx"))
+    name = exported.name
+    link_export(exported, tmp_path)
     write_choice(tmp_path, resolved, bulk=ONNX, question=ONNX, export=name, fast_tokenizer=False)
     assert choose.saved_question_path(folder, layer, precision="auto", backend="auto", cache=tmp_path, checksum=None,
                                       threads=None) is None
@@ -223,8 +231,9 @@ def test_a_query_takes_the_session_started_before_its_imports(saved_home, resolv
     home = tmp_path / "home"
     cache = home / ".cache" / "bertdex" / "onnx"
     cache.mkdir(parents=True)
-    name = next((saved_home / ".cache" / "bertdex" / "onnx").glob("*.onnx")).name
-    (cache / name).symlink_to(saved_home / ".cache" / "bertdex" / "onnx" / name)
+    exported = next((saved_home / ".cache" / "bertdex" / "onnx").glob("*.onnx"))
+    name = exported.name
+    link_export(exported, cache)
     write_choice(cache, resolved, bulk=ONNX, question=TORCH, export=name)
     late = run_early(faq_index_master, home, question)
     assert (late["started"], late["taken"], late["key"]) == (False, False, expected.key)

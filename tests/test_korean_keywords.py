@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -221,3 +222,15 @@ def test_a_korean_faq_starts_hybrid_and_its_scores_are_cosines_a_cut_can_use(tmp
     off_topic = searcher.search("오늘 저녁 메뉴로 김치찌개 어때요?", k=1, min_score=float("-inf"))[0].score
     assert off_topic < search.min_score <= hybrid[0].score and search.cut["language"] == "ko"
     searcher.close()
+
+
+def test_a_warmed_up_searcher_has_kiwi_loaded_only_where_korean_keywords_will_run(ko_built, faq_index_master):
+    """`serve` warms up before it says it is ready: a Korean hybrid index's first answer must not load Kiwi (~1 s)."""
+    code = ("import sys, indexer.store.keywords as k; from search import Searcher; s = Searcher(sys.argv[1]); "
+            "s.warm_up(); print(s.manifest.settings.search.mode, k._kiwi is not None)")
+    answers = []
+    for folder in (ko_built, faq_index_master):
+        result = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, cwd=ROOT,
+                                timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        answers.append(result.stdout.split())
+    assert answers == [["hybrid", "True"], ["dense", "False"]], result.stderr

@@ -331,6 +331,7 @@ def test_onnx_runtime_matches_pytorch_fp32(torch_encoder, resolved):
 
 @pytest.mark.slow
 def test_an_export_is_cached_reused_without_pytorch_and_rebuilt_when_damaged(resolved, torch_encoder, tmp_path):
+    from indexer.embed import onnx_model
     from indexer.embed.encoder import Encoder
 
     folder, layer = resolved.encoder.folder, 3  # a layer no other test exports: this one pays the export
@@ -344,9 +345,12 @@ def test_an_export_is_cached_reused_without_pytorch_and_rebuilt_when_damaged(res
     assert second.backend == "onnx" and second.model is None  # the cached export alone: no PyTorch weights loaded
     assert np.min(np.sum(second.embed(SENTENCES, layer=layer, pooling="mean").vectors * reference, axis=1)) >= 0.99999
 
-    cached.write_bytes(cached.read_bytes()[:1000])  # a crash mid-copy, a full disk
+    (weights,) = tmp_path.glob("*.data")  # the graph's weights beside it (onnx_model.write_export)
+    assert onnx_model.export_files(cached) == [weights, cached] and weights.stat().st_size > 1_000_000
+    size = weights.stat().st_size
+    weights.write_bytes(weights.read_bytes()[:1000])  # a crash mid-copy, a full disk
     third = Encoder(folder, keep_layers=layer, cache=tmp_path, backend="onnx")
-    assert third.backend == "onnx" and cached.stat().st_size > 1_000_000
+    assert third.backend == "onnx" and weights.stat().st_size == size
     assert np.min(np.sum(third.embed(SENTENCES, layer=layer, pooling="mean").vectors * reference, axis=1)) >= 0.99999
 
 

@@ -18,7 +18,7 @@ from indexer.embed import choose, onnx_model
 from indexer.embed.models import model_config
 from indexer.embed.pooling import normalize, pool
 from indexer.embed.projection import apply_map
-from indexer.embed.tokenizer import FastTokenizer
+from indexer.embed.tokenizer import FastTokenizer, has_fast_tokenizer
 from indexer.errors import BertdexError
 
 # Padded tokens and rows per forward pass: smaller batches keep the activations nearer the cache. On
@@ -86,12 +86,14 @@ class Encoder:
             raise BertdexError(f"--max-length {max_length} is too small: use at least 8 tokens")
         if keep_layers is not None and keep_layers > self.num_layers:
             keep_layers = None
-        # a question on a path saved for this machine comes without torch and transformers (seconds of imports)
+        # a question on a path saved for this machine comes without torch and transformers (seconds of imports);
+        # its tokenizer is read first, while a session started early (search.early) may still be in the making
+        fast = _fast_tokenizer(self.folder) if purpose == "question" else None
         choice = choose.saved_question_path(self.folder, keep_layers, precision=precision, backend=backend,
                                             cache=cache, checksum=checksum, threads=threads) \
-            if purpose == "question" else None
+            if fast is not None else None
         if choice is not None:
-            self.tokenizer, self.threads = FastTokenizer(self.folder), choice.runner.session.threads
+            self.tokenizer, self.threads = fast, choice.runner.session.threads
         else:
             self.tokenizer, self.threads = self._load_transformers(threads)
             choice = choose.pick_runner(self, keep_layers, precision=precision, backend=backend, cache=cache,
@@ -326,3 +328,13 @@ def _length_batches(lengths: list[int], budget: int = BATCH_TOKENS, max_batch: i
     if current:
         batches.append(np.asarray(current))
     return batches
+
+
+def _fast_tokenizer(folder: Path) -> FastTokenizer | None:
+    """The model's tokenizer.json read by `tokenizers` alone, or None (none, or one it cannot read)."""
+    if not has_fast_tokenizer(folder):
+        return None
+    try:
+        return FastTokenizer(folder)
+    except Exception:
+        return None  # the question loads transformers' tokenizer, as without a saved path

@@ -14,7 +14,7 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
-CHOICE_FORMAT = 2  # 2: a bulk and a question path, the export's name, the tokenizer check
+CHOICE_FORMAT = 3  # 2: a bulk and a question path, the export's name, the tokenizer check; 3: exports of format 2
 
 
 def machine_key() -> dict:

@@ -10,21 +10,25 @@ never used. This module does not tokenize or pool: the Encoder does, for both pa
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
 import io
 import logging
 import os
 import shutil
 import tempfile
-import warnings
 import threading
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import numpy as np
 
-FORMAT = 1  # bump when the exported graph changes, so older cached files are not reused
+# bump when the exported files change, so older cached ones are not reused. 2: the weights in a file beside the
+# graph (`write_export`), which ONNX Runtime maps instead of parsing them out of the graph: a session in
+# 0.07 s instead of 0.13 s for MiniLM, 0.1 s instead of 0.9 s for multilingual-e5-small (471 MB)
+FORMAT = 2
 DEFAULT_CACHE = Path.home() / ".cache" / "bertdex" / "onnx"
 FALLBACK_CACHE = Path(tempfile.gettempdir()) / f"bertdex-onnx-{os.getuid()}"
 TOLERANCE = 1e-3  # max |ONNX - PyTorch| over real tokens' hidden states accepted at export (seen: ~2e-6)
@@ -109,6 +113,8 @@ def start_session(path: Path, threads: int) -> None:
     """Begin making the session that OnnxModel(path, threads) will take, while the caller goes on (imports,
     opening an index). At most one early session a file and thread count; one never taken is dropped with
     the process."""
+    import onnxruntime  # noqa: F401  here, not on the thread: two threads importing numpy at once can break it
+
     key = (str(Path(path).resolve()), threads, _SPINNING)
     with _EARLY_LOCK:
         if key in _EARLY:
@@ -177,14 +183,53 @@ def load_or_export(path: Path | None, source, *, inputs: tuple[str, ...], heads:
             target = folder / path.name
             try:
                 folder.mkdir(parents=True, exist_ok=True)
-                partial = folder / f".{path.name}.{os.getpid()}.partial"
-                shutil.copyfile(candidate, partial)
-                os.replace(partial, target)
+                write_export(candidate, target)
             except OSError:
                 continue
             session.path = target
             return session
         return session  # nowhere to write: the export serves this process only
+
+
+def write_export(source: Path, target: Path) -> None:
+    """The export `source` (one file) cached as the graph `target` and its weights beside it,
+    `<target stem>.<hash of the weights>.data`: the weights first, then the graph, each put in place by a
+    rename, so a reader that finds the graph finds its weights whole. Two processes exporting at once each
+    point their graph at weights named by their content, never at the other's."""
+    import onnx
+
+    model = onnx.load(str(source))
+    staging = target.parent / f".{target.name}.{os.getpid()}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        onnx.save_model(model, str(staging / "graph.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location="weights.data", size_threshold=1024)
+        digest = hashlib.blake2b(digest_size=8)
+        with open(staging / "weights.data", "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+        weights = f"{target.stem}.{digest.hexdigest()}.data"
+        for tensor in onnx.external_data_helper._get_all_tensors(model):
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = weights
+        onnx.save_model(model, str(staging / "graph.onnx"))  # the same graph, naming its weights' final file
+        shutil.copymode(staging / "graph.onnx", staging / "weights.data")  # the umask's mode, not onnx's 0600
+        os.replace(staging / "weights.data", target.parent / weights)
+        os.replace(staging / "graph.onnx", target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def export_files(path: Path) -> list[Path]:
+    """The files of a cached export, its weights first and the graph last (the order to install them in)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False)
+    names = {entry.value for tensor in onnx.external_data_helper._get_all_tensors(graph)
+             for entry in tensor.external_data if entry.key == "location"}
+    return [path.parent / name for name in sorted(names)] + [path]
 
 
 def _export(model, target: Path, inputs: tuple[str, ...]) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from indexer.embed import onnx_model
 from indexer.embed.adapted import is_adapted
 from indexer.embed.encoder import Embedded, Encoder
 from indexer.embed.recipe import Recipe
@@ -90,21 +91,20 @@ def _init(ray, address: str, root: Path) -> None:
 class EmbedWorker:
     """One actor: one encoder, loaded once (`ray.remote` is applied in RayEmbedder)."""
 
-    def __init__(self, recipe: dict, precision: str, backend: str, onnx: tuple[str, list] | None, threads: int,
+    def __init__(self, recipe: dict, precision: str, backend: str, onnx: tuple[list[str], list] | None, threads: int,
                  model: str | None = None, projection: list | None = None):
         import torch
 
-        from indexer.embed import onnx_model
         from indexer.embed.resolve import encoder_for
 
         torch.set_num_threads(threads)
         if onnx is not None:  # the driver's export: write it to this machine's cache unless it is there
-            name, holder = onnx
-            path = onnx_model.DEFAULT_CACHE / name
-            if onnx_model.find_cached(path) is None:
+            names, holder = onnx
+            if onnx_model.find_cached(onnx_model.DEFAULT_CACHE / names[-1]) is None:
                 import ray
 
-                _write_atomically(path, ray.get(holder[0]))
+                for name, data in zip(names, ray.get(holder[0])):  # its weights first, the graph last
+                    _write_atomically(onnx_model.DEFAULT_CACHE / name, data)
         if projection is not None:  # the index's learned map: the actor never opened the index folder
             from indexer.embed.projection import remember_map
 
@@ -138,7 +138,8 @@ class RayEmbedder:
             onnx = None  # a local Ray's actors find the export in this machine's cache
             session = getattr(encoder.runner, "session", None)  # the ONNX Runtime runner's export
             if address != "local" and session is not None and Path(getattr(session, "path", "")).is_file():
-                onnx = (Path(session.path).name, [ray.put(Path(session.path).read_bytes())])
+                files = onnx_model.export_files(Path(session.path))
+                onnx = ([f.name for f in files], [ray.put([f.read_bytes() for f in files])])
             worker = ray.remote(num_cpus=THREADS, num_gpus=gpus, max_restarts=MAX_RESTARTS,
                                 max_task_retries=MAX_RESTARTS)(EmbedWorker)
             backend = "onnx" if encoder.backend == "onnx" else "torch"

@@ -272,7 +272,7 @@ def serve(folder: str | Path, *, host: str = "127.0.0.1", port: int = 8000, api_
                      threads=threads, feedback=not read_only, query_log=query_log and not read_only,
                      access_log=access_log, read_only_reason="started with --read-only" if read_only else None,
                      host=host)
-    app.state.service.searcher.embed(["warm up"])  # the first question's one-off costs (arena, threads), paid here
+    app.state.service.searcher.warm_up()  # the first question's one-off costs (arena, threads, Kiwi), paid here
     config = uvicorn.Config(app, log_level=log_level, server_header=False, limit_concurrency=512,
                             timeout_keep_alive=5, access_log=False)
     if ready is not None:
