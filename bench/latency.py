@@ -157,7 +157,8 @@ def convert(flat: Path, target: Path, index_type: str) -> None:
     shutil.copytree(flat, target, ignore=shutil.ignore_patterns("write.lock"))
     with IndexWriter.open(target) as writer:
         writer.set_manifest(Manifest(**{**writer.manifest.__dict__, "index_type": index_type, "index_params": {}}))
-        final = writer.commit()
+        writer.merge(0)  # the whole index rebuilt as its (new) type, as `bertdex compact` does: a plain commit
+        final = writer.commit()  # of no new vectors would write nothing (segments)
     print(f"converted {target.name} in {time.perf_counter() - started:.0f} s: {final.index_params}", flush=True)
 
 
@@ -166,6 +167,7 @@ def retune(folder: Path) -> None:
 
     started = time.perf_counter()
     with IndexWriter.open(folder) as writer:
+        writer.merge(0)
         final = writer.commit()
     print(f"retuned {folder.name} in {time.perf_counter() - started:.0f} s: {final.index_params}", flush=True)
 
