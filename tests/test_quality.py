@@ -255,6 +255,26 @@ def test_warns_when_the_tokenizer_splits_hangul_into_jamo(ko_index, faq_index_ma
     assert index_warnings(faq_index_master) == []
 
 
+def test_the_warnings_are_remembered_until_a_write(ko_index, tmp_path, encoder):
+    """`info` on an e5 index loaded its 250k-piece tokenizer each time (~0.6 s): the warnings are kept per generation."""
+    import shutil
+
+    from indexer.ingest.build import add_documents
+    from indexer.store.coverage import index_warnings
+
+    folder, memo = tmp_path / "ko", tmp_path / "memo"
+    shutil.copytree(ko_index, folder, ignore=shutil.ignore_patterns("write.lock"))
+    first = index_warnings(folder, memo=memo)
+    (kept,) = memo.glob("*.json")
+    assert any("jamo" in w for w in first) and json.loads(kept.read_text()) == first
+    kept.write_text(json.dumps(["remembered"]))  # what the memo says is what comes back, without a tokenizer
+    assert index_warnings(folder, memo=memo) == ["remembered"]
+    source = tmp_path / "more.csv"
+    source.write_text("id,group,question\nko-new,g-refund,환불은 언제 되나요?\n", encoding="utf-8")
+    add_documents(folder, source, text_fields=["question"], group_field="group", encoder=encoder)  # a new generation: looked at again
+    assert index_warnings(folder, memo=memo) == first and len(list(memo.glob("*.json"))) == 2
+
+
 def test_full_width_and_decomposed_text_is_normalized_before_matching(faq_index_master, encoder):
     import unicodedata
 

@@ -8,10 +8,14 @@ the Korean meaning, and keyword or hybrid search does better. Only the tokenizer
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from pathlib import Path
 
 from indexer.store.keywords import hangul_syllable, has_jamo
 
+WARNINGS_MEMO = Path.home() / ".cache" / "bertdex" / "warnings"
 UNK_SHARE = 0.05
 HANGUL_SHARE = 0.1
 SAMPLE = 2000
@@ -40,9 +44,12 @@ def tokenizer_warnings(tokenizer, texts: list[str]) -> list[str]:
     return warnings
 
 
-def index_warnings(folder: str | Path, sample: int = SAMPLE) -> list[str]:
-    """tokenizer_warnings() for up to `sample` entries of an index (evenly spread), with its model's tokenizer."""
-    from indexer.embed.models import resolve_model_folder
+def index_warnings(folder: str | Path, sample: int = SAMPLE, memo: Path | None = WARNINGS_MEMO) -> list[str]:
+    """tokenizer_warnings() for up to `sample` entries of an index (evenly spread), with its model's tokenizer.
+
+    Loading a tokenizer costs ~0.6 s for multilingual-e5-small's 250k pieces, on every `bertdex info`: the
+    warnings are kept in `memo` (None: none) under the folder, its generation and its models' checksums,
+    and found again until a write commits a new generation."""
     from indexer.store.folder import check_index_folder, connect, read_manifest
 
     folder = check_index_folder(Path(folder))
@@ -54,13 +61,40 @@ def index_warnings(folder: str | Path, sample: int = SAMPLE) -> list[str]:
         texts = [row[0] for row in db.execute("SELECT text FROM documents WHERE id % ? = 0 LIMIT ?", [step, sample])]
     finally:
         db.close()
-    recipe, found = manifest.recipe, []
+    recipe = manifest.recipe
+    key = json.dumps([str(folder.resolve()), manifest.generation, count, sample, recipe.model_checksum,
+                      recipe.companion.model_checksum if recipe.companion else None])
+    remembered = memo / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json" if memo is not None else None
+    try:
+        if remembered is not None:
+            return json.loads(remembered.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        pass
+    warnings = _warnings(recipe, texts)
+    if warnings is None:
+        return []
+    if remembered is not None:
+        try:
+            remembered.parent.mkdir(parents=True, exist_ok=True)
+            partial = remembered.with_suffix(f".{os.getpid()}.partial")
+            partial.write_text(json.dumps(warnings), encoding="utf-8")
+            os.replace(partial, remembered)
+        except OSError:
+            pass  # an unwritable cache: load the tokenizer again next time
+    return warnings
+
+
+def _warnings(recipe, texts: list[str]) -> list[str] | None:
+    """The warnings, or None when a model is not reachable here (nothing to say, nothing to remember)."""
+    from indexer.embed.models import resolve_model_folder
+
+    found = []
     # with a companion model, a warning stands only when neither model reads the text
     for model in [recipe.model] + ([recipe.companion.model] if recipe.companion else []):
         try:
             tokenizer = load_tokenizer(resolve_model_folder(model))
         except Exception:  # the model is not reachable here: nothing to say about its tokenizer
-            return []
+            return None
         found.append(tokenizer_warnings(tokenizer, texts))
     return found[0] if all(found) else []
 
