@@ -166,6 +166,10 @@ def test_commands_that_touch_no_model_import_none_of_the_heavy_modules(saved_hom
     assert heavy == []
     info = json.loads(out.splitlines()[0])
     assert info["documents"] == 50 and info["warnings"] == []
+    # both paths of this machine's saved choice, as fed (bulk bf16, questions ONNX Runtime); none measured yet: None
+    assert info["paths_here"] == {"bulk": "torch bf16 (cpu)", "question": "onnx fp32 (cpu)"}
+    out, _ = run_commands([["info", str(faq_index), "--json"]], tmp_path)
+    assert json.loads(out)["paths_here"] is None
 
 
 @pytest.mark.slow

@@ -64,3 +64,14 @@ def choice_file(cache: Path, checksum: str, keep_layers: int, precision: str, ba
     """Where the choice for this model, layer count, forced options and machine is kept (they decide the candidates)."""
     key = json.dumps([CHOICE_FORMAT, machine, precision, backend], sort_keys=True)
     return cache / "choices" / f"{checksum}-L{keep_layers}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+
+
+def saved_paths(cache: Path, checksum: str, keep_layers: int) -> dict | None:
+    """{"bulk": label, "question": label} of this machine's saved choice for a model and layer count (with
+    no option forced), or None when it has not measured them yet. Reads one small file; imports nothing."""
+    try:
+        saved = json.loads(choice_file(cache, checksum, keep_layers, "auto", "auto", machine_key()).read_text())
+        return {purpose: "{backend} {precision} ({device})".format(**{"device": "cpu", **saved[key]})
+                for purpose, key in (("bulk", "chosen"), ("question", "question"))}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

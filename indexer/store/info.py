@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from indexer.store.coverage import index_warnings
+from indexer.embed.machine import saved_paths
 from indexer.embed.models import resolve_model_folder, trained_pooling
+from indexer.embed.onnx_model import DEFAULT_CACHE
 from indexer.store.folder import open_manifest
 from indexer.store.segments import records_of
 
@@ -38,6 +40,9 @@ def index_info(folder: str | Path) -> dict:
            if manifest.settings.adapted else {}),
         "encoded_with": list(manifest.encoded_with),
         "vectors_note": vectors_note(manifest.encoded_with),
+        # the two paths this machine runs the index's model on (bulk: index, add, re-embed; question: query,
+        # serve), from its saved choice; None until it has measured them (indexer.embed.choose)
+        "paths_here": saved_paths(DEFAULT_CACHE, recipe.model_checksum, recipe.layer),
         "index_type": manifest.index_type,
         "index_params": manifest.index_params,
         "cut": {"min_score": manifest.settings.search.min_score, "source": manifest.settings.search.cut_source(),
