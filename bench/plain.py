@@ -25,6 +25,7 @@ import platform
 import shlex
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -61,17 +62,21 @@ def main() -> None:
     parser.add_argument("--sets", default=",".join(SETS), help="comma-separated set names")
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "out" / "plain")
     parser.add_argument("--rebuild", action="store_true", help="index again (after a change of the keyword terms)")
+    parser.add_argument("--sweep", action="store_true", help="also print hybrid MRR@10 by fusion x dense weight")
     args = parser.parse_args()
     started = time.perf_counter()
     rows = []
     for name in args.sets.split(","):
         if name not in SETS:
             raise SystemExit(f"unknown set {name!r}: choose from {', '.join(SETS)}")
-        rows.append(measure(name, args.data, args.work, args.rebuild))
+        rows.append(measure(name, args.data, args.work, args.rebuild, args.sweep))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     print(f"command: python {shlex.join(sys.argv)}  ({time.perf_counter() - started:.0f} s, "
           f"{platform.machine()} {cpu_name()})")
     print(table(rows))
+    if args.sweep:
+        print()
+        print(sweep_table(rows))
 
 
 def source(name: str, data: Path, work: Path) -> tuple[Path, dict, dict, str]:
@@ -166,7 +171,29 @@ def index(name: str, data: Path, work: Path, rebuild: bool):
     folder = work / name.replace(" ", "_").replace("+", "")
     if rebuild or not (folder / "bertdex.db").exists():
         build_index(entries, folder, text_fields=SETS[name][0], id_field=id_field, replace=folder.exists())
+    else:
+        start_as_now(folder)
     return folder, queries, qrels
+
+
+def start_as_now(folder: Path) -> None:
+    """A cached index takes the mode, fusion and weight a new index of its entries starts in now (one commit
+    of its settings: its vectors and keywords are the same), so a change of the starting rule needs no --rebuild."""
+    from indexer.embed.models import LANGUAGE_SAMPLE
+    from indexer.ingest.build import starting_search
+    from indexer.ingest.reembed import store_search_settings
+    from indexer.store.folder import connect, read_manifest
+
+    db = connect(folder, readonly=True)
+    try:
+        search = read_manifest(db, folder).settings.search
+        texts = [row[0] for row in db.execute("SELECT text FROM documents ORDER BY id LIMIT ?", [LANGUAGE_SAMPLE])]
+    finally:
+        db.close()
+    now = starting_search(texts)
+    if (now.mode, now.fusion, now.weight) != (search.mode, search.fusion, search.weight):
+        store_search_settings(folder, replace(search, mode=now.mode, fusion=now.fusion, weight=now.weight,
+                                              reason=now.reason))
 
 
 def cached_vectors(searcher, texts: list[str], work: Path, tag: str):
@@ -189,7 +216,19 @@ def off_topic_tests(language: str) -> list[str]:
     return [q for q in found if (hangul_syllable(q) is not None) == (language == "ko")]
 
 
-def measure(name: str, data: Path, work: Path, rebuild: bool) -> dict:
+# what a new index started in before the agreement fusion (issue 22): English dense, Korean score fusion at 0.8
+BEFORE = {"en": ("dense", "score", 0.5), "ko": ("hybrid", "score", 0.8)}
+SWEEP = [(fusion, weight) for fusion in ("score", "rank", "cosine", "agreement") for weight in (0.5, 0.6, 0.7, 0.8, 0.9)]
+
+
+def answer_as(searcher, fusion: str) -> None:
+    """Let `searcher` answer hybrid questions with `fusion` (in memory: the index is not written)."""
+    manifest = searcher.manifest
+    search = replace(manifest.settings.search, fusion=fusion)
+    searcher.manifest = replace(manifest, settings=replace(manifest.settings, search=search))
+
+
+def measure(name: str, data: Path, work: Path, rebuild: bool, sweep: bool = False) -> dict:
     from search.quality.evaluate import keys_for_metrics
     from search.quality.metrics import query_metrics
     from search.searcher import Searcher
@@ -200,37 +239,57 @@ def measure(name: str, data: Path, work: Path, rebuild: bool) -> dict:
     ids = [q for q in qrels if q in queries]
     texts = [queries[q] for q in ids]
     recipe, vectors = cached_vectors(searcher, texts, work, tag + ".queries")
-    tests = off_topic_tests(SETS[name][1])
+    language = SETS[name][1]
+    tests = off_topic_tests(language)
     _, test_vectors = cached_vectors(searcher, tests, work, tag + ".offtopic")
     search = searcher.manifest.settings.search
     row = {"set": name, "model": recipe.model.split("/")[-1], "documents": searcher.manifest.documents,
-           "queries": len(ids), "default mode": search.mode, "cut": search.min_score,
+           "queries": len(ids), "default mode": search.mode, "default weight": search.weight,
+           "default fusion": search.fusion, "cut": search.min_score,
            "cut source": (search.cut or {}).get("source") if hasattr(search, "cut") else None}
-    tops = {}
-    for mode in ("dense", "keyword", "hybrid"):
-        results = searcher.search_many(texts, 10, mode=mode, min_score=float("-inf"), vectors=vectors, recipe=recipe)
+
+    def run(mode: str, fusion: str, weight: float) -> tuple[list[dict], list]:
+        answer_as(searcher, fusion)
+        results = searcher.search_many(texts, 10, mode=mode, weight=weight, min_score=float("-inf"), vectors=vectors,
+                                       recipe=recipe)
         per = [query_metrics(keys_for_metrics([(h.key, h.variants) for h in hits], qrels[q]), qrels[q])
                for q, hits in zip(ids, results)]
-        row[f"{mode} mrr@10"] = float(np.mean([m["mrr@10"] for m in per]))
-        row[f"{mode} hit@1"] = float(np.mean([m["hit@1"] for m in per]))
-        tops[mode] = [(hits[0].score if hits else float("-inf"), bool(hits) and m["hit@1"] > 0) for hits, m in zip(results, per)]
-    mode = search.mode
-    row["default mrr@10"], row["default hit@1"] = row[f"{mode} mrr@10"], row[f"{mode} hit@1"]
-    if search.min_score is not None and mode != "keyword":
-        refused = searcher.search_many(tests, 1, mode=mode, vectors=test_vectors, recipe=recipe)
-        right = [score for score, ok in tops[mode] if ok]
+        return per, [(hits[0].score if hits else float("-inf"), bool(hits) and m["hit@1"] > 0)
+                     for hits, m in zip(results, per)]
+
+    runs = {"dense": ("dense", search.fusion, search.weight), "keyword": ("keyword", search.fusion, search.weight),
+            "hybrid 0.5": ("hybrid", "score", 0.5), "before": BEFORE[language],
+            "default": (search.mode, search.fusion, search.weight)}
+    runs.update({f"{fusion} {weight}": ("hybrid", fusion, weight) for fusion, weight in (SWEEP if sweep else [])})
+    tops = {}
+    for label, (mode, fusion, weight) in runs.items():
+        per, tops[label] = run(mode, fusion, weight)
+        row[f"{label} mrr@10"] = float(np.mean([m["mrr@10"] for m in per]))
+        row[f"{label} hit@1"] = float(np.mean([m["hit@1"] for m in per]))
+    answer_as(searcher, search.fusion)
+    row["before mode"] = BEFORE[language][0] + (f" {BEFORE[language][2]}" if BEFORE[language][0] == "hybrid" else "")
+    row["best single"] = max(row[f"{m} mrr@10"] for m in ("dense", "keyword", "hybrid 0.5"))
+    if search.min_score is not None and search.mode != "keyword":
+        refused = searcher.search_many(tests, 1, vectors=test_vectors, recipe=recipe)
+        right = [score for score, ok in tops["default"] if ok]
         row["off-topic refused"] = sum(not hits for hits in refused) / len(tests)
         row["off-topic"] = len(tests)
         row["right answers kept"] = sum(score >= search.min_score for score in right) / len(right) if right else None
         row["right answers"] = len(right)
-        row["all answered"] = sum(score >= search.min_score for score, _ in tops[mode]) / len(tops[mode])
+        row["all answered"] = sum(score >= search.min_score for score, _ in tops["default"]) / len(tops["default"])
     searcher.close()
     return row
 
 
+def default_name(r: dict) -> str:
+    if r["default mode"] != "hybrid":
+        return r["default mode"]
+    return f"hybrid {r['default weight']}" + ("" if r["default fusion"] == "score" else f" {r['default fusion']}")
+
+
 def table(rows: list[dict]) -> str:
-    head = ["set", "model", "docs", "queries", "dense", "keyword", "hybrid", "default now (mode)", "rank-1 now",
-            "cut", "off-topic refused", "right top answers kept"]
+    head = ["set", "model", "docs", "queries", "dense", "keyword", "hybrid 0.5", "before (mode)", "default now (mode)",
+            "now - best single", "rank-1 now", "cut", "off-topic refused", "right top answers kept"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cut = "-" if r.get("cut") is None else f"{r['cut']:.3f}"
@@ -238,8 +297,17 @@ def table(rows: list[dict]) -> str:
         kept = f"{r['right answers kept']:.1%} of {r['right answers']}" if r.get("right answers kept") is not None else "-"
         lines.append("| " + " | ".join([
             r["set"], r["model"], str(r["documents"]), str(r["queries"]),
-            *(f"{r[f'{m} mrr@10']:.3f}" for m in ("dense", "keyword", "hybrid")),
-            f"{r['default mrr@10']:.3f} ({r['default mode']})", f"{r['default hit@1']:.3f}", cut, refused, kept]) + " |")
+            *(f"{r[f'{m} mrr@10']:.3f}" for m in ("dense", "keyword", "hybrid 0.5")),
+            f"{r['before mrr@10']:.3f} ({r['before mode']})", f"{r['default mrr@10']:.3f} ({default_name(r)})",
+            f"{r['default mrr@10'] - r['best single']:+.3f}", f"{r['default hit@1']:.3f}", cut, refused, kept]) + " |")
+    return "\n".join(lines)
+
+
+def sweep_table(rows: list[dict]) -> str:
+    """MRR@10 of hybrid by fusion x dense weight (rows) for each set (columns)."""
+    lines = ["| fusion, dense weight | " + " | ".join(r["set"] for r in rows) + " |", "|" + "---|" * (len(rows) + 1)]
+    for label in ["dense", "keyword"] + [f"{fusion} {weight}" for fusion, weight in SWEEP]:
+        lines.append(f"| {label} | " + " | ".join(f"{r[f'{label} mrr@10']:.3f}" for r in rows) + " |")
     return "\n".join(lines)
 
 
