@@ -1,18 +1,20 @@
 """A plain FAQ with no labels: the default mode's ranking and the collection-made "no good answer" cut.
 
-    python bench/plain.py [--data ../shared/data] [--sets bertfaq-covidfaq,...] [--work bench/out/plain]
+    python bench/plain.py [--data ../shared/data] [--sets bertfaq-covidfaq,...] [--work bench/out/plain] [--sweep]
 
 For each dev set (bertfaq-covidfaq title + text, and its title (the question) alone, deepset-covid-qsim, banking77 text only (its title is
-the label: never embedded), ko-question-pair) and both example FAQs (question only, and question +
-answer), indexed as `bertdex index` does with nothing but the entries (no groups, no labels):
-rank-1 and MRR@10 of dense, keyword and hybrid, of the mode an index started in before this bench's
-change ("before": dense for English, hybrid for Korean, with the keyword terms and fusion of then) and
-of the default mode now; and the collection-made cut (indexer.ingest.cut): the share of off-topic
-questions it refuses (examples/out_of_scope.txt and examples/out_of_scope_more.txt, never the shipped
-sample the cut is made from) and the share of in-scope questions whose right top answer it keeps.
+the label: never embedded), ko-question-pair), four Korean checks held out from the choice of the
+starting mode (ko-question-pair's train split in two disjoint slices, KorSTS dev + test and KorSTS train:
+built here from the data's own files) and both example FAQs (question only, and question + answer),
+indexed as `bertdex index` does with nothing but the entries (no groups, no labels): rank-1 and MRR@10 of
+dense, keyword, hybrid score fusion at 0.5, the mode an index started in before agreement fusion (English
+dense, Korean score fusion at 0.8) and the default mode now; and the collection-made cut
+(indexer.ingest.cut): the share of off-topic questions it refuses (examples/out_of_scope.txt and
+examples/out_of_scope_more.txt, never the shipped sample the cut is made from) and the share of in-scope
+questions whose right top answer it keeps. `--sweep` adds hybrid MRR@10 by fusion x dense weight.
 banking77 is limited to its first 30 entries per intent and every 3rd query (2,310 entries, 1,027
 queries) to keep the run short on 2 cores. Indexes and question vectors are cached under --work
-(ignored by git): a second run embeds nothing.
+(ignored by git): a second run embeds nothing, and a cached index takes the starting mode of now.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ FUSIONS = ("score", "rank", "cosine", "agreement")
 # agreement fusion: score fusion at the given dense share where the keyword side's first hit is among the dense
 # side's first AGREE_RANKS, else at least DISAGREE_WEIGHT. A term match the vectors also rank near the top
 # carries the question's meaning (a shared rare word); one they do not matched words that do not (issue 22,
-# examples/faq_ko.csv: "신발을 한 치수 큰 걸로 바꾸고 싶어요" shares only 바꾸다 "change" with the phone-number
+# examples/faq_ko.csv: "신발을 한 치수 큰 걸로 바꾸고 싶어요" shares only 바꾸다 "change" with the card-change
 # entry BM25 ranks first by far). Measured with no labels in bench/plain.py (docs/benchmarks.md).
 AGREE_RANKS = 3
 DISAGREE_WEIGHT = 0.8
