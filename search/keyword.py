@@ -11,7 +11,14 @@ import json
 from indexer.store.keywords import fts_query, scheme_of
 
 Ranked = list[tuple[int, float, int | None]]  # (document id, score, passage id or None), best first
-FUSIONS = ("score", "rank", "cosine")
+FUSIONS = ("score", "rank", "cosine", "agreement")
+# agreement fusion: score fusion at the given dense share where the keyword side's first hit is among the dense
+# side's first AGREE_RANKS, else at least DISAGREE_WEIGHT. A term match the vectors also rank near the top
+# carries the question's meaning (a shared rare word); one they do not matched words that do not (issue 22,
+# examples/faq_ko.csv: "신발을 한 치수 큰 걸로 바꾸고 싶어요" shares only 바꾸다 "change" with the card-change
+# entry BM25 ranks first by far). Measured with no labels in bench/plain.py (docs/benchmarks.md).
+AGREE_RANKS = 3
+DISAGREE_WEIGHT = 0.8
 # the first hit of a fusion must be within this share of the dense pool's spread (best cosine - lowest) of
 # the best cosine: on a small FAQ min-max makes any keyword match worth as much as the closest entry, and
 # a question sharing only common words with an entry ranked it first (issue 22: cosine -0.04 against 0.37)
@@ -59,7 +66,9 @@ def fuse(dense: Ranked, words: Ranked, weight: float = 0.5, method: str = "score
     method "rank": weighted reciprocal-rank fusion, 1 / (60 + rank);
     method "cosine": the dense side's raw cosine (documents it did not return get its lowest) plus min-max
     normalized BM25: the only fusion whose top score still says how close the best answer is, so the
-    one a calibrated "no good answer" cut works with (min-max and rank fusion give every top hit ~1).
+    one a calibrated "no good answer" cut works with (min-max and rank fusion give every top hit ~1);
+    method "agreement": "score" at `weight` when the keyword side's first hit is among the dense side's
+    first AGREE_RANKS, else at max(weight, DISAGREE_WEIGHT) (`agreed_weight`).
     Whatever the method, the first hit is one whose cosine is near the best dense hit's (`first_near_best`).
     fuse([(1, .9, 7), (2, .5, 8)], [(2, 3.0, None)], 0.5) -> [(1, 0.5, 7), (2, 0.5, 8)]
     """
@@ -69,6 +78,8 @@ def fuse(dense: Ranked, words: Ranked, weight: float = 0.5, method: str = "score
         raise BertdexError(f"unknown fusion {method!r}: choose one of {', '.join(FUSIONS)}")
     dense = _best_per_document(dense)
     words = _best_per_document(words)
+    if method == "agreement":
+        weight = agreed_weight(dense, words, weight)
     if method == "rank":
         dense_part = {doc: 1.0 / (60 + rank) for rank, (doc, _, _) in enumerate(dense, 1)}
         word_part = {doc: 1.0 / (60 + rank) for rank, (doc, _, _) in enumerate(words, 1)}
@@ -77,7 +88,7 @@ def fuse(dense: Ranked, words: Ranked, weight: float = 0.5, method: str = "score
         dense_part = {doc: score for doc, score, _ in dense}
         dense_part.update({doc: floor for doc, _, _ in words if doc not in dense_part})
         word_part = _min_max(words)
-    else:
+    else:  # score and agreement
         dense_part, word_part = _min_max(dense), _min_max(words)
     passages = {doc: passage for doc, _, passage in words}
     passages.update({doc: passage for doc, _, passage in dense})
@@ -87,6 +98,19 @@ def fuse(dense: Ranked, words: Ranked, weight: float = 0.5, method: str = "score
     }
     order = sorted(fused, key=lambda doc: (-fused[doc], doc))
     return first_near_best([(doc, fused[doc], passages[doc]) for doc in order], dense)
+
+
+def agreed_weight(dense: Ranked, words: Ranked, weight: float) -> float:
+    """The dense share agreement fusion uses: `weight` when the keyword side's first document is among the
+    dense side's first AGREE_RANKS documents (or the keyword side found nothing), else at least DISAGREE_WEIGHT.
+
+    agreed_weight([(1, .9, 7), (2, .8, 8)], [(2, 5.0, None)], 0.6) -> 0.6
+    agreed_weight([(1, .9, 7), (2, .8, 8), (3, .7, 9), (4, .6, 5)], [(4, 5.0, None)], 0.6) -> 0.8
+    """
+    if not words:
+        return weight
+    first = list(dict.fromkeys(doc for doc, _, _ in dense))[:AGREE_RANKS]
+    return weight if words[0][0] in first else max(weight, DISAGREE_WEIGHT)
 
 
 def first_near_best(fused: Ranked, dense: Ranked) -> Ranked:

@@ -211,7 +211,7 @@ def test_a_korean_faq_starts_hybrid_and_its_scores_are_cosines_a_cut_can_use(tmp
     build_index(EXAMPLES / "faq_ko.csv", folder, text_fields=["question"], group_field="group",
                 model="multilingual-e5-small")
     search = open_manifest(folder).settings.search
-    assert (search.mode, search.fusion, search.weight) == ("hybrid", "score", 0.8) and "Korean" in search.reason
+    assert (search.mode, search.fusion, search.weight) == ("hybrid", "agreement", 0.6) and "Korean" in search.reason
     searcher = Searcher(folder)
     hybrid = searcher.search("비밀번호가 생각이 안 나요", k=3)
     dense = {hit.key: hit.score for hit in searcher.search("비밀번호가 생각이 안 나요", k=10, mode="dense")}
