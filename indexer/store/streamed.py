@@ -29,6 +29,9 @@ SPOOL_VECTORS = 65_536  # a streamed writer's vectors in memory before they go t
 TRAIN_SAMPLE = 10_240  # vectors trained on: this many plus 40 per IVF list (bench/scale.py's sample)
 
 
+FLAT_DATA_AT = 2 * (4 + 33) + 8  # a flat segment file's first float: after "IxM2", "IxFI", their headers, the length
+
+
 def _header(dimension: int, count: int) -> bytes:
     """FAISS's index header (write_index_header): d, ntotal, two unused 1 << 20, is_trained, inner product."""
     return struct.pack("<iqqq?i", dimension, count, 1 << 20, 1 << 20, True, faiss.METRIC_INNER_PRODUCT)
@@ -102,16 +105,27 @@ class Sources:
             inner = faiss.downcast_index(index.index)
             if isinstance(inner, faiss.IndexIVF):
                 inner.make_direct_map()  # an IVF segment (of a load begun before streamed builds) reads by position
-            self.parts.append((index, inner, ids, np.flatnonzero(keep)))
-        self.count = sum(len(rows) for *_, rows in self.parts)
-        self.d = self.parts[0][0].d if self.parts else 0
+            self.parts.append((path, index, inner, ids, np.flatnonzero(keep)))
+        self.count = sum(len(part[-1]) for part in self.parts)
+        self.d = self.parts[0][1].d if self.parts else 0
+
+    def _read(self, path: Path, inner: faiss.Index, start: int, count: int) -> np.ndarray:
+        """Vectors start..start+count-1 of one file. A flat file's are read, not mapped: pages read through a
+        mapping count in the process's resident memory until the kernel takes them back."""
+        if isinstance(inner, faiss.IndexFlat):
+            with open(path, "rb") as handle:
+                flat = handle.read(41)[37:] == b"IxFI"  # laid out as FlatSpool writes (as FAISS does)
+            if flat:
+                offset = FLAT_DATA_AT + 4 * self.d * start
+                return np.fromfile(path, dtype=np.float32, count=count * self.d, offset=offset).reshape(count, self.d)
+        return inner.reconstruct_n(start, count)
 
     def chunks(self, size: int | None = None):
         size = size or CHUNK
-        for _, inner, ids, rows in self.parts:
+        for path, _, inner, ids, rows in self.parts:
             for start in range(0, len(ids), size):
                 stop = min(start + size, len(ids))
-                vectors = inner.reconstruct_n(start, stop - start)
+                vectors = self._read(path, inner, start, stop - start)
                 mine = rows[(rows >= start) & (rows < stop)] - start
                 if len(mine) == stop - start:
                     yield ids[start:stop], vectors
@@ -121,7 +135,7 @@ class Sources:
     def rows(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         found_ids, found = [], []
         offset = 0
-        for _, inner, ids, rows in self.parts:
+        for _, _, inner, ids, rows in self.parts:
             mine = positions[(positions >= offset) & (positions < offset + len(rows))] - offset
             if len(mine):
                 local = rows[mine]
@@ -150,7 +164,7 @@ def write_compressed(path: Path, sources: Sources, target: str, params: dict,
     codebook = _codebook(base, refine.k_factor)
     queries, _ = ann.recall_sample(sample_ids, sample)
     del sample
-    best = _Best(queries, 10)
+    best = ExactTop(queries, 10)
     all_ids = []
     for ids, vectors in sources.chunks(chunk):  # codes, ids and the exact answers, a chunk at a time
         base.add(vectors)
@@ -176,8 +190,8 @@ def _codebook(base: faiss.Index, k_factor: float) -> faiss.Index:
     return faiss.IndexIDMap2(refine)
 
 
-class _Best:
-    """The exact top k of `queries` over vectors seen a chunk at a time (ids and scores, best first)."""
+class ExactTop:
+    """The exact top k of `queries` over vectors seen a chunk at a time (`ids` and `scores`, best first)."""
 
     def __init__(self, queries: np.ndarray, k: int):
         self.queries, self.k = np.ascontiguousarray(queries, dtype=np.float32), k
