@@ -178,3 +178,30 @@ def test_a_killed_streamed_build_leaves_the_pre_build_or_a_resumable_state(tmp_p
             assert [r["kind"] for r in open_manifest(folder).segments] == ["ivfpq"]
     finally:
         server.close()
+
+
+def test_compact_of_an_ivfpq_index_streams_its_segments_into_one_and_drops_the_deleted(tmp_path, tiny_spool):
+    from indexer.store.folder import compact_index
+
+    points = clustered(1_560, dimension=DIMENSION)
+    vectors, queries = points[:1_500], points[1_500:]
+    folder = tmp_path / "index"
+    build(folder, "ivfpq", vectors[:1_400], stream=True)
+    with IndexWriter.open(folder) as writer:  # a write: one flat segment, and deletions in the ivfpq one
+        write(writer, vectors[1_400:], [f"e{i}" for i in range(1_400, 1_500)])
+        writer.delete([f"e{i}" for i in range(0, 1_500, 7)])
+        writer.commit()
+    before = open_manifest(folder)
+    assert [r["kind"] for r in before.segments] == ["ivfpq", "flat"] and before.deleted
+    result = compact_index(folder)
+    after = open_manifest(folder)
+    assert result["kind"] == "ivfpq" and len(after.segments) == 1 and after.deleted == ()
+    assert after.codebook["file"] != before.codebook["file"] and unnamed_files(folder) == set()
+    live = np.setdiff1d(np.arange(1_500), np.arange(0, 1_500, 7))
+    assert after.vectors == len(live) and after.index_params["recall_at_10"] >= ann.RECALL_TARGET
+    scores, ids = answers(folder, queries)
+    assert not np.isin(ids - 1, np.arange(0, 1_500, 7)).any()
+    assert np.allclose(scores, np.einsum("qkd,qd->qk", vectors[ids - 1], queries), atol=1e-5)  # exact scores
+    truth = [set(live[np.argsort(-(vectors[live] @ q), kind="stable")[:10]] + 1) for q in queries]
+    assert np.mean([len(truth[i] & set(ids[i])) / 10 for i in range(len(queries))]) >= 0.97
+    assert verify_index(folder).ok

@@ -327,13 +327,15 @@ class IndexWriter:
             raise
         return {"file": path.name, **record, "kind": "flat", "first_id": int(ids.min()), "last_id": int(ids.max())}
 
-    def _write_folded(self, sources: streamed.Sources, generation: int) -> tuple[list[dict], tuple, dict]:
+    def _write_folded(self, sources: streamed.Sources, generation: int,
+                      current: str = "flat") -> tuple[list[dict], tuple, dict]:
+        """One segment of the index's type from `sources` (every live vector of the index), as the only one."""
         from indexer.store import ann
         from indexer.store import ann_compressed as compressed
 
         requested = ann.requested_type(self.manifest.index_type, self.manifest.index_params)
         dimension = self.manifest.recipe.dimension
-        target = ann.choose(requested, sources.count, "flat", dimension, compressed.machine_memory())
+        target = ann.choose(requested, sources.count, current, dimension, compressed.machine_memory())
         if target not in compressed.COMPRESSED or not sources.count:
             vectors = self._empty_flat()
             for part_ids, part in sources.chunks():
@@ -435,9 +437,15 @@ class IndexWriter:
             return self.manifest
         if self.whole or self._removed or self.vectors.ntotal:
             raise BertdexError("internal error: merge the segments before or after a write, not during it")
+        generation = self.manifest.generation + 1
+        if start == 0 and self._compacts_compressed(records, deleted):  # read from the files chunk by chunk
+            for record in folded:  # never fold a damaged file
+                integrity.check_faiss_file(self.folder / record["file"], record.get("blake2b") and record, checksum=True)
+            sources = streamed.Sources([self.folder / r["file"] for r in folded], deleted)
+            self._commit_manifest(generation, *self._write_folded(sources, generation, self.manifest.index_type))
+            return self.manifest
         part = Manifest(**{**self.manifest.__dict__, "segments": tuple(folded)})
         ids, vectors = segments.open_segments(self.folder, part, checksum=True).stored()  # never fold a damaged file
-        generation = self.manifest.generation + 1
         index, kind, params = segments.merged_index(vectors, ids, self.manifest, self._codebook(), whole=start == 0)
         del vectors
         codebook = self.manifest.codebook
@@ -457,6 +465,17 @@ class IndexWriter:
         left = tuple(int(i) for i in deleted if not low <= i <= high)
         self._commit_manifest(generation, records[:start] + merged, left, codebook)
         return self.manifest
+
+    def _compacts_compressed(self, records: list[dict], deleted: np.ndarray) -> bool:
+        """Does `bertdex compact` make an sq8 or ivfpq segment? Then it streams as a build of one does."""
+        from indexer.store import ann
+        from indexer.store import ann_compressed as compressed
+
+        count = sum(segments.live(r, deleted) for r in records)
+        requested = ann.requested_type(self.manifest.index_type, self.manifest.index_params)
+        target = ann.choose(requested, count, self.manifest.index_type, self.manifest.recipe.dimension,
+                            compressed.machine_memory())
+        return target in compressed.COMPRESSED and count > 0
 
     def _codebook(self) -> faiss.Index | None:
         if not self.manifest.codebook:
