@@ -201,7 +201,7 @@ class IndexWriter:
             self._spool = streamed.FlatSpool(self.folder / name, self.manifest.recipe.dimension)
         ids, vectors = ann.stored(self.vectors)
         self._spool.add(vectors, ids)
-        self.vectors = new_vector_index("flat", self.manifest.recipe.dimension, {})
+        self.vectors = self._empty_flat()
 
     def delete(self, keys: list[str]) -> list[str]:
         """Remove documents by key; returns the keys that were not there."""
