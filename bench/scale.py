@@ -123,16 +123,32 @@ def mix(rng, real: np.ndarray, n: int) -> np.ndarray:
     return block
 
 
-def build(index_type: str, flat_path: Path, target: Path, count: int) -> float:
-    """The compressed index from the mapped flat file by the product's streamed builder; returns seconds."""
+def build(args) -> None:
+    """In a fresh process: the compressed index from the flat file by the product's streamed builder; prints
+    its seconds, peak RSS (VmHWM: mapped file pages included) and the largest anonymous RSS seen (sampled
+    every 0.2 s: the process's own memory, what the builder holds)."""
+    import threading
+
     from indexer.store import streamed
 
+    largest, done = {"anon_mb": 0, "file_mb": 0}, threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.2):
+            for name, value in rss_kinds().items():
+                largest[name] = max(largest[name], value)
+
+    watcher = threading.Thread(target=sample, daemon=True)
+    watcher.start()
     started = time.perf_counter()
-    sources = streamed.Sources([flat_path], np.zeros(0, np.int64))
-    assert sources.count == count
-    _, params, _ = streamed.write_compressed(target, sources, index_type, {"requested": index_type})
-    (target.with_suffix(".json")).write_text(json.dumps(params))
-    return time.perf_counter() - started
+    sources = streamed.Sources([args.flat], np.zeros(0, np.int64))
+    _, params, _ = streamed.write_compressed(args.index, sources, args.type, {"requested": args.type})
+    seconds = time.perf_counter() - started
+    done.set()
+    watcher.join()
+    args.index.with_suffix(".json").write_text(json.dumps(params))
+    print(json.dumps({"seconds": round(seconds), "peak_mb": peak_mb(), "largest_anon_mb": largest["anon_mb"],
+                      "largest_file_mb": largest["file_mb"], "params": params}), flush=True)
 
 
 def exact(flat_path: Path, questions: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -250,16 +266,21 @@ def vectors_bench(args) -> None:
         for index_type in args.types:
             target = OUT / f"{index_type}-{count}.faiss"
             if not target.exists():
-                seconds = build(index_type, flat_path, target, count)
-                print(f"{index_type} at {count:,}: built in {seconds:.0f} s (peak RSS {peak_mb()} MiB), "
-                      f"file {target.stat().st_size / 2**30:.2f} GiB, {target.with_suffix('.json').read_text()}", flush=True)
+                print(f"{index_type} at {count:,}: building (load {os.getloadavg()[0]:.1f})", flush=True)
+                result = subprocess.run([sys.executable, __file__, "build", "--index", str(target), "--type", index_type,
+                                         "--flat", str(flat_path)], check=True, capture_output=True, text=True)
+                built = json.loads(result.stdout.strip().splitlines()[-1])
+                print(f"{index_type} at {count:,}: built in {built['seconds']} s by streamed.write_compressed, peak RSS "
+                      f"{built['peak_mb']} MiB (VmHWM), largest anonymous RSS {built['largest_anon_mb']} MiB, "
+                      f"file {target.stat().st_size / 2**30:.2f} GiB, load {os.getloadavg()[0]:.1f}; "
+                      f"{json.dumps(built['params'])}", flush=True)
             subprocess.run([sys.executable, __file__, "measure", "--index", str(target), "--type", index_type,
                             "--truth", str(truth), "--queries", str(args.queries)], check=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("part", choices=["embed", "vectors", "measure"])
+    parser.add_argument("part", choices=["embed", "vectors", "build", "measure"])
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--count", type=int, nargs="+", default=[20_000])
     parser.add_argument("--workers", type=int, nargs="*", default=[1, 2], help="embed: Ray workers (none: no Ray)")
@@ -269,14 +290,17 @@ def main() -> None:
     parser.add_argument("--index", type=Path)
     parser.add_argument("--type")
     parser.add_argument("--truth", type=Path)
+    parser.add_argument("--flat", type=Path)
     args = parser.parse_args()
-    if args.part != "measure":
+    if args.part not in ("measure", "build"):
         print(f"$ python bench/scale.py {' '.join(sys.argv[1:])}", flush=True)
     if args.part == "embed":
         args.count = args.count[0]
         embed_bench(args)
     elif args.part == "vectors":
         vectors_bench(args)
+    elif args.part == "build":
+        build(args)
     else:
         measure(args)
 

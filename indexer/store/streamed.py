@@ -109,15 +109,20 @@ class Sources:
         self.count = sum(len(part[-1]) for part in self.parts)
         self.d = self.parts[0][1].d if self.parts else 0
 
+    @staticmethod
+    def _flat(path: Path, inner: faiss.Index) -> bool:
+        """Is this a flat file laid out as FlatSpool (and FAISS) writes one? Its vectors are then read, not
+        mapped: pages read through a mapping count in the process's resident memory until reclaimed."""
+        if not isinstance(inner, faiss.IndexFlat):
+            return False
+        with open(path, "rb") as handle:
+            return handle.read(41)[37:] == b"IxFI"
+
     def _read(self, path: Path, inner: faiss.Index, start: int, count: int) -> np.ndarray:
-        """Vectors start..start+count-1 of one file. A flat file's are read, not mapped: pages read through a
-        mapping count in the process's resident memory until the kernel takes them back."""
-        if isinstance(inner, faiss.IndexFlat):
-            with open(path, "rb") as handle:
-                flat = handle.read(41)[37:] == b"IxFI"  # laid out as FlatSpool writes (as FAISS does)
-            if flat:
-                offset = FLAT_DATA_AT + 4 * self.d * start
-                return np.fromfile(path, dtype=np.float32, count=count * self.d, offset=offset).reshape(count, self.d)
+        """Vectors start..start+count-1 of one file."""
+        if self._flat(path, inner):
+            offset = FLAT_DATA_AT + 4 * self.d * start
+            return np.fromfile(path, dtype=np.float32, count=count * self.d, offset=offset).reshape(count, self.d)
         return inner.reconstruct_n(start, count)
 
     def chunks(self, size: int | None = None):
@@ -135,16 +140,32 @@ class Sources:
     def rows(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         found_ids, found = [], []
         offset = 0
-        for _, _, inner, ids, rows in self.parts:
+        for path, _, inner, ids, rows in self.parts:
             mine = positions[(positions >= offset) & (positions < offset + len(rows))] - offset
             if len(mine):
                 local = rows[mine]
                 found_ids.append(ids[local])
-                found.append(inner.reconstruct_batch(local.astype(np.int64)))
+                if self._flat(path, inner):
+                    found.append(_read_rows(path, local, self.d))
+                else:
+                    found.append(inner.reconstruct_batch(local.astype(np.int64)))
             offset += len(rows)
         if not found:
             return np.zeros(0, np.int64), np.zeros((0, self.d), np.float32)
         return np.concatenate(found_ids), np.vstack(found)
+
+
+def _read_rows(path: Path, rows: np.ndarray, dimension: int) -> np.ndarray:
+    """The vectors at these positions of a flat file, one read each."""
+    found = np.empty((len(rows), dimension), dtype=np.float32)
+    size = 4 * dimension
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        for i, row in enumerate(rows.tolist()):
+            found[i] = np.frombuffer(os.pread(descriptor, size, FLAT_DATA_AT + size * row), dtype=np.float32)
+    finally:
+        os.close(descriptor)
+    return found
 
 
 def write_compressed(path: Path, sources: Sources, target: str, params: dict,
