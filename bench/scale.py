@@ -10,9 +10,10 @@ N machines x cores be projected. The reviews' vectors are kept (bench/out/scale/
 
 vectors: COUNT unit vectors, SYNTHETIC beyond the real ones: each is a mix of two real review vectors
 (weights 1 and 0..1) plus Gaussian noise (0.03 a coordinate), normalized. They are written in chunks to a float32 FAISS
-flat file that is memory-mapped, never held in RAM; the compressed index (codes and lists in RAM) is
-built on it by streaming chunks, and written as the same FAISS file `bertdex` writes for that type
-(IDMap2 over IndexRefineFlat). The search side is the product's: faiss.read_index with
+flat file (ids 1..COUNT) that is memory-mapped, never held in RAM, as `bertdex index` spools a build's vectors
+(indexer.store.streamed.FlatSpool); the compressed index is built from it by the product's builder
+(streamed.write_compressed: trained on a sample, coded chunk by chunk, tuned, written as the FAISS file
+`bertdex` writes for that type), its peak RSS printed. The search side is the product's: faiss.read_index with
 ann_compressed.load_flag (the float32 vectors mapped), ann.search. Questions: 100 bertfaq-covidfaq
 user questions and 100 held-out nsmc reviews, embedded for real one at a time, each timed once (a
 question's time is its embedding plus its search at each depth: p50/p99). recall@10 against exact
@@ -98,20 +99,20 @@ def embed_bench(args) -> None:
 
 
 def write_flat(path: Path, count: int, real: np.ndarray, seed: int = 0) -> None:
-    """A FAISS IndexFlatIP file of `count` synthetic unit vectors, written a chunk at a time (header by hand:
-    "IxFI", d, ntotal, two dummies, is_trained, metric, then the float vector with its length)."""
-    d = real.shape[1]
+    """A flat segment file (IDMap2 over IndexFlatIP, ids 1..count) of `count` synthetic unit vectors, written
+    a chunk at a time by the product's spool."""
+    from indexer.store.streamed import FlatSpool
+
     rng = np.random.default_rng(seed)
-    with open(path, "wb") as out:
-        out.write(b"IxFI" + np.int32(d).tobytes() + np.int64(count).tobytes() + np.int64(1 << 20).tobytes() * 2
-                  + np.uint8(1).tobytes() + np.int32(0).tobytes() + np.uint64(count * d).tobytes())
-        for start in range(0, count, BUILD_CHUNK):
-            n = min(BUILD_CHUNK, count - start)
-            if start == 0:
-                block = np.concatenate([real, mix(rng, real, n - len(real))])[:n]
-            else:
-                block = mix(rng, real, n)
-            out.write(np.ascontiguousarray(block, dtype=np.float32).tobytes())
+    spool = FlatSpool(path, real.shape[1])
+    for start in range(0, count, BUILD_CHUNK):
+        n = min(BUILD_CHUNK, count - start)
+        if start == 0:
+            block = np.concatenate([real, mix(rng, real, n - len(real))])[:n]
+        else:
+            block = mix(rng, real, n)
+        spool.add(block, np.arange(start + 1, start + n + 1, dtype=np.int64))
+    spool.close()
 
 
 def mix(rng, real: np.ndarray, n: int) -> np.ndarray:
@@ -122,49 +123,42 @@ def mix(rng, real: np.ndarray, n: int) -> np.ndarray:
     return block
 
 
-def build(index_type: str, flat_path: Path, target: Path, count: int) -> float:
-    """The compressed index over the mapped flat file, streamed; returns seconds."""
-    import faiss
+def build(args) -> None:
+    """In a fresh process: the compressed index from the flat file by the product's streamed builder; prints
+    its seconds, peak RSS (VmHWM: mapped file pages included) and the largest anonymous RSS seen (sampled
+    every 0.2 s: the process's own memory, what the builder holds)."""
+    import threading
 
-    from indexer.store import ann_compressed
+    from indexer.store import streamed
 
+    largest, done = {"anon_mb": 0, "file_mb": 0}, threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.2):
+            for name, value in rss_kinds().items():
+                largest[name] = max(largest[name], value)
+
+    watcher = threading.Thread(target=sample, daemon=True)
+    watcher.start()
     started = time.perf_counter()
-    flat = faiss.read_index(str(flat_path), faiss.IO_FLAG_MMAP_IFC)
-    rng = np.random.default_rng(1)
-    sample = flat.reconstruct_batch(np.sort(rng.choice(count, min(count, 40 * int(np.sqrt(count)) + 10_240), replace=False)))
-    empty = faiss.IndexIDMap2(faiss.IndexFlatIP(flat.d))
-    index, params = ann_compressed.build(index_type, empty, sample, {}, True, count=count)
-    refine = faiss.downcast_index(index.index)
-    base = faiss.downcast_index(refine.base_index)
-    for start in range(0, count, BUILD_CHUNK):
-        base.add(flat.reconstruct_n(start, min(BUILD_CHUNK, count - start)))
-    ready = faiss.IndexRefine(base, flat)  # read back as an IndexRefineFlat, as bertdex writes it
-    ready.k_factor = refine.k_factor
-    ready.ntotal = 0  # IndexIDMap2 wraps only an empty index: the ids are set below, all at once
-    mapped = faiss.IndexIDMap2(ready)
-    ready.ntotal = count
-    faiss.copy_array_to_vector(np.arange(1, count + 1, dtype=np.int64), mapped.id_map)
-    mapped.ntotal = count
-    faiss.write_index(mapped, str(target))
-    (target.with_suffix(".json")).write_text(json.dumps(params))
-    return time.perf_counter() - started
+    sources = streamed.Sources([args.flat], np.zeros(0, np.int64))
+    _, params, _ = streamed.write_compressed(args.index, sources, args.type, {"requested": args.type})
+    seconds = time.perf_counter() - started
+    done.set()
+    watcher.join()
+    args.index.with_suffix(".json").write_text(json.dumps(params))
+    print(json.dumps({"seconds": round(seconds), "peak_mb": peak_mb(), "largest_anon_mb": largest["anon_mb"],
+                      "largest_file_mb": largest["file_mb"], "params": params}), flush=True)
 
 
 def exact(flat_path: Path, questions: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-10 ids (1-based, as the index's) and scores over the mapped flat file, a chunk at a time."""
-    import faiss
+    from indexer.store import streamed
 
-    flat = faiss.read_index(str(flat_path), faiss.IO_FLAG_MMAP_IFC)
-    best_scores = np.full((len(questions), 10), -np.inf, dtype=np.float32)
-    best_ids = np.zeros((len(questions), 10), dtype=np.int64)
-    for start in range(0, count, BUILD_CHUNK):
-        block = flat.reconstruct_n(start, min(BUILD_CHUNK, count - start))
-        scores, positions = faiss.knn(questions, block, 10, faiss.METRIC_INNER_PRODUCT)
-        scores = np.concatenate([best_scores, scores], axis=1)
-        ids = np.concatenate([best_ids, positions + start + 1], axis=1)
-        order = np.argsort(-scores, axis=1)[:, :10]
-        best_scores, best_ids = np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
-    return best_ids, best_scores
+    best = streamed.ExactTop(questions, 10)
+    for ids, vectors in streamed.Sources([flat_path], np.zeros(0, np.int64)).chunks(BUILD_CHUNK):
+        best.add(vectors, ids)
+    return best.ids, best.scores
 
 
 def measure(args) -> None:
@@ -255,7 +249,7 @@ def vectors_bench(args) -> None:
 
     real, questions = np.load(OUT / "real.npy"), np.load(OUT / "questions.npy")[: args.queries]
     for count in args.count:
-        flat_path = OUT / f"flat-{count}.faiss"
+        flat_path = OUT / f"flat-ids-{count}.faiss"  # with an id map (flat-N.faiss: the bare IndexFlatIP before)
         if not flat_path.exists():
             started = time.perf_counter()
             write_flat(flat_path.with_suffix(".partial"), count, real)
@@ -272,33 +266,41 @@ def vectors_bench(args) -> None:
         for index_type in args.types:
             target = OUT / f"{index_type}-{count}.faiss"
             if not target.exists():
-                seconds = build(index_type, flat_path, target, count)
-                print(f"{index_type} at {count:,}: built in {seconds:.0f} s (peak RSS {peak_mb()} MiB), "
-                      f"file {target.stat().st_size / 2**30:.2f} GiB, {target.with_suffix('.json').read_text()}", flush=True)
+                print(f"{index_type} at {count:,}: building (load {os.getloadavg()[0]:.1f})", flush=True)
+                result = subprocess.run([sys.executable, __file__, "build", "--index", str(target), "--type", index_type,
+                                         "--flat", str(flat_path)], check=True, capture_output=True, text=True)
+                built = json.loads(result.stdout.strip().splitlines()[-1])
+                print(f"{index_type} at {count:,}: built in {built['seconds']} s by streamed.write_compressed, peak RSS "
+                      f"{built['peak_mb']} MiB (VmHWM), largest anonymous RSS {built['largest_anon_mb']} MiB, "
+                      f"file {target.stat().st_size / 2**30:.2f} GiB, load {os.getloadavg()[0]:.1f}; "
+                      f"{json.dumps(built['params'])}", flush=True)
             subprocess.run([sys.executable, __file__, "measure", "--index", str(target), "--type", index_type,
                             "--truth", str(truth), "--queries", str(args.queries)], check=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("part", choices=["embed", "vectors", "measure"])
+    parser.add_argument("part", choices=["embed", "vectors", "build", "measure"])
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--count", type=int, nargs="+", default=[20_000])
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--workers", type=int, nargs="*", default=[1, 2], help="embed: Ray workers (none: no Ray)")
     parser.add_argument("--model", default=None, help="embed: the model (default: what `bertdex index` picks for the reviews)")
     parser.add_argument("--types", nargs="+", default=["ivfpq", "sq8"])
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--index", type=Path)
     parser.add_argument("--type")
     parser.add_argument("--truth", type=Path)
+    parser.add_argument("--flat", type=Path)
     args = parser.parse_args()
-    if args.part != "measure":
+    if args.part not in ("measure", "build"):
         print(f"$ python bench/scale.py {' '.join(sys.argv[1:])}", flush=True)
     if args.part == "embed":
         args.count = args.count[0]
         embed_bench(args)
     elif args.part == "vectors":
         vectors_bench(args)
+    elif args.part == "build":
+        build(args)
     else:
         measure(args)
 

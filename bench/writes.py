@@ -18,6 +18,8 @@ RSS (VmHWM) is its own:
     50 adds     50 such adds one after the other (merges as the policy folds them), then search p50
                 (wall and the searching thread's CPU time: on a loaded machine the CPU time is the steadier)
     rewrite     (flat) what every write cost before segments: the whole index rewritten (compact)
+    parts       (ivfpq) where a question's time goes after the adds: each segment searched alone, and
+                the first one as deletions were skipped before (`measure_parts`)
 Targets (issue 24): add 100 at 1M within 3x of add 100 at 10k; the writer's peak under 1 GB above the
 searcher's; search p50 after 50 adds within 1.2x of before.
 """
@@ -218,6 +220,42 @@ def measure_searches(*folders: Path) -> list[dict]:
              "segments": len(v.segments)} for t, c, v in zip(times, cpu, indexes)]
 
 
+def measure_parts(before: Path, after: Path) -> dict:
+    """Where a question's time goes after the adds (CPU ms p50, one thread): the index before, the one after,
+    and the after index's segments one by one: the first (holding the deleted ids) with FAISS skipping them,
+    and as before that skipping was (asking k + 12 and dropping the deleted), then the small flat ones. Each
+    case asks all questions in turn, the order of the cases rotated each round (a case that follows
+    another asking the same question finds its data in the caches)."""
+    import faiss
+
+    from indexer.store import segments
+
+    old, new, questions = opened(before), opened(after), questions_for()
+    first, tails = new.segments[0], new.segments[1:]
+
+    def asked_for_more(query):  # the previous way: k + extra candidates, the deleted ones dropped after
+        _, ids = first.index.search(query, 50 + min(len(first.deleted), 12))
+        return np.isin(ids, first.deleted)
+
+    cases = {"before": lambda q: old.search(q, 50), "after": lambda q: new.search(q, 50),
+             "first segment, deleted skipped by FAISS": lambda q: segments._search_one(first, q, 50),
+             "first segment, k + 12 asked, deleted dropped": asked_for_more,
+             "first segment, no deletions": lambda q: first.index.search(q, 50),
+             f"the {len(tails)} flat segments ({sum(t.index.ntotal for t in tails)} vectors)":
+                 lambda q: [segments._search_one(t, q, 50) for t in tails]}
+    faiss.omp_set_num_threads(1)
+    for case in cases.values():
+        case(questions[:5])
+    cpu, names = {name: [] for name in cases}, list(cases)
+    for round_ in range(6):
+        for name in names[round_ % len(names):] + names[:round_ % len(names)]:
+            for question in questions:
+                started = time.thread_time()
+                cases[name](question[None, :])
+                cpu[name].append(time.thread_time() - started)
+    return {name: round(1000 * float(np.median(times)), 3) for name, times in cpu.items()}
+
+
 def measure_add(folder: Path, start: int, count: int = 100) -> dict:
     from indexer.store.folder import IndexWriter
 
@@ -280,6 +318,8 @@ def run(name: str, count: int, index_type: str, rewrite: bool) -> dict:
         compare.append(compacted)
     searches = in_child("measure_searches", *compare)
     found["search"], found["search_after"] = searches[:2]
+    if index_type != "flat":
+        found["parts"] = in_child("measure_parts", folder, work)
     if rewrite:
         found["search_compacted"] = searches[2]
     shutil.rmtree(work)
@@ -316,6 +356,10 @@ def main() -> None:
                 "compacted into one segment") if "search_compacted" in r else ""
         print(f"# {r['index']}: search CPU p50 after 50 adds {r['search_after']['cpu_p50_ms'] / r['search']['cpu_p50_ms']:.2f}x "
               f"before (target <= 1.2x){same}")
+    for r in results:
+        if "parts" in r:
+            print(f"# {r['index']}, where a question's time goes (CPU ms p50, one thread): " +
+                  "; ".join(f"{name} {value}" for name, value in r["parts"].items()))
     print(f"# load {os.getloadavg()[0]:.1f} at the end")
     (OUT / "results.json").write_text(json.dumps(results, indent=1))
 

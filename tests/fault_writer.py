@@ -10,7 +10,8 @@ its commit returned, then {"event": "exit", "status"} once the child is gone.
 "after-commit" (around SQLite's COMMIT); "nth": at that step's nth time (2: in the merge that follows a
 segment's commit). "tier_unit" sets indexer.store.segments.TIER_UNIT in the child (merges of small
 segments). "delete": keys to delete (op "delete"). The hooks wrap functions inside the child only.
-Optionally "checkpoint", "chunk" (entries per chunk, default 256) and "ray" (a Ray address);
+Optionally "checkpoint", "chunk" (entries per chunk, default 256), "ray" (a Ray address), "index_type"
+(a build's) and "spool" (indexer.store.streamed's SPOOL_VECTORS and CHUNK);
 then {"event": "progress", "done"} after each chunk the child wrote.
 """
 
@@ -89,6 +90,12 @@ def child(request: dict, resolved) -> None:
                "progress": (lambda done, total: say(event="progress", done=done)) if request.get("progress") else None}
     if "checkpoint" in request:
         options["checkpoint"] = request["checkpoint"]
+    if request.get("spool"):  # a streamed build (sq8, ivfpq) spools and codes this many vectors at a time
+        from indexer.store import streamed
+
+        streamed.SPOOL_VECTORS = streamed.CHUNK = request["spool"]
+    if request.get("index_type") and request["op"] == "build":
+        options["index_type"] = request["index_type"]
     if request["op"] == "delete":
         from indexer.ingest.build import delete_documents
 

@@ -221,7 +221,7 @@ def test_sigkill_at_each_step_of_a_segment_write_and_of_a_merge_leaves_the_pre_o
         server.close()
 
 
-@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf", "sq8"])
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf", "sq8", "ivfpq"])
 def test_segments_of_each_type_with_deletions_answer_as_exact_search(kind):
     """Three segments (the first of `kind`, two flat), a quarter of the ids deleted across them: the top 10
     are numpy's top 10 over the live vectors, with their scores."""

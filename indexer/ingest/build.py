@@ -32,6 +32,7 @@ from indexer.store.keywords import NEW_INDEX_SCHEME, hangul_syllable
 from indexer.store.folder import (DB_NAME, IndexWriter, Manifest, check_index_folder, connect, content_hash, now,
                                   open_manifest, read_manifest)
 from indexer.store.settings import IndexSettings, SearchSettings
+from indexer.store.streamed import streams
 
 EMBED_BATCH = 128  # entries per encoder call inside a chunk: the progress bar moves this often
 CHUNK = EMBED_BATCH  # entries planned, embedded and written at once (a Ray job); progress moves per chunk
@@ -147,7 +148,8 @@ def build_index(data: Path, folder: Path, *, text_fields: Iterable[str] = (), id
         existing = _existing_manifest(Path(folder))
         resume = check_resume(existing, marker, replace, folder, "add --replace to start over")
         marker = existing.settings.loading if resume else {**marker, "started": now()}
-    with IndexWriter.open(Path(folder), new=manifest, replace=replace and not resume) as writer:
+    stream = streams(index_type, entries_total, resolved.recipe.dimension)  # float32 vectors on disk, not in memory
+    with IndexWriter.open(Path(folder), new=manifest, replace=replace and not resume, stream=stream) as writer:
         if writer.manifest.documents and not replace and not resume:
             raise BertdexError(f"{folder} already holds an index: use `bertdex add` to update it, or --replace to rebuild it")
         ensure_sample(writer, resolved.encoder, sample)  # each commit makes the "no good answer" cut from it

@@ -270,18 +270,25 @@ def _tune(index: faiss.Index, target: str, params: dict) -> tuple[faiss.Index, s
     inner = faiss.downcast_index(index.index)
     if target == "hnsw":
         params = {**params, "M": int(inner.hnsw.nb_neighbors(1)), "ef_construction": int(inner.hnsw.efConstruction)}
-    if target in COMPRESSED:
-        steps = compressed.steps(target, params)
-    else:
-        steps = list(EF_SEARCH_STEPS) if target == "hnsw" else [p for p in NPROBE_STEPS if p < params["nlist"]] or [1]
     ids, vectors = stored(index)
     if len(ids) == 0:
         return index, target, {**params, "recall_at_10": 1.0, "recall_sample": 0}
     queries, exclude = recall_sample(ids, vectors)
-    if target not in COMPRESSED:
-        return _tune_held_out(index, inner, target, params, steps, ids, vectors, queries, exclude)
+    if target in COMPRESSED:
+        truth, kth = exact_neighbours(vectors, queries, ids, 10, exclude=exclude)
+        return index, target, tune_compressed(index, target, params, queries, truth, kth, exclude)
+    steps = list(EF_SEARCH_STEPS) if target == "hnsw" else [p for p in NPROBE_STEPS if p < params["nlist"]] or [1]
+    return _tune_held_out(index, inner, target, params, steps, ids, vectors, queries, exclude)
+
+
+def tune_compressed(index: faiss.Index, target: str, params: dict, queries: np.ndarray, truth: list[set[int]],
+                    kth: np.ndarray, exclude: np.ndarray | None = None) -> dict:
+    """sq8 / ivfpq: the smallest depth whose recall@10 on `queries` (exact answers `truth`, k-th scores `kth`)
+    reaches TUNE_TARGET, times DEPTH_MARGIN; ivfpq re-scores more candidates when no depth reaches it.
+    Sets the depth on `index`; returns `params` with it (a streamed build tunes here without `stored`)."""
+    inner = faiss.downcast_index(index.index)
+    steps = compressed.steps(target, params)
     chosen, recall = steps[-1], 0.0
-    truth, kth = exact_neighbours(vectors, queries, ids, 10, exclude=exclude)
     for step in dict.fromkeys(steps):
         _set_depth(inner, target, step)
         recall = recall_at(index, queries, truth, 10, exclude=exclude, kth=kth)
@@ -297,8 +304,8 @@ def _tune(index: faiss.Index, target: str, params: dict) -> tuple[faiss.Index, s
         _set_depth(inner, target, chosen)
         recall = recall_at(index, queries, truth, 10, exclude=exclude, kth=kth)
     name = compressed.depth_name(target)
-    return index, target, {**params, name: chosen, f"sample_{name}": sampled, "recall_at_10": round(recall, 4),
-                           "recall_sample": len(queries)}
+    return {**params, name: chosen, f"sample_{name}": sampled, "recall_at_10": round(recall, 4),
+            "recall_sample": len(queries)}
 
 
 def _tune_held_out(index, inner, target: str, params: dict, steps: list[int], ids, vectors, queries, exclude):

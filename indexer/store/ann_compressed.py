@@ -11,9 +11,10 @@ best `k_factor` x k of them are re-scored exactly against the float32 vectors ke
            where 8-bit codes of the same size needed ~125 ms for 0.983 (bench/scale.py, README).
 A searcher maps the FAISS file (IO_FLAG_MMAP_IFC: `load_flag`), so the float32 vectors (and the
 sq8 codes) stay on disk, in the page cache that every process on the machine shares; only the
-candidates' rows are read. The writer holds them in memory while it writes. Deletes rebuild from the
-stored vectors (IndexRefine cannot remove in place), with the same centroids unless the size changed
-4x. This module does not tune (indexer.store.ann does, with `steps` and `set_depth`) or write files.
+candidates' rows are read. A build streams them from disk (indexer.store.streamed); `finish` on an
+index in memory rebuilds from the stored vectors to delete (IndexRefine cannot remove in place), with
+the same centroids unless the size changed 4x. This module does not tune (indexer.store.ann does, with
+`steps` and `set_depth`) or write files.
 """
 
 from __future__ import annotations

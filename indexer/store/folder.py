@@ -36,7 +36,7 @@ import faiss
 import numpy as np
 
 from indexer.errors import BertdexError, IndexLocked, IndexMissing, IndexReadOnly
-from indexer.store import integrity, segments
+from indexer.store import integrity, segments, streamed
 from indexer.store.offtopic import with_collection_cut
 from indexer.store.keywords import fts_document, scheme_of
 from indexer.store.manifest import (  # noqa: F401 (re-exported: the names callers import from here)
@@ -52,7 +52,7 @@ LOCK_NAME = "write.lock"
 # larger ones get the cheap checks only (size, header), so a write to a 1M index does not read 1.5 GB.
 # `bertdex verify` checks every checksum; a merge checks those of the files it folds.
 CHECKSUM_AT_WRITE = 64 << 20
-_GENERATION_FILE = re.compile(r"^(vectors|codes)\.(\d+)\.(faiss|partial)$")
+_GENERATION_FILE = re.compile(r"^(vectors|codes)\.(\d+)\.(faiss|partial|spool)$")
 
 
 
@@ -65,7 +65,7 @@ class IndexWriter:
     """
 
     def __init__(self, folder: Path, db: sqlite_utils.Database, manifest: Manifest, lock_handle, replace: bool,
-                 dropping: frozenset = frozenset()):
+                 dropping: frozenset = frozenset(), stream: bool = False):
         self.folder, self.db, self.manifest, self._lock = folder, db, manifest, lock_handle
         self._dropping = dropping  # damaged segment files a repair replaces: unchecked, left out at commit
         self._removed: list[np.ndarray] = []  # passage ids to drop; applied at commit
@@ -74,6 +74,9 @@ class IndexWriter:
         # a build or a rebuild writes the whole index at each commit; a write to an index that has vectors
         # adds a segment (indexer.store.segments), so it costs what it adds
         self.whole = replace or manifest.generation == 0
+        # a build of a compressed type keeps its float32 vectors on disk (`_write_streamed`): each checkpoint
+        # commits them as a flat segment, the last commit codes them all into one segment of the type
+        self.streamed, self._spool, self._replacing = stream, None, replace
         if replace:  # everything is rewritten: a damaged old generation is what a rebuild or repair replaces
             self._clear()
         else:  # never commit on top of a damaged index: counts, each segment's size and header, small ones' checksums
@@ -95,9 +98,11 @@ class IndexWriter:
 
     @classmethod
     @contextmanager
-    def open(cls, folder: Path, *, new: Manifest | None = None, replace: bool = False, dropping: frozenset = frozenset()):
+    def open(cls, folder: Path, *, new: Manifest | None = None, replace: bool = False, dropping: frozenset = frozenset(),
+             stream: bool = False):
         """Lock `folder` and start a transaction. `new`: create the index if it has none yet. `dropping`:
-        segment files (damaged) that this write replaces: their entries must be written again (repair)."""
+        segment files (damaged) that this write replaces: their entries must be written again (repair).
+        `stream`: a build (or the resumed load of one) of a compressed type: float32 vectors go to disk."""
         folder = Path(folder)
         lock_handle = _take_lock(folder, create=new is not None)
         db = None
@@ -125,7 +130,7 @@ class IndexWriter:
                         # file (vectors.1.faiss) before its commit, and a crash then would pair the old
                         # texts with the new vectors
                         manifest = Manifest(**{**new.__dict__, "generation": manifest.generation})
-                writer = cls(folder, db, manifest, lock_handle, replace, frozenset(dropping))
+                writer = cls(folder, db, manifest, lock_handle, replace, frozenset(dropping), stream)
                 writer.warnings += stale_warnings
                 yield writer
                 if not writer.committed:
@@ -183,6 +188,20 @@ class IndexWriter:
         self._changed = self._changed or bool(documents)
         if len(vectors):
             self.vectors.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
+            if self.streamed and self.vectors.ntotal >= streamed.SPOOL_VECTORS:
+                self._spill()
+
+    def _spill(self) -> None:
+        """A streamed build: the vectors in memory go to the end of this commit's spool file (a flat segment
+        file in the making, vectors.<G>.spool: a crash leaves it unnamed, and the next writer removes it)."""
+        from indexer.store import ann
+
+        if self._spool is None:
+            name = f"vectors.{self.manifest.generation + 1}.spool"
+            self._spool = streamed.FlatSpool(self.folder / name, self.manifest.recipe.dimension)
+        ids, vectors = ann.stored(self.vectors)
+        self._spool.add(vectors, ids)
+        self.vectors = self._empty_flat()
 
     def delete(self, keys: list[str]) -> list[str]:
         """Remove documents by key; returns the keys that were not there."""
@@ -232,13 +251,17 @@ class IndexWriter:
         removed = np.concatenate(self._removed) if self._removed else np.zeros(0, dtype=np.int64)
         self._removed = []
         generation = self.manifest.generation + 1
-        if self.whole:
+        if self.streamed:
+            records, deleted, codebook = self._write_streamed(removed, generation)
+        elif self.whole:
             records, deleted, codebook = self._write_whole(removed, generation)
         else:
             records, deleted, codebook = self._write_segment(removed, generation)
             self._remake_cut(records, deleted)
         self._commit_manifest(generation, records, deleted, codebook)
-        if not self.whole:  # a build keeps its one index for its next checkpoint; a write starts a new segment
+        if self.streamed:
+            self.vectors, self._first_new, self._replacing = self._empty_flat(), self._next_passage, False
+        elif not self.whole:  # a build keeps its one index for its next checkpoint; a write starts a new segment
             self.vectors = new_vector_index("flat", self.manifest.recipe.dimension, {})
             self._first_new = self._next_passage
             plan = segments.plan_merge([segments.live(r, np.asarray(deleted, np.int64)) for r in records])
@@ -259,6 +282,86 @@ class IndexWriter:
         if self.vectors.ntotal and (empty := segments.codebook_of(self.vectors)) is not None:
             codebook = {"file": f"codes.{generation}.faiss", **_write_faiss_file(empty, self.folder / f"codes.{generation}.faiss")}
         return self._records_with(self.vectors, [], generation, index_params.get("tombstones", 0)), (), codebook
+
+    def _empty_flat(self) -> faiss.Index:
+        return new_vector_index("flat", self.manifest.recipe.dimension, {})
+
+    def _write_streamed(self, removed: np.ndarray, generation: int) -> tuple[list[dict], tuple, dict]:
+        """A streamed build's commit. At a checkpoint (a load still `loading`): its vectors (spool and memory)
+        as one more flat segment, nothing merged. At the last commit: every segment's live vectors coded into
+        one segment of the index's type, read from the files chunk by chunk (indexer.store.streamed); when the
+        type chosen for the count is not compressed (auto, below its line), built in memory as a build is."""
+        held = np.isin(removed, faiss.vector_to_array(self.vectors.id_map))
+        if held.any():  # written and replaced within this commit: never in a file
+            self.vectors.remove_ids(removed[held])
+        records = [] if self._replacing else segments.records_of(self.manifest)
+        deleted = set() if self._replacing else set(self.manifest.deleted)
+        deleted |= {int(i) for i in removed[~held]}  # in a committed file or in the spool
+        if self.vectors.ntotal:
+            self._spill()
+        spool, self._spool = self._spool, None
+        if self.manifest.settings.loading is not None:  # a checkpoint
+            if spool is not None:
+                records = records + [self._commit_spool(spool, generation)]
+            deleted = tuple(sorted(deleted))
+            self._remake_cut(records, deleted)
+            return records, deleted, {}
+        paths = [self.folder / r["file"] for r in records] + ([spool.path] if spool else [])
+        if spool is not None:
+            spool.close()
+        return self._write_folded(streamed.Sources(paths, np.asarray(sorted(deleted), np.int64)), generation)
+
+    def _commit_spool(self, spool: streamed.FlatSpool, generation: int) -> dict:
+        """The spool file, closed, as this commit's segment vectors.<generation>.faiss."""
+        ids = spool.close()
+        path = self.folder / f"vectors.{generation}.faiss"
+        try:
+            record = integrity.faiss_record(spool.path, len(ids))
+            os.replace(spool.path, path)
+            _fsync_folder(self.folder)
+        except BaseException as error:
+            spool.path.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
+            if isinstance(error, OSError) and integrity.no_space(self.folder, error):
+                raise integrity.disk_full(self.folder) from None
+            raise
+        return {"file": path.name, **record, "kind": "flat", "first_id": int(ids.min()), "last_id": int(ids.max())}
+
+    def _write_folded(self, sources: streamed.Sources, generation: int,
+                      current: str = "flat") -> tuple[list[dict], tuple, dict]:
+        """One segment of the index's type from `sources` (every live vector of the index), as the only one."""
+        from indexer.store import ann
+        from indexer.store import ann_compressed as compressed
+
+        requested = ann.requested_type(self.manifest.index_type, self.manifest.index_params)
+        dimension = self.manifest.recipe.dimension
+        target = ann.choose(requested, sources.count, current, dimension, compressed.machine_memory())
+        if target not in compressed.COMPRESSED or not sources.count:
+            vectors = self._empty_flat()
+            for part_ids, part in sources.chunks():
+                vectors.add_with_ids(part, part_ids)
+            self.vectors = vectors
+            return self._write_whole(np.zeros(0, np.int64), generation)
+        name, partial = f"vectors.{generation}.faiss", self.folder / f"vectors.{generation}.partial"
+        try:
+            index, params, empty = streamed.write_compressed(partial, sources, target, {"requested": requested})
+            record = {"file": name, **integrity.faiss_record(partial, index.ntotal), "kind": target}
+            os.replace(partial, self.folder / name)
+            _fsync_folder(self.folder)
+        except BaseException as error:
+            partial.unlink(missing_ok=True)
+            (self.folder / name).unlink(missing_ok=True)
+            if isinstance(error, OSError) and integrity.no_space(self.folder, error):
+                raise integrity.disk_full(self.folder) from None
+            raise
+        ids = faiss.vector_to_array(index.id_map)
+        record.update(first_id=int(ids.min()), last_id=int(ids.max()))
+        codebook = {"file": f"codes.{generation}.faiss", **_write_faiss_file(empty, self.folder / f"codes.{generation}.faiss")}
+        settings = self.manifest.settings
+        search = with_collection_cut(settings.search, self.db, index, self.manifest.recipe)
+        self.manifest = Manifest(**{**self.manifest.__dict__, "index_type": target, "index_params": params,
+                                    "settings": replace(settings, search=search)})
+        return [record], (), codebook
 
     def _write_segment(self, removed: np.ndarray, generation: int) -> tuple[list[dict], tuple, dict]:
         fresh = removed[removed >= self._first_new]
@@ -334,9 +437,15 @@ class IndexWriter:
             return self.manifest
         if self.whole or self._removed or self.vectors.ntotal:
             raise BertdexError("internal error: merge the segments before or after a write, not during it")
+        generation = self.manifest.generation + 1
+        if start == 0 and self._compacts_compressed(records, deleted):  # read from the files chunk by chunk
+            for record in folded:  # never fold a damaged file
+                integrity.check_faiss_file(self.folder / record["file"], record.get("blake2b") and record, checksum=True)
+            sources = streamed.Sources([self.folder / r["file"] for r in folded], deleted)
+            self._commit_manifest(generation, *self._write_folded(sources, generation, self.manifest.index_type))
+            return self.manifest
         part = Manifest(**{**self.manifest.__dict__, "segments": tuple(folded)})
         ids, vectors = segments.open_segments(self.folder, part, checksum=True).stored()  # never fold a damaged file
-        generation = self.manifest.generation + 1
         index, kind, params = segments.merged_index(vectors, ids, self.manifest, self._codebook(), whole=start == 0)
         del vectors
         codebook = self.manifest.codebook
@@ -356,6 +465,17 @@ class IndexWriter:
         left = tuple(int(i) for i in deleted if not low <= i <= high)
         self._commit_manifest(generation, records[:start] + merged, left, codebook)
         return self.manifest
+
+    def _compacts_compressed(self, records: list[dict], deleted: np.ndarray) -> bool:
+        """Does `bertdex compact` make an sq8 or ivfpq segment? Then it streams as a build of one does."""
+        from indexer.store import ann
+        from indexer.store import ann_compressed as compressed
+
+        count = sum(segments.live(r, deleted) for r in records)
+        requested = ann.requested_type(self.manifest.index_type, self.manifest.index_params)
+        target = ann.choose(requested, count, self.manifest.index_type, self.manifest.recipe.dimension,
+                            compressed.machine_memory())
+        return target in compressed.COMPRESSED and count > 0
 
     def _codebook(self) -> faiss.Index | None:
         if not self.manifest.codebook:
