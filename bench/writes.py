@@ -5,9 +5,9 @@
 
 Vectors are precomputed (the model is out of it): SYNTHETIC unit vectors of 384 dimensions around
 2,000 centres (each a centre plus Gaussian noise, normalized), entries "entry N about topic T".
-Each index is built once and cached in bench/out/writes/ (flat through IndexWriter; the ivfpq one
-streamed, as bench/scale.py builds: codes trained on a sample, the float32 vectors of a flat file
-it maps, then committed as one segment with its codebook). Every measurement runs on a copy of the
+Each index is built once and cached in bench/out/writes/, through IndexWriter as `bertdex index`
+builds (the ivfpq one streamed: vectors spooled to disk, coded chunk by chunk at the commit, tuned on
+its sample). Every measurement runs on a copy of the
 cached folder (its segment files hard-linked: they are immutable), in a fresh process, so its peak
 RSS (VmHWM) is its own:
     search      the searcher's vector side (open the segments as a Searcher does, compressed types
@@ -89,50 +89,13 @@ def build_flat(folder: Path, count: int) -> None:
 
 
 def build_ivfpq(folder: Path, count: int) -> None:
-    """A flat index through the writer, then its file re-coded as ivfpq by streaming (bench/scale.py's way)."""
-    import faiss
+    """As `bertdex index --index-type ivfpq` builds: the writer spools the vectors to disk and its commit codes
+    them chunk by chunk into one ivfpq segment, tuned on its sample (indexer.store.streamed)."""
+    from indexer.store.folder import IndexWriter
 
-    from indexer.store import ann, ann_compressed, integrity, segments
-    from indexer.store.folder import connect, read_manifest
-
-    build_flat(folder, count)
-    db = connect(folder)
-    manifest = read_manifest(db, folder)
-    flat_file = folder / manifest.segments[0]["file"]
-    mapped = faiss.read_index(str(flat_file), faiss.IO_FLAG_MMAP_IFC)
-    flat = faiss.downcast_index(mapped.index)
-    rng = np.random.default_rng(1)
-    sample = flat.reconstruct_batch(np.sort(rng.choice(count, min(count, 40 * int(np.sqrt(count)) + 10_240), replace=False)))
-    empty = faiss.IndexIDMap2(faiss.IndexFlatIP(DIMENSION))
-    index, params = ann_compressed.build("ivfpq", empty, sample, {}, True, count=count)
-    codebook = segments.codebook_of(index)
-    refine = faiss.downcast_index(index.index)
-    base = faiss.downcast_index(refine.base_index)
-    for start in range(0, count, 250_000):
-        base.add(flat.reconstruct_n(start, min(250_000, count - start)))
-    ready = faiss.IndexRefine(base, flat)
-    ready.k_factor = refine.k_factor
-    ready.ntotal = 0
-    wrapped = faiss.IndexIDMap2(ready)
-    ready.ntotal = count
-    faiss.copy_array_to_vector(faiss.vector_to_array(mapped.id_map), wrapped.id_map)
-    wrapped.ntotal = count
-    generation = manifest.generation + 1
-    target, codes = folder / f"vectors.{generation}.faiss", folder / f"codes.{generation}.faiss"
-    faiss.downcast_index(ready.base_index).nprobe = 64  # bench/scale.py's 2M figure reached 0.98 near here
-    faiss.write_index(wrapped, str(target))
-    faiss.write_index(codebook, str(codes))
-    record = {"file": target.name, **integrity.faiss_record(target, count), "kind": "ivfpq",
-              "first_id": manifest.segments[0]["first_id"], "last_id": manifest.segments[0]["last_id"]}
-    rows = {"generation": generation, "index_type": "ivfpq", "index_params": {**params, "nprobe": 64, "requested": "ivfpq"},
-            "segments": [record], "codebook": {"file": codes.name, **integrity.faiss_record(codes, 0)}}
-    with db.conn:
-        for name, value in rows.items():
-            db.execute("UPDATE manifest SET value = ? WHERE name = ?", [json.dumps(value), name])
-    db.close()
-    del mapped, flat, ready, wrapped
-    flat_file.unlink()
-    assert ann.kind(faiss.read_index(str(target), faiss.IO_FLAG_MMAP_IFC)) == "ivfpq"
+    with IndexWriter.open(folder, new=manifest_for("ivfpq"), stream=True) as writer:
+        write_entries(writer, 0, count)
+        writer.commit()
 
 
 def cached(name: str, count: int, index_type: str) -> Path:

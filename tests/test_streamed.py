@@ -205,3 +205,36 @@ def test_compact_of_an_ivfpq_index_streams_its_segments_into_one_and_drops_the_d
     truth = [set(live[np.argsort(-(vectors[live] @ q), kind="stable")[:10]] + 1) for q in queries]
     assert np.mean([len(truth[i] & set(ids[i])) / 10 for i in range(len(queries))]) >= 0.97
     assert verify_index(folder).ok
+
+
+def test_repair_and_reembed_of_an_ivfpq_index_stream_its_vectors_and_answer_as_before(tmp_path, resolved, tiny_spool,
+                                                                                   monkeypatch):
+    """A whole rewrite of a compressed index (repair, re-embed) spools its float32 vectors to disk as its build did."""
+    from indexer.ingest.reembed import reembed_index
+    from indexer.store.repair import repair_index
+
+    folder = tmp_path / "ivfpq"
+    build_index(write_jsonl(tmp_path / "a.jsonl", entries(0, 400)), folder, resolved=resolved, index_type="ivfpq",
+                chunk_size=50)
+    questions = ["question 7 about refunds", "shipping to another address", "password version 0"]
+
+    def found():
+        hits = Searcher(folder, encoder=resolved.encoder).search_many(questions, 10, min_score=float("-inf"))
+        return [[(hit.key, round(hit.score, 4)) for hit in row] for row in hits]
+
+    before, spools = found(), []
+
+    class CountedSpool(streamed.FlatSpool):
+        def __init__(self, path, dimension):
+            spools.append(path.name)
+            super().__init__(path, dimension)
+
+    monkeypatch.setattr(streamed, "FlatSpool", CountedSpool)
+    repair_index(folder, encoder=resolved.encoder)
+    assert spools and found() == before
+    recipe = open_manifest(folder).recipe
+    spools.clear()
+    reembed_index(folder, layer=recipe.layer, pooling=recipe.pooling)
+    manifest = open_manifest(folder)
+    assert spools and [r["kind"] for r in manifest.segments] == ["ivfpq"] and manifest.vectors == 400
+    assert found() == before and verify_index(folder, text_sample=5, encoder=resolved.encoder).ok

@@ -20,6 +20,7 @@ from indexer.ingest.cut import ensure_sample
 from indexer.ingest.embedding import embed_entries
 from indexer.store.folder import IndexWriter, Manifest, check_index_folder, connect, read_manifest
 from indexer.store.settings import SearchSettings
+from indexer.store.streamed import streams
 
 CHUNK = 2048
 
@@ -82,7 +83,8 @@ def reembed_index(folder: str | Path, *, layer: int, pooling: str, search: Searc
     provenance = adapted if adapted is not None else (settings.adapted if same and not recipe.projection else None)
     settings = replace(settings, adapted=provenance if is_adapted(resolved.recipe.model) or projection else None)
     new = replace(old, recipe=resolved.recipe, settings=settings)
-    with IndexWriter.open(folder, new=new, replace=True) as writer:
+    stream = streams(new.index_type, len(documents), resolved.recipe.dimension)  # compressed: vectors to disk
+    with IndexWriter.open(folder, new=new, replace=True, stream=stream) as writer:
         _check_generation(read_manifest(writer.db, folder).generation, old.generation, folder)
         ensure_sample(writer, resolved.encoder, [d["text"] for d in documents])  # the collection's cut, by the new recipe
         rewrite_documents(writer, resolved.encoder, documents)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from indexer.errors import BertdexError, IndexDamaged
-from indexer.store import integrity, segments
+from indexer.store import integrity, segments, streamed
 from indexer.store.folder import DB_NAME, IndexWriter, check_index_folder, connect, read_manifest
 from indexer.store.verify import verify_index
 
@@ -60,7 +60,8 @@ def repair_index(folder: str | Path, *, encoder=None, threads: int | None = None
     damaged = _damaged_segments(folder, old)
     if damaged and found and all(any(name in problem for name in damaged) for problem in found):
         return _repair_segments(folder, old, damaged, found, encoder)
-    with IndexWriter.open(folder, new=old, replace=True) as writer:
+    stream = streamed.streams(old.index_type, len(documents), old.recipe.dimension)  # compressed: vectors to disk
+    with IndexWriter.open(folder, new=old, replace=True, stream=stream) as writer:
         if read_manifest(writer.db, folder).generation != old.generation:
             raise BertdexError(f"{folder} changed while repair read it: nothing was written; run it again")
         rewrite_documents(writer, encoder, documents)

@@ -1,0 +1,209 @@
+"""`bertdex index`'s own bulk load at 10M: the product's streamed build, its time, memory and disk.
+
+    python bench/bigbuild.py --count 10000000            # ivfpq (what auto picks at 10M on 24 GB)
+    python bench/bigbuild.py --count 2000000 --type sq8
+
+The model is left out (no machine here embeds 10M texts in a session): each entry's vector is made by
+a SYNTHETIC embedder (bench/writes.py's vectors: 384 dimensions around 2,000 centres, the same ones on
+every run) that takes the place of the encoder in `indexer.ingest.bulk.ingest`, the loop `bertdex
+index` runs. Everything else is the product's, as `build_index` calls it: `streams()` decides,
+IndexWriter.open(stream=True), entries written 128 at a time with their texts ("entry N about topic
+T": SQLite rows and keyword terms), a checkpoint commit every 50,000 entries (each a flat segment
+file, the float32 vectors spooled to disk past 65,536 in memory), and the last commit codes every
+vector into one ivfpq/sq8 segment chunk by chunk (indexer.store.streamed), tuned on its sample.
+
+It runs in a fresh process and prints, in one JSON line: seconds (load and last commit apart), peak
+RSS (VmHWM: mapped file pages count there) and the largest anonymous RSS seen (sampled every 0.2 s:
+what the process itself holds), the folder's size, and then the built index as a Searcher opens it:
+recall@10 of 200 questions (new points of the same centres) against their exact top 10 over all
+COUNT vectors (collected as the vectors were made), and the vector search's p50 on one thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from bench.machine import cpu_name  # noqa: E402
+from bench.writes import CHUNK as BLOCK, DIMENSION, documents, manifest_for, synthetic  # noqa: E402
+
+OUT = ROOT / "bench" / "out" / "bigbuild"
+QUESTIONS = 200
+
+
+def questions_for() -> np.ndarray:
+    """New points near the centres: not stored vectors, so the exact top 10 is a real ranking."""
+    centres = np.random.default_rng(7).standard_normal((2_000, DIMENSION)).astype(np.float32)
+    rng = np.random.default_rng(99)
+    points = centres[rng.integers(0, len(centres), QUESTIONS)]
+    points += 0.8 * rng.standard_normal(points.shape).astype(np.float32)
+    return (points / np.linalg.norm(points, axis=1, keepdims=True)).astype(np.float32)
+
+
+class SyntheticEmbedder:
+    """In place of the encoder: entry N's vector is synthetic(N); the exact answers are kept as they go."""
+
+    label = "synthetic (bench/bigbuild.py)"
+
+    def __init__(self, questions: np.ndarray):
+        from indexer.store.streamed import ExactTop
+
+        self.best = ExactTop(questions, 10)
+        self.made, self.block_start, self.block = 0, -1, None
+
+    def _vectors(self, count: int) -> np.ndarray:
+        parts = []
+        while count:
+            start = (self.made // BLOCK) * BLOCK
+            if start != self.block_start:
+                self.block_start, self.block = start, synthetic(start, BLOCK)
+                self.best.add(self.block, np.arange(start, start + BLOCK) + 1)  # passage ids from 1
+            take = min(count, start + BLOCK - self.made)
+            parts.append(self.block[self.made - start:self.made - start + take])
+            self.made, count = self.made + take, count - take
+        return np.concatenate(parts)
+
+    def stream(self, jobs):
+        for payload, texts in jobs:
+            n = len(texts)
+            yield payload, SimpleNamespace(vectors=self._vectors(n), owners=np.arange(n), truncated=0,
+                                           spans=np.zeros((n, 2), dtype=np.int64)) if n else None
+
+    def close(self) -> None:
+        pass
+
+
+def entries(count: int):
+    from indexer.ingest.readers import Entry
+
+    for first in range(0, count, BLOCK):
+        for row in documents(first, min(BLOCK, count - first)):
+            yield Entry(key=row["key"], text=row["text"])
+
+
+def anonymous_mb() -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) // 1024
+    return 0
+
+
+def peak_mb() -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) // 1024
+    return 0
+
+
+def build(folder: Path, count: int, index_type: str) -> dict:
+    """In this process: the load as build_index runs it, with the synthetic embedder."""
+    from indexer.ingest.build import CHUNK
+    from indexer.ingest.bulk import CHECKPOINT, ingest, run_marker
+    from indexer.store.folder import IndexWriter, now
+    from indexer.store.streamed import streams
+
+    largest, done = [0], threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.2):
+            largest[0] = max(largest[0], anonymous_mb())
+
+    threading.Thread(target=sample, daemon=True).start()
+    embedder = SyntheticEmbedder(questions_for())
+    stream = streams(index_type, count, DIMENSION)
+    marker = {**run_marker("index", Path(__file__), {"count": count}), "started": now()}
+    shown, started = [0.0], time.perf_counter()
+
+    def progress(done_: int, total: int) -> None:
+        if time.perf_counter() - shown[0] > 60:
+            shown[0] = time.perf_counter()
+            print(f"  {done_:,} of {total:,} entries, {shown[0] - started:.0f} s, anonymous RSS {anonymous_mb()} MiB",
+                  file=sys.stderr, flush=True)
+
+    with IndexWriter.open(folder, new=manifest_for(index_type), stream=stream) as writer:
+        ingest(writer, embedder, entries(count), count, progress=progress, chunk_size=CHUNK,
+               checkpoint=CHECKPOINT, marker=marker)
+        loaded = time.perf_counter()
+        manifest = writer.commit()
+    finished = time.perf_counter()
+    done.set()
+    truth = folder.parent / f"{folder.name}-truth.npy"
+    np.save(truth, embedder.best.ids)
+    return {"streamed": stream, "load_s": round(loaded - started), "last_commit_s": round(finished - loaded),
+            "seconds": round(finished - started), "peak_mb": peak_mb(), "largest_anon_mb": largest[0],
+            "index_type": manifest.index_type, "index_params": manifest.index_params,
+            "segments": len(manifest.segments), "documents": manifest.documents}
+
+
+def search(folder: Path) -> dict:
+    """In a fresh process: the index as a Searcher opens it; recall@10 and p50 against the kept exact answers."""
+    import faiss
+
+    from indexer.store import ann
+    from indexer.store.ann_compressed import load_flag
+    from indexer.store.folder import open_manifest, open_vectors
+
+    manifest = open_manifest(folder)
+    vectors = open_vectors(folder, manifest, flags=load_flag(manifest.index_type))
+    truth, questions = np.load(folder.parent / f"{folder.name}-truth.npy"), questions_for()
+    faiss.omp_set_num_threads(1)
+    ann.search(vectors, questions[:5], 10)  # first touches of the mapped pages
+    times, hits = [], 0
+    for question, right in zip(questions, truth):
+        started = time.perf_counter()
+        _, ids = ann.search(vectors, question[None, :], 10)
+        times.append(time.perf_counter() - started)
+        hits += len(set(ids[0].tolist()) & set(right.tolist()))
+    return {"recall_at_10": round(hits / truth.size, 3), "search_p50_ms": round(1000 * float(np.median(times)), 2),
+            "search_p99_ms": round(1000 * float(np.percentile(times, 99)), 2), "searcher_peak_mb": peak_mb()}
+
+
+def in_child(what: str, *args) -> dict:
+    code = (f"import json, sys; sys.path.insert(0, {str(ROOT)!r}); from pathlib import Path; import bench.bigbuild as b; "
+            f"print(json.dumps(b.{what}(Path(sys.argv[1]), *[int(a) if a.isdigit() else a for a in sys.argv[2:]])))")
+    result = subprocess.run([sys.executable, "-c", code, *map(str, args)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    if result.returncode:
+        raise SystemExit(f"{what} failed (exit {result.returncode})")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=10_000_000)
+    parser.add_argument("--type", default="ivfpq", choices=["ivfpq", "sq8", "auto"])
+    parser.add_argument("--keep", action="store_true", help="keep the built folder (bench/out/bigbuild/)")
+    args = parser.parse_args()
+    print(f"$ python bench/bigbuild.py {' '.join(sys.argv[1:])}")
+    print(f"# {cpu_name()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f} at start", flush=True)
+    folder = OUT / f"{args.type}-{args.count}"
+    shutil.rmtree(folder, ignore_errors=True)
+    OUT.mkdir(parents=True, exist_ok=True)
+    built = in_child("build", folder, args.count, args.type)
+    size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+    built["folder_gib"] = round(size / 2**30, 2)
+    built["files"] = sorted(p.name for p in folder.iterdir())
+    print(json.dumps(built), flush=True)
+    searched = in_child("search", folder)
+    print(json.dumps(searched), flush=True)
+    print(f"{args.count:,} entries, {built['index_type']}: built in {built['seconds']} s (load {built['load_s']} s, "
+          f"last commit {built['last_commit_s']} s), peak RSS {built['peak_mb']} MiB, largest anonymous "
+          f"{built['largest_anon_mb']} MiB, folder {built['folder_gib']} GiB; recall@10 {searched['recall_at_10']}, "
+          f"search p50 {searched['search_p50_ms']} ms; load {os.getloadavg()[0]:.1f} at the end")
+    if not args.keep:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
