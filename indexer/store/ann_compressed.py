@@ -30,6 +30,7 @@ COMPRESSED = ("sq8", "ivfpq")
 # candidates re-scored and needed 2,560 for 0.96 (bench/scale.py)
 PQ_BYTES = 96
 K_FACTOR = 16  # ivfpq: candidates re-scored per result wanted (PQ ranks too coarsely for fewer)
+K_FACTORS = (16, 32, 64, 128)  # ivfpq tuning tries each: more re-scored, fewer lists to scan (ann._tune_ivfpq)
 FAST_SCAN_MIN = 1000  # training points for 4-bit fast-scan codes; fewer: 8-bit (or fewer bits) IndexIVFPQ
 K_FACTOR_STEPS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 TRAIN_PER_LIST = 40
@@ -126,15 +127,6 @@ def set_depth(inner: faiss.Index, target: str, step: int) -> None:
         inner.k_factor = float(step)
     else:
         faiss.downcast_index(inner.base_index).nprobe = int(step)
-
-
-def raise_k_factor(inner: faiss.Index, measure, target: float) -> float:
-    """ivfpq: the smallest k_factor past K_FACTOR whose recall (`measure()`) reaches `target` (at most the last)."""
-    for k_factor in (24, 32, 48, 64, 96, 128):
-        inner.k_factor = float(k_factor)
-        if measure() >= target:
-            break
-    return float(inner.k_factor)
 
 
 def depth_name(target: str) -> str:
