@@ -1,6 +1,7 @@
 """`bertdex index`'s own bulk load at 10M: the product's streamed build, its time, memory and disk.
 
     python bench/bigbuild.py --count 10000000            # ivfpq (what auto picks at 10M on 24 GB)
+    python bench/bigbuild.py --count 10000000 --real     # vectors made from real review vectors
     python bench/bigbuild.py --count 2000000 --type sq8
 
 The model is left out (no machine here embeds 10M texts in a session): each entry's vector is made by
@@ -11,6 +12,11 @@ IndexWriter.open(stream=True), entries written 128 at a time with their texts ("
 T": SQLite rows and keyword terms), a checkpoint commit every 50,000 entries (each a flat segment
 file, the float32 vectors spooled to disk past 65,536 in memory), and the last commit codes every
 vector into one ivfpq/sq8 segment chunk by chunk (indexer.store.streamed), tuned on its sample.
+
+--real: the vectors are bench/scale.py's instead: each a mix of two of 5,000 real nsmc review vectors
+(multilingual-e5-small, embedded once and cached in bench/out/bigbuild/) plus noise, and the questions
+are real (100 bertfaq-covidfaq user questions, 100 held-out reviews, embedded as questions). Without
+it the clusters are Gaussian blobs whose members are near-equidistant, the hard case for IVF.
 
 It runs in a fresh process and prints, in one JSON line: seconds (load and last commit apart), peak
 RSS (VmHWM: mapped file pages count there) and the largest anonymous RSS seen (sampled every 0.2 s:
@@ -52,15 +58,46 @@ def questions_for() -> np.ndarray:
     return (points / np.linalg.norm(points, axis=1, keepdims=True)).astype(np.float32)
 
 
+def real_vectors() -> tuple[np.ndarray, np.ndarray]:
+    """(5,000 real review vectors, 200 real question vectors), embedded once by the model `bertdex index`
+    picks for the reviews (bench/scale.py's way), cached."""
+    cached = OUT / "real-5000.npz"
+    if not cached.exists():
+        from bench.scale import DATA, reviews
+        from indexer.embed.models import default_model
+        from indexer.embed.resolve import resolve_recipe
+
+        texts, asked = reviews(DATA, 5_000)
+        resolved = resolve_recipe(default_model(texts), precision="fp32")
+        recipe = resolved.recipe
+        options = {"layer": recipe.layer, "pooling": recipe.pooling, "exclude_special": recipe.exclude_special,
+                   "windows": False, "prefix": recipe.passage_prefix}
+        real = np.concatenate([resolved.encoder.embed(texts[i:i + 256], **options).vectors
+                               for i in range(0, len(texts), 256)])
+        questions = resolved.encoder.embed(asked, **{**options, "prefix": recipe.query_prefix}).vectors
+        OUT.mkdir(parents=True, exist_ok=True)
+        np.savez(cached, real=real, questions=questions)
+    found = np.load(cached)
+    return found["real"].astype(np.float32), found["questions"].astype(np.float32)
+
+
+def real_mix(start: int, count: int) -> np.ndarray:
+    """bench/scale.py's vectors: two real review vectors mixed, noise added; the same ones on every run."""
+    from bench.scale import mix
+
+    real, _ = real_vectors()
+    return mix(np.random.default_rng(10_000 + start // BLOCK), real, count)
+
+
 class SyntheticEmbedder:
-    """In place of the encoder: entry N's vector is synthetic(N); the exact answers are kept as they go."""
+    """In place of the encoder: entry N's vector is made(N); the exact answers are kept as they go."""
 
     label = "synthetic (bench/bigbuild.py)"
 
-    def __init__(self, questions: np.ndarray):
+    def __init__(self, questions: np.ndarray, made=synthetic):
         from indexer.store.streamed import ExactTop
 
-        self.best = ExactTop(questions, 10)
+        self.best, self.make = ExactTop(questions, 10), made
         self.made, self.block_start, self.block = 0, -1, None
 
     def _vectors(self, count: int) -> np.ndarray:
@@ -68,7 +105,7 @@ class SyntheticEmbedder:
         while count:
             start = (self.made // BLOCK) * BLOCK
             if start != self.block_start:
-                self.block_start, self.block = start, synthetic(start, BLOCK)
+                self.block_start, self.block = start, self.make(start, BLOCK)
                 self.best.add(self.block, np.arange(start, start + BLOCK) + 1)  # passage ids from 1
             take = min(count, start + BLOCK - self.made)
             parts.append(self.block[self.made - start:self.made - start + take])
@@ -107,7 +144,11 @@ def peak_mb() -> int:
     return 0
 
 
-def build(folder: Path, count: int, index_type: str) -> dict:
+def questions_of(real: str) -> np.ndarray:
+    return real_vectors()[1] if real == "real" else questions_for()
+
+
+def build(folder: Path, count: int, index_type: str, real: str = "blobs") -> dict:
     """In this process: the load as build_index runs it, with the synthetic embedder."""
     from indexer.ingest.build import CHUNK
     from indexer.ingest.bulk import CHECKPOINT, ingest, run_marker
@@ -121,7 +162,7 @@ def build(folder: Path, count: int, index_type: str) -> dict:
             largest[0] = max(largest[0], anonymous_mb())
 
     threading.Thread(target=sample, daemon=True).start()
-    embedder = SyntheticEmbedder(questions_for())
+    embedder = SyntheticEmbedder(questions_of(real), real_mix if real == "real" else synthetic)
     stream = streams(index_type, count, DIMENSION)
     marker = {**run_marker("index", Path(__file__), {"count": count}), "started": now()}
     shown, started = [0.0], time.perf_counter()
@@ -147,7 +188,7 @@ def build(folder: Path, count: int, index_type: str) -> dict:
             "segments": len(manifest.segments), "documents": manifest.documents}
 
 
-def search(folder: Path) -> dict:
+def search(folder: Path, real: str = "blobs") -> dict:
     """In a fresh process: the index as a Searcher opens it; recall@10 and p50 against the kept exact answers."""
     import faiss
 
@@ -157,7 +198,7 @@ def search(folder: Path) -> dict:
 
     manifest = open_manifest(folder)
     vectors = open_vectors(folder, manifest, flags=load_flag(manifest.index_type))
-    truth, questions = np.load(folder.parent / f"{folder.name}-truth.npy"), questions_for()
+    truth, questions = np.load(folder.parent / f"{folder.name}-truth.npy"), questions_of(real)
     faiss.omp_set_num_threads(1)
     ann.search(vectors, questions[:5], 10)  # first touches of the mapped pages
     times, hits = [], 0
@@ -183,19 +224,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=10_000_000)
     parser.add_argument("--type", default="ivfpq", choices=["ivfpq", "sq8", "auto"])
+    parser.add_argument("--real", action="store_true", help="vectors mixed from real review vectors, real questions")
     parser.add_argument("--keep", action="store_true", help="keep the built folder (bench/out/bigbuild/)")
     args = parser.parse_args()
     print(f"$ python bench/bigbuild.py {' '.join(sys.argv[1:])}")
     print(f"# {cpu_name()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f} at start", flush=True)
-    folder = OUT / f"{args.type}-{args.count}"
+    kind = "real" if args.real else "blobs"
+    if args.real:
+        real_vectors()  # embedded here, once, not inside the timed build
+    folder = OUT / f"{args.type}-{args.count}-{kind}"
     shutil.rmtree(folder, ignore_errors=True)
     OUT.mkdir(parents=True, exist_ok=True)
-    built = in_child("build", folder, args.count, args.type)
+    built = in_child("build", folder, args.count, args.type, kind)
     size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
     built["folder_gib"] = round(size / 2**30, 2)
     built["files"] = sorted(p.name for p in folder.iterdir())
     print(json.dumps(built), flush=True)
-    searched = in_child("search", folder)
+    searched = in_child("search", folder, kind)
     print(json.dumps(searched), flush=True)
     print(f"{args.count:,} entries, {built['index_type']}: built in {built['seconds']} s (load {built['load_s']} s, "
           f"last commit {built['last_commit_s']} s), peak RSS {built['peak_mb']} MiB, largest anonymous "
