@@ -11,7 +11,7 @@ import pytest
 
 from indexer import build_index, delete_documents
 from indexer.store import ann, streamed
-from indexer.store.folder import IndexWriter, Manifest, open_manifest, open_vectors
+from indexer.store.folder import IndexWriter, Manifest, connect, open_manifest, open_vectors
 from indexer.store.verify import verify_index
 from scale_helpers import assert_same_index, clustered
 from search import Searcher
@@ -238,3 +238,37 @@ def test_repair_and_reembed_of_an_ivfpq_index_stream_its_vectors_and_answer_as_b
     manifest = open_manifest(folder)
     assert spools and [r["kind"] for r in manifest.segments] == ["ivfpq"] and manifest.vectors == 400
     assert found() == before and verify_index(folder, text_sample=5, encoder=resolved.encoder).ok
+
+
+def test_merged_segments_of_a_compressed_index_are_coded_with_its_codebook(tmp_path):
+    """Eight writes of 150 fold into one segment of 1,200 (minus a deletion; the base of 10,000 is a tier
+    above, so it stays): in an ivfpq index the new segment is coded with the index's codebook (its search a
+    fraction of a flat scan's), answers with exact scores, and never brings back what was deleted, in the
+    base segment or in the folded ones."""
+    folder, points = tmp_path / "ivfpq", clustered(10_000 + 8 * 150 + 20, dimension=DIMENSION)
+    vectors, queries = points[:-20], points[-20:]
+    build(folder, "ivfpq", vectors[:10_000], stream=True)
+    base = open_manifest(folder)
+    for step in range(8):
+        with IndexWriter.open(folder) as writer:
+            start = 10_000 + 150 * step
+            write(writer, vectors[start:start + 150], [f"e{i}" for i in range(start, start + 150)])
+            if step == 3:
+                writer.delete(["e12", "e10010"])  # one in the base segment, one in the first added segment
+            writer.commit()
+    manifest = open_manifest(folder)
+    assert [r["kind"] for r in manifest.segments] == ["ivfpq", "ivfpq"]
+    assert manifest.segments[0] == base.segments[0] and manifest.segments[1]["ntotal"] == 1_199
+    live = np.array([i for i in range(len(vectors)) if i not in (12, 10_010)])
+    scores, found = answers(folder, queries)
+    ids_to_rows = {}
+    db = connect(folder, readonly=True)
+    for passage, key in db.execute("SELECT p.id, d.key FROM passages p JOIN documents d ON d.id = p.document_id"):
+        ids_to_rows[passage] = int(key[1:])
+    db.close()
+    rows = np.vectorize(ids_to_rows.get)(found)
+    assert not np.isin(rows, [12, 10_010]).any()
+    exact = np.argsort(-(queries @ vectors[live].T), axis=1)[:, :10]
+    recall = np.mean([len(set(rows[i]) & set(live[exact[i]])) / 10 for i in range(len(queries))])
+    assert recall >= 0.9
+    assert np.allclose(scores, np.einsum("qd,qkd->qk", queries, vectors[rows]), atol=1e-5)
