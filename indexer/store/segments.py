@@ -7,7 +7,7 @@ best k by score: every type re-scores exactly (flat, HNSW and IVF store float32,
 it), so scores from different segments compare. A merge folds the newest segments into one once
 MERGE_FACTOR of them share a size tier (`plan_merge`), dropping their deleted vectors; segments of
 SMALL_SEGMENT vectors and more are built as the index's type (compressed ones from the codebook file,
-not retrained; a compressed index codes them from CODED_SEGMENT vectors). Ids only grow: segment i+1's ids are all above segment i's, so each segment owns an
+not retrained; an ivfpq index codes them from CODED_SEGMENT vectors). Ids only grow: segment i+1's ids are all above segment i's, so each segment owns an
 id range [first_id, last_id], and a merge of the newest segments keeps the ranges apart.
 
 An index written before segments (format 1) has one file, vectors.<G>.faiss, read as one segment.
@@ -29,8 +29,9 @@ from indexer.store import ann_compressed as compressed
 MERGE_FACTOR = 8  # this many segments of one tier are folded into one
 TIER_UNIT = 1_000  # tier 0: under MERGE_FACTOR x this many vectors; each tier above is MERGE_FACTOR times larger
 SMALL_SEGMENT = ann.AUTO_FLAT_MAX  # merged segments below this stay flat (exact, and fast at this size)
-# ...except in a compressed index, whose merged segments from this size are coded with its codebook: beside a
-# 2M ivfpq segment answering in 0.57 ms, 5,000 flat vectors took 0.15 ms more a question (bench/writes.py)
+# ...except in an ivfpq index, whose merged segments from this size are coded with its codebook and searched at
+# its depth: beside a 2M ivfpq segment answering in 0.57 ms, 5,000 flat vectors took 0.15 ms more a question
+# (bench/writes.py). sq8 codes scan no faster than float32 at these sizes: its small segments stay flat.
 CODED_SEGMENT = 1_000
 
 
@@ -95,7 +96,8 @@ class SegmentSet:
             found.append(_search_one(segment, queries, k))
         if len(found) == 1 and found[0][1].shape[1] == k:
             return found[0]  # one segment: FAISS's own answer
-        found.append((np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64)))
+        if sum(f[1].shape[1] for f in found) < k:  # fewer than k in all: padded, as FAISS pads
+            found.append((np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64)))
         scores, ids = np.concatenate([f[0] for f in found], axis=1), np.concatenate([f[1] for f in found], axis=1)
         scores[ids < 0] = -np.inf  # FAISS pads with -FLT_MAX
         order = np.argsort(-scores, axis=1, kind="stable")[:, :k]  # ties: the older segment first
@@ -245,13 +247,18 @@ def merged_index(vectors: np.ndarray, ids: np.ndarray, manifest, codebook: faiss
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     flat = faiss.IndexIDMap2(faiss.IndexFlatIP(manifest.recipe.dimension))
     codes = compressed.compressed_kind(faiss.downcast_index(codebook.index)) if codebook is not None else None
-    if (not whole and codes and requested != "flat" and len(ids) >= CODED_SEGMENT
+    if (not whole and codes == "ivfpq" and len(ids) >= CODED_SEGMENT and "nprobe" in params
             and compressed.fits_training(manifest.vectors, params, ann.IVF_RETRAIN_GROWTH)):
-        # a compressed index's merged segment: the codebook suits the collection it was trained on, whatever
-        # the segment's own size; coded, its search costs a fraction of the same vectors' flat scan
+        # an ivfpq index's merged segment: the codebook suits the collection it was trained on, whatever the
+        # segment's own size, and so does the collection's tuned depth (a segment's own sample, sparse over
+        # the lists, asks for all of them: 0.88 ms for 5,000 vectors against a flat scan's 0.15)
         built, built_params = compressed.build(codes, codebook, vectors, params, retrain=False)
         built.add_with_ids(vectors, ids)
-        return ann._tune(built, codes, {**built_params, "requested": requested})
+        inner = faiss.downcast_index(built.index)
+        inner.k_factor = float(params.get("k_factor", compressed.K_FACTOR))
+        faiss.downcast_index(inner.base_index).nprobe = int(params["nprobe"])
+        return built, codes, {**built_params, "nprobe": int(params["nprobe"]), "k_factor": inner.k_factor,
+                              "requested": requested}
     if not whole and (len(ids) < SMALL_SEGMENT or requested == "flat"):
         flat.add_with_ids(vectors, ids)
         return flat, "flat", {"requested": requested}
