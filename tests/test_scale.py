@@ -334,7 +334,7 @@ def test_ivfpq_tuning_stops_short_of_every_list_where_rescoring_more_reaches_the
     vectors, queries, ids = points[:20_000], points[20_000:], np.arange(20_000, dtype=np.int64)
     index, kind, params = built("ivfpq", vectors, ids)
     assert kind == "ivfpq" and params["nprobe"] < params["nlist"] and "note" not in params
-    assert params["k_factor"] in (16, 32, 64, 128) and params["recall_at_10"] >= ann.TUNE_TARGET
+    assert params["k_factor"] in (16, 32, 64, 128, 256) and params["recall_at_10"] >= ann.TUNE_TARGET
     _, found = ann.search(index, queries, 10)
     recall = np.mean([len(set(found[i]) & set(numpy_top(vectors, ids, q, 10))) / 10 for i, q in enumerate(queries)])
     assert recall >= 0.97

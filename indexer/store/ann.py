@@ -42,7 +42,9 @@ HNSW_M = 32
 # building took 44 s at 100k on 2 cores (bench/latency.py)
 HNSW_EF_CONSTRUCTION = 200
 EF_SEARCH_STEPS = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768)
-NPROBE_STEPS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 512)
+# past 512 for the IVF lists of millions of vectors (ivfpq: 3,162 at 10M), so the held-out half's last steps
+# are not 512 then all of them
+NPROBE_STEPS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072)
 TIE = 1e-3  # a returned entry within this of the k-th exact score counts (ann-benchmarks k-nn recall, epsilon 1e-3)
 TOMBSTONE = -1  # the id of a vector deleted from an HNSW graph that is not rebuilt yet
 # An HNSW index is rebuilt at the commit that would leave more than this share of its graph deleted;
