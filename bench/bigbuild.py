@@ -3,6 +3,8 @@
     python bench/bigbuild.py --count 10000000            # ivfpq (what auto picks at 10M on 24 GB)
     python bench/bigbuild.py --count 10000000 --real     # vectors made from real review vectors
     python bench/bigbuild.py --count 2000000 --type sq8
+    python bench/bigbuild.py --count 10000000 --real --retune   # a kept index: tune it again, as a build would
+    python bench/bigbuild.py --count 10000000 --real --sweep    # a kept index: recall and p50 by depth
 
 The model is left out (no machine here embeds 10M texts in a session): each entry's vector is made by
 a SYNTHETIC embedder (bench/writes.py's vectors: 384 dimensions around 2,000 centres, the same ones on
@@ -211,6 +213,75 @@ def search(folder: Path, real: str = "blobs") -> dict:
             "search_p99_ms": round(1000 * float(np.percentile(times, 99)), 2), "searcher_peak_mb": peak_mb()}
 
 
+def opened_segment(folder: Path):
+    import faiss
+
+    from indexer.store.folder import open_manifest
+
+    manifest = open_manifest(folder)
+    return manifest, faiss.read_index(str(folder / manifest.segments[0]["file"]), faiss.IO_FLAG_MMAP_IFC)
+
+
+def asked(index, questions: np.ndarray, truth: np.ndarray) -> tuple[float, float, float]:
+    """recall@10, p50 and p99 ms of the questions one at a time on one thread."""
+    import faiss
+
+    faiss.omp_set_num_threads(1)
+    times, hits = [], 0
+    for question, right in zip(questions, truth):
+        started = time.perf_counter()
+        _, ids = index.search(question[None, :], 10)
+        times.append(time.perf_counter() - started)
+        hits += len(set(ids[0].tolist()) & set(right.tolist()))
+    faiss.omp_set_num_threads(os.cpu_count())
+    return round(hits / truth.size, 3), round(1000 * float(np.median(times)), 2), round(1000 * float(np.percentile(times, 99)), 2)
+
+
+def retune(folder: Path, real: str) -> None:
+    """The kept index tuned again by the product's tuner, its sample and exact answers made as a streamed
+    build makes them (streamed.write_compressed); then the questions at the tuned depth."""
+    import math
+
+    from indexer.store import ann, streamed
+    from indexer.store import ann_compressed as compressed
+
+    manifest, index = opened_segment(folder)
+    started = time.perf_counter()
+    sources = streamed.Sources([folder / manifest.segments[0]["file"]], np.zeros(0, np.int64))
+    size = min(sources.count, streamed.TRAIN_SAMPLE + compressed.TRAIN_PER_LIST * int(math.sqrt(sources.count)))
+    sample_ids, sample = sources.rows(np.sort(np.random.default_rng(0).choice(sources.count, size, replace=False)))
+    queries, _ = ann.recall_sample(sample_ids, sample)
+    best = streamed.ExactTop(queries, 10)
+    for ids, vectors in sources.chunks():
+        best.add(vectors, ids)
+    truth, kth = best.answers()
+    print(f"sample and its exact answers: {time.perf_counter() - started:.0f} s", flush=True)
+    started = time.perf_counter()
+    kept = {name: manifest.index_params[name] for name in ("nlist", "trained_on")}
+    params = ann.tune_compressed(index, "ivfpq", kept, queries, truth, kth)
+    print(f"tuned in {time.perf_counter() - started:.0f} s: {json.dumps(params)}", flush=True)
+    recall, p50, p99 = asked(index, questions_of(real), np.load(folder.parent / f"{folder.name}-truth.npy"))
+    print(f"questions at the tuned depth: recall@10 {recall}, p50 {p50} ms, p99 {p99} ms; "
+          f"load {os.getloadavg()[0]:.1f}", flush=True)
+
+
+def sweep(folder: Path, real: str) -> None:
+    """recall@10 and p50 of the questions at each k_factor x nprobe of a grid."""
+    import faiss
+
+    _, index = opened_segment(folder)
+    inner = faiss.downcast_index(index.index)
+    base = faiss.downcast_index(inner.base_index)
+    questions, truth = questions_of(real), np.load(folder.parent / f"{folder.name}-truth.npy")
+    print("| re-scored per result | lists | recall@10 | p50 ms |\n|---|---|---|---|")
+    for k_factor in (64, 128, 256):
+        for nprobe in sorted({p for p in (128, 256, 512, 1024, 1536) if p < base.nlist} | {base.nlist}):
+            inner.k_factor, base.nprobe = float(k_factor), nprobe
+            recall, p50, _ = asked(index, questions, truth)
+            print(f"| {k_factor} | {nprobe} | {recall} | {p50} |", flush=True)
+    print(f"# load {os.getloadavg()[0]:.1f} at the end")
+
+
 def in_child(what: str, *args) -> dict:
     code = (f"import json, sys; sys.path.insert(0, {str(ROOT)!r}); from pathlib import Path; import bench.bigbuild as b; "
             f"print(json.dumps(b.{what}(Path(sys.argv[1]), *[int(a) if a.isdigit() else a for a in sys.argv[2:]])))")
@@ -225,11 +296,16 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=10_000_000)
     parser.add_argument("--type", default="ivfpq", choices=["ivfpq", "sq8", "auto"])
     parser.add_argument("--real", action="store_true", help="vectors mixed from real review vectors, real questions")
+    parser.add_argument("--retune", action="store_true", help="tune the kept index again (no build)")
+    parser.add_argument("--sweep", action="store_true", help="recall and p50 of the kept index by depth (no build)")
     parser.add_argument("--keep", action="store_true", help="keep the built folder (bench/out/bigbuild/)")
     args = parser.parse_args()
     print(f"$ python bench/bigbuild.py {' '.join(sys.argv[1:])}")
     print(f"# {cpu_name()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f} at start", flush=True)
     kind = "real" if args.real else "blobs"
+    if args.retune or args.sweep:
+        (retune if args.retune else sweep)(OUT / f"{args.type}-{args.count}-{kind}", kind)
+        return
     if args.real:
         real_vectors()  # embedded here, once, not inside the timed build
     folder = OUT / f"{args.type}-{args.count}-{kind}"
