@@ -355,6 +355,9 @@ def _tune_ivfpq(inner: faiss.Index, nlist: int, measure, sample: int) -> dict:
     if not tried:  # nothing reaches it: the deepest pair there is
         inner.k_factor, base.nprobe = float(compressed.K_FACTORS[-1]), nlist
         tried.append((0.0, compressed.K_FACTORS[-1], nlist, nlist, measure()))
+    # a pair scanning no fewer lists than one re-scoring fewer candidates costs more whatever the timing says:
+    # only pairs that trade lists for candidates are timed against each other (so equal vectors tune alike)
+    tried = [pair for pair in tried if not any(other[1] < pair[1] and other[3] <= pair[3] for other in tried)]
     fastest = min(seconds for seconds, *_ in tried)
     _, k_factor, sampled, nprobe, recall = next(pair for pair in tried if pair[0] <= 1.1 * fastest)
     inner.k_factor, base.nprobe = float(k_factor), nprobe
