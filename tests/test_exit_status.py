@@ -131,8 +131,11 @@ def test_8_and_9_full_disk_and_other_os_errors(number, status):
 
 def test_130_interrupted():
     """Ctrl-C while a command waits for stdin: one line, status 130, nothing committed."""
+    # Ctrl-C as a terminal's foreground command gets it: a test run started in the background by a shell
+    # inherits SIGINT ignored (and Python then leaves it ignored), so the command starts with it as default
     process = subprocess.Popen([*BERTDEX, "query", "runs/nowhere", "-"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, cwd=ROOT)
+                               stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     waiting = f"/proc/{process.pid}/wchan"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:  # wait until it blocks reading stdin (past the imports)
