@@ -88,7 +88,10 @@ def test_a_pair_index_scores_each_hit_by_both_models(pair_master, resolved, e5):
         stored = embed_entries(side.encoder, side.recipe, settings, [h.text for h in hits])
         expected.append(stored.of(side.recipe.layer, side.recipe.pooling) @ asked[0])
     want = (1 - SHARE) * expected[0] + SHARE * expected[1]
-    assert [h.score for h in hits] == pytest.approx(want.tolist(), abs=1e-4)
+    # bf16 in bulk: an entry's vector moves ~1e-4..1e-3 with the batch it was embedded in (its padding, the
+    # blocking of the matmuls), and these 5 texts were embedded in other batches when the index was built
+    tolerance = 1e-4 if all(side.encoder.path.precision == "fp32" for side in (resolved, e5)) else 2e-3
+    assert [h.score for h in hits] == pytest.approx(want.tolist(), abs=tolerance)
     alone = expected[0]
     assert not np.allclose(alone, want, atol=1e-3)  # the companion's part is really there
     searcher.close()
