@@ -30,7 +30,7 @@ import sqlite3
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import faiss
 import numpy as np
@@ -315,16 +315,7 @@ class IndexWriter:
         """The spool file, closed, as this commit's segment vectors.<generation>.faiss."""
         ids = spool.close()
         path = self.folder / f"vectors.{generation}.faiss"
-        try:
-            record = integrity.faiss_record(spool.path, len(ids))
-            os.replace(spool.path, path)
-            _fsync_folder(self.folder)
-        except BaseException as error:
-            spool.path.unlink(missing_ok=True)
-            path.unlink(missing_ok=True)
-            if isinstance(error, OSError) and integrity.no_space(self.folder, error):
-                raise integrity.disk_full(self.folder) from None
-            raise
+        record = _publish(spool.path, path, len(ids))
         return {"file": path.name, **record, "kind": "flat", "first_id": int(ids.min()), "last_id": int(ids.max())}
 
     def _write_folded(self, sources: streamed.Sources, generation: int,
@@ -345,15 +336,9 @@ class IndexWriter:
         name, partial = f"vectors.{generation}.faiss", self.folder / f"vectors.{generation}.partial"
         try:
             index, params, empty = streamed.write_compressed(partial, sources, target, {"requested": requested})
-            record = {"file": name, **integrity.faiss_record(partial, index.ntotal), "kind": target}
-            os.replace(partial, self.folder / name)
-            _fsync_folder(self.folder)
         except BaseException as error:
-            partial.unlink(missing_ok=True)
-            (self.folder / name).unlink(missing_ok=True)
-            if isinstance(error, OSError) and integrity.no_space(self.folder, error):
-                raise integrity.disk_full(self.folder) from None
-            raise
+            _leave_nothing(error, self.folder, partial)
+        record = {"file": name, **_publish(partial, self.folder / name, index.ntotal), "kind": target}
         ids = faiss.vector_to_array(index.id_map)
         record.update(first_id=int(ids.min()), last_id=int(ids.max()))
         codebook = {"file": f"codes.{generation}.faiss", **_write_faiss_file(empty, self.folder / f"codes.{generation}.faiss")}
@@ -517,16 +502,30 @@ def _write_faiss_file(index: faiss.Index, path: Path) -> dict:
         faiss.write_index(index, str(partial))
         with open(partial, "rb") as handle:
             os.fsync(handle.fileno())
-        record = integrity.faiss_record(partial, index.ntotal)
-        os.replace(partial, path)
+    except BaseException as error:
+        _leave_nothing(error, path.parent, partial, path)
+    return _publish(partial, path, index.ntotal)
+
+
+def _publish(written: Path, path: Path, count: int) -> dict:
+    """The fsynced file `written` (a .partial or a spool) as `path`: its record, the rename, the folder fsynced.
+    Returns the record; on any failure neither file is left behind."""
+    try:
+        record = integrity.faiss_record(written, count)
+        os.replace(written, path)
         _fsync_folder(path.parent)
-    except BaseException as error:  # a full disk, most likely: leave nothing behind, the old generation stands
-        partial.unlink(missing_ok=True)
-        path.unlink(missing_ok=True)
-        if isinstance(error, (OSError, RuntimeError)) and integrity.no_space(path.parent, error):
-            raise integrity.disk_full(path.parent) from None
-        raise
+    except BaseException as error:
+        _leave_nothing(error, path.parent, written, path)
     return record
+
+
+def _leave_nothing(error: BaseException, folder: Path, *paths: Path) -> NoReturn:
+    """A failed file write: remove what it left (the old generation stands) and raise; a full disk as one line."""
+    for path in paths:
+        path.unlink(missing_ok=True)
+    if isinstance(error, (OSError, RuntimeError)) and integrity.no_space(folder, error):
+        raise integrity.disk_full(folder) from None
+    raise error
 
 
 def _fsync_folder(folder: Path) -> None:
