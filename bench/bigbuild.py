@@ -45,7 +45,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench.machine import cpu_name  # noqa: E402
-from bench.writes import CHUNK as BLOCK, DIMENSION, documents, manifest_for, synthetic  # noqa: E402
+from bench.writes import CHUNK as BLOCK, DIMENSION, documents, manifest_for, peak_mb, synthetic  # noqa: E402
 
 OUT = ROOT / "bench" / "out" / "bigbuild"
 QUESTIONS = 200
@@ -139,13 +139,6 @@ def anonymous_mb() -> int:
     return 0
 
 
-def peak_mb() -> int:
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) // 1024
-    return 0
-
-
 def questions_of(real: str) -> np.ndarray:
     return real_vectors()[1] if real == "real" else questions_for()
 
@@ -192,25 +185,16 @@ def build(folder: Path, count: int, index_type: str, real: str = "blobs") -> dic
 
 def search(folder: Path, real: str = "blobs") -> dict:
     """In a fresh process: the index as a Searcher opens it; recall@10 and p50 against the kept exact answers."""
-    import faiss
-
     from indexer.store import ann
     from indexer.store.ann_compressed import load_flag
     from indexer.store.folder import open_manifest, open_vectors
 
     manifest = open_manifest(folder)
     vectors = open_vectors(folder, manifest, flags=load_flag(manifest.index_type))
-    truth, questions = np.load(folder.parent / f"{folder.name}-truth.npy"), questions_of(real)
-    faiss.omp_set_num_threads(1)
+    questions = questions_of(real)
     ann.search(vectors, questions[:5], 10)  # first touches of the mapped pages
-    times, hits = [], 0
-    for question, right in zip(questions, truth):
-        started = time.perf_counter()
-        _, ids = ann.search(vectors, question[None, :], 10)
-        times.append(time.perf_counter() - started)
-        hits += len(set(ids[0].tolist()) & set(right.tolist()))
-    return {"recall_at_10": round(hits / truth.size, 3), "search_p50_ms": round(1000 * float(np.median(times)), 2),
-            "search_p99_ms": round(1000 * float(np.percentile(times, 99)), 2), "searcher_peak_mb": peak_mb()}
+    recall, p50, p99 = asked(vectors, questions, np.load(folder.parent / f"{folder.name}-truth.npy"))
+    return {"recall_at_10": recall, "search_p50_ms": p50, "search_p99_ms": p99, "searcher_peak_mb": peak_mb()}
 
 
 def opened_segment(folder: Path):

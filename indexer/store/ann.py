@@ -365,8 +365,7 @@ def _tune_ivfpq(inner: faiss.Index, nlist: int, measure, sample: int) -> dict:
              "recall_sample": sample}
     if nprobe == nlist:
         found["note"] = (f"ivfpq scans all {nlist} lists for recall@10 {TUNE_TARGET} on its sample questions, even "
-                         f"with {k_factor} candidates re-scored per result: every code is read (96 bytes a vector, "
-                         "not the float32 ones)")
+                         f"with {k_factor} candidates re-scored per result: every code is read (not the float32 vectors)")
     return found
 
 
