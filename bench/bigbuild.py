@@ -35,7 +35,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -44,8 +43,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.machine import cpu_name  # noqa: E402
-from bench.writes import CHUNK as BLOCK, DIMENSION, documents, manifest_for, peak_mb, synthetic  # noqa: E402
+from bench.machine import cpu_name, largest_rss, peak_mb, rss_kinds  # noqa: E402
+from bench.writes import CHUNK as BLOCK, DIMENSION, documents, manifest_for, synthetic  # noqa: E402
 
 OUT = ROOT / "bench" / "out" / "bigbuild"
 QUESTIONS = 200
@@ -96,10 +95,10 @@ class SyntheticEmbedder:
 
     label = "synthetic (bench/bigbuild.py)"
 
-    def __init__(self, questions: np.ndarray, made=synthetic):
+    def __init__(self, questions: np.ndarray, count: int, made=synthetic):
         from indexer.store.streamed import ExactTop
 
-        self.best, self.make = ExactTop(questions, 10), made
+        self.best, self.make, self.count = ExactTop(questions, 10), made, count
         self.made, self.block_start, self.block = 0, -1, None
 
     def _vectors(self, count: int) -> np.ndarray:
@@ -108,7 +107,8 @@ class SyntheticEmbedder:
             start = (self.made // BLOCK) * BLOCK
             if start != self.block_start:
                 self.block_start, self.block = start, self.make(start, BLOCK)
-                self.best.add(self.block, np.arange(start, start + BLOCK) + 1)  # passage ids from 1
+                used = min(BLOCK, self.count - start)  # the entries there are: a block's tail may be past them
+                self.best.add(self.block[:used], np.arange(start, start + used) + 1)  # passage ids from 1
             take = min(count, start + BLOCK - self.made)
             parts.append(self.block[self.made - start:self.made - start + take])
             self.made, count = self.made + take, count - take
@@ -132,13 +132,6 @@ def entries(count: int):
             yield Entry(key=row["key"], text=row["text"])
 
 
-def anonymous_mb() -> int:
-    for line in open("/proc/self/status"):
-        if line.startswith("RssAnon:"):
-            return int(line.split()[1]) // 1024
-    return 0
-
-
 def questions_of(real: str) -> np.ndarray:
     return real_vectors()[1] if real == "real" else questions_for()
 
@@ -150,14 +143,7 @@ def build(folder: Path, count: int, index_type: str, real: str = "blobs") -> dic
     from indexer.store.folder import IndexWriter, now
     from indexer.store.streamed import streams
 
-    largest, done = [0], threading.Event()
-
-    def sample() -> None:
-        while not done.wait(0.2):
-            largest[0] = max(largest[0], anonymous_mb())
-
-    threading.Thread(target=sample, daemon=True).start()
-    embedder = SyntheticEmbedder(questions_of(real), real_mix if real == "real" else synthetic)
+    embedder = SyntheticEmbedder(questions_of(real), count, real_mix if real == "real" else synthetic)
     stream = streams(index_type, count, DIMENSION)
     marker = {**run_marker("index", Path(__file__), {"count": count}), "started": now()}
     shown, started = [0.0], time.perf_counter()
@@ -165,20 +151,19 @@ def build(folder: Path, count: int, index_type: str, real: str = "blobs") -> dic
     def progress(done_: int, total: int) -> None:
         if time.perf_counter() - shown[0] > 60:
             shown[0] = time.perf_counter()
-            print(f"  {done_:,} of {total:,} entries, {shown[0] - started:.0f} s, anonymous RSS {anonymous_mb()} MiB",
+            print(f"  {done_:,} of {total:,} entries, {shown[0] - started:.0f} s, anonymous RSS {rss_kinds()['anon_mb']} MiB",
                   file=sys.stderr, flush=True)
 
-    with IndexWriter.open(folder, new=manifest_for(index_type), stream=stream) as writer:
+    with largest_rss() as largest, IndexWriter.open(folder, new=manifest_for(index_type), stream=stream) as writer:
         ingest(writer, embedder, entries(count), count, progress=progress, chunk_size=CHUNK,
                checkpoint=CHECKPOINT, marker=marker)
         loaded = time.perf_counter()
         manifest = writer.commit()
     finished = time.perf_counter()
-    done.set()
     truth = folder.parent / f"{folder.name}-truth.npy"
     np.save(truth, embedder.best.ids)
     return {"streamed": stream, "load_s": round(loaded - started), "last_commit_s": round(finished - loaded),
-            "seconds": round(finished - started), "peak_mb": peak_mb(), "largest_anon_mb": largest[0],
+            "seconds": round(finished - started), "peak_mb": peak_mb(), "largest_anon_mb": largest["anon_mb"],
             "index_type": manifest.index_type, "index_params": manifest.index_params,
             "segments": len(manifest.segments), "documents": manifest.documents}
 

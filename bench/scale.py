@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import sys
 import time
 from pathlib import Path
@@ -37,6 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench.beir import covid_questions, nsmc_reviews  # noqa: E402
+from bench.machine import largest_rss, peak_mb, rss_kinds  # noqa: E402
 DATA = ROOT.parent / "shared" / "data"
 OUT = ROOT / "bench" / "out" / "scale"
 CHUNK = 2048
@@ -127,25 +127,13 @@ def build(args) -> None:
     """In a fresh process: the compressed index from the flat file by the product's streamed builder; prints
     its seconds, peak RSS (VmHWM: mapped file pages included) and the largest anonymous RSS seen (sampled
     every 0.2 s: the process's own memory, what the builder holds)."""
-    import threading
-
     from indexer.store import streamed
 
-    largest, done = {"anon_mb": 0, "file_mb": 0}, threading.Event()
-
-    def sample() -> None:
-        while not done.wait(0.2):
-            for name, value in rss_kinds().items():
-                largest[name] = max(largest[name], value)
-
-    watcher = threading.Thread(target=sample, daemon=True)
-    watcher.start()
     started = time.perf_counter()
-    sources = streamed.Sources([args.flat], np.zeros(0, np.int64))
-    _, params, _ = streamed.write_compressed(args.index, sources, args.type, {"requested": args.type})
+    with largest_rss() as largest:
+        sources = streamed.Sources([args.flat], np.zeros(0, np.int64))
+        _, params, _ = streamed.write_compressed(args.index, sources, args.type, {"requested": args.type})
     seconds = time.perf_counter() - started
-    done.set()
-    watcher.join()
     args.index.with_suffix(".json").write_text(json.dumps(params))
     print(json.dumps({"seconds": round(seconds), "peak_mb": peak_mb(), "largest_anon_mb": largest["anon_mb"],
                       "largest_file_mb": largest["file_mb"], "params": params}), flush=True)
@@ -224,24 +212,6 @@ def measure(args) -> None:
 
 def rss_mb() -> int:
     return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 2**20
-
-
-def rss_kinds() -> dict:
-    """Anonymous RSS (the process's own memory) and file RSS (mapped pages: page cache, shared, reclaimable)."""
-    found = {}
-    for line in open("/proc/self/status"):
-        name = line.split(":")[0]
-        if name in ("RssAnon", "RssFile"):
-            found[f"{name[3:].lower()}_mb"] = int(line.split()[1]) // 1024
-    return found
-
-
-def peak_mb() -> int:
-    """This process's peak RSS (VmHWM: unlike ru_maxrss, not inherited from the parent across exec)."""
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) // 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
 
 
 def vectors_bench(args) -> None:

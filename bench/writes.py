@@ -40,6 +40,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.machine import peak_mb  # noqa: E402
 OUT = ROOT / "bench" / "out" / "writes"
 DIMENSION = 384
 CENTRES = 2_000
@@ -123,13 +124,6 @@ def linked_copy(folder: Path, target: Path) -> Path:
 
 
 # -- measurements, each in its own process -------------------------------------------------------------
-
-
-def peak_mb() -> int:
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) // 1024
-    return 0
 
 
 def questions_for() -> np.ndarray:
