@@ -222,12 +222,15 @@ def test_repair_and_reembed_of_an_ivfpq_index_stream_its_vectors_and_answer_as_b
         hits = Searcher(folder, encoder=resolved.encoder).search_many(questions, 10, min_score=float("-inf"))
         return [{hit.key: hit.score for hit in row} for row in hits]
 
-    def same(now: list[dict], then: list[dict]) -> bool:
-        """The same answers: the first hit and nearly all the top 10, scores as close as the bulk path allows
-        (bf16 in bulk: a vector moves ~1e-3 with the batch it is embedded in, and a rewrite batches anew)."""
-        close = 1e-5 if resolved.encoder.path.precision == "fp32" else 3e-3
-        return all(next(iter(a)) == next(iter(b)) and len(a.keys() & b.keys()) >= 8
+    def same(now: list[dict], then: list[dict], close: float) -> bool:
+        """The same answers: nearly all the top 10, the best score and every shared hit's score within `close`
+        (bf16 in bulk: a vector moves ~1e-3 with the batch it is embedded in, and a rewrite batches anew, so
+        two hits that close may trade places)."""
+        return all(len(a.keys() & b.keys()) >= 8 and abs(max(a.values()) - max(b.values())) <= close
                    and all(abs(a[key] - b[key]) <= close for key in a.keys() & b.keys()) for a, b in zip(now, then))
+
+    bf16 = 5e-3  # re-embedding loads its own encoder, on this machine's saved bulk path: bf16 where it measured fastest
+    close = 1e-5 if resolved.encoder.path.precision == "fp32" else bf16  # repair: the encoder given
 
     before, spools = found(), []
 
@@ -238,13 +241,13 @@ def test_repair_and_reembed_of_an_ivfpq_index_stream_its_vectors_and_answer_as_b
 
     monkeypatch.setattr(streamed, "FlatSpool", CountedSpool)
     repair_index(folder, encoder=resolved.encoder)
-    assert spools and same(found(), before)
+    assert spools and same(found(), before, close)
     recipe = open_manifest(folder).recipe
     spools.clear()
     reembed_index(folder, layer=recipe.layer, pooling=recipe.pooling)
     manifest = open_manifest(folder)
     assert spools and [r["kind"] for r in manifest.segments] == ["ivfpq"] and manifest.vectors == 400
-    assert same(found(), before) and verify_index(folder, text_sample=5, encoder=resolved.encoder).ok
+    assert same(found(), before, bf16) and verify_index(folder, text_sample=5, encoder=resolved.encoder).ok
 
 
 def test_merged_segments_of_a_compressed_index_are_coded_with_its_codebook(tmp_path):
