@@ -131,7 +131,10 @@ def choices(name: str, *values: str) -> type[Enum]:
 
 Pooling = choices("Pooling", "mean", "max", "cls", "mean-max")
 Precision = choices("Precision", "auto", "fp32", "bf16")
-Backend = choices("Backend", "auto", "onnx", "torch")
+Backend = choices("Backend", "auto", "onnx", "openvino", "torch")
+# below this many questions `query` takes the path quickest to start: OpenVINO's extra ~0.25 s of start
+# (import, compiling) is repaid by ~1-2 ms a question only after a hundred or more
+ONCE_QUESTIONS = 100
 Mode = choices("Mode", "dense", "keyword", "hybrid")
 IndexType = choices("IndexType", "auto", "flat", "hnsw", "ivf", "sq8", "ivfpq")
 OnError = choices("OnError", "fail", "skip")
@@ -527,7 +530,9 @@ def query(
     with stored_fields(index_dir) as db:  # so are the fields --where and --fields name
         check_filter_fields(db, filters)
         columns = column_names(fields, db)
-    searcher = Searcher(index_dir, model=model, layer=layer, pooling=chosen(pooling))
+    # a few questions: the path that starts quickest (ONNX Runtime); many: the one fastest per question
+    purpose = "once" if len(asked) < ONCE_QUESTIONS else "question"
+    searcher = Searcher(index_dir, model=model, layer=layer, pooling=chosen(pooling), purpose=purpose)
     answers = search_answers(searcher, asked, k, mode=chosen(mode), min_score=min_score, weight=weight,
                              filters=filters, long_questions=long_questions)
     print_answers(output, answers, columns, width, len(asked) > 1)
@@ -757,7 +762,8 @@ def print_whole_words(columns: list[str], rows: list[list[str]]) -> None:
 @fails_cleanly
 def doctor(model: Model = None, remeasure: Annotated[bool, typer.Option("--remeasure", help="Forget this machine's saved choice and time the candidate paths again.")] = False,
            as_json: Json = False):
-    """Show this machine, the paths measured for the model (ONNX Runtime, PyTorch fp32/bf16, CUDA) and the one chosen."""
+    """Show this machine, the paths measured for the model (ONNX Runtime, OpenVINO fp32/bf16, PyTorch fp32/bf16,
+    CUDA) and the ones chosen: bulk, question (a process that stays) and once (a question from the shell)."""
     from indexer.embed.resolve import machine_report
 
     report = machine_report(model, remeasure=remeasure)
@@ -765,11 +771,12 @@ def doctor(model: Model = None, remeasure: Annotated[bool, typer.Option("--remea
         echo_json(report)
         return
     for name, value in flatten({key: report[key] for key in ("model", "machine", "native_bf16", "chosen", "question_path",
-                                                             "reason")}):
+                                                             "once_path", "reason")}):
         typer.echo(f"{name}: {value}")
     if report["measurements"]:
-        print_rows(["path", "texts/s", "1 question ms", "cosine vs fp32", "passes"],
-                   [[m["path"], f'{m["texts_per_s"]:.0f}', f'{m["one_question_ms"]:.1f}', f'{m["cosine_min_vs_fp32"]:.6f}',
+        print_rows(["path", "texts/s", "1 question ms", "long question ms", "cosine vs fp32", "passes"],
+                   [[m["path"], f'{m["texts_per_s"]:.0f}', f'{m["one_question_ms"]:.1f}',
+                     "" if m["long_question_ms"] is None else f'{m["long_question_ms"]:.1f}', f'{m["cosine_min_vs_fp32"]:.6f}',
                      "yes" if m["passes"] else f'no ({m["error"] or "vectors moved"})']
                     for m in report["measurements"]])
 

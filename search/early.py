@@ -19,8 +19,8 @@ from pathlib import Path
 
 def start_question_model(folder: str | Path, *, model: str | None = None, precision: str = "auto",
                          backend: str = "auto", threads: int | None = None) -> bool:
-    """Start making the question session of index `folder` when this machine saved an ONNX Runtime question
-    path for its model; True when one was started. Never raises.
+    """Start making the question session of index `folder` when this machine saved an ONNX Runtime path for
+    a process that asks once (its `once` path) for its model; True when one was started. Never raises.
 
     (Kiwi, which a Korean question's keyword side loads, is not started here: it holds the GIL while it
     loads, ~1 s, so it would only take turns with the imports.)"""
@@ -60,8 +60,8 @@ def _start(folder: Path, precision: str, backend: str, threads: int | None) -> b
         return False
     saved = json.loads(choice_file(onnx_model.DEFAULT_CACHE, checksum, recipe["layer"], precision, backend,
                                    machine_key()).read_text())
-    question = saved.get("question") or {}
-    if (question.get("backend"), question.get("precision")) != ("onnx", "fp32") or not saved.get("export") \
+    once = saved.get("once") or {}  # the path of a process that asks once (indexer.embed.choose)
+    if (once.get("backend"), once.get("precision")) != ("onnx", "fp32") or not saved.get("export") \
             or not saved.get("fast_tokenizer"):
         return False
     found = onnx_model.find_cached(onnx_model.DEFAULT_CACHE / saved["export"])

@@ -67,16 +67,18 @@ class Searcher:
     """Searcher("faq-index").search("how do I reset my password?", k=5) -> [Hit, ...]
 
     `model`, `layer`, `pooling`: when given, must match the index's recipe (else BertdexError).
+    `purpose`: "question" (a process that keeps asking: the path fastest per question) or "once" (a process
+    that asks a few and exits: the path quickest to start), see indexer.embed.choose.
     """
 
     def __init__(self, folder: str | Path, *, model: str | None = None, layer: int | None = None,
                  pooling: str | None = None, precision: str = "auto", threads: int | None = None,
-                 backend: str = "auto", encoder: Encoder | None = None):
+                 backend: str = "auto", encoder: Encoder | None = None, purpose: str = "question"):
         self.folder = check_index_folder(Path(folder))
         self.db = connect(self.folder, readonly=True)
         self.manifest = read_manifest(self.db, self.folder)
         self._encoder_options = {"model": model, "precision": precision, "threads": threads, "backend": backend,
-                                 "purpose": "question"}
+                                 "purpose": purpose}
         # a given encoder serves unless the index's learned map is not the one it applies
         self.encoder = encoder if encoder is not None and follows_map(encoder, self.manifest.recipe) \
             else encoder_for(self.manifest.recipe, **self._encoder_options)

@@ -23,6 +23,7 @@ from indexer.embed.runners import RunPath
 from indexer.embed.tokenizer import FastTokenizer, agrees_with
 
 ONNX, TORCH, BF16 = RunPath("onnx", "fp32"), RunPath("torch", "fp32"), RunPath("torch", "bf16")
+OPENVINO = RunPath("openvino", "fp32")  # fp32: OpenVINO runs it on every CPU (bf16 only where it says so)
 # pydantic: typer 0.29 would build a pydantic adapter per option (~0.3 s of a cold question); cli.py converts plain
 # values itself (tests/test_cli.py checks they come out as typer's own)
 HEAVY = ("torch", "transformers", "onnx", "pydantic")
@@ -84,14 +85,15 @@ def link_export(graph: Path, folder: Path) -> None:
         (folder / path.name).symlink_to(path)
 
 
-def write_choice(cache, resolved, *, bulk, question, export, fast_tokenizer=None):
+def write_choice(cache, resolved, *, bulk, question, export, fast_tokenizer=None, once=None):
     figures = (Measurement(TORCH, 330, 16.0, 1.0, 1.0), Measurement(ONNX, 552, 4.5, 0.9999999, 1.0),
                Measurement(BF16, 1050, 15.8, 0.99992, 1.0))
     encoder = resolved.encoder
     agrees = choose._tokenizer_agrees(encoder) if fast_tokenizer is None else fast_tokenizer
     where = choose.choice_file(cache, resolved.recipe.model_checksum, resolved.recipe.layer, "auto", "auto",
                                choose.machine_key())
-    choose._write_choice(where, choose.Saved(bulk, question, "fed figures", figures, export, agrees), choose.machine_key())
+    choose._write_choice(where, choose.Saved(bulk, question, "fed figures", figures, export, agrees, once),
+                         choose.machine_key())
     return where
 
 
@@ -166,8 +168,8 @@ def test_commands_that_touch_no_model_import_none_of_the_heavy_modules(saved_hom
     assert heavy == []
     info = json.loads(out.splitlines()[0])
     assert info["documents"] == 50 and info["warnings"] == []
-    # both paths of this machine's saved choice, as fed (bulk bf16, questions ONNX Runtime); none measured yet: None
-    assert info["paths_here"] == {"bulk": "torch bf16 (cpu)", "question": "onnx fp32 (cpu)"}
+    # the paths of this machine's saved choice, as fed (bulk bf16, questions ONNX Runtime); none measured yet: None
+    assert info["paths_here"] == {"bulk": "torch bf16 (cpu)", "question": "onnx fp32 (cpu)", "once": "onnx fp32 (cpu)"}
     out, _ = run_commands([["info", str(faq_index), "--json"]], tmp_path)
     assert json.loads(out)["paths_here"] is None
 
@@ -206,7 +208,7 @@ from indexer.embed import onnx_model
 started = start_question_model(sys.argv[1])
 early = [e.session if e.join() is None else None for e in onnx_model._EARLY.values()]
 from search import Searcher
-searcher = Searcher(sys.argv[1])
+searcher = Searcher(sys.argv[1], purpose="once")  # as `bertdex query` asks a few questions
 hit = searcher.search(sys.argv[2], 1)[0]
 taken = bool(early) and searcher.encoder.runner.session.session is early[0]
 print(json.dumps({{"started": started, "taken": taken, "left": len(onnx_model._EARLY), "key": hit.key,
@@ -241,3 +243,33 @@ def test_a_query_takes_the_session_started_before_its_imports(saved_home, resolv
     write_choice(cache, resolved, bulk=ONNX, question=TORCH, export=name)
     late = run_early(faq_index_master, home, question)
     assert (late["started"], late["taken"], late["key"]) == (False, False, expected.key)
+
+
+@pytest.mark.slow
+def test_a_server_asks_on_openvino_while_the_shell_starts_on_onnx_runtime(saved_home, resolved, faq_index_master,
+                                                                          tmp_path):
+    """A choice whose question path is OpenVINO and whose once path is ONNX Runtime (as measured on an AVX512-BF16
+    EPYC, with fp32 here so that any CPU runs it): `query` imports neither torch nor openvino, a Searcher that
+    stays loads OpenVINO without torch, and both answer as PyTorch fp32."""
+    from search import Searcher
+
+    home = tmp_path / "home"
+    cache = home / ".cache" / "bertdex" / "onnx"
+    cache.mkdir(parents=True)
+    exported = next((saved_home / ".cache" / "bertdex" / "onnx").glob("*.onnx"))
+    link_export(exported, cache)
+    write_choice(cache, resolved, bulk=OPENVINO, question=OPENVINO, once=ONNX, export=exported.name)
+    asked = ["query", str(faq_index_master), *QUESTIONS[:3], "-k", "3", "--json", "--no-fail"]
+    out, heavy = run_commands([asked], home, HEAVY + ("openvino",))
+    assert heavy == []
+    reference = Searcher(faq_index_master, backend="torch", precision="fp32").search_many(QUESTIONS[:3], 3)
+    shell = [json.loads(line) for line in out.splitlines()]
+    assert [[hit["key"] for hit in answer["hits"]] for answer in shell] == [[h.key for h in hits] for hits in reference]
+    # a process that stays: OpenVINO, from the saved choice, with no torch (the tokenizer is `tokenizers` alone)
+    staying = Encoder(resolved.encoder.folder, max_length=resolved.recipe.max_length, keep_layers=resolved.recipe.layer,
+                      cache=cache, purpose="question")
+    assert staying.path == OPENVINO and staying.model is None and isinstance(staying.tokenizer, FastTokenizer)
+    searcher = Searcher(faq_index_master, encoder=staying)
+    for hits, expected in zip(searcher.search_many(QUESTIONS[:3], 3), reference):
+        assert [h.key for h in hits] == [h.key for h in expected]
+        assert np.allclose([h.score for h in hits], [h.score for h in expected], atol=1e-4)

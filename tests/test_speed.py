@@ -329,6 +329,29 @@ def test_onnx_runtime_matches_pytorch_fp32(torch_encoder, resolved):
     assert np.min(np.sum(fast.vectors * slow.vectors, axis=1)) >= 0.99999
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_openvino_matches_pytorch_fp32_in_bulk_and_for_one_question(torch_encoder, resolved, precision):
+    from indexer.embed import openvino_model
+    from indexer.embed.encoder import Encoder
+
+    recipe = resolved.recipe
+    options = dict(max_length=recipe.max_length, keep_layers=recipe.layer, backend="openvino", precision=precision)
+    if precision == "bf16" and not openvino_model.bf16_offered():  # this CPU: OpenVINO says it has no bf16
+        with pytest.raises(BertdexError, match="--backend openvino is not available"):
+            Encoder(resolved.encoder.folder, **options)
+        return
+    texts = SENTENCES + [LONG, "환불은 언제 되나요? 배송비도 돌려주나요?"]
+    slow = torch_encoder.embed(texts, layer=recipe.layer, pooling=recipe.pooling).vectors
+    for purpose in ("bulk", "question"):
+        ours = Encoder(resolved.encoder.folder, **options, purpose=purpose)
+        assert ours.path.label() == f"openvino {precision} (cpu)" and ours.model is None  # no PyTorch weights
+        together = ours.embed(texts, layer=recipe.layer, pooling=recipe.pooling).vectors
+        alone = np.vstack([ours.embed([text], layer=recipe.layer, pooling=recipe.pooling).vectors for text in texts])
+        floor = 0.99999 if precision == "fp32" else 0.999  # bf16: measure.MIN_COSINE, what `auto` accepts
+        assert np.min(np.sum(together * slow, axis=1)) >= floor and np.min(np.sum(alone * slow, axis=1)) >= floor
+        assert np.min(np.sum(together * alone, axis=1)) >= floor  # a batch pads; one question does not
+
+
 @pytest.mark.slow
 def test_an_export_is_cached_reused_without_pytorch_and_rebuilt_when_damaged(resolved, torch_encoder, tmp_path):
     from indexer.embed import onnx_model
@@ -358,7 +381,7 @@ def test_backend_choices_and_their_refusals(resolved):
     from indexer.embed.encoder import Encoder
 
     folder, recipe = resolved.encoder.folder, resolved.recipe
-    with pytest.raises(BertdexError, match="auto, onnx, torch"):
+    with pytest.raises(BertdexError, match="auto, onnx, openvino, torch"):
         Encoder(folder, backend="tensorflow")
     with pytest.raises(BertdexError, match="--backend onnx is not available.*bf16"):
         Encoder(folder, keep_layers=recipe.layer, precision="bf16", backend="onnx")

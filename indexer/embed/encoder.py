@@ -55,11 +55,12 @@ class Encoder:
     """A model's tokenizer and a runner for its first `keep_layers` layers, both fixed at construction.
 
     `keep_layers`: compute hidden states 0..keep_layers only (None: all of them, on PyTorch fp32).
-    `precision`: auto | fp32 | bf16; `backend`: auto | onnx | torch. auto measures the candidate paths once
-    per machine and model (cached beside the ONNX exports) and keeps the fastest whose vectors match fp32;
-    `path` is what runs, `path_reason` why. `purpose`: "bulk" (indexing: the fastest path in bulk) or
-    "question" (search: the fastest for one question; a saved ONNX Runtime choice loads no torch, and reads
-    the tokenizer with `tokenizers` alone). There is no int8: dynamic int8 quantization ran up to 1.6x
+    `precision`: auto | fp32 | bf16; `backend`: auto | onnx | openvino | torch. auto measures the candidate
+    paths once per machine and model (cached beside the ONNX exports) and keeps the fastest whose vectors match
+    fp32; `path` is what runs, `path_reason` why. `purpose`: "bulk" (indexing: the fastest path in bulk),
+    "question" (search in a process that stays: the fastest for one question) or "once" (a process that asks
+    and exits: the quickest to start); a saved ONNX Runtime or OpenVINO choice loads no torch, and reads the
+    tokenizer with `tokenizers` alone. There is no int8: dynamic int8 quantization ran up to 1.6x
     faster but moves the vectors (cosine to fp32 ~0.97) and costs 0.01-0.06 MRR@10 (bench/throughput.py).
     """
 
@@ -88,9 +89,9 @@ class Encoder:
             keep_layers = None
         # a question on a path saved for this machine comes without torch and transformers (seconds of imports);
         # its tokenizer is read first, while a session started early (search.early) may still be in the making
-        fast = _fast_tokenizer(self.folder) if purpose == "question" else None
+        fast = _fast_tokenizer(self.folder) if purpose != "bulk" else None
         choice = choose.saved_question_path(self.folder, keep_layers, precision=precision, backend=backend,
-                                            cache=cache, checksum=checksum, threads=threads) \
+                                            cache=cache, checksum=checksum, threads=threads, purpose=purpose) \
             if fast is not None else None
         if choice is not None:
             self.tokenizer, self.threads = fast, choice.runner.session.threads
@@ -102,7 +103,7 @@ class Encoder:
         self.runner, self.path, self.path_reason, self.measurements = (choice.runner, choice.path, choice.reason,
                                                                        choice.measurements)
         self.keep_layers = self.runner.keep_layers
-        self.batch_tokens = ONNX_BATCH_TOKENS if self.path.backend == "onnx" else BATCH_TOKENS
+        self.batch_tokens = ONNX_BATCH_TOKENS if self.path.backend in choose.NO_TORCH else BATCH_TOKENS
         self.max_batch = MAX_BATCH
         probe = self.tokenizer.tokenize("A a 한국")
         self.lowercase = probe[0] == probe[1] if len(probe) >= 2 else False
@@ -277,8 +278,9 @@ class Encoder:
     def _forward(self, ids: list[list[int]], types: list[list[int]] | None, layers: list[int]):
         """One padded batch through the runner: {layer: float32 hidden states}, and the float mask."""
         longest = max(len(x) for x in ids)
-        # ONNX Runtime keeps no per-shape caches: no padding to a multiple of 8 needed there
-        width = longest if self.path.backend == "onnx" else _padded_width(longest)
+        # ONNX Runtime keeps no per-shape caches and OpenVINO's is bounded (CPU_RUNTIME_CACHE_CAPACITY): no
+        # padding to a multiple of 8 needed there
+        width = longest if self.path.backend in choose.NO_TORCH else _padded_width(longest)
         input_ids, attention, token_types = self.padded(ids, types, width)
         return self.runner.run(input_ids, attention, token_types, layers), attention.astype(np.float32)
 

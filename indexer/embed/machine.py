@@ -14,7 +14,8 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
-CHOICE_FORMAT = 3  # 2: a bulk and a question path, the export's name, the tokenizer check; 3: exports of format 2
+CHOICE_FORMAT = 4  # 2: a bulk and a question path, the export's name, the tokenizer check; 3: exports of format 2;
+# 4: OpenVINO among the candidates, and a third path, once (a process that asks one question)
 
 
 def machine_key() -> dict:
@@ -30,7 +31,7 @@ def machine_key() -> dict:
     except OSError:
         pass
     versions = {}
-    for package in ("torch", "numpy", "onnxruntime"):
+    for package in ("torch", "numpy", "onnxruntime", "openvino"):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
@@ -67,11 +68,11 @@ def choice_file(cache: Path, checksum: str, keep_layers: int, precision: str, ba
 
 
 def saved_paths(cache: Path, checksum: str, keep_layers: int) -> dict | None:
-    """{"bulk": label, "question": label} of this machine's saved choice for a model and layer count (with
+    """{"bulk": label, "question": label, "once": label} of this machine's saved choice for a model and layer count (with
     no option forced), or None when it has not measured them yet. Reads one small file; imports nothing."""
     try:
         saved = json.loads(choice_file(cache, checksum, keep_layers, "auto", "auto", machine_key()).read_text())
         return {purpose: "{backend} {precision} ({device})".format(**{"device": "cpu", **saved[key]})
-                for purpose, key in (("bulk", "chosen"), ("question", "question"))}
+                for purpose, key in (("bulk", "chosen"), ("question", "question"), ("once", "once"))}
     except (OSError, ValueError, KeyError, TypeError):
         return None

@@ -135,12 +135,16 @@ def machine_report(model: str | None = None, *, remeasure: bool = False, precisi
     encoder = resolve_recipe(model, precision=precision, backend=backend, threads=threads).encoder
     question = Encoder(folder, max_length=encoder.max_length, keep_layers=encoder.keep_layers, precision=precision,
                        backend=backend, threads=threads, checksum=checksum, purpose="question")
+    once = Encoder(folder, max_length=encoder.max_length, keep_layers=encoder.keep_layers, precision=precision,
+                   backend=backend, threads=threads, checksum=checksum, purpose="once")
     return {
         "model": model, "folder": str(folder), "machine": choose.machine_key(),
         "native_bf16": choose.native_bf16(), "chosen": encoder.path.label(), "question_path": question.path.label(),
+        "once_path": once.path.label(),
         "reason": encoder.path_reason,
         "measurements": [{"path": m.path.label(), "texts_per_s": round(m.bulk_per_s, 1),
-                          "one_question_ms": round(m.single_ms, 2), "cosine_min_vs_fp32": round(m.cosine_min, 6),
+                          "one_question_ms": round(m.single_ms, 2),
+                          "long_question_ms": None if m.long_ms is None else round(m.long_ms, 2), "cosine_min_vs_fp32": round(m.cosine_min, 6),
                           "top1_agreement": round(m.top1_agreement, 3), "passes": m.passes, "error": m.error}
                          for m in encoder.measurements],
     }

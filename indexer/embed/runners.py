@@ -1,4 +1,5 @@
-"""The forward pass behind one `run()`: PyTorch (CPU or CUDA, fp32 or autocast bf16/fp16) or ONNX Runtime (fp32).
+"""The forward pass behind one `run()`: PyTorch (CPU or CUDA, fp32 or autocast bf16/fp16), ONNX Runtime (fp32)
+or OpenVINO (fp32 or bf16, on ONNX Runtime's export).
 
 A runner is made once for a path (backend, precision, device) and a number of kept layers, and never
 changes: `run(input_ids, attention, token_types, layers)` returns float32 numpy hidden states of the
@@ -116,6 +117,14 @@ class OnnxRunner:
         if layers != [self.keep_layers]:
             raise BertdexError(f"the ONNX Runtime encoder computes hidden state {self.keep_layers} only, not {layers}")
         return {self.keep_layers: self.session.run(input_ids, attention, token_types)}
+
+
+class OvRunner(OnnxRunner):
+    """OpenVINO on the same export as OnnxRunner (`session` is an openvino_model.OvModel)."""
+
+    def __init__(self, session, keep_layers: int):
+        super().__init__(session, keep_layers)
+        self.path = RunPath("openvino", session.precision, "cpu")
 
 
 def onnx_runner(folder: Path, keep_layers: int, *, inputs: tuple[str, ...], heads: int, hidden: int, threads: int,

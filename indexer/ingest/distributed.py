@@ -142,7 +142,7 @@ class RayEmbedder:
                 onnx = ([f.name for f in files], [ray.put([f.read_bytes() for f in files])])
             worker = ray.remote(num_cpus=THREADS, num_gpus=gpus, max_restarts=MAX_RESTARTS,
                                 max_task_retries=MAX_RESTARTS)(EmbedWorker)
-            backend = "onnx" if encoder.backend == "onnx" else "torch"
+            backend = encoder.backend if encoder.backend in ("onnx", "openvino") else "torch"
             run = uuid.uuid4().hex[:8]
             made = (recipe.to_dict(), encoder.precision, backend, onnx, THREADS)
             # a GPU actor measures its own machine's paths (CUDA ones among them), same tolerance; so does
