@@ -12,7 +12,7 @@ Other types are converted from the flat index of the same size by a commit (what
 
 Questions: 100 English user questions of bertfaq-covidfaq (short, FAQ-like) and 100 held-out nsmc
 reviews (Korean, ~3x more tokens); p50 is also printed for each half, since embedding time follows length. Each (size, type) is measured in its own process, so peak RSS is that process's:
-a loaded Searcher, one question at a time (p50/p99 of Searcher.search, k=10, dense) with the time split
+a loaded and warmed Searcher (Searcher.warm_up, as `serve` starts), one question at a time (p50/p99 of Searcher.search, k=10, dense) with the time split
 into embedding / FAISS / the rest, then batches of 32 (Searcher.search_many), and recall@10 of the
 ANN types against the flat index of the same size on these questions (a returned entry whose
 score ties the 10th exact one counts: nsmc holds duplicate reviews, whose vectors are equal).
@@ -180,6 +180,7 @@ def measure(folder: Path, questions: list[str], exact: Path | None) -> dict:
     started = time.perf_counter()
     searcher = Searcher(folder)
     load_seconds = time.perf_counter() - started
+    searcher.warm_up()  # what `serve` does before it says it is ready (on OpenVINO: each question width)
     for question in questions[:10]:
         searcher.search(question, k=10, mode="dense")
     total, embed, dense = [], [], []

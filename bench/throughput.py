@@ -4,8 +4,9 @@
     python bench/throughput.py --count 1000 --no-quality --data /elsewhere/shared/data
 
 Same texts, same model (the bundled all-MiniLM-L6-v2), same process. Prints sentences/s for
-sentence-transformers, for the bertdex encoder on each backend (ONNX Runtime, the default, and
-PyTorch) at each batch budget and thread count, for
+sentence-transformers, for the bertdex encoder on each backend (ONNX Runtime and PyTorch at each batch
+budget and thread count; OpenVINO fp32, and bf16 where it runs it, at its default budget), one short and one
+long question on each, for
 `build_index` (embedding + SQLite + FTS5 + FAISS commit), the ratio to sentence-transformers,
 cosine to PyTorch fp32 for each backend and precision, MRR@10 of each on labelled sets, and peak RSS.
 Each rate is the best of --rounds runs, interleaved so that other load on the machine hits all alike.
@@ -111,6 +112,12 @@ def main() -> None:
     if native_bf16():
         encoders["bf16", default_threads] = Encoder(encoder.folder, max_length=recipe.max_length,
                                                     keep_layers=recipe.layer, precision="bf16")
+    from indexer.embed import openvino_model
+
+    for precision in ("fp32", "bf16") if openvino_model.bf16_offered() else ("fp32",):
+        encoders[f"openvino {precision}", default_threads] = Encoder(
+            encoder.folder, max_length=recipe.max_length, keep_layers=recipe.layer, precision=precision,
+            backend="openvino")
     best: dict[str, float] = {}
     defaults_key = f"bertdex defaults ({user.encoder.path.label()}), {default_threads} thread(s)"
     st_embed(texts[:64]), [bertdex(e)(texts[:64]) for e in [*encoders.values(), user.encoder]]  # warm all
@@ -123,6 +130,10 @@ def main() -> None:
             if ("bf16", threads) in encoders:
                 key = f"bertdex bf16 torch, budget 4096 tokens / 64 rows, {threads} thread(s)"
                 best[key] = max(best.get(key, 0), rate(bertdex(encoders["bf16", threads]), texts)[0])
+            for precision in ("fp32", "bf16"):
+                if (f"openvino {precision}", threads) in encoders:
+                    key = f"bertdex {precision} openvino, budget 512 tokens / 64 rows, {threads} thread(s)"
+                    best[key] = max(best.get(key, 0), rate(bertdex(encoders[f"openvino {precision}", threads]), texts)[0])
             for backend in ("onnx", "torch"):
                 chosen = encoders[backend, threads]
                 if chosen.backend != backend:
@@ -178,19 +189,23 @@ def matmul_peaks(size: int = 1024, seconds: float = 1.0) -> dict[str, float]:
 
 
 def one_question(default, encoders: dict, threads: int, recipe, st_embed) -> None:
-    """Median ms to embed one short question: the defaults against every other path."""
-    question = ["how do I reset my password?"]
+    """Median ms to embed one short question, and one long one (the probe's, indexer.embed.measure): the
+    defaults against every other path."""
+    from indexer.embed.measure import PROBE_LONG_QUESTION, PROBE_QUESTION
+
     paths = {f"defaults for a question ({default.path.label()})": default,
              **{encoder.path.label(): encoder for (_, t), encoder in encoders.items() if t == threads}}
-    timings = {}
-    for label, encoder in paths.items():
-        embed = lambda batch: encoder.embed(batch, layer=recipe.layer, pooling=recipe.pooling).vectors  # noqa: E731
-        timings[label] = median_ms(embed, question)
-    timings["sentence-transformers"] = median_ms(st_embed, question)
-    fastest = min(v for k, v in timings.items() if not k.startswith("sentence"))
-    print("\none question (median of 40):")
-    for label, value in timings.items():
-        print(f"{value:8.2f} ms  {value / fastest:5.2f}x the fastest bertdex path  {label}")
+    for name, question in (("short", PROBE_QUESTION), ("long", PROBE_LONG_QUESTION)):
+        tokens = len(default.tokenize([question])[0][0])
+        timings = {}
+        for label, encoder in paths.items():
+            embed = lambda batch: encoder.embed(batch, layer=recipe.layer, pooling=recipe.pooling).vectors  # noqa: E731
+            timings[label] = median_ms(embed, [question])
+        timings["sentence-transformers"] = median_ms(st_embed, [question])
+        fastest = min(v for k, v in timings.items() if not k.startswith("sentence"))
+        print(f"\none {name} question, {tokens} tokens (median of 40):")
+        for label, value in timings.items():
+            print(f"{value:8.2f} ms  {value / fastest:5.2f}x the fastest bertdex path  {label}")
 
 
 def median_ms(embed, batch, runs: int = 40) -> float:

@@ -153,8 +153,11 @@ class Searcher:
     def warm_up(self) -> None:
         """Pay a first question's one-off costs now (`serve` does, before it says it is ready): the encoder's
         (its arena, its threads) and, where the keyword side reads Korean (an index of Korean entries not
-        searched dense alone), loading Kiwi (~1 s)."""
+        searched dense alone), loading Kiwi (~1 s). On OpenVINO, each question width up to 256 tokens
+        (indexer.embed.encoder.Encoder.warm_up)."""
         self.embed(["warm up"])
+        if isinstance(self.encoder, Encoder) and self.encoder.keep_layers is not None:
+            self.encoder.warm_up()
         from indexer.store.keywords import KIWI_SCHEMES, hangul_syllable, korean_morphemes, scheme_of
 
         with self._snapshot():

@@ -27,6 +27,7 @@ from indexer.errors import BertdexError
 # Korean reviews (47 tokens), where a batch of 4096 tokens was slower per text than one text at a time.
 BATCH_TOKENS = 4096
 ONNX_BATCH_TOKENS = 512
+WARM_TOKENS = 256  # Encoder.warm_up: the widths a server prepares before it is ready (32 on OpenVINO, ~0.3 s)
 MAX_BATCH = 64
 PRECISIONS = choose.PRECISIONS
 BACKENDS = choose.BACKENDS
@@ -278,11 +279,20 @@ class Encoder:
     def _forward(self, ids: list[list[int]], types: list[list[int]] | None, layers: list[int]):
         """One padded batch through the runner: {layer: float32 hidden states}, and the float mask."""
         longest = max(len(x) for x in ids)
-        # ONNX Runtime keeps no per-shape caches and OpenVINO's is bounded (CPU_RUNTIME_CACHE_CAPACITY): no
-        # padding to a multiple of 8 needed there
-        width = longest if self.path.backend in choose.NO_TORCH else _padded_width(longest)
+        # ONNX Runtime keeps no per-shape caches: no padding there. OpenVINO prepares each new input shape on
+        # first sight (+4-8 ms for one question, 24 ms the first time), so its widths are padded as torch's are
+        width = longest if self.path.backend == "onnx" else _padded_width(longest)
         input_ids, attention, token_types = self.padded(ids, types, width)
         return self.runner.run(input_ids, attention, token_types, layers), attention.astype(np.float32)
+
+    def warm_up(self, longest: int = WARM_TOKENS) -> None:
+        """Run one question of each padded width up to `longest` tokens on OpenVINO, whose first question of a
+        width pays that shape's preparation (a server does this before it says it is ready, so its first long
+        questions do not); on other runners one short question (their arena, their threads)."""
+        widths = range(8, min(longest, self.max_length) + 1, 8) if self.path.backend == "openvino" else [8]
+        ids = self.tokenize(["a"])[0][0]  # [CLS] a [SEP], repeated to the width
+        for width in widths:
+            self._forward([(ids * width)[:width]], None, [self.keep_layers])
 
     def hidden_states(self, input_ids, attention, token_types, layer: int | None) -> np.ndarray:
         """Hidden state `layer` [batch, tokens, features], or all of them [layers+1, ...] when None (numpy in and out)."""
