@@ -982,6 +982,10 @@ def serve(
 
     open_manifest(index_dir)  # not an index: one line, before anything starts
     sock = bind_socket(host, port) if workers == 1 else None  # a busy port fails here, before the start line
+    if workers == 1:
+        from search.early import start_question_model
+
+        start_question_model(index_dir, threads=threads, purpose="question")  # compiles while the server loads
     if access_log and not quiet:
         access_log_to_stderr(log_format == LogFormat.json)
     from search.server.service import access_line, folder_is_writable

@@ -180,7 +180,8 @@ def measure(folder: Path, questions: list[str], exact: Path | None) -> dict:
     started = time.perf_counter()
     searcher = Searcher(folder)
     load_seconds = time.perf_counter() - started
-    searcher.warm_up()  # what `serve` does before it says it is ready (on OpenVINO: each question width)
+    searcher.warm_up()  # what `serve` does before it says it is ready (on OpenVINO: question widths to 128 tokens)
+    searcher.warm_up_long()  # and on a thread once ready (to 256): a server up for a second or so
     for question in questions[:10]:
         searcher.search(question, k=10, mode="dense")
     total, embed, dense = [], [], []

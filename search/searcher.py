@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer.embed.encoder import Encoder
+from indexer.embed.encoder import LONG_WARM_TOKENS, WARM_TOKENS, Encoder
 from indexer.embed.recipe import Recipe, absolute_layer, check_pooling
 from indexer.embed.projection import follows_map
 from indexer.embed.resolve import encoder_for
@@ -153,11 +153,15 @@ class Searcher:
     def warm_up(self) -> None:
         """Pay a first question's one-off costs now (`serve` does, before it says it is ready): the encoder's
         (its arena, its threads) and, where the keyword side reads Korean (an index of Korean entries not
-        searched dense alone), loading Kiwi (~1 s). On OpenVINO, each question width up to 256 tokens
-        (indexer.embed.encoder.Encoder.warm_up)."""
+        searched dense alone), loading Kiwi (~1 s). On OpenVINO, each question width up to 128 tokens
+        (indexer.embed.encoder.Encoder.warm_up); `warm_up_long` does those to 256, which serve runs on a thread
+        once it is ready."""
         self.embed(["warm up"])
+        widths = None
         if isinstance(self.encoder, Encoder) and self.encoder.keep_layers is not None:
-            self.encoder.warm_up()
+            # on a thread: OpenVINO runs without the GIL, beside Kiwi's loading, which holds it
+            widths = threading.Thread(target=self.encoder.warm_up, args=(WARM_TOKENS,), name="bertdex-warm-up")
+            widths.start()
         from indexer.store.keywords import KIWI_SCHEMES, hangul_syllable, korean_morphemes, scheme_of
 
         with self._snapshot():
@@ -166,6 +170,14 @@ class Searcher:
         if settings.search.mode != "dense" and scheme_of(settings) in KIWI_SCHEMES \
                 and any(hangul_syllable(text) is not None for text in sample):
             korean_morphemes("준비")
+        if widths is not None:
+            widths.join()
+
+    def warm_up_long(self) -> None:
+        """Prepare the question widths from 129 to 256 tokens on OpenVINO (nothing elsewhere): a long question's
+        first time at its width then costs no more than its next."""
+        if isinstance(self.encoder, Encoder) and self.encoder.keep_layers is not None:
+            self.encoder.warm_up(LONG_WARM_TOKENS, shortest=WARM_TOKENS + 1)
 
     def _embed_by(self, recipe: Recipe, settings, questions: list[str], long_questions: str | None = None):
         embedded = question_vectors(self.encoder_for_recipe(recipe), recipe, settings, questions,

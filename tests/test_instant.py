@@ -273,3 +273,41 @@ def test_a_server_asks_on_openvino_while_the_shell_starts_on_onnx_runtime(saved_
     for hits, expected in zip(searcher.search_many(QUESTIONS[:3], 3), reference):
         assert [h.key for h in hits] == [h.key for h in expected]
         assert np.allclose([h.score for h in hits], [h.score for h in expected], atol=1e-4)
+
+
+# As EARLY, for a server's start: the question path's compilation (OpenVINO) begins before the imports.
+EARLY_SERVER = """
+import json, sys
+sys.path.insert(0, {root!r})
+from search.early import start_question_model
+from indexer.embed import openvino_model
+started = start_question_model(sys.argv[1], purpose="question")
+early = [e.compiled if e.join() is None else None for e in openvino_model._EARLY.values()]
+from search import Searcher
+searcher = Searcher(sys.argv[1])
+hit = searcher.search(sys.argv[2], 1)[0]
+taken = bool(early) and early[0] is not None and searcher.encoder.runner.session.compiled is early[0]
+print(json.dumps({{"started": started, "taken": taken, "left": len(openvino_model._EARLY), "key": hit.key,
+                  "path": searcher.encoder.path.label()}}))
+"""
+
+
+@pytest.mark.slow
+def test_a_server_compiles_its_openvino_question_model_before_its_imports(saved_home, resolved, faq_index_master,
+                                                                         tmp_path):
+    from search import Searcher
+
+    home = tmp_path / "home"
+    cache = home / ".cache" / "bertdex" / "onnx"
+    cache.mkdir(parents=True)
+    exported = next((saved_home / ".cache" / "bertdex" / "onnx").glob("*.onnx"))
+    link_export(exported, cache)
+    write_choice(cache, resolved, bulk=OPENVINO, question=OPENVINO, once=ONNX, export=exported.name)
+    question = "how long does a refund take?"
+    expected = Searcher(faq_index_master, backend="torch", precision="fp32").search(question, 1)[0]
+    env = {**os.environ, "HOME": str(home), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-c", EARLY_SERVER.format(root=str(ROOT)), str(faq_index_master), question],
+                            capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report == {"started": True, "taken": True, "left": 0, "key": expected.key, "path": "openvino fp32 (cpu)"}

@@ -27,7 +27,9 @@ from indexer.errors import BertdexError
 # Korean reviews (47 tokens), where a batch of 4096 tokens was slower per text than one text at a time.
 BATCH_TOKENS = 4096
 ONNX_BATCH_TOKENS = 512
-WARM_TOKENS = 256  # Encoder.warm_up: the widths a server prepares before it is ready (32 on OpenVINO, ~0.3 s)
+# Encoder.warm_up on OpenVINO: a server prepares the widths to WARM_TOKENS before it says it is ready (16 widths:
+# ~0.15 s for MiniLM, ~0.3 s for multilingual-e5-small), and those to LONG_WARM_TOKENS on a thread after
+WARM_TOKENS, LONG_WARM_TOKENS = 128, 256
 MAX_BATCH = 64
 PRECISIONS = choose.PRECISIONS
 BACKENDS = choose.BACKENDS
@@ -285,11 +287,13 @@ class Encoder:
         input_ids, attention, token_types = self.padded(ids, types, width)
         return self.runner.run(input_ids, attention, token_types, layers), attention.astype(np.float32)
 
-    def warm_up(self, longest: int = WARM_TOKENS) -> None:
-        """Run one question of each padded width up to `longest` tokens on OpenVINO, whose first question of a
-        width pays that shape's preparation (a server does this before it says it is ready, so its first long
-        questions do not); on other runners one short question (their arena, their threads)."""
-        widths = range(8, min(longest, self.max_length) + 1, 8) if self.path.backend == "openvino" else [8]
+    def warm_up(self, longest: int = WARM_TOKENS, shortest: int = 8) -> None:
+        """Run one question of each padded width from `shortest` to `longest` tokens on OpenVINO, whose first
+        question of a width pays that shape's preparation (+4-8 ms, measured; a server does this as it starts,
+        so its first long questions do not); on other runners one short question (their arena, their threads)."""
+        if self.path.backend != "openvino":
+            shortest = longest = 8
+        widths = range(_padded_width(shortest), min(longest, self.max_length) + 1, 8)
         ids = self.tokenize(["a"])[0][0]  # [CLS] a [SEP], repeated to the width
         for width in widths:
             self._forward([(ids * width)[:width]], None, [self.keep_layers])

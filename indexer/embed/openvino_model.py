@@ -51,10 +51,7 @@ class OvModel:
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"OpenVINO runs fp32 or bf16 here, not {precision}")
         self.path, self.threads, self.precision = Path(path), max(1, threads), precision
-        config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
-                  "INFERENCE_NUM_THREADS": self.threads, "PERFORMANCE_HINT": "LATENCY"}
-        # the graph's real path: OpenVINO refuses weights beside a linked graph that resolve to another folder
-        self.compiled = _core().compile_model(str(self.path.resolve()), "CPU", config)
+        self.compiled = _take_early(self.path, self.threads, precision) or _compile(self.path, self.threads, precision)
         self.inputs = tuple(item.get_any_name() for item in self.compiled.inputs)
         self._request = self.compiled.create_infer_request()
         self._lock = threading.Lock()  # one request: a server's threads take turns, as they do for the CPU
@@ -64,3 +61,51 @@ class OvModel:
         with self._lock:
             # share_outputs=False (the default): a copy, not the request's buffer the next question overwrites
             return self._request.infer({name: given[name] for name in self.inputs})[0]
+
+
+def _compile(path: Path, threads: int, precision: str):
+    config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+              "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+    # the graph's real path: OpenVINO refuses weights beside a linked graph that resolve to another folder
+    return _core().compile_model(str(Path(path).resolve()), "CPU", config)
+
+
+class _Early(threading.Thread):
+    """A compilation on a thread of its own (OpenVINO compiles without holding the GIL: ~0.35 s for
+    multilingual-e5-small, while the caller imports and reads the tokenizer), for the OvModel made later."""
+
+    def __init__(self, path: Path, threads: int, precision: str):
+        super().__init__(name="bertdex-early-compile", daemon=True)
+        self.path, self.threads, self.precision = path, threads, precision
+        self.compiled = None
+
+    def run(self) -> None:
+        try:
+            self.compiled = _compile(self.path, self.threads, self.precision)
+        except Exception:
+            self.compiled = None  # the OvModel that asks compiles again, and reports what fails
+
+
+_EARLY: dict[tuple[str, int, str], _Early] = {}
+_EARLY_LOCK = threading.Lock()
+
+
+def start_compile(path: Path, threads: int, precision: str) -> None:
+    """Begin compiling what OvModel(path, threads, precision) will take, while the caller goes on (see
+    indexer.embed.onnx_model.start_session, its ONNX Runtime twin). One a file, thread count and precision."""
+    _core()  # the import here, not on the thread (two threads importing numpy at once can break it)
+    key = (str(Path(path).resolve()), max(1, threads), precision)
+    with _EARLY_LOCK:
+        if key in _EARLY:
+            return
+        _EARLY[key] = early = _Early(Path(path), max(1, threads), precision)
+    early.start()
+
+
+def _take_early(path: Path, threads: int, precision: str):
+    with _EARLY_LOCK:
+        early = _EARLY.pop((str(Path(path).resolve()), threads, precision), None)
+    if early is None:
+        return None
+    early.join()
+    return early.compiled

@@ -11,6 +11,7 @@ assets are read into memory at start.
 from __future__ import annotations
 
 import asyncio
+import threading
 import os
 import sqlite3
 from contextlib import asynccontextmanager
@@ -273,6 +274,8 @@ def serve(folder: str | Path, *, host: str = "127.0.0.1", port: int = 8000, api_
                      access_log=access_log, read_only_reason="started with --read-only" if read_only else None,
                      host=host)
     app.state.service.searcher.warm_up()  # the first question's one-off costs (arena, threads, Kiwi), paid here
+    # long questions' widths once it answers (OpenVINO: ~0.4 s of forward passes, taking turns with questions)
+    threading.Thread(target=app.state.service.searcher.warm_up_long, name="bertdex-warm-long", daemon=True).start()
     config = uvicorn.Config(app, log_level=log_level, server_header=False, limit_concurrency=512,
                             timeout_keep_alive=5, access_log=False)
     if ready is not None:
