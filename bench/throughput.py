@@ -197,25 +197,33 @@ def one_question(default, encoders: dict, threads: int, recipe, st_embed) -> Non
              **{encoder.path.label(): encoder for (_, t), encoder in encoders.items() if t == threads}}
     for name, question in (("short", PROBE_QUESTION), ("long", PROBE_LONG_QUESTION)):
         tokens = len(default.tokenize([question])[0][0])
-        timings = {}
-        for label, encoder in paths.items():
-            embed = lambda batch: encoder.embed(batch, layer=recipe.layer, pooling=recipe.pooling).vectors  # noqa: E731
-            timings[label] = median_ms(embed, [question])
-        timings["sentence-transformers"] = median_ms(st_embed, [question])
+        embeds = {label: (lambda batch, e=encoder: e.embed(batch, layer=recipe.layer, pooling=recipe.pooling).vectors)
+                  for label, encoder in paths.items()}
+        embeds["sentence-transformers"] = st_embed
+        samples: dict[str, list[float]] = {label: [] for label in embeds}
+        for _ in range(4):  # 4 interleaved rounds of 10, so that the machine's state falls on every path alike
+            for label, embed in embeds.items():
+                samples[label] += samples_ms(embed, [question], 10)
+        timings = {label: float(np.median(values)) for label, values in samples.items()}
         fastest = min(v for k, v in timings.items() if not k.startswith("sentence"))
-        print(f"\none {name} question, {tokens} tokens (median of 40):")
+        print(f"\none {name} question, {tokens} tokens (median of 40, in 4 interleaved rounds):")
         for label, value in timings.items():
             print(f"{value:8.2f} ms  {value / fastest:5.2f}x the fastest bertdex path  {label}")
 
 
 def median_ms(embed, batch, runs: int = 40) -> float:
+    return float(np.median(samples_ms(embed, batch, runs)))
+
+
+def samples_ms(embed, batch, runs: int) -> list[float]:
+    """ms of `runs` calls, after one not counted."""
     embed(batch)
     samples = []
     for _ in range(runs):
         started = time.perf_counter()
         embed(batch)
-        samples.append(time.perf_counter() - started)
-    return 1000 * float(np.median(samples))
+        samples.append(1000 * (time.perf_counter() - started))
+    return samples
 
 
 def build_rate(texts: list[str], resolved) -> None:
