@@ -291,7 +291,7 @@ def main() -> None:
     tokens = [len(x) for x in resolve_recipe().encoder.tokenize(questions)[0]]
     half = len(tokens) // 2
     print(f"# questions: {np.mean(tokens[:half]):.0f} tokens on average (English FAQ), {np.mean(tokens[half:]):.0f} (Korean reviews)")
-    print(f"\n{'entries':>9} {'type':5} {'p50 ms':>7} {'p99 ms':>7} {'EN p50':>6} {'EN p99':>6} {'KO p50':>6} {'KO p99':>6} "
+    print(f"\n{'entries':>9} {'type':5} {'p50 ms':>7} {'p99 ms':>7} {'p99/p50':>7} {'EN p50':>6} {'EN p99':>6} {'KO p50':>6} {'KO p99':>6} "
           f"{'embed':>6} {'faiss':>6} {'faiss p99':>9} {'batch32 ms':>10} {'per q':>6} {'recall@10':>9} {'RSS MiB':>8} {'load s':>6}  params")
     for size in args.sizes:
         for index_type in args.types:
@@ -301,6 +301,7 @@ def main() -> None:
             recall = f"{result['recall10']:.3f}" if "recall10" in result else "exact"
             batch = result["batch32_p50"]
             print(f"{result['entries']:9d} {index_type:5} {result['p50']:7.2f} {result['p99']:7.2f} "
+                  f"{result['p99'] / result['p50']:6.2f}x "
                   f"{result['p50_first_half']:6.2f} {result['p99_first_half']:6.2f} {result['p50_second_half']:6.2f} "
                   f"{result['p99_second_half']:6.2f} {result['embed_p50']:6.2f} {result['faiss_p50']:6.2f} "
                   f"{result['faiss_p99']:9.2f} {batch:10.1f} {batch / 32:6.2f} "
