@@ -77,7 +77,7 @@ def test_a_mapped_index_answers_the_same_from_a_copied_folder_in_a_fresh_process
     assert manifest.recipe.model == before.recipe.model  # the model itself is untouched
     made = manifest.settings.adapted
     assert made["kind"] == "map" and made["map"] == name and made["pairs"] > 0 and made["seed"] == 27
-    searcher = Searcher(faq_index)
+    searcher = Searcher(faq_index, purpose="once")  # the path `query` takes below: answers compare to 4 decimals
     # the question path maps: its vector is the frozen model's, times the map, normalised
     frozen = Encoder(resolve_model_folder(before.recipe.model), keep_layers=6, backend="torch", precision="fp32")
     expected = normalize(frozen.embed(QUESTIONS[:1], layer=6, pooling="mean").vectors @ load_map(name))
@@ -85,7 +85,7 @@ def test_a_mapped_index_answers_the_same_from_a_copied_folder_in_a_fresh_process
     assert np.allclose(got, expected, atol=1e-4)
     here = [[(h.key, round(h.score, 4)) for h in searcher.search(q, 3)] for q in QUESTIONS]
     searcher.close()
-    given = Searcher(faq_index, encoder=encoder)  # the session's encoder applies no map: it is not used here
+    given = Searcher(faq_index, encoder=encoder, purpose="once")  # the session's encoder applies no map: it is not used here
     assert given.encoder is not encoder and [[(h.key, round(h.score, 4)) for h in given.search(q, 3)] for q in QUESTIONS] == here
     given.close()
     copy = tmp_path / "elsewhere" / "copied"

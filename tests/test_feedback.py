@@ -6,6 +6,7 @@ Real indexes in tmp_path, the real model, a real uvicorn on loopback.
 from __future__ import annotations
 
 import logging
+import re
 
 import numpy as np
 import pytest
@@ -236,7 +237,8 @@ def test_bertdex_feedback_command(faq_index):
     assert result.exit_code == 0, result.output
     shown = result.output
     assert "5 questions logged, 5 with no answer past the cut" in shown and "1 with an answer marked right" in shown
-    assert "grouped at cosine >= 0.563 (measured on 12 pairs of phrasings in the index's groups)" in shown
+    # 0.563 on fp32 paths; a question path in bf16 (OpenVINO, where measured fastest) moves it by ~1e-3
+    assert re.search(r"grouped at cosine >= 0\.56\d \(measured on 12 pairs of phrasings in the index's groups\)", shown)
     assert shown.index("Do you sell gift cards?") < shown.index("Can I pay with bitcoin?")
     both = CliRunner().invoke(app, ["tune", str(faq_index), "--feedback", "--queries", "q.jsonl", "--qrels", "q.tsv"])
     assert both.exit_code != 0 and "not both" in both.output
