@@ -85,6 +85,16 @@ def link_export(graph: Path, folder: Path) -> None:
         (folder / path.name).symlink_to(path)
 
 
+def home_with_choice(home: Path, saved_home: Path, resolved, **paths) -> Path:
+    """A home whose cache links saved_home's export and holds a choice file fed `paths` (bulk, question, once)."""
+    cache = home / ".cache" / "bertdex" / "onnx"
+    cache.mkdir(parents=True)
+    exported = next((saved_home / ".cache" / "bertdex" / "onnx").glob("*.onnx"))
+    link_export(exported, cache)
+    write_choice(cache, resolved, export=exported.name, **paths)
+    return home
+
+
 def write_choice(cache, resolved, *, bulk, question, export, fast_tokenizer=None, once=None):
     figures = (Measurement(TORCH, 330, 16.0, 1.0, 1.0), Measurement(ONNX, 552, 4.5, 0.9999999, 1.0),
                Measurement(BF16, 1050, 15.8, 0.99992, 1.0))
@@ -234,13 +244,7 @@ def test_a_query_takes_the_session_started_before_its_imports(saved_home, resolv
     assert early == {"started": True, "taken": True, "left": 0, "key": expected.key, "score": early["score"]}
     assert abs(early["score"] - expected.score) < 1e-4
     # a machine whose question path is PyTorch starts nothing early, and answers the same
-    home = tmp_path / "home"
-    cache = home / ".cache" / "bertdex" / "onnx"
-    cache.mkdir(parents=True)
-    exported = next((saved_home / ".cache" / "bertdex" / "onnx").glob("*.onnx"))
-    name = exported.name
-    link_export(exported, cache)
-    write_choice(cache, resolved, bulk=ONNX, question=TORCH, export=name)
+    home = home_with_choice(tmp_path / "home", saved_home, resolved, bulk=ONNX, question=TORCH)
     late = run_early(faq_index_master, home, question)
     assert (late["started"], late["taken"], late["key"]) == (False, False, expected.key)
 
@@ -253,12 +257,7 @@ def test_a_server_asks_on_openvino_while_the_shell_starts_on_onnx_runtime(saved_
     stays loads OpenVINO without torch, and both answer as PyTorch fp32."""
     from search import Searcher
 
-    home = tmp_path / "home"
-    cache = home / ".cache" / "bertdex" / "onnx"
-    cache.mkdir(parents=True)
-    exported = next((saved_home / ".cache" / "bertdex" / "onnx").glob("*.onnx"))
-    link_export(exported, cache)
-    write_choice(cache, resolved, bulk=OPENVINO, question=OPENVINO, once=ONNX, export=exported.name)
+    home = home_with_choice(tmp_path / "home", saved_home, resolved, bulk=OPENVINO, question=OPENVINO, once=ONNX)
     asked = ["query", str(faq_index_master), *QUESTIONS[:3], "-k", "3", "--json", "--no-fail"]
     out, heavy = run_commands([asked], home, HEAVY + ("openvino",))
     assert heavy == []
@@ -267,7 +266,7 @@ def test_a_server_asks_on_openvino_while_the_shell_starts_on_onnx_runtime(saved_
     assert [[hit["key"] for hit in answer["hits"]] for answer in shell] == [[h.key for h in hits] for hits in reference]
     # a process that stays: OpenVINO, from the saved choice, with no torch (the tokenizer is `tokenizers` alone)
     staying = Encoder(resolved.encoder.folder, max_length=resolved.recipe.max_length, keep_layers=resolved.recipe.layer,
-                      cache=cache, purpose="question")
+                      cache=home / ".cache" / "bertdex" / "onnx", purpose="question")
     assert staying.path == OPENVINO and staying.model is None and isinstance(staying.tokenizer, FastTokenizer)
     searcher = Searcher(faq_index_master, encoder=staying)
     for hits, expected in zip(searcher.search_many(QUESTIONS[:3], 3), reference):
@@ -297,12 +296,7 @@ def test_a_server_compiles_its_openvino_question_model_before_its_imports(saved_
                                                                          tmp_path):
     from search import Searcher
 
-    home = tmp_path / "home"
-    cache = home / ".cache" / "bertdex" / "onnx"
-    cache.mkdir(parents=True)
-    exported = next((saved_home / ".cache" / "bertdex" / "onnx").glob("*.onnx"))
-    link_export(exported, cache)
-    write_choice(cache, resolved, bulk=OPENVINO, question=OPENVINO, once=ONNX, export=exported.name)
+    home = home_with_choice(tmp_path / "home", saved_home, resolved, bulk=OPENVINO, question=OPENVINO, once=ONNX)
     question = "how long does a refund take?"
     expected = Searcher(faq_index_master, backend="torch", precision="fp32").search(question, 1)[0]
     env = {**os.environ, "HOME": str(home), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
