@@ -157,11 +157,9 @@ class Searcher:
         (indexer.embed.encoder.Encoder.warm_up); `warm_up_long` does those to 256, which serve runs on a thread
         once it is ready."""
         self.embed(["warm up"])
-        widths = None
-        if isinstance(self.encoder, Encoder) and self.encoder.keep_layers is not None:
-            # on a thread: OpenVINO runs without the GIL, beside Kiwi's loading, which holds it
-            widths = threading.Thread(target=self.encoder.warm_up, args=(WARM_TOKENS,), name="bertdex-warm-up")
-            widths.start()
+        # on a thread: OpenVINO runs without the GIL, beside Kiwi's loading, which holds it
+        widths = threading.Thread(target=self._warm_widths, args=(8, WARM_TOKENS), name="bertdex-warm-up")
+        widths.start()
         from indexer.store.keywords import KIWI_SCHEMES, hangul_syllable, korean_morphemes, scheme_of
 
         with self._snapshot():
@@ -170,14 +168,20 @@ class Searcher:
         if settings.search.mode != "dense" and scheme_of(settings) in KIWI_SCHEMES \
                 and any(hangul_syllable(text) is not None for text in sample):
             korean_morphemes("준비")
-        if widths is not None:
-            widths.join()
+        widths.join()
 
     def warm_up_long(self) -> None:
         """Prepare the question widths from 129 to 256 tokens on OpenVINO (nothing elsewhere): a long question's
         first time at its width then costs no more than its next."""
-        if isinstance(self.encoder, Encoder) and self.encoder.keep_layers is not None:
-            self.encoder.warm_up(LONG_WARM_TOKENS, shortest=WARM_TOKENS + 1)
+        self._warm_widths(WARM_TOKENS + 1, LONG_WARM_TOKENS)
+
+    def _warm_widths(self, shortest: int, longest: int) -> None:
+        """Encoder.warm_up on the question encoder, or on each model of a pair."""
+        encoder = self.encoder
+        for one in [encoder] if isinstance(encoder, Encoder) else [getattr(encoder, "own", None),
+                                                                  getattr(encoder, "companion", None)]:
+            if isinstance(one, Encoder) and one.keep_layers is not None:
+                one.warm_up(longest, shortest=shortest)
 
     def _embed_by(self, recipe: Recipe, settings, questions: list[str], long_questions: str | None = None):
         embedded = question_vectors(self.encoder_for_recipe(recipe), recipe, settings, questions,

@@ -94,6 +94,11 @@ def test_a_pair_index_scores_each_hit_by_both_models(pair_master, resolved, e5):
     assert [h.score for h in hits] == pytest.approx(want.tolist(), abs=tolerance)
     alone = expected[0]
     assert not np.allclose(alone, want, atol=1e-3)  # the companion's part is really there
+    searcher.warm_up()  # serve's start: each model of the pair prepares its question widths (on OpenVINO)
+    searcher.warm_up_long()
+    again = searcher.search(question, k=5, mode="dense")
+    assert [h.key for h in again] == [h.key for h in hits]
+    assert [h.score for h in again] == pytest.approx([h.score for h in hits], abs=1e-5)
     searcher.close()
 
 
