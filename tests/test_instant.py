@@ -216,7 +216,7 @@ sys.path.insert(0, {root!r})
 from search.early import start_question_model
 from indexer.embed import onnx_model
 started = start_question_model(sys.argv[1])
-early = [e.session if e.join() is None else None for e in onnx_model._EARLY.values()]
+early = onnx_model._EARLY.pending()
 from search import Searcher
 searcher = Searcher(sys.argv[1], purpose="once")  # as `bertdex query` asks a few questions
 hit = searcher.search(sys.argv[2], 1)[0]
@@ -281,7 +281,7 @@ sys.path.insert(0, {root!r})
 from search.early import start_question_model
 from indexer.embed import openvino_model
 started = start_question_model(sys.argv[1], purpose="question")
-early = [e.compiled if e.join() is None else None for e in openvino_model._EARLY.values()]
+early = openvino_model._EARLY.pending()
 from search import Searcher
 searcher = Searcher(sys.argv[1])
 hit = searcher.search(sys.argv[2], 1)[0]

@@ -24,19 +24,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from indexer.embed import onnx_model, openvino_model
 from indexer.embed.machine import CHOICE_FORMAT, choice_file, machine_key, native_bf16
 from indexer.embed.measure import Measurement, measure
-from indexer.embed.runners import OnnxRunner, OvRunner, RunPath, TorchRunner, onnx_runner
+from indexer.embed.runners import NO_TORCH, OnnxRunner, OvRunner, RunPath, TorchRunner, onnx_runner
 from indexer.errors import BertdexError
 
 PRECISIONS = ("auto", "fp32", "bf16")
 BACKENDS = ("auto", "onnx", "openvino", "torch")
 SINGLE_SLACK = 1.15     # the chosen path's one-question time is within 15% of the fastest path's
 PURPOSES = ("bulk", "question", "once")  # indexing; questions in a process that stays; one from the shell
-NO_TORCH = ("onnx", "openvino")  # backends that start without importing torch (seconds)
 
 
 @dataclass
@@ -79,6 +76,11 @@ def choose(measurements: list[Measurement]) -> tuple[RunPath, str]:
     return chosen.bulk, chosen.reason
 
 
+def path_for(purpose: str, paths) -> RunPath:
+    """The path of `paths` (a Paths or a Saved) for a purpose: once falls back to question where none was kept."""
+    return {"bulk": paths.bulk, "once": paths.once or paths.question}.get(purpose, paths.question)
+
+
 @dataclass(frozen=True)
 class Paths:
     """The paths a model runs on here: `bulk` for indexing, `question` for one question at a time in a process
@@ -90,7 +92,7 @@ class Paths:
     once: RunPath | None = None  # None: the question path
 
     def path(self, purpose: str) -> RunPath:
-        return {"bulk": self.bulk, "once": self.once or self.question}.get(purpose, self.question)
+        return path_for(purpose, self)
 
 
 def choose_paths(measurements: list[Measurement]) -> Paths:
@@ -302,7 +304,7 @@ class Saved:
     once: RunPath | None = None
 
     def path(self, purpose: str) -> RunPath:
-        return {"bulk": self.bulk, "once": self.once or self.question}.get(purpose, self.question)
+        return path_for(purpose, self)
 
 
 def _read_choice(path: Path) -> Saved | None:

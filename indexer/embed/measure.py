@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from indexer.embed.runners import RunPath
+from indexer.embed.runners import NO_TORCH, RunPath
 
 MIN_COSINE = 0.999      # every probe vector against PyTorch fp32's
 MIN_TOP1 = 0.98         # share of probe texts whose nearest other probe text is fp32's
@@ -92,7 +92,7 @@ def _time(encoder, runner, texts: list[str], layer: int) -> tuple[np.ndarray, fl
     in the encoder."""
     saved = encoder.__dict__.get("runner"), encoder.__dict__.get("path"), encoder.__dict__.get("batch_tokens")
     encoder.runner, encoder.path = runner, runner.path
-    encoder.batch_tokens = 512 if runner.path.backend in ("onnx", "openvino") else 4096
+    encoder.batch_tokens = 512 if runner.path.backend in NO_TORCH else 4096
     encoder.max_batch = 64
     try:
         embed = lambda batch: encoder.embed(batch, layer=layer, pooling="mean").vectors  # noqa: E731

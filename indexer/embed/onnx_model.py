@@ -17,10 +17,11 @@ import logging
 import os
 import shutil
 import tempfile
-import threading
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from indexer.embed.early_start import Early
 
 if TYPE_CHECKING:
     import numpy as np
@@ -64,7 +65,8 @@ class OnnxModel:
     def __init__(self, path: Path, threads: int, spinning: bool | None = None):
         self.spinning = _SPINNING if spinning is None else spinning
         self.path, self.threads = path, threads
-        self.session = _take_early(path, threads, self.spinning) or _new_session(path, threads, self.spinning)
+        self.session = _EARLY.take((str(Path(path).resolve()), threads, self.spinning)) \
+            or _new_session(path, threads, self.spinning)
         self.inputs = tuple(item.name for item in self.session.get_inputs())
 
     def run(self, input_ids: np.ndarray, attention: np.ndarray, token_types: np.ndarray) -> np.ndarray:
@@ -89,24 +91,9 @@ def _new_session(path: Path, threads: int, spinning: bool):
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-class _Early(threading.Thread):
-    """A session being made on a thread of its own (ONNX Runtime reads and optimizes the model without
-    holding the GIL: ~0.15 s of CPU for MiniLM), for the OnnxModel of the same file and threads made later."""
-
-    def __init__(self, path: Path, threads: int, spinning: bool):
-        super().__init__(name="bertdex-early-session", daemon=True)
-        self.path, self.threads, self.spinning = path, threads, spinning
-        self.session = None
-
-    def run(self) -> None:
-        try:
-            self.session = _new_session(self.path, self.threads, self.spinning)
-        except Exception:
-            self.session = None  # the OnnxModel that asks makes its own, and reports what fails
-
-
-_EARLY: dict[tuple[str, int, bool], _Early] = {}
-_EARLY_LOCK = threading.Lock()
+# sessions made on a thread of their own (ONNX Runtime reads and optimizes the model without holding the GIL:
+# ~0.15 s of CPU for MiniLM), for the OnnxModel of the same file, threads and spinning made later
+_EARLY = Early("bertdex-early-session")
 
 
 def start_session(path: Path, threads: int) -> None:
@@ -115,22 +102,8 @@ def start_session(path: Path, threads: int) -> None:
     the process."""
     import onnxruntime  # noqa: F401  here, not on the thread: two threads importing numpy at once can break it
 
-    key = (str(Path(path).resolve()), threads, _SPINNING)
-    with _EARLY_LOCK:
-        if key in _EARLY:
-            return
-        _EARLY[key] = early = _Early(Path(path), threads, _SPINNING)
-    early.start()
-
-
-def _take_early(path: Path, threads: int, spinning: bool):
-    """The early session of this file, threads and spinning (waiting for it), else None."""
-    with _EARLY_LOCK:
-        early = _EARLY.pop((str(Path(path).resolve()), threads, spinning), None)
-    if early is None:
-        return None
-    early.join()
-    return early.session
+    spinning = _SPINNING
+    _EARLY.start((str(Path(path).resolve()), threads, spinning), lambda: _new_session(Path(path), threads, spinning))
 
 
 # ONNX Runtime's threads spin for a while after each run, which makes the next run of the same session

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from indexer.embed.early_start import Early
+
 _CORE = None
 _CORE_LOCK = threading.Lock()
 
@@ -51,7 +53,8 @@ class OvModel:
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"OpenVINO runs fp32 or bf16 here, not {precision}")
         self.path, self.threads, self.precision = Path(path), max(1, threads), precision
-        self.compiled = _take_early(self.path, self.threads, precision) or _compile(self.path, self.threads, precision)
+        self.compiled = _EARLY.take((str(self.path.resolve()), self.threads, precision)) \
+            or _compile(self.path, self.threads, precision)
         self.inputs = tuple(item.get_any_name() for item in self.compiled.inputs)
         self._request = self.compiled.create_infer_request()
         self._lock = threading.Lock()  # one request: a server's threads take turns, as they do for the CPU
@@ -70,42 +73,14 @@ def _compile(path: Path, threads: int, precision: str):
     return _core().compile_model(str(Path(path).resolve()), "CPU", config)
 
 
-class _Early(threading.Thread):
-    """A compilation on a thread of its own (OpenVINO compiles without holding the GIL: ~0.35 s for
-    multilingual-e5-small, while the caller imports and reads the tokenizer), for the OvModel made later."""
-
-    def __init__(self, path: Path, threads: int, precision: str):
-        super().__init__(name="bertdex-early-compile", daemon=True)
-        self.path, self.threads, self.precision = path, threads, precision
-        self.compiled = None
-
-    def run(self) -> None:
-        try:
-            self.compiled = _compile(self.path, self.threads, self.precision)
-        except Exception:
-            self.compiled = None  # the OvModel that asks compiles again, and reports what fails
-
-
-_EARLY: dict[tuple[str, int, str], _Early] = {}
-_EARLY_LOCK = threading.Lock()
+# compilations on a thread of their own (OpenVINO compiles without holding the GIL: ~0.35 s for
+# multilingual-e5-small, while the caller imports and reads the tokenizer), for the OvModel made later
+_EARLY = Early("bertdex-early-compile")
 
 
 def start_compile(path: Path, threads: int, precision: str) -> None:
     """Begin compiling what OvModel(path, threads, precision) will take, while the caller goes on (see
     indexer.embed.onnx_model.start_session, its ONNX Runtime twin). One a file, thread count and precision."""
     _core()  # the import here, not on the thread (two threads importing numpy at once can break it)
-    key = (str(Path(path).resolve()), max(1, threads), precision)
-    with _EARLY_LOCK:
-        if key in _EARLY:
-            return
-        _EARLY[key] = early = _Early(Path(path), max(1, threads), precision)
-    early.start()
-
-
-def _take_early(path: Path, threads: int, precision: str):
-    with _EARLY_LOCK:
-        early = _EARLY.pop((str(Path(path).resolve()), threads, precision), None)
-    if early is None:
-        return None
-    early.join()
-    return early.compiled
+    threads = max(1, threads)
+    _EARLY.start((str(Path(path).resolve()), threads, precision), lambda: _compile(path, threads, precision))

@@ -20,6 +20,7 @@ from indexer.errors import BertdexError
 # such small matrices over cores saves little, and on a busy machine the second thread waits for a
 # core (2 cores at load 6: one question took 450-800 ms on 2 threads, 50 ms on 1; bench/latency.py).
 SINGLE_THREAD_TOKENS = 256
+NO_TORCH = ("onnx", "openvino")  # backends that run without importing torch (seconds), on ONNX Runtime's export
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from indexer.embed import onnx_model
 from indexer.embed.adapted import is_adapted
 from indexer.embed.encoder import Embedded, Encoder
 from indexer.embed.recipe import Recipe
+from indexer.embed.runners import NO_TORCH
 from indexer.errors import BertdexError
 
 PIECE = 256  # texts per actor call: small enough to spread one chunk over several actors
@@ -142,7 +143,7 @@ class RayEmbedder:
                 onnx = ([f.name for f in files], [ray.put([f.read_bytes() for f in files])])
             worker = ray.remote(num_cpus=THREADS, num_gpus=gpus, max_restarts=MAX_RESTARTS,
                                 max_task_retries=MAX_RESTARTS)(EmbedWorker)
-            backend = encoder.backend if encoder.backend in ("onnx", "openvino") else "torch"
+            backend = encoder.backend if encoder.backend in NO_TORCH else "torch"
             run = uuid.uuid4().hex[:8]
             made = (recipe.to_dict(), encoder.precision, backend, onnx, THREADS)
             # a GPU actor measures its own machine's paths (CUDA ones among them), same tolerance; so does
